@@ -1,0 +1,1 @@
+"""Ablation studies: spec -> plan -> trials (run by Ray Tune) -> results folder."""

@@ -1,0 +1,54 @@
+"""Ray Tune execution: the only module that imports ray.
+
+Each Tune trial runs one *group* of planned trials (``ablations.trial.run_group``)
+and writes their fragments to the results folder; the driver merges them
+afterwards. Probe groups are whole cells (all seeds batched in one pass), so a
+sweep of thousands of probes is a handful of Tune trials, not thousands.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from .trial import run_group
+
+
+def _trainable(config, *, groups, spec, run_dir):
+    from ray import tune
+    statuses = run_group(groups[config["group"]], spec, run_dir)
+    tune.report({"completed": statuses.count("completed"),
+                 "diverged": statuses.count("diverged"), "error": statuses.count("error")})
+
+
+def run(groups, spec, run_dir: str) -> None:
+    """Run every group through Ray Tune on a local Ray started on this machine's CPUs."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import ray
+    from ray import tune
+
+    run_dir = os.path.abspath(run_dir)
+    started = False
+    if not ray.is_initialized():
+        # A local cluster bound to loopback only; the dashboard is not needed.
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
+                 logging_level=logging.WARNING, log_to_driver=True,
+                 configure_logging=True)
+        started = True
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, groups=groups, spec=spec, run_dir=run_dir),
+            {"cpu": spec.cpus_per_trial})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"group": tune.grid_search(list(range(len(groups))))},
+                tune_config=tune.TuneConfig(reuse_actors=True),
+                run_config=tune.RunConfig(name="tune", storage_path=os.path.join(run_dir, "ray"),
+                                          verbose=0, log_to_file=True))
+            tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,1 @@
+"""Per-layer statistics (hooks), figures, tables and reports from stored results."""

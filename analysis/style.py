@@ -1,0 +1,128 @@
+"""One look for every figure: variant colours and markers, paper sizes, saving.
+
+Every figure colours and marks a variant the same way (``PALETTE``,
+``MARKERS``), so "residual" is the same blue in the gradient plot, the
+training curves and the slides. Colours come from seaborn's "colorblind"
+palette (Okabe-Ito-like, safe for the common colour-vision deficiencies),
+and each variant also has its own marker so the plots survive greyscale.
+
+Nothing here imports pyplot: figures are built on ``matplotlib.figure.Figure``
+directly, which needs no GUI backend and leaves no global figure registry.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import matplotlib as mpl
+import pandas as pd
+import seaborn as sns
+
+VARIANT_ORDER = ("plain", "residual")
+
+# seaborn "colorblind": index 0 is blue, 1 orange. Fixed by name, not by order
+# of appearance, so a figure with only one variant keeps that variant's colour.
+_CB = sns.color_palette("colorblind")
+PALETTE = {"plain": _CB[1], "residual": _CB[0]}
+MARKERS = {"plain": "s", "residual": "o"}
+
+# Depths are the "style" factor; cycle these in sorted depth order.
+LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+
+# Text widths of a two-column paper (inches): one column, the full page width.
+COLUMN_WIDTH = {"single": 3.3, "double": 6.9}
+
+PAPER_RC = {
+    # Type 42 = TrueType: editable text in Illustrator, no Type 3 bitmaps, and
+    # accepted by the venues that reject Type 3 fonts.
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "font.family": "sans-serif",
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "legend.title_fontsize": 7,
+    "figure.titlesize": 9,
+    "axes.linewidth": 0.6,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 3,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.frameon": False,
+    "figure.figsize": (COLUMN_WIDTH["double"], 2.4),
+    "figure.dpi": 100,
+    "savefig.dpi": 300,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.02,
+    "image.cmap": "viridis",
+}
+
+
+def paper_context(width: str = "double"):
+    """Context manager with the paper rcParams (TrueType fonts, 7-9 pt text).
+
+    ``width`` ("single" ~3.3 in, "double" ~6.9 in) sets the default figure size.
+
+    >>> with paper_context("single"):
+    ...     fig = Figure()  # 3.3 in wide, 8 pt text
+    """
+    if width not in COLUMN_WIDTH:
+        raise ValueError(f"width must be one of {sorted(COLUMN_WIDTH)} (got {width!r})")
+    w = COLUMN_WIDTH[width]
+    return mpl.rc_context({**PAPER_RC, "figure.figsize": (w, 0.62 * w)})
+
+
+def variant_of(residual: pd.Series) -> pd.Series:
+    """"residual"/"plain" labels from the bool ``residual`` column (NaN for anything else)."""
+    return residual.map({True: "residual", False: "plain"})
+
+
+def with_variant(df: pd.DataFrame) -> pd.DataFrame:
+    """Copy of ``df`` with a ``variant`` column; rows whose ``residual`` is not a bool are dropped."""
+    out = df.assign(variant=variant_of(df["residual"]))
+    return out[out["variant"].notna()]
+
+
+def depth_linestyles(depths) -> dict:
+    """Depth -> line style, assigned in sorted order so the mapping is stable across figures."""
+    return {d: LINESTYLES[i % len(LINESTYLES)] for i, d in enumerate(sorted(set(depths)))}
+
+
+def save_figure(fig, path_without_suffix, formats=("pdf", "png")) -> list[str]:
+    """Write ``fig`` as ``<path>.<fmt>`` for each format, atomically; close it; return paths.
+
+    Each file is rendered to a temporary file in the target folder and moved
+    into place with ``os.replace``, so a reader never sees half a PDF and an
+    interrupted run never leaves one behind.
+    """
+    base = Path(path_without_suffix)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    try:
+        # pdf.fonttype is read at save time, not at figure creation.
+        with mpl.rc_context(PAPER_RC):
+            for fmt in formats:
+                target = base.with_name(f"{base.name}.{fmt}")
+                fd, tmp = tempfile.mkstemp(prefix=f".{base.name}.", suffix=f".{fmt}.tmp",
+                                           dir=base.parent)
+                try:
+                    with os.fdopen(fd, "wb") as fh:
+                        fig.savefig(fh, format=fmt)
+                    os.replace(tmp, target)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+                written.append(str(target))
+    finally:
+        # Only figures made through pyplot are registered there; importing
+        # pyplot just to close would pick a GUI backend as a side effect.
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close(fig)
+    return written

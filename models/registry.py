@@ -1,0 +1,106 @@
+"""Model registry: the only way to build a model by name.
+
+Families (``mlp``, ``resnet``) are built from a depth; presets (``seed_mlp5``,
+``small_resnet18``) are fixed configurations that reproduce the seed articles.
+A duplicate registration raises (torchvision does; timm only warns).
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from typing import Any, Callable
+
+import torch.nn as nn
+
+# name -> (kind, builder). kind is "family" (needs depth) or "preset".
+_REGISTRY: dict[str, tuple[str, Callable[..., Any]]] = {}
+
+
+class UnknownModelError(ValueError):
+    """Raised for a model or family name the registry does not hold."""
+
+
+def _register(name: str, kind: str, builder: Callable[..., Any]) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = (kind, builder)
+
+
+def register_family(name: str):
+    """Register ``builder(depth=..., **overrides) -> config`` for a family."""
+    def deco(builder):
+        _register(name, "family", builder)
+        return builder
+    return deco
+
+
+def register_model(name: str):
+    """Register ``builder(**overrides) -> config`` for a fixed preset."""
+    def deco(builder):
+        _register(name, "preset", builder)
+        return builder
+    return deco
+
+
+def list_models(pattern: str = "*", kind: str | None = None) -> list[str]:
+    """Sorted registered names matching a glob ``pattern`` (optionally one kind)."""
+    return sorted(n for n, (k, _) in _REGISTRY.items()
+                  if fnmatch.fnmatch(n, pattern) and (kind is None or k == kind))
+
+
+def list_families() -> list[str]:
+    return list_models(kind="family")
+
+
+def list_presets() -> list[str]:
+    return list_models(kind="preset")
+
+
+def _lookup(name: str) -> tuple[str, Callable[..., Any]]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {name!r}; valid families: {', '.join(list_families())}; "
+            f"valid presets: {', '.join(list_presets())}") from None
+
+
+def get_config(name: str, **overrides):
+    """The frozen config of a family (``depth`` required) or preset, with overrides."""
+    kind, builder = _lookup(name)
+    if kind == "family" and "depth" not in overrides:
+        raise TypeError(f"family {name!r} needs depth=")
+    return builder(**overrides)
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build a model by family or preset name.
+
+    >>> m = create_model("resnet", depth=20, residual=False)
+    >>> m = create_model("small_resnet18")
+    """
+    return get_config(name, **overrides).build()
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe(names: list[str] | None = None, depths: list[int] | None = None) -> str:
+    """Human-readable layout and parameter counts, plain and residual, per model."""
+    lines = []
+    for name in names or list_models():
+        kind, _ = _lookup(name)
+        for depth in (depths or [5, 18, 34]) if kind == "family" else [None]:
+            kw = {} if depth is None else {"depth": depth}
+            label = name if depth is None else f"{name}-{depth}"
+            try:
+                cfg = get_config(name, **kw)
+            except ValueError as e:
+                lines.append(f"{label:<20} cannot build: {e}")
+                continue
+            counts = {r: count_params(dataclasses.replace(cfg, residual=r).build())
+                      for r in (False, True)}
+            lines.append(f"{label:<20} {cfg.layout()}")
+            lines.append(f"{'':<20} params plain {counts[False]:,}  residual {counts[True]:,}")
+    return "\n".join(lines)
