@@ -66,10 +66,11 @@ class AblationSpec:
         return {"on": (True,), "off": (False,), "both": (False, True)}[self.residual]
 
 
-def _choices(values, valid, what):
+def _choices(values, valid, what, plural=None):
     bad = [v for v in values if v not in valid]
     if bad:
-        raise SpecError(f"unknown {what} {bad[0]!r}; valid {what}s: {', '.join(valid)}")
+        raise SpecError(f"unknown {what} {bad[0]!r}; valid {plural or what + 's'}: "
+                        + ", ".join(valid))
 
 
 def validate(spec: AblationSpec) -> None:
@@ -85,7 +86,7 @@ def validate(spec: AblationSpec) -> None:
         if not spec.families:
             raise SpecError("--families is empty; valid families: "
                             + ", ".join(models.list_families()))
-        _choices(spec.families, models.list_families(), "family")
+        _choices(spec.families, models.list_families(), "family", "families")
         if not spec.depths:
             raise SpecError("--depths is empty; give integers >= 2, e.g. 5,18,34")
         for d in spec.depths:

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import matplotlib as mpl
 import pandas as pd
-import seaborn as sns
 
 VARIANT_ORDER = ("plain", "residual")
 
-# seaborn "colorblind": index 0 is blue, 1 orange. Fixed by name, not by order
-# of appearance, so a figure with only one variant keeps that variant's colour.
-_CB = sns.color_palette("colorblind")
-PALETTE = {"plain": _CB[1], "residual": _CB[0]}
+# seaborn's "colorblind" palette, entries 0 (blue) and 1 (orange), written out so
+# that importing this module does not import seaborn (and with it pyplot).
+# Fixed by name, not by order of appearance, so a figure with only one
+# variant keeps that variant's colour.
+PALETTE = {"plain": "#de8f05", "residual": "#0173b2"}
 MARKERS = {"plain": "s", "residual": "o"}
 
 # Depths are the "style" factor; cycle these in sorted depth order.

@@ -1,0 +1,105 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+import sweep
+from ablations.plan import expand, group_by_cell
+from ablations.spec import AblationSpec, SpecError, validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def spec_of(argv):
+    return sweep.spec_from_args(sweep.build_parser().parse_args(argv))
+
+
+def test_defaults_are_the_products_main_command():
+    s = spec_of([])
+    assert s.families == ("mlp", "resnet") and s.depths == (5, 18, 34)
+    assert s.residual == "both" and s.mode == "train" and s.wandb == "disabled"
+
+
+def test_expand_cells_seeds_and_skips():
+    s = spec_of(["--depths", "5,18", "--seeds", "2", "--mode", "probe"])
+    trials, skipped = expand(s)
+    ids = [t.trial_id for t in trials]
+    assert len(trials) == 3 * 2 * 2  # mlp-5, mlp-18, resnet-18 x both x 2 seeds
+    assert "resnet-18-plain-s1" in ids and "mlp-5-residual-s0" in ids
+    assert len(set(ids)) == len(ids)
+    assert skipped == [("resnet-5", pytest.approx(skipped[0][1]))]
+    assert "nearest valid: 4 or 6" in skipped[0][1]
+    assert [len(g) for g in group_by_cell(trials)] == [2] * 6
+
+
+def test_models_presets_replace_families_x_depths():
+    trials, skipped = expand(spec_of(["--models", "small_resnet18", "--residual", "on"]))
+    assert [t.trial_id for t in trials] == ["small_resnet18-residual-s0"]
+    assert trials[0].depth == 14 and trials[0].family == "resnet" and not skipped
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--families", "vgg"], "unknown family 'vgg'; valid families: mlp, resnet"),
+    (["--models", "resnet99"], "valid model presets: seed_mlp5, small_resnet18"),
+    (["--models", "mlp"], "--models takes presets, 'mlp' is a family"),
+    (["--depths", "1"], "depth 1 is too small"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--milestones", "40", "--epochs", "30"], "must be < --epochs 30"),
+    (["--val-fraction", "1.5"], "--val-fraction must be in [0, 1)"),
+])
+def test_validation_errors_name_the_problem(argv, needle):
+    with pytest.raises(SpecError) as e:
+        validate(spec_of(argv))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_out_that_is_a_file_and_existing_results_are_refused(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("keep me")
+    with pytest.raises(SpecError, match="is a file"):
+        validate(AblationSpec(out=str(f), mode="probe"))
+    (tmp_path / "r" / "done").mkdir(parents=True)
+    (tmp_path / "r" / "done" / "spec.json").write_text("{}")
+    with pytest.raises(SpecError, match="results already exist"):
+        validate(AblationSpec(out=str(tmp_path / "r"), name="done", mode="probe"))
+    assert f.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--residual", "maybe"], "argument --residual: invalid choice: 'maybe' (choose from"),
+    (["--depths", "5,x"], "'x' is not an integer"),
+    (["--depths", "1"], "depth 1 is too small"),
+    (["--families", "mlp,vgg"], "unknown family 'vgg'"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--wandb", "online"], "invalid choice: 'online' (choose from"),
+    (["--mode", "fit"], "invalid choice: 'fit'"),
+])
+def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, argv, needle):
+    out = tmp_path / "results"
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), *argv, "--mode", "probe",
+                        "--out", str(out)] if "--mode" not in argv else
+                       [sys.executable, os.path.join(ROOT, "sweep.py"), *argv, "--out", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], p.stderr
+    assert not out.exists()
+
+
+def test_cli_out_is_a_file(tmp_path):
+    f = tmp_path / "results"
+    f.write_text("precious")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), "--mode", "probe",
+                        "--out", str(f)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "is a file" in p.stderr
+    assert f.read_text() == "precious"
+
+
+def test_list_models_prints_counts():
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), "--list-models"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0
+    assert "small_resnet18" in p.stdout and "175,258" in p.stdout and "seed_mlp5" in p.stdout
