@@ -29,10 +29,10 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _list(kind, name, example):
+def _list(kind, name, example, allow_empty=False):
     def parse(text: str):
         items = [s.strip() for s in text.split(",") if s.strip()]
-        if not items:
+        if not items and not allow_empty:
             raise argparse.ArgumentTypeError(f"{name} is empty; e.g. {example}")
         if kind is int:
             bad = [s for s in items if not s.lstrip("-").isdigit()]
@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--momentum", type=float, default=0.9)
     t.add_argument("--weight-decay", type=float, default=5e-4)
     t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--milestones", type=_list(int, "--milestones", "15,25"), default=(15, 25),
-                   help="epochs after which the lr is multiplied by 0.1")
+    t.add_argument("--milestones", type=_list(int, "--milestones", "15,25", allow_empty=True),
+                   default=(15, 25), help="epochs after which the lr is multiplied by 0.1 "
+                   "('' for none)")
     t.add_argument("--stats-every", type=int, default=50,
                    help="record per-layer statistics every k training steps")
     t.add_argument("--threads", type=int, default=None,

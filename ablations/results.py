@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 FACTORS = ["trial_id", "family", "model", "depth", "residual", "seed"]
@@ -55,6 +56,13 @@ def write_json(path, obj) -> None:
 
 def write_parquet(path, df: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def write_npz(path, arrays: dict) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, **arrays)
+    atomic_write(path, write)
 
 
 def trial_dir(run_dir, trial_id: str) -> Path:

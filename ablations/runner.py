@@ -9,14 +9,35 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import warnings
 
 from .trial import run_group
 
 
+class TuneReporter:
+    """Per-epoch metrics and checkpoints to Ray Tune; restore on a retried trial."""
+
+    def restore(self):
+        import torch
+        from ray import tune
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return torch.load(os.path.join(d, "state.pt"), weights_only=False)
+
+    def report(self, metrics: dict, state: bytes) -> None:
+        from ray import tune
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "state.pt"), "wb") as f:
+                f.write(state)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
 def _trainable(config, *, groups, spec, run_dir):
     from ray import tune
-    statuses = run_group(groups[config["group"]], spec, run_dir)
+    statuses = run_group(groups[config["group"]], spec, run_dir, TuneReporter())
     tune.report({"completed": statuses.count("completed"),
                  "diverged": statuses.count("diverged"), "error": statuses.count("error")})
 
@@ -47,7 +68,8 @@ def run(groups, spec, run_dir: str) -> None:
                 param_space={"group": tune.grid_search(list(range(len(groups))))},
                 tune_config=tune.TuneConfig(reuse_actors=True),
                 run_config=tune.RunConfig(name="tune", storage_path=os.path.join(run_dir, "ray"),
-                                          verbose=0, log_to_file=True))
+                                          verbose=0, log_to_file=True,
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
             tuner.fit()
     finally:
         if started:

@@ -47,14 +47,17 @@ def run_probe_group(trials, spec, run_dir) -> list[str]:
     return statuses
 
 
-def run_group(trials, spec, run_dir) -> list[str]:
-    """Run one group; an exception becomes ``status=error`` rows with the traceback."""
+def run_group(trials, spec, run_dir, reporter=None) -> list[str]:
+    """Run one group; an exception becomes ``status=error`` rows with the traceback.
+
+    ``reporter`` (train mode) gets per-epoch metrics and checkpoints (see ablations.train).
+    """
     torch.set_num_threads(max(1, int(spec.train.threads or spec.cpus_per_trial)))
     try:
         if spec.mode == "probe":
             return run_probe_group(trials, spec, run_dir)
         from .train import run_train_trial
-        return [run_train_trial(t, spec, run_dir) for t in trials]
+        return [run_train_trial(t, spec, run_dir, reporter) for t in trials]
     except Exception:
         tb = traceback.format_exc()
         for t in trials:

@@ -1,0 +1,169 @@
+"""Datasets as tensors on the training device, and batched augmentation.
+
+CIFAR-10 is read straight from the official python batches in
+``<data_root>/cifar-10-batches-py/`` (no md5 check, so a partial or re-packed
+copy such as ../shared/data/cifar10-subset works); when that folder is missing,
+torchvision downloads it there. ``synthetic`` is a small learnable dataset made
+in memory (tests, offline smoke runs). The training subset is class-stratified
+and deterministic (the same for every trial of a sweep); the validation split
+is held out of it, stratified too; the test split is never used for selection.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .spec import SpecError, TrainSettings
+
+CIFAR_DIR = "cifar-10-batches-py"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILE = "test_batch"
+SUBSET_SEED = 0  # fixed: the subset must not depend on the trial's seed
+
+
+@dataclass
+class Dataset:
+    train_x: torch.Tensor  # (N, 3, 32, 32) float, normalized, on device
+    train_y: torch.Tensor  # (N,) int64
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    test_images: torch.Tensor  # (M, 3, 32, 32) in [0, 1], unnormalized (for figures)
+    num_classes: int = 10
+
+    @property
+    def in_features(self) -> int:
+        return int(np.prod(self.train_x.shape[1:]))
+
+
+def read_cifar_batches(folder: str, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 from official pickle batches."""
+    xs, ys = [], []
+    for n in names:
+        with open(os.path.join(folder, n), "rb") as f:
+            d = pickle.load(f, encoding="latin1")
+        xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))  # R, G, B planes
+        ys.append(np.asarray(d["labels"], dtype=np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def cifar_folder(root: str, download: bool = True) -> str:
+    """``<root>/cifar-10-batches-py``, downloading it when missing; SpecError if impossible."""
+    folder = os.path.join(root, CIFAR_DIR)
+    missing = [n for n in TRAIN_FILES + [TEST_FILE] if not os.path.isfile(os.path.join(folder, n))]
+    if not missing:
+        return folder
+    if download and not os.path.exists(folder):
+        try:
+            import torchvision
+            old = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(15)
+            try:
+                torchvision.datasets.CIFAR10(root, train=True, download=True)
+            finally:
+                socket.setdefaulttimeout(old)
+            return folder
+        except Exception as e:  # offline, DNS failure, disk full...
+            reason = f"download failed ({type(e).__name__})"
+    else:
+        reason = f"missing {', '.join(missing)}"
+    raise SpecError(f"CIFAR-10 not found in {folder} ({reason}); put the official python "
+                    "batches (data_batch_1..5, test_batch) there, or pass --data-root DIR "
+                    "(e.g. ../shared/data/cifar10-subset), or use --dataset synthetic")
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int = SUBSET_SEED) -> np.ndarray:
+    """``n`` indices with class proportions of ``labels`` (largest remainder), deterministic."""
+    if n > len(labels):
+        raise SpecError(f"--subset {n} is larger than the training set ({len(labels)} images); "
+                        f"valid: 10..{len(labels)}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(labels)
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take), kind="stable")[: n - take.sum()]:
+        take[i] += 1
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picked))
+
+
+def split_val(indices: np.ndarray, labels: np.ndarray, fraction: float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) parts of ``indices``; val is a stratified ``fraction`` of them."""
+    if fraction <= 0:
+        return indices, indices[:0]
+    val_pos = stratified_subset(labels[indices], max(1, round(fraction * len(indices))),
+                                seed=SUBSET_SEED + 1)
+    mask = np.zeros(len(indices), bool)
+    mask[val_pos] = True
+    return indices[~mask], indices[mask]
+
+
+def synthetic_arrays(n_train: int = 2000, n_test: int = 500, seed: int = 1234):
+    """Learnable 10-class images: a smooth random prototype per class plus noise (uint8)."""
+    rng = np.random.default_rng(seed)
+    protos = rng.normal(size=(10, 3, 4, 4))
+    protos = np.kron(protos, np.ones((1, 1, 8, 8)))  # (10, 3, 32, 32), 8x8 blobs
+
+    def make(n):
+        y = np.arange(n) % 10
+        x = protos[y] + 1.5 * rng.normal(size=(n, 3, 32, 32))
+        x = np.clip(128 + 40 * x, 0, 255).astype(np.uint8)
+        return x, y.astype(np.int64)
+    return make(n_train) + make(n_test)
+
+
+def load_arrays(t: TrainSettings):
+    if t.dataset == "synthetic":
+        return synthetic_arrays()
+    folder = cifar_folder(t.data_root)
+    return read_cifar_batches(folder, TRAIN_FILES) + read_cifar_batches(folder, [TEST_FILE])
+
+
+def check_data(t: TrainSettings) -> None:
+    """Everything about the data that can fail, before anything is written."""
+    xtr, ytr, _, _ = load_arrays(t)
+    stratified_subset(ytr, t.subset)
+    if t.val_fraction > 0 and round(t.val_fraction * t.subset) >= t.subset:
+        raise SpecError(f"--val-fraction {t.val_fraction} leaves no training images")
+
+
+@functools.lru_cache(maxsize=2)
+def load_dataset(t: TrainSettings, device: str) -> Dataset:
+    """The sweep's dataset on ``device`` (cached per worker process: actors are reused)."""
+    xtr, ytr, xte, yte = load_arrays(t)
+    train_idx, val_idx = split_val(stratified_subset(ytr, t.subset), ytr, t.val_fraction)
+    to = functools.partial(torch.as_tensor, device=device)
+    x = to(xtr[train_idx]).float().div_(255)
+    mean, std = x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True)
+    norm = lambda a: (to(a).float().div_(255) - mean) / std  # noqa: E731
+    test_images = to(xte).float().div_(255)
+    return Dataset(train_x=(x - mean) / std, train_y=to(ytr[train_idx]),
+                   val_x=norm(xtr[val_idx]), val_y=to(ytr[val_idx]),
+                   test_x=(test_images - mean) / std, test_y=to(yte), test_images=test_images)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop after ``pad``-pixel reflect padding, and horizontal flip, per image,
+    as batched tensor ops. ``x``: (B, C, H, W) -> (B, C, H, W)."""
+    B, C, H, W = x.shape
+    dev = x.device
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")  # (B, C, H+2p, W+2p)
+    off = torch.randint(0, 2 * pad + 1, (2, B), generator=generator,
+                        device=generator.device).to(dev)
+    k = torch.arange(H, device=dev)
+    flip = torch.rand(B, generator=generator, device=generator.device).to(dev) < 0.5
+    rows = (off[0, :, None] + k)[:, None, :, None]  # (B, 1, H, 1)
+    # a flipped crop reads its columns right to left
+    cols = off[1, :, None] + torch.where(flip[:, None], W - 1 - k, k)  # (B, W)
+    b = torch.arange(B, device=dev)[:, None, None, None]
+    c = torch.arange(C, device=dev)[None, :, None, None]
+    return padded[b, c, rows, cols[:, None, None, :]]

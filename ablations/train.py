@@ -1,0 +1,203 @@
+"""Train one trial: SGD + momentum + weight decay, MultiStepLR (x0.1 at milestones),
+evaluation every epoch, per-layer statistics every k steps, divergence detection.
+
+Fast by construction: data lives on the device as tensors (no DataLoader, no
+per-image Python), augmentation is batched, bfloat16 autocast where the hardware
+has native bf16 (CPU: AVX512-BF16/AMX; CUDA: compute capability >= 8),
+channels_last for conv nets, inference mode for evaluation, and running loss
+and accuracy are summed on the device: the host syncs once per epoch (plus
+once per statistics sample), never per step.
+
+``reporter`` (optional) receives per-epoch metrics and checkpoints: the Ray
+runner passes one; tests can pass None. No Ray import here.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+import models
+from analysis.hooks import LayerStatsRecorder
+
+from . import results
+from .data import augment, load_dataset
+
+EVAL_BATCH = 1000
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but no CUDA device is visible to this worker")
+    return name
+
+
+def pick_precision(device: str) -> str:
+    """bf16 autocast only where the hardware computes bf16 natively, else fp32."""
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if results.cpu_has_bf16() else "fp32"
+
+
+def autocast(device: str, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def evaluate(model, x, y, device, precision) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over (x, y); NaN for an empty split."""
+    if len(y) == 0:
+        return math.nan, math.nan
+    model.eval()
+    loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for k in range(0, len(y), EVAL_BATCH):
+        xb, yb = x[k:k + EVAL_BATCH], y[k:k + EVAL_BATCH]
+        with autocast(device, precision):
+            out = model(xb)
+        loss += F.cross_entropy(out.float(), yb, reduction="sum")
+        correct += (out.argmax(1) == yb).sum()
+    return loss.item() / len(y), correct.item() / len(y)
+
+
+def first_block_maps(model, image: torch.Tensor, norm_image: torch.Tensor) -> dict | None:
+    """8 channels of the first residual block's output for one test image (ResNets)."""
+    if not hasattr(model, "first_block"):
+        return None
+    maps = {}
+    h = model.first_block().register_forward_hook(lambda m, i, o: maps.setdefault("o", o))
+    with torch.inference_mode():
+        model.eval()
+        model(norm_image[None].float())
+    h.remove()
+    return {"maps": maps["o"][0, :8].float().cpu().numpy(),  # (8, H, W)
+            "image": image.float().cpu().numpy()}              # (3, 32, 32) in [0, 1]
+
+
+def save_state(model, opt, sched, epoch, history) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "epoch": epoch, "history": history}, buf)
+    return buf.getvalue()
+
+
+def run_train_trial(trial, spec, run_dir, reporter=None) -> str:
+    """Train ``trial`` and write its fragment; returns its status."""
+    t = spec.train
+    device = pick_device(t.device)
+    precision = pick_precision(device)
+    data = load_dataset(t, device)
+    torch.manual_seed(trial.seed)
+    cfg = trial.model_cfg.with_input(data.in_features, data.num_classes)
+    model = cfg.build().to(device)
+    conv = hasattr(model, "stages")
+    if conv:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
+                          weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(t.milestones), gamma=0.1)
+    step_fn = torch.compile(model) if t.compile else model
+    recorder = LayerStatsRecorder(model)
+    gen = torch.Generator(device=device).manual_seed(trial.seed)
+    history: list[dict] = []
+    layer_frames: list[pd.DataFrame] = []
+    start_epoch = 1
+    state = reporter.restore() if reporter else None
+    if state is not None:  # resume from the last checkpoint
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, start_epoch = state["history"], state["epoch"] + 1
+    from .trial import layer_frame
+    n = len(data.train_y)
+    step = (start_epoch - 1) * math.ceil(n / t.batch_size)
+    status, diverged_epoch = "completed", None
+    xs = data.train_x.contiguous(memory_format=torch.channels_last) if conv else data.train_x
+    for epoch in range(start_epoch, t.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        perm = torch.randperm(n, generator=gen, device=gen.device).to(device)
+        for k in range(0, n, t.batch_size):
+            idx = perm[k:k + t.batch_size]
+            xb, yb = augment(xs[idx], gen), data.train_y[idx]
+            sample = step % t.stats_every == 0
+            with recorder.capture() if sample else contextlib.nullcontext():
+                with autocast(device, precision):
+                    out = step_fn(xb)
+                loss = F.cross_entropy(out.float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if sample:
+                layer_frames.append(layer_frame(trial, recorder.snapshot(), "train", step, epoch))
+            opt.step()
+            loss_sum += loss.detach() * len(yb)
+            correct += (out.argmax(1) == yb).sum()
+            step += 1
+        sched.step()
+        train_loss = loss_sum.item() / n  # the one host sync of the epoch
+        seconds = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            status, diverged_epoch = "diverged", epoch
+            history.append({"epoch": epoch, "train_loss": train_loss, "lr": lr,
+                            "epoch_seconds": seconds, "train_images_per_s": n / seconds})
+            break
+        val_loss, val_acc = evaluate(model, data.val_x, data.val_y, device, precision)
+        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, device, precision)
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct.item() / n,
+               "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss,
+               "test_acc": test_acc, "lr": lr, "epoch_seconds": seconds,
+               "train_images_per_s": n / seconds}
+        history.append(row)
+        if reporter:
+            reporter.report(row, save_state(model, opt, sched, epoch, history))
+    recorder.close()
+    epochs = pd.DataFrame(history)
+    for k, v in reversed(trial.factors().items()):
+        epochs.insert(0, k, v)
+    row = {**trial.factors(), "params": models.count_params(model), "status": status,
+           "diverged_epoch": diverged_epoch, "device": device, "precision": precision,
+           "train_seconds": float(epochs["epoch_seconds"].sum()) if len(epochs) else 0.0,
+           **summarize(epochs)}
+    frames = {"epochs": epochs}
+    if layer_frames:
+        frames["layers"] = pd.concat(layer_frames, ignore_index=True)
+    maps = first_block_maps(model, data.test_images[0], data.test_x[0]) \
+        if status == "completed" else None
+    if maps is not None:
+        results.write_npz(f"{run_dir}/features/{trial.trial_id}.npz", maps)
+    results.write_fragment(run_dir, trial.trial_id, row, frames)
+    return status
+
+
+def summarize(epochs: pd.DataFrame) -> dict:
+    """Final and best values; "best" epoch is chosen on validation accuracy only."""
+    if epochs.empty or "test_acc" not in epochs:
+        return {}
+    done = epochs.dropna(subset=["test_acc"])
+    if done.empty:
+        return {}
+    last = done.iloc[-1]
+    out = {f"final_{k}": float(last[k]) for k in
+           ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")}
+    out["epochs_run"] = int(epochs["epoch"].max())
+    out["best_test_acc"] = float(done["test_acc"].max())  # reported, never used to select
+    out["best_test_epoch"] = int(done.loc[done["test_acc"].idxmax(), "epoch"])
+    if done["val_acc"].notna().any():
+        best = done.loc[done["val_acc"].idxmax()]
+        out.update(best_val_acc=float(best["val_acc"]), best_val_epoch=int(best["epoch"]),
+                   test_acc_at_best_val=float(best["test_acc"]))
+    out["mean_train_images_per_s"] = float(epochs["train_images_per_s"].mean())
+    return out
