@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args) -> AblationSpec:
     train = TrainSettings(
-        dataset=args.dataset, data_root=args.data_root, subset=args.subset,
+        dataset=args.dataset, data_root=os.path.abspath(args.data_root), subset=args.subset,
         val_fraction=args.val_fraction, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, batch_size=args.batch_size,
         milestones=tuple(args.milestones), stats_every=args.stats_every, threads=args.threads,

@@ -121,16 +121,17 @@ def synthetic_arrays(n_train: int = 2000, n_test: int = 500, seed: int = 1234):
     return make(n_train) + make(n_test)
 
 
-def load_arrays(t: TrainSettings):
+def load_arrays(t: TrainSettings, download: bool = False):
+    """Train and test arrays; only the driver (``check_data``) may download."""
     if t.dataset == "synthetic":
         return synthetic_arrays()
-    folder = cifar_folder(t.data_root)
+    folder = cifar_folder(t.data_root, download=download)
     return read_cifar_batches(folder, TRAIN_FILES) + read_cifar_batches(folder, [TEST_FILE])
 
 
 def check_data(t: TrainSettings) -> None:
     """Everything about the data that can fail, before anything is written."""
-    xtr, ytr, _, _ = load_arrays(t)
+    xtr, ytr, _, _ = load_arrays(t, download=True)
     stratified_subset(ytr, t.subset)
     if t.val_fraction > 0 and round(t.val_fraction * t.subset) >= t.subset:
         raise SpecError(f"--val-fraction {t.val_fraction} leaves no training images")

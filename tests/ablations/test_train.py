@@ -1,0 +1,71 @@
+import dataclasses
+
+import pandas as pd
+import pytest
+
+from ablations import results
+from ablations.plan import expand
+from ablations.spec import AblationSpec, TrainSettings
+from ablations.train import run_train_trial
+
+
+class Recorder:
+    def __init__(self):
+        self.reports = []
+
+    def restore(self):
+        return None
+
+    def report(self, metrics, state):
+        self.reports.append((metrics, len(state)))
+
+
+def small_spec(tmp_path, **train):
+    t = dict(dataset="synthetic", subset=300, val_fraction=0.2, epochs=3, milestones=(2,),
+             batch_size=64, stats_every=2, lr=0.05)
+    t.update(train)
+    return AblationSpec(families=("mlp", "resnet"), depths=(4,), seeds=1, residual="on",
+                        out=str(tmp_path), name="t", train=TrainSettings(**t))
+
+
+def test_training_writes_epochs_stats_checkpoints_and_feature_maps(tmp_path):
+    spec = small_spec(tmp_path)
+    trials, _ = expand(spec)
+    resnet = [t for t in trials if t.family == "resnet"][0]
+    rep = Recorder()
+    assert run_train_trial(resnet, spec, spec.run_dir, rep) == "completed"
+    ep = pd.read_parquet(results.trial_dir(spec.run_dir, resnet.trial_id) / "epochs.parquet")
+    assert list(ep.epoch) == [1, 2, 3]
+    for col in ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
+                "epoch_seconds", "train_images_per_s"]:
+        assert ep[col].notna().all(), col
+    assert ep.train_acc.between(0, 1).all() and ep.test_acc.between(0, 1).all()
+    assert list(ep.lr) == pytest.approx([0.05, 0.05, 0.005])  # x0.1 after epoch 2
+    assert len(rep.reports) == 3 and all(size > 0 for _, size in rep.reports)
+    layers = pd.read_parquet(results.trial_dir(spec.run_dir, resnet.trial_id) / "layers.parquet")
+    assert set(layers.phase) == {"train"} and sorted(layers.step.unique())[:2] == [0, 2]
+    assert {"grad_norm", "act_mean_abs"} <= set(layers.stat)
+    import numpy as np
+    maps = np.load(f"{spec.run_dir}/features/{resnet.trial_id}.npz")
+    assert maps["maps"].shape == (8, 32, 32) and maps["image"].shape == (3, 32, 32)
+    row = results.read_fragment_row(spec.run_dir, resnet.trial_id)
+    assert row["status"] == "completed" and row["final_test_acc"] == ep.test_acc.iloc[-1]
+    assert row["precision"] in ("bf16", "fp32")
+
+
+def test_synthetic_data_is_learned(tmp_path):
+    spec = small_spec(tmp_path, epochs=4, milestones=())
+    mlp = [t for t in expand(spec)[0] if t.family == "mlp"][0]
+    run_train_trial(mlp, spec, spec.run_dir)
+    row = results.read_fragment_row(spec.run_dir, mlp.trial_id)
+    assert row["final_test_acc"] > 0.5  # 10 classes: chance is 0.1
+
+
+def test_nan_loss_is_a_diverged_result_not_a_crash(tmp_path):
+    spec = small_spec(tmp_path, lr=1e12, epochs=5, milestones=())
+    mlp = dataclasses.replace([t for t in expand(spec)[0] if t.family == "mlp"][0])
+    assert run_train_trial(mlp, spec, spec.run_dir) == "diverged"
+    row = results.read_fragment_row(spec.run_dir, mlp.trial_id)
+    assert row["status"] == "diverged" and 1 <= row["diverged_epoch"] < 5
+    ep = pd.read_parquet(results.trial_dir(spec.run_dir, mlp.trial_id) / "epochs.parquet")
+    assert len(ep) == row["diverged_epoch"]

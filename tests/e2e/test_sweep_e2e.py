@@ -1,0 +1,82 @@
+"""End to end: sweep.py for real, through Ray Tune, in a subprocess."""
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.ablations.test_data import write_cifar
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def ray_pids():
+    out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True)
+    return set(out.stdout.split())
+
+
+def sweep(*argv, cwd):
+    before = ray_pids()
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), *argv],
+                       capture_output=True, text=True, cwd=cwd, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert ray_pids() <= before, "the sweep left Ray processes running"
+    return p
+
+
+def test_probe_sweep_through_ray(tmp_path):
+    p = sweep("--families", "mlp,resnet", "--depths", "4,5", "--mode", "probe", "--seeds", "2",
+              "--out", "res", "--name", "probe", cwd=tmp_path)
+    run = tmp_path / "res" / "probe"
+    assert "skipped resnet-5" in p.stdout
+    assert "12 trials: 12 completed, 0 diverged, 0 errored" in p.stdout
+    trials = pd.read_parquet(run / "trials.parquet")
+    assert len(trials) == 12 and set(trials.status) == {"completed"}
+    assert {"trial_id", "family", "model", "depth", "residual", "seed", "params",
+            "status"} <= set(trials.columns)
+    layers = pd.read_parquet(run / "layers.parquet")
+    assert set(layers.stat) == {"grad_mean_abs", "grad_norm", "act_mean_abs", "act_std",
+                                "act_zero_frac"}
+    assert set(layers.trial_id) == set(trials.trial_id) and set(layers.phase) == {"init"}
+    # mlp-4: 4 weights x 2 grad stats + 4 taps x 3 act stats per trial
+    one = layers[layers.trial_id == "mlp-4-plain-s1"]
+    assert len(one) == 4 * 2 + 4 * 3
+    spec = json.loads((run / "spec.json").read_text())
+    assert spec["spec"]["seeds"] == 2 and spec["environment"]["packages"]["ray"]
+    assert spec["environment"]["git_commit"]
+    for f in ["grad_by_layer", "act_by_layer"]:
+        assert (run / "figures" / f"{f}.pdf").stat().st_size > 0
+        assert (run / "figures" / f"{f}.png").stat().st_size > 0
+    assert (run / "tables" / "grad_mlp-4.md").exists()
+    assert (run / "tables" / "grad_mlp-4.tex").exists()
+
+
+def test_short_training_run_on_cifar_format_data_through_ray(tmp_path):
+    write_cifar(tmp_path / "data", n_train_per_batch=40, n_test=30)
+    p = sweep("--families", "mlp,resnet", "--depths", "4", "--residual", "both",
+              "--data-root", "data", "--subset", "200", "--val-fraction", "0.1",
+              "--epochs", "2", "--milestones", "1", "--batch-size", "50", "--stats-every", "2",
+              "--out", "res", "--name", "train", cwd=tmp_path)
+    run = tmp_path / "res" / "train"
+    assert "4 trials: 4 completed" in p.stdout
+    epochs = pd.read_parquet(run / "epochs.parquet")
+    assert len(epochs) == 4 * 2 and set(epochs.epoch) == {1, 2}
+    trials = pd.read_parquet(run / "trials.parquet")
+    assert trials.final_test_acc.between(0, 1).all()
+    layers = pd.read_parquet(run / "layers.parquet")
+    assert set(layers.phase) == {"train"}
+    assert (run / "figures" / "training_curves.png").exists()
+    assert len(list((run / "features").glob("resnet-4-*.npz"))) == 2
+
+
+def test_existing_results_are_not_overwritten(tmp_path):
+    run = tmp_path / "res" / "x"
+    run.mkdir(parents=True)
+    (run / "spec.json").write_text("{}")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), "--mode", "probe",
+                        "--out", "res", "--name", "x"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert p.returncode == 2 and "results already exist" in p.stderr
+    assert (run / "spec.json").read_text() == "{}"
