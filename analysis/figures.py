@@ -20,10 +20,10 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from analysis.style import (COLUMN_WIDTH, MARKERS, PALETTE, VARIANT_ORDER, depth_linestyles,
-                            paper_context, with_variant)
+                            figure_width, log_axis, message_figure, paper_context,
+                            variant_handles, with_variant)
 from analysis.tables import network_order, stat_rows
 
-WIDTH = COLUMN_WIDTH["double"]
 MAX_LR_MARKS = 5      # more drops than this is a smooth schedule, not milestones
 MAX_PROGRESS_LINES = 10  # more lines than this in one panel cannot be told apart
 
@@ -50,24 +50,10 @@ def _line_band(ax, agg: pd.DataFrame, x: str, color, band: bool = True, **line_k
                         alpha=0.2, linewidth=0)
 
 
-def _message_figure(text: str) -> Figure:
-    with paper_context("single"):
-        fig = Figure(figsize=(COLUMN_WIDTH["single"], 1.2))
-        ax = fig.add_subplot()
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, transform=ax.transAxes)
-    return fig
-
-
 def _no_data(ax, text: str = "no finite data") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", color="0.4", transform=ax.transAxes)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _variant_handles(variants) -> list[Line2D]:
-    return [Line2D([], [], color=PALETTE[v], marker=MARKERS[v], label=v)
-            for v in VARIANT_ORDER if v in set(variants)]
+    # tick_params, not set_xticks([]): locators are shared with sibling panels.
+    ax.tick_params(left=False, labelleft=False, bottom=False, labelbottom=False)
 
 
 def _positions(rows: pd.DataFrame) -> pd.Series:
@@ -85,7 +71,7 @@ def _panels(rows: pd.DataFrame, keys: list[str]) -> list[tuple]:
 def _layer_profile(layers: pd.DataFrame, stat: str, phase: str, ylabel: str) -> Figure:
     rows = with_variant(_finite(stat_rows(layers, stat, phase), positive=True))
     if rows.empty:
-        return _message_figure(f"no positive finite {stat} rows for phase {phase!r}")
+        return message_figure(f"no positive finite {stat} rows for phase {phase!r}")
     # One panel per model: a family's own name ("mlp") and its presets
     # ("seed_mlp5") are different networks and get different panels.
     panels = _panels(rows, ["family", "model"])
@@ -93,7 +79,7 @@ def _layer_profile(layers: pd.DataFrame, stat: str, phase: str, ylabel: str) -> 
     ncols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / ncols)
     with paper_context():
-        fig = Figure(figsize=(WIDTH, 0.3 + 2.0 * nrows), layout="constrained")
+        fig = Figure(figsize=(figure_width(ncols), 0.3 + 2.0 * nrows), layout="constrained")
         axes = fig.subplots(nrows, ncols, squeeze=False)
         for i, (ax, (family, model)) in enumerate(zip(axes.flat, panels)):
             sub = rows[(rows["family"] == family) & (rows["model"] == model)]
@@ -102,9 +88,12 @@ def _layer_profile(layers: pd.DataFrame, stat: str, phase: str, ylabel: str) -> 
                 for variant in VARIANT_ORDER:
                     vsub = dsub[dsub["variant"] == variant]
                     if len(vsub):
-                        _line_band(ax, _median_iqr(vsub, "x"), "x", PALETTE[variant],
-                                   marker=MARKERS[variant], linestyle=styles[depth])
-            ax.set_yscale("log")
+                        agg = _median_iqr(vsub, "x")
+                        # ~10 markers a line: enough to tell variants apart in
+                        # greyscale, few enough that depth line styles still show.
+                        _line_band(ax, agg, "x", PALETTE[variant], marker=MARKERS[variant],
+                                   markevery=max(1, round(len(agg) / 10)), linestyle=styles[depth])
+            log_axis(ax)
             ax.set_title(model)
             ax.set_xlabel("layer (network order)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -112,7 +101,7 @@ def _layer_profile(layers: pd.DataFrame, stat: str, phase: str, ylabel: str) -> 
                 ax.set_ylabel(ylabel)
         for ax in axes.flat[len(panels):]:
             ax.set_visible(False)
-        handles = _variant_handles(rows["variant"]) + [
+        handles = variant_handles(rows["variant"]) + [
             Line2D([], [], color="0.3", linestyle=ls, label=f"depth {d}") for d, ls in styles.items()]
         fig.legend(handles=handles, loc="outside right upper")
     return fig
@@ -168,12 +157,12 @@ def training_curves(epochs: pd.DataFrame) -> Figure:
     """
     ep = with_variant(epochs)
     if ep.empty or "epoch" not in ep:
-        return _message_figure("no epoch rows")
+        return message_figure("no epoch rows")
     combos = _panels(ep, ["family", "model", "depth"])
     ncols = min(len(combos), 3)
     blocks = math.ceil(len(combos) / ncols)
     with paper_context():
-        fig = Figure(figsize=(WIDTH, 0.3 + 3.0 * blocks), layout="constrained")
+        fig = Figure(figsize=(figure_width(ncols), 0.3 + 3.0 * blocks), layout="constrained")
         axes = fig.subplots(2 * blocks, ncols, squeeze=False)
         for i, (family, model, depth) in enumerate(combos):
             ax_loss, ax_acc = axes[2 * (i // ncols), i % ncols], axes[2 * (i // ncols) + 1, i % ncols]
@@ -186,17 +175,18 @@ def training_curves(epochs: pd.DataFrame) -> Figure:
                     _curve(ax_acc, vsub, f"{split}_acc", variant, bold, scale=100.0)
                 for e in _lr_drops(vsub):
                     drops.setdefault(e, []).append(variant)
-            for e, vs in drops.items():
-                color = "0.5" if len(vs) == sub["variant"].nunique() else PALETTE[vs[0]]
-                for ax in (ax_loss, ax_acc):
-                    ax.axvline(e, color=color, linestyle=":", linewidth=0.8, zorder=0)
             if ax_loss.lines:
-                ax_loss.set_yscale("log")
+                log_axis(ax_loss)
             for ax in (ax_loss, ax_acc):
                 if not ax.lines:
                     _no_data(ax)
+                    continue
+                for e, vs in drops.items():
+                    color = "0.5" if len(vs) == sub["variant"].nunique() else PALETTE[vs[0]]
+                    ax.axvline(e, color=color, linestyle=":", linewidth=0.8, zorder=0)
             ax_loss.set_title(f"{model}, depth {depth}")
-            ax_loss.tick_params(labelbottom=False)
+            if ax_loss.lines:
+                ax_loss.tick_params(labelbottom=False)
             ax_acc.set_xlabel("epoch")
             ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
             if i % ncols == 0:
@@ -205,7 +195,7 @@ def training_curves(epochs: pd.DataFrame) -> Figure:
         for j in range(len(combos), blocks * ncols):
             axes[2 * (j // ncols), j % ncols].set_visible(False)
             axes[2 * (j // ncols) + 1, j % ncols].set_visible(False)
-        handles = _variant_handles(ep["variant"]) + [
+        handles = variant_handles(ep["variant"]) + [
             Line2D([], [], color="0.3", linewidth=0.7, label="train"),
             Line2D([], [], color="0.3", linewidth=1.8, label="test"),
             Line2D([], [], color="0.5", linewidth=0.8, linestyle=":", label="LR drop")]
@@ -225,7 +215,7 @@ def act_through_training(layers: pd.DataFrame, progress: str = "step") -> Figure
     rows = layers[(layers["stat"] == "act_mean_abs") & (layers["phase"] == "train")]
     rows = with_variant(_finite(rows, positive=True))
     if rows.empty:
-        return _message_figure("no positive finite train-phase act_mean_abs rows")
+        return message_figure("no positive finite train-phase act_mean_abs rows")
     ticks = np.sort(rows[progress].unique())
     if len(ticks) > MAX_PROGRESS_LINES:
         ticks = ticks[np.unique(np.linspace(0, len(ticks) - 1, MAX_PROGRESS_LINES).round().astype(int))]
@@ -234,7 +224,8 @@ def act_through_training(layers: pd.DataFrame, progress: str = "step") -> Figure
     combos = _panels(rows, ["family", "model", "depth"])
     variants = [v for v in VARIANT_ORDER if (rows["variant"] == v).any()]
     with paper_context():
-        fig = Figure(figsize=(WIDTH, 0.4 + 1.9 * len(combos)), layout="constrained")
+        fig = Figure(figsize=(figure_width(len(variants), 2.8), 0.4 + 1.9 * len(combos)),
+                     layout="constrained")
         axes = fig.subplots(len(combos), len(variants), squeeze=False, sharey="row")
         for r, (family, model, depth) in enumerate(combos):
             sub = rows[(rows["family"] == family) & (rows["model"] == model) & (rows["depth"] == depth)]
@@ -246,9 +237,7 @@ def act_through_training(layers: pd.DataFrame, progress: str = "step") -> Figure
                     agg = _median_iqr(tsub, "x")
                     ax.plot(agg["x"], agg["median"], color=cmap(norm(t)), linewidth=1.0,
                             marker=MARKERS[variant], markersize=2)
-                if ax.lines:
-                    ax.set_yscale("log")
-                else:
+                if not ax.lines:
                     _no_data(ax)
                 ax.set_title(f"{model}, depth {depth}: {variant}", color=PALETTE[variant])
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -256,6 +245,9 @@ def act_through_training(layers: pd.DataFrame, progress: str = "step") -> Figure
                     ax.set_xlabel("layer (network order)")
                 if c == 0:
                     ax.set_ylabel("mean |activation|")
+            for ax in axes[r]:  # after the whole row: the panels share y
+                if ax.lines:
+                    log_axis(ax)
         fig.colorbar(ScalarMappable(norm, cmap), ax=axes, label=f"training {progress}", aspect=30)
     return fig
 

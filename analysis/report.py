@@ -17,7 +17,8 @@ import pandas as pd
 
 from analysis import figures
 from analysis.style import save_figure
-from analysis.tables import escape_latex, grad_table, summary_table, write_table
+from analysis.tables import (GRAD_TABLE_FORMAT, escape_latex, grad_table, summary_table,
+                             write_table)
 
 RESULT_FILES = ("trials", "layers", "epochs")
 FORMATS = ("pdf", "png", "svg")
@@ -89,7 +90,7 @@ def _layer_outputs(layers: pd.DataFrame, fig_dir: Path, tab_dir: Path, formats) 
                    "with (residual) shortcuts; ratio is the median over seeds of residual/plain.")
         written += write_table(grad_table(layers, model, depth, "init"),
                                tab_dir / f"grad_{_safe(model)}-{depth}", caption,
-                               f"tab:grad-{_safe(model)}-{depth}")
+                               f"tab:grad-{_safe(model)}-{depth}", GRAD_TABLE_FORMAT)
     return written
 
 

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import matplotlib as mpl
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import LogFormatter
 
 VARIANT_ORDER = ("plain", "residual")
 
@@ -93,6 +96,44 @@ def with_variant(df: pd.DataFrame) -> pd.DataFrame:
 def depth_linestyles(depths) -> dict:
     """Depth -> line style, assigned in sorted order so the mapping is stable across figures."""
     return {d: LINESTYLES[i % len(LINESTYLES)] for i, d in enumerate(sorted(set(depths)))}
+
+
+def variant_handles(variants) -> list[Line2D]:
+    """Legend entries (colour + marker) for the variants present, in ``VARIANT_ORDER``."""
+    present = set(variants)
+    return [Line2D([], [], color=PALETTE[v], marker=MARKERS[v], label=v)
+            for v in VARIANT_ORDER if v in present]
+
+
+def figure_width(ncols: int, per_panel: float = 2.1) -> float:
+    """Width for ``ncols`` panels plus an outside legend, capped at the double-column width."""
+    return min(COLUMN_WIDTH["double"], 1.2 + per_panel * ncols)
+
+
+class _PlainLogFormatter(LogFormatter):
+    """LogFormatter's choice of which ticks to label, written as plain numbers (0.3, 2)."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return f"{x:.3g}"
+
+
+def log_axis(ax) -> None:
+    """Log y; within two decades ticks read 0.3, 2 rather than 3x10^-1, 2x10^0."""
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    if lo > 0 and hi / lo < 100:
+        ax.yaxis.set_major_formatter(_PlainLogFormatter())
+        ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+
+
+def message_figure(text: str) -> Figure:
+    """A small figure that only says ``text``: what a figure function returns with no data."""
+    with paper_context("single"):
+        fig = Figure(figsize=(COLUMN_WIDTH["single"], 1.2))
+        ax = fig.add_subplot()
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    return fig
 
 
 def save_figure(fig, path_without_suffix, formats=("pdf", "png")) -> list[str]:

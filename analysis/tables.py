@@ -69,6 +69,9 @@ def network_order(rows: pd.DataFrame) -> list[str]:
     return order
 
 
+GRAD_TABLE_FORMAT = {"plain": "sci", "residual": "sci", "ratio": "sig"}
+
+
 def grad_table(layers: pd.DataFrame, model: str, depth: int, phase: str = "init") -> pd.DataFrame:
     """Mean |dL/dW| per weight layer without (``plain``) and with (``residual``) shortcuts.
 
@@ -124,7 +127,7 @@ def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
     """
     t = with_variant(trials)
     keys = ["model", "depth", "variant"]
-    sort = (["family"] if "family" in t else []) + keys
+    sort = ["family"] + keys  # every row carries family (the model name if absent)
     rows = []
     for (model, depth, variant), g in t.groupby(keys, sort=False):
         status = g["status"] if "status" in g else pd.Series(dtype=object)
@@ -156,14 +159,29 @@ def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- rendering
 
 def _auto_spec(col: pd.Series) -> str:
-    """'.3g' when every finite non-zero value is in [1e-3, 1e3), else 3-digit scientific.
+    """"sig" when every finite non-zero value is in [1e-2, 1e3), else "sci".
 
-    One spec per column keeps the column's digits aligned: gradients spanning
-    1e-2..1e-5 all read as 4.81e-05, ratios read as 1.23 or 12.3.
+    One spec per column keeps a column's digits aligned: gradients spanning
+    1e-2..1e-5 all read as 4.81e-05, ratios and accuracies read as 1.23 or 12.3.
     """
     v = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
     v = np.abs(v[np.isfinite(v) & (v != 0)])
-    return ".3g" if v.size == 0 or ((v >= 1e-3) & (v < 1e3)).all() else ".2e"
+    return "sig" if v.size == 0 or ((v >= 1e-2) & (v < 1e3)).all() else "sci"
+
+
+def _format_float(v: float, spec: str) -> str:
+    """"sci": 3 significant digits in scientific notation (4.81e-05); "sig": 3 significant
+    digits in fixed point inside [1e-3, 1e3) (0.00115, 4.20, 129), scientific outside;
+    anything else is a Python format spec."""
+    if spec == "sci":
+        return f"{v:.2e}"
+    if spec == "sig":
+        if v == 0:
+            return "0"
+        if 1e-3 <= abs(v) < 1e3:
+            return f"{v:.{max(0, 2 - math.floor(math.log10(abs(v))))}f}"
+        return f"{v:.2e}"
+    return format(v, spec)
 
 
 def _specs(df: pd.DataFrame, floatfmt) -> dict:
@@ -171,10 +189,7 @@ def _specs(df: pd.DataFrame, floatfmt) -> dict:
     for c in df.columns:
         if not (pd.api.types.is_float_dtype(df[c]) or df[c].dtype == object):
             continue
-        if isinstance(floatfmt, dict):
-            specs[c] = floatfmt.get(c, "auto")
-        else:
-            specs[c] = floatfmt
+        specs[c] = floatfmt.get(c, "auto") if isinstance(floatfmt, dict) else floatfmt
         if specs[c] == "auto":
             specs[c] = _auto_spec(df[c])
     return specs
@@ -192,7 +207,7 @@ def _cell(v, spec: str | None, latex: bool) -> str:
         if math.isinf(v):
             sign = "-" if v < 0 else ""
             return f"${sign}\\infty$" if latex else f"{sign}inf"
-        text = format(v, spec or ".3g")
+        text = _format_float(v, spec or "sig")
         if latex and "e" in text:
             mant, exp = text.split("e")
             return f"${mant}\\times10^{{{int(exp)}}}$"
@@ -215,8 +230,9 @@ def _numeric(col: pd.Series) -> bool:
 def to_markdown(df: pd.DataFrame, floatfmt="auto") -> str:
     """GitHub-flavoured Markdown table; numbers right-aligned.
 
-    ``floatfmt``: "auto" (per column, see ``_auto_spec``), a format spec such
-    as ".3g" for every float column, or a dict column -> spec ("auto" for the rest).
+    ``floatfmt``: "auto" (per column: "sig" if every value is in [1e-2, 1e3),
+    else "sci"), "sci" (4.81e-05), "sig" (3 significant digits: 0.00115, 4.20),
+    any Python format spec (".4f"), or a dict column -> one of those.
     """
     specs = _specs(df, floatfmt)
     header = "| " + " | ".join(str(c) for c in df.columns) + " |"

@@ -1,0 +1,175 @@
+"""Every figure function returns a Figure, survives inf/NaN and missing rows; saving works."""
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from analysis import figures
+from analysis.style import (MARKERS, PALETTE, VARIANT_ORDER, paper_context, save_figure,
+                            variant_of)
+
+SEEDS = (0, 1)
+DEPTHS = (5, 8)
+TRAIN_STEPS = (0, 100, 200, 300)
+
+
+def _layers() -> pd.DataFrame:
+    """MLP, depths 5 and 8, both variants, 2 seeds; plain depth 8 seed 1 diverges (inf, NaN)."""
+    rows = []
+    for depth in DEPTHS:
+        for residual in (False, True):
+            for seed in SEEDS:
+                diverged = depth == 8 and not residual and seed == 1
+                base = dict(trial_id=f"mlp-{depth}-{residual}-s{seed}", family="mlp", model="mlp",
+                            depth=depth, residual=residual, seed=seed)
+                for phase, steps in (("init", (0,)), ("train", TRAIN_STEPS)):
+                    for step in steps:
+                        bad = diverged and step >= 200
+                        for i in range(depth):
+                            g = 1e-3 if residual else 1e-3 * 0.5 ** (depth - 1 - i)
+                            a = (1 + 0.1 * i) if residual else 0.8 ** i
+                            for layer, stat, v in ((f"layers.{i}.weight", "grad_mean_abs", g * (1 + seed)),
+                                                   (f"layers.{i}", "act_mean_abs", a * (1 + step / 300)),
+                                                   (f"layers.{i}", "act_std", a)):
+                                rows.append({**base, "phase": phase, "step": step, "epoch": step // 100,
+                                             "layer": layer, "layer_index": i, "stat": stat,
+                                             "value": (np.inf if stat.startswith("grad") else np.nan)
+                                             if bad else v})
+    return pd.DataFrame(rows)
+
+
+def _epochs() -> pd.DataFrame:
+    rows = []
+    for depth in DEPTHS:
+        for residual in (False, True):
+            for seed in SEEDS:
+                diverged = depth == 8 and not residual and seed == 1
+                for e in range(1, (4 if diverged else 10) + 1):
+                    loss = np.inf if diverged and e == 4 else 2.0 / e
+                    rows.append(dict(trial_id=f"mlp-{depth}-{residual}-s{seed}", family="mlp",
+                                     model="mlp", depth=depth, residual=residual, seed=seed, epoch=e,
+                                     train_loss=loss, train_acc=0.1 * e, val_loss=np.nan,
+                                     val_acc=np.nan, test_loss=loss * 1.1, test_acc=0.09 * e,
+                                     lr=0.1 * 0.1 ** ((e > 5) + (e > 8))))
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def layers():
+    return _layers()
+
+
+def _visible_axes(fig):
+    return [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+
+
+@pytest.mark.parametrize("fn", [figures.grad_by_layer, figures.act_by_layer])
+def test_layer_profiles(fn, layers):
+    fig = fn(layers)
+    assert isinstance(fig, Figure)
+    (ax,) = _visible_axes(fig)  # one model -> one panel
+    assert ax.get_yscale() == "log"
+    assert len(ax.lines) == len(DEPTHS) * 2  # depth x variant
+    assert "layer (network order)" == ax.get_xlabel()
+    colours = {mpl.colors.to_hex(line.get_color()) for line in ax.lines}
+    assert colours == {mpl.colors.to_hex(PALETTE[v]) for v in VARIANT_ORDER}
+
+
+def test_grad_by_layer_line_is_median_over_seeds(layers):
+    ax = _visible_axes(figures.grad_by_layer(layers))[0]
+    plain5 = [ln for ln in ax.lines if ln.get_marker() == MARKERS["plain"]
+              and len(ln.get_xdata()) == 5][0]
+    expected = [1e-3 * 0.5 ** (4 - i) * 1.5 for i in range(5)]  # seeds scale by 1 and 2
+    assert np.allclose(plain5.get_ydata(), expected)
+
+
+def test_train_phase_drops_diverged_values(layers):
+    ax = _visible_axes(figures.grad_by_layer(layers, phase="train"))[0]
+    for line in ax.lines:
+        assert np.isfinite(line.get_ydata()).all()
+
+
+def test_presets_get_their_own_panel(layers):
+    preset = layers[layers["depth"] == 5].assign(model="seed_mlp5",
+                                                 trial_id=lambda d: "p" + d["trial_id"])
+    fig = figures.grad_by_layer(pd.concat([layers, preset], ignore_index=True))
+    assert sorted(ax.get_title() for ax in _visible_axes(fig)) == ["mlp", "seed_mlp5"]
+
+
+def test_training_curves_marks_lr_drops():
+    fig = figures.training_curves(_epochs())
+    axes = _visible_axes(fig)
+    assert len(axes) == 2 * len(DEPTHS)  # loss and accuracy per depth
+    loss_ax = axes[0]
+    assert loss_ax.get_yscale() == "log"
+    drops = sorted({ln.get_xdata()[0] for ln in loss_ax.lines if ln.get_linestyle() == ":"})
+    assert drops == [6, 9]
+    for ax in axes:
+        for line in ax.lines:
+            assert np.isfinite(np.asarray(line.get_ydata(), dtype=float)).all()
+
+
+def test_act_through_training(layers):
+    fig = figures.act_through_training(layers)
+    axes = _visible_axes(fig)
+    assert len(axes) == len(DEPTHS) * 2
+    assert all(len(ax.lines) == len(TRAIN_STEPS) for ax in axes)  # one line per sampled step
+    assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
+
+
+@pytest.mark.parametrize("fn", [figures.grad_by_layer, figures.act_by_layer,
+                                figures.act_through_training])
+def test_empty_and_nonpositive_inputs_do_not_crash(fn, layers):
+    assert isinstance(fn(layers.iloc[:0]), Figure)
+    assert isinstance(fn(layers.assign(value=0.0)), Figure)
+    assert isinstance(fn(layers.assign(value=np.nan)), Figure)
+
+
+def test_training_curves_with_all_losses_diverged():
+    fig = figures.training_curves(_epochs().assign(train_loss=np.inf, test_loss=np.nan))
+    axes = _visible_axes(fig)  # row-major: loss row, then accuracy row
+    loss_ax, acc_ax = axes[0], axes[len(DEPTHS)]
+    assert not loss_ax.lines and "no finite data" in [t.get_text() for t in loss_ax.texts]
+    assert any(ln.get_linestyle() == ":" for ln in acc_ax.lines)  # LR drops still marked
+
+
+def test_training_curves_without_test_columns():
+    fig = figures.training_curves(_epochs().drop(columns=["test_loss", "test_acc", "lr"]))
+    assert isinstance(fig, Figure)
+    assert isinstance(figures.training_curves(_epochs().iloc[:0]), Figure)
+
+
+def test_feature_maps_grid():
+    maps = np.random.default_rng(0).normal(size=(8, 16, 16)).astype("float32")
+    maps[0, 0, 0], maps[1] = np.inf, np.nan  # a bad pixel, a whole bad channel
+    fig = figures.feature_maps(maps)
+    assert sum(bool(ax.images) for ax in fig.axes) == 8
+    assert all(not ax.axison for ax in fig.axes)  # no ticks
+    image = np.random.default_rng(1).random((3, 32, 32)).astype("float32")
+    fig = figures.feature_maps(maps, image, title="trial")
+    assert sum(bool(ax.images) for ax in fig.axes) == 9
+    assert [ax.get_title() for ax in fig.axes][0] == "input"
+
+
+def test_save_figure_writes_pdf_and_png(tmp_path, layers):
+    import matplotlib.pyplot as plt
+    paths = save_figure(figures.grad_by_layer(layers), tmp_path / "out" / "grad")
+    assert paths == [str(tmp_path / "out" / "grad.pdf"), str(tmp_path / "out" / "grad.png")]
+    assert (tmp_path / "out" / "grad.pdf").read_bytes().startswith(b"%PDF")
+    assert (tmp_path / "out" / "grad.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["grad.pdf", "grad.png"]
+    fig = plt.figure()
+    save_figure(fig, tmp_path / "p", formats=("png",))
+    assert not plt.fignum_exists(fig.number)  # closed
+
+
+def test_paper_context_and_palette():
+    with paper_context("single"):
+        assert mpl.rcParams["pdf.fonttype"] == 42 and mpl.rcParams["ps.fonttype"] == 42
+        assert mpl.rcParams["figure.figsize"][0] == pytest.approx(3.3)
+    with pytest.raises(ValueError):
+        paper_context("triple")
+    assert VARIANT_ORDER == ("plain", "residual")
+    assert PALETTE["plain"] != PALETTE["residual"] and MARKERS["plain"] != MARKERS["residual"]
+    assert variant_of(pd.Series([True, False, np.True_])).tolist() == ["residual", "plain", "residual"]

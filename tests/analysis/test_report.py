@@ -1,0 +1,130 @@
+"""report.build on synthetic results folders, and the ``python -m analysis`` command line."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import report
+from analysis.__main__ import FORMATS as CLI_FORMATS
+from analysis.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write_results(run_dir: Path, train: bool = True, residual=(False, True)) -> None:
+    """MLP depths 5 and 8, 2 seeds; plain depth 8 seed 1 diverges (inf gradients)."""
+    trials, layers, epochs = [], [], []
+    for depth in (5, 8):
+        for res in residual:
+            for seed in (0, 1):
+                tid = f"mlp-{depth}-{'residual' if res else 'plain'}-s{seed}"
+                diverged = train and depth == 8 and not res and seed == 1
+                base = dict(trial_id=tid, family="mlp", model="mlp", depth=depth, residual=res,
+                            seed=seed)
+                trials.append({**base, "params": 1000 * depth,
+                               "status": "diverged" if diverged else "completed",
+                               **({"final_test_acc": 0.5 + 0.1 * res, "final_train_loss": 0.3}
+                                  if train else {})})
+                phases = (("init", 0), ("train", 10), ("train", 20)) if train else (("init", 0),)
+                for phase, step in phases:
+                    for i in range(depth):
+                        v = np.inf if diverged and step == 20 else 1e-3 * (1 + i) * (1 + seed)
+                        for layer, stat in ((f"layers.{i}.weight", "grad_mean_abs"),
+                                            (f"layers.{i}", "act_mean_abs")):
+                            layers.append({**base, "phase": phase, "step": step, "epoch": step // 10,
+                                           "layer": layer, "layer_index": i, "stat": stat,
+                                           "value": v})
+                for e in range(1, 3 if diverged else 5):
+                    epochs.append({**base, "epoch": e, "train_loss": 1.0 / e, "train_acc": 0.2 * e,
+                                   "test_loss": 1.1 / e, "test_acc": 0.18 * e, "lr": 0.1 if e < 3 else 0.01})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(trials).to_parquet(run_dir / "trials.parquet")
+    pd.DataFrame(layers).to_parquet(run_dir / "layers.parquet")
+    if train:
+        pd.DataFrame(epochs).to_parquet(run_dir / "epochs.parquet")
+        (run_dir / "features").mkdir()
+        rng = np.random.default_rng(0)
+        np.savez(run_dir / "features" / "mlp-5-residual-s0.npz",
+                 maps=rng.normal(size=(8, 8, 8)).astype("float32"),
+                 image=rng.random((3, 32, 32)).astype("float32"))
+
+
+def _files(run_dir: Path) -> set[str]:
+    return {str(p.relative_to(run_dir)) for sub in ("figures", "tables")
+            for p in (run_dir / sub).glob("*")}
+
+
+def test_build_writes_every_figure_and_table(tmp_path):
+    _write_results(tmp_path)
+    written = report.build(tmp_path)
+    figs = ["grad_by_layer", "act_by_layer", "act_through_training", "training_curves",
+            "features_mlp-5-residual-s0"]
+    tables = ["grad_mlp-5", "grad_mlp-8", "summary"]
+    expected = ({f"figures/{f}.{x}" for f in figs for x in ("pdf", "png")}
+                | {f"tables/{t}.{x}" for t in tables for x in ("md", "tex")})
+    assert _files(tmp_path) == expected  # and no temporary files left behind
+    assert {str(Path(p).relative_to(tmp_path)) for p in written} == expected
+    assert all(Path(p).stat().st_size > 0 for p in written)
+    summary = (tmp_path / "tables" / "summary.md").read_text()
+    assert "| mlp | 8 | plain | 8,000 | 2 | 1 | 1 | 0 |" in summary
+    grad = (tmp_path / "tables" / "grad_mlp-5.md").read_text().splitlines()
+    assert grad[2] == "| layers.0.weight | 1.50e-03 | 1.50e-03 | 1.00 |"
+    assert r"\bottomrule" in (tmp_path / "tables" / "grad_mlp-8.tex").read_text()
+
+
+def test_probe_only_folder_with_one_variant(tmp_path):
+    _write_results(tmp_path, train=False, residual=(True,))
+    written = report.build(tmp_path, formats=("png",))
+    # No epochs, no train rows, no plain variant: no curves, no grad tables.
+    assert {str(Path(p).relative_to(tmp_path)) for p in written} == {
+        "figures/grad_by_layer.png", "figures/act_by_layer.png",
+        "tables/summary.md", "tables/summary.tex"}
+
+
+def test_build_rejects_bad_folders_and_formats(tmp_path):
+    with pytest.raises(report.ResultsError, match="does not exist"):
+        report.build(tmp_path / "missing")
+    with pytest.raises(report.ResultsError, match="none of"):
+        report.build(tmp_path)
+    (tmp_path / "layers.parquet").write_bytes(b"not parquet")
+    with pytest.raises(report.ResultsError, match="cannot read"):
+        report.build(tmp_path)
+    with pytest.raises(report.ResultsError, match="valid: pdf, png, svg"):
+        report.build(tmp_path, formats=("jpg",))
+    assert CLI_FORMATS == report.FORMATS
+
+
+def test_main_prints_written_paths(tmp_path, capsys):
+    _write_results(tmp_path, train=False)
+    assert main([str(tmp_path), "--format", "png"]) == 0
+    out = capsys.readouterr().out.split()
+    assert str(tmp_path / "figures" / "grad_by_layer.png") in out
+    assert all(Path(p).exists() for p in out)
+
+
+def test_main_bad_format_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path), "--format", "pdf,jpg"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--format" in err[0] and "jpg" in err[0]
+
+
+def test_cli_bad_path_exits_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path / "nope")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "nope" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_report_imports_neither_ray_nor_wandb():
+    code = ("import sys, analysis.report, analysis.__main__; "
+            "bad = [m for m in ('ray', 'wandb') if m in sys.modules]; "
+            "sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
