@@ -12,6 +12,7 @@ import math
 
 import matplotlib as mpl
 import numpy as np
+import seaborn as sns
 import pandas as pd
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
@@ -88,17 +89,19 @@ def _layer_profile(layers: pd.DataFrame, stat: str, phase: str, ylabel: str) -> 
                 for variant in VARIANT_ORDER:
                     vsub = dsub[dsub["variant"] == variant]
                     if len(vsub):
-                        agg = _median_iqr(vsub, "x")
+                        # seaborn: median over seeds, band = interquartile range (50% PI).
                         # ~10 markers a line: enough to tell variants apart in
                         # greyscale, few enough that depth line styles still show.
-                        _line_band(ax, agg, "x", PALETTE[variant], marker=MARKERS[variant],
-                                   markevery=max(1, round(len(agg) / 10)), linestyle=styles[depth])
+                        sns.lineplot(data=vsub, x="x", y="value", estimator="median",
+                                     errorbar=("pi", 50), color=PALETTE[variant], ax=ax,
+                                     marker=MARKERS[variant], linestyle=styles[depth],
+                                     markevery=max(1, round(vsub["x"].nunique() / 10)),
+                                     markeredgewidth=0, legend=False)
             log_axis(ax)
             ax.set_title(model)
             ax.set_xlabel("layer (network order)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            if i % ncols == 0:
-                ax.set_ylabel(ylabel)
+            ax.set_ylabel(ylabel if i % ncols == 0 else "")  # seaborn labels every panel
         for ax in axes.flat[len(panels):]:
             ax.set_visible(False)
         handles = variant_handles(rows["variant"]) + [
