@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--name", default=None, help="results go to OUT/NAME (default: mode-timestamp)")
     o.add_argument("--wandb", choices=WANDB_CHOICES, default="disabled",
                    help="W&B tracking; only 'disabled' so far (auto/online/offline: coming)")
-    o.add_argument("--cpus-per-trial", type=float, default=1.0)
+    o.add_argument("--cpus-per-trial", type=float, default=None,
+                   help="CPUs per trial (default: the cluster's CPUs shared among the trials, "
+                   "at least 1 each)")
     t = p.add_argument_group("training (--mode train)")
     t.add_argument("--dataset", choices=DATASET_CHOICES, default="cifar10")
     t.add_argument("--data-root", default="data",
@@ -147,7 +149,8 @@ def main(argv=None) -> int:
                        {**results.spec_record(spec),
                         "plan": [t.factors() for t in trials],
                         "skipped": [{"cell": l, "reason": r} for l, r in skipped]})
-    groups = group_by_cell(trials) if spec.mode == "probe" else [[t] for t in trials]
+    groups = group_by_cell(trials, variants_together=True) if spec.mode == "probe" \
+        else [[t] for t in trials]
     t0 = time.time()
     runner.run(groups, spec, spec.run_dir)
     tables = results.merge(spec.run_dir, trials)

@@ -152,19 +152,30 @@ def load_dataset(t: TrainSettings, device: str) -> Dataset:
                    test_x=(test_images - mean) / std, test_y=to(yte), test_images=test_images)
 
 
+def pad_images(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Reflect-pad (B, C, H, W) -> (B, C, H+2p, W+2p). Done once per trial, not per
+    batch: reflect padding is the slow part of augmentation on a CPU."""
+    return F.pad(x, (pad, pad, pad, pad), mode="reflect")
+
+
+def random_crop_flip(padded: torch.Tensor, generator: torch.Generator, size: int = 32
+                     ) -> torch.Tensor:
+    """A random ``size`` x ``size`` crop of each padded image, flipped horizontally with
+    probability 1/2, as one gather: (B, C, Hp, Wp) -> (B, C, size, size)."""
+    B, C, Hp, Wp = padded.shape
+    dev = padded.device
+    off = torch.randint(0, Hp - size + 1, (2, B), generator=generator,
+                        device=generator.device).to(dev)
+    flip = torch.rand(B, generator=generator, device=generator.device).to(dev) < 0.5
+    k = torch.arange(size, device=dev)
+    rows = off[0, :, None] + k  # (B, size)
+    cols = off[1, :, None] + torch.where(flip[:, None], size - 1 - k, k)  # flipped: right to left
+    idx = (rows[:, :, None] * Wp + cols[:, None, :]).view(B, 1, size * size)
+    out = padded.flatten(2).gather(2, idx.expand(B, C, size * size))  # (B, C, size*size)
+    return out.view(B, C, size, size)
+
+
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop after ``pad``-pixel reflect padding, and horizontal flip, per image,
     as batched tensor ops. ``x``: (B, C, H, W) -> (B, C, H, W)."""
-    B, C, H, W = x.shape
-    dev = x.device
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")  # (B, C, H+2p, W+2p)
-    off = torch.randint(0, 2 * pad + 1, (2, B), generator=generator,
-                        device=generator.device).to(dev)
-    k = torch.arange(H, device=dev)
-    flip = torch.rand(B, generator=generator, device=generator.device).to(dev) < 0.5
-    rows = (off[0, :, None] + k)[:, None, :, None]  # (B, 1, H, 1)
-    # a flipped crop reads its columns right to left
-    cols = off[1, :, None] + torch.where(flip[:, None], W - 1 - k, k)  # (B, W)
-    b = torch.arange(B, device=dev)[:, None, None, None]
-    c = torch.arange(C, device=dev)[None, :, None, None]
-    return padded[b, c, rows, cols[:, None, None, :]]
+    return random_crop_flip(pad_images(x, pad), generator, x.shape[-1])

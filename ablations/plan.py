@@ -62,11 +62,13 @@ def expand(spec: AblationSpec) -> tuple[list[TrialConfig], list[tuple[str, str]]
     return trials, skipped
 
 
-def group_by_cell(trials: list[TrialConfig]) -> list[list[TrialConfig]]:
-    """Trials of the same cell, in plan order (a probe runs a cell's seeds batched)."""
+def group_by_cell(trials: list[TrialConfig], variants_together: bool = False
+                  ) -> list[list[TrialConfig]]:
+    """Trials of the same cell, in plan order. With ``variants_together`` a group is a
+    (model, depth) pair with both variants: a probe draws each seed's weights once."""
     groups: dict[tuple, list[TrialConfig]] = defaultdict(list)
     for t in trials:
-        groups[t.cell].append(t)
+        groups[t.cell[:2] if variants_together else t.cell].append(t)
     return list(groups.values())
 
 

@@ -13,6 +13,7 @@ against a freshly built model guards against PyTorch changing its init.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -82,16 +83,13 @@ def _segments(model: nn.Module) -> list[tuple[int, int, float]]:
     return [tuple(s) for s in segs]
 
 
-def probe_mlp_seeds(cfg: MLPConfig, seeds: list[int], batch: int
-                    ) -> list[tuple[LayerStats, float]]:
-    """``[probe_one(cfg, s, batch) for s in seeds]``, computed as one batched pass."""
+def draw_mlp_seeds(cfg: MLPConfig, seeds: list[int], batch: int):
+    """Per-seed weights (flat, in init order), inputs and targets, as ``probe_one`` draws them."""
     template = cfg.build()
-    params = list(template.named_parameters())
     segments = _segments(template)
-    n_total = segments[-1][1]
     S = len(seeds)
     g = torch.Generator()
-    flat = torch.empty(S, n_total)
+    flat = torch.empty(S, segments[-1][1])
     x = torch.empty(S, batch, cfg.in_features)
     regression = cfg.num_classes == 1
     target = torch.empty(S, batch, 1) if regression else torch.empty(S, batch, dtype=torch.long)
@@ -105,33 +103,65 @@ def probe_mlp_seeds(cfg: MLPConfig, seeds: list[int], batch: int
         else:
             target[i].random_(0, cfg.num_classes, generator=g)
     _check_same_init(cfg, seeds[0], flat[0])
+    return flat, x, target
 
-    flat.requires_grad_()  # one leaf; every parameter below is a view into it
-    stacked, offsets, pos = {}, {}, 0
-    for name, p in params:  # (S, *param.shape) views, one per parameter
-        stacked[name] = flat[:, pos:pos + p.numel()].view(S, *p.shape)
-        offsets[name] = (pos, pos + p.numel())
+
+def _stacked_linear(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Per-seed ``h @ w.T``: (S, B, in) x (S, out, in) -> (S, B, out). Tiny matrices
+    (the seed article's 10x10) are faster as a broadcast product than as bmm."""
+    S, B, n_in = h.shape
+    if B * w.shape[1] * n_in <= 4096:
+        return (h.unsqueeze(2) * w.unsqueeze(1)).sum(-1)  # (S, B, out, in) -> (S, B, out)
+    return torch.bmm(h, w.transpose(1, 2))
+
+
+def probe_mlp_variants(cfg: MLPConfig, seeds: list[int], batch: int,
+                       residuals=(False, True)) -> dict[bool, list[tuple[LayerStats, float]]]:
+    """``{r: [probe_one(replace(cfg, residual=r), s, batch) for s in seeds]}`` as batched
+    passes. Both variants share each seed's draws: the same seed builds the same
+    weights with or without shortcuts, so the random numbers are drawn once."""
+    flat, x, target = draw_mlp_seeds(cfg, seeds, batch)
+    return {r: _probe_drawn(dataclasses.replace(cfg, residual=r), flat, x, target)
+            for r in residuals}
+
+
+def probe_mlp_seeds(cfg: MLPConfig, seeds: list[int], batch: int
+                    ) -> list[tuple[LayerStats, float]]:
+    """``[probe_one(cfg, s, batch) for s in seeds]``, computed as one batched pass."""
+    return probe_mlp_variants(cfg, seeds, batch, (cfg.residual,))[cfg.residual]
+
+
+def _probe_drawn(cfg: MLPConfig, flat, x, target) -> list[tuple[LayerStats, float]]:
+    template = cfg.build()
+    params = list(template.named_parameters())
+    S, batch = x.shape[:2]
+    stacked, pos = {}, 0
+    for name, p in params:  # (S, *param.shape); separate leaves: gradients of views
+        # into one flat leaf would each materialize a full-size zero gradient
+        stacked[name] = flat[:, pos:pos + p.numel()].view(S, *p.shape).detach().requires_grad_()
         pos += p.numel()
 
-    acts = []
+    outs = []
     h = x  # (S, B, in)
     for i, layer in enumerate(template.layers):
-        z = torch.bmm(h, stacked[f"layers.{i}.weight"].transpose(1, 2))  # (S, B, out)
+        z = _stacked_linear(h, stacked[f"layers.{i}.weight"])  # (S, B, out)
         if layer.bias is not None:
             z = z + stacked[f"layers.{i}.bias"].unsqueeze(1)
         h = layer.combine(z, h) if isinstance(layer, DenseBlock) else z
-        acts.append(activation_stats(h, lead=1))  # (S, 3)
-    if regression:
+        outs.append(h.detach())
+    # hidden outputs share one width: their statistics in one call, not one per layer
+    hidden = torch.stack(outs[:-1], 1)  # (S, L-1, B, width)
+    act = torch.cat([activation_stats(hidden, lead=2),
+                     activation_stats(outs[-1], lead=1)[:, None]], 1)  # (S, L, 3)
+    if target.is_floating_point():
         per_seed = ((h - target) ** 2).mean(dim=(1, 2))  # (S,) == F.mse_loss per seed
     else:
         per_seed = F.cross_entropy(h.flatten(0, 1), target.flatten(),
                                    reduction="none").view(S, batch).mean(1)
     per_seed.sum().backward()  # seeds share no weights: each gets its own gradient
 
-    weight_names = [n for n, p in params if n.endswith("weight")]
-    grads = torch.stack([grad_stats(flat.grad[:, slice(*offsets[n])], lead=1)
-                         for n in weight_names], 1)  # (S, n_weights, 2)
-    act = torch.stack(acts, 1)  # (S, n_layers, 3)
+    weight_names = [n for n, _ in params if n.endswith("weight")]
+    grads = torch.stack([grad_stats(stacked[n].grad, lead=1) for n in weight_names], 1)
     act, grads, losses = act.numpy(), grads.numpy(), per_seed.detach().numpy()  # host
     act_names = [n for n, _ in template.tap_points()]
     return [(LayerStats(act_names, weight_names, act[i], grads[i]), float(losses[i]))

@@ -7,6 +7,7 @@ sweep of thousands of probes is a handful of Tune trials, not thousands.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -42,6 +43,11 @@ def _trainable(config, *, groups, spec, run_dir):
                  "diverged": statuses.count("diverged"), "error": statuses.count("error")})
 
 
+def default_cpus_per_trial(cpus: float, n_groups: int) -> int:
+    """Share the CPUs among the trials so none sit idle: 2 CPUs, 1 trial -> 2 threads."""
+    return max(1, int(cpus // max(1, min(n_groups, cpus))))
+
+
 def run(groups, spec, run_dir: str) -> None:
     """Run every group through Ray Tune on a local Ray started on this machine's CPUs."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -58,6 +64,9 @@ def run(groups, spec, run_dir: str) -> None:
                  configure_logging=True)
         started = True
     try:
+        if spec.cpus_per_trial is None:
+            spec = dataclasses.replace(spec, cpus_per_trial=default_cpus_per_trial(
+                ray.cluster_resources().get("CPU", 1), len(groups)))
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, groups=groups, spec=spec, run_dir=run_dir),
             {"cpu": spec.cpus_per_trial})

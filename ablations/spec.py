@@ -55,7 +55,7 @@ class AblationSpec:
     wandb: str = "disabled"
     smoke: bool = False
     probe_batch: int = 1
-    cpus_per_trial: float = 1.0
+    cpus_per_trial: float | None = None  # None: share all CPUs among the trials
     train: TrainSettings = field(default_factory=TrainSettings)
 
     @property
@@ -99,7 +99,7 @@ def validate(spec: AblationSpec) -> None:
         raise SpecError(f"--seeds must be >= 1 (got {spec.seeds})")
     if spec.probe_batch < 1:
         raise SpecError(f"--probe-batch must be >= 1 (got {spec.probe_batch})")
-    if spec.cpus_per_trial <= 0:
+    if spec.cpus_per_trial is not None and spec.cpus_per_trial <= 0:
         raise SpecError(f"--cpus-per-trial must be > 0 (got {spec.cpus_per_trial})")
     if not spec.name or os.sep in spec.name or spec.name in (".", ".."):
         raise SpecError(f"--name must be a plain folder name (got {spec.name!r})")

@@ -27,7 +27,7 @@ import models
 from analysis.hooks import LayerStatsRecorder
 
 from . import results
-from .data import augment, load_dataset
+from .data import load_dataset, pad_images, random_crop_flip
 
 EVAL_BATCH = 1000
 
@@ -122,7 +122,9 @@ def run_train_trial(trial, spec, run_dir, reporter=None) -> str:
     n = len(data.train_y)
     step = (start_epoch - 1) * math.ceil(n / t.batch_size)
     status, diverged_epoch = "completed", None
-    xs = data.train_x.contiguous(memory_format=torch.channels_last) if conv else data.train_x
+    padded = pad_images(data.train_x)  # (N, C, 40, 40), once: batches only crop and flip
+    fmt = torch.channels_last if conv else torch.contiguous_format
+    wall0 = time.perf_counter()
     for epoch in range(start_epoch, t.epochs + 1):
         model.train()
         t0 = time.perf_counter()
@@ -132,7 +134,8 @@ def run_train_trial(trial, spec, run_dir, reporter=None) -> str:
         perm = torch.randperm(n, generator=gen, device=gen.device).to(device)
         for k in range(0, n, t.batch_size):
             idx = perm[k:k + t.batch_size]
-            xb, yb = augment(xs[idx], gen), data.train_y[idx]
+            xb = random_crop_flip(padded[idx], gen).contiguous(memory_format=fmt)
+            yb = data.train_y[idx]
             sample = step % t.stats_every == 0
             with recorder.capture() if sample else contextlib.nullcontext():
                 with autocast(device, precision):
@@ -163,6 +166,7 @@ def run_train_trial(trial, spec, run_dir, reporter=None) -> str:
         history.append(row)
         if reporter:
             reporter.report(row, save_state(model, opt, sched, epoch, history))
+    wall = time.perf_counter() - wall0  # training + per-epoch evaluation, as plain_loop.py times
     recorder.close()
     epochs = pd.DataFrame(history)
     for k, v in reversed(trial.factors().items()):
@@ -170,6 +174,7 @@ def run_train_trial(trial, spec, run_dir, reporter=None) -> str:
     row = {**trial.factors(), "params": models.count_params(model), "status": status,
            "diverged_epoch": diverged_epoch, "device": device, "precision": precision,
            "train_seconds": float(epochs["epoch_seconds"].sum()) if len(epochs) else 0.0,
+           "wall_seconds": wall, "threads": torch.get_num_threads(),
            **summarize(epochs)}
     frames = {"epochs": epochs}
     if layer_frames:

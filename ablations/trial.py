@@ -15,7 +15,7 @@ import models
 from models.mlp import MLPConfig
 
 from . import results
-from .probe import probe_mlp_seeds, probe_one
+from .probe import probe_mlp_variants, probe_one
 
 
 def layer_frame(trial, stats, phase: str, step: int = 0, epoch: int = 0) -> pd.DataFrame:
@@ -29,18 +29,20 @@ def layer_frame(trial, stats, phase: str, step: int = 0, epoch: int = 0) -> pd.D
 
 
 def run_probe_group(trials, spec, run_dir) -> list[str]:
-    """Probe every trial of one cell; MLP cells run all their seeds in one batched pass."""
+    """Probe every trial of a group; an MLP group runs all its seeds and variants batched."""
     cfg = trials[0].model_cfg
-    seeds = [t.seed for t in trials]
     if isinstance(cfg, MLPConfig):
-        outcomes = probe_mlp_seeds(cfg, seeds, spec.probe_batch)
+        seeds = sorted({t.seed for t in trials})
+        by_variant = probe_mlp_variants(cfg, seeds, spec.probe_batch,
+                                        sorted({t.residual for t in trials}))
+        outcomes = [by_variant[t.residual][seeds.index(t.seed)] for t in trials]
     else:
-        outcomes = [probe_one(cfg, s, spec.probe_batch) for s in seeds]
-    params = models.count_params(cfg.build())
+        outcomes = [probe_one(t.model_cfg, t.seed, spec.probe_batch) for t in trials]
     statuses = []
     for trial, (stats, loss) in zip(trials, outcomes):
         status = "completed" if math.isfinite(loss) else "diverged"
-        row = {**trial.factors(), "params": params, "status": status, "probe_loss": loss}
+        row = {**trial.factors(), "params": models.count_params(trial.model_cfg.build()),
+               "status": status, "probe_loss": loss}
         results.write_fragment(run_dir, trial.trial_id, row,
                                {"layers": layer_frame(trial, stats, "init")})
         statuses.append(status)
@@ -52,7 +54,7 @@ def run_group(trials, spec, run_dir, reporter=None) -> list[str]:
 
     ``reporter`` (train mode) gets per-epoch metrics and checkpoints (see ablations.train).
     """
-    torch.set_num_threads(max(1, int(spec.train.threads or spec.cpus_per_trial)))
+    torch.set_num_threads(max(1, int(spec.train.threads or spec.cpus_per_trial or 1)))
     try:
         if spec.mode == "probe":
             return run_probe_group(trials, spec, run_dir)

@@ -1,8 +1,8 @@
 """Batched probe vs the seed-article loop (../shared/bench/probe_loop.py), side by side.
 
 For each depth, alternately runs the reference loop script (a subprocess, its
-own timer, 1 thread) and this project's probe (``ablations.probe.probe_mlp_seeds``,
-the function a probe-mode sweep trial calls for MLP cells, 1 thread) over the
+own timer, 1 thread) and this project's probe (``ablations.probe.probe_mlp_variants``,
+what a probe-mode sweep trial runs for an MLP (model, depth), 1 thread) over the
 same seeds, plain and residual, REPEATS times; reports the median probes/s of
 each and their ratio. Medians per layer are checked two ways: against the
 loop's printed values (4 significant digits) and, at full precision, against
@@ -26,7 +26,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import models  # noqa: E402
-from ablations.probe import probe_mlp_seeds, probe_one  # noqa: E402
+from ablations.probe import probe_mlp_variants, probe_one  # noqa: E402
 
 LOOP = os.path.join(ROOT, "..", "shared", "bench", "probe_loop.py")
 
@@ -41,12 +41,17 @@ def run_loop(depth, seeds):
     return rate, med
 
 
+def lower_median(a: np.ndarray) -> np.ndarray:
+    """torch.median's definition (the loop's): the lower middle value for even n."""
+    return np.sort(a, 0)[(len(a) - 1) // 2]
+
+
 def run_ours(depth, seeds):
     t0 = time.perf_counter()
-    out = {r: probe_mlp_seeds(models.get_config("seed_mlp5", depth=depth, residual=r),
-                              list(range(seeds)), batch=1) for r in (False, True)}
+    out = probe_mlp_variants(models.get_config("seed_mlp5", depth=depth), list(range(seeds)),
+                             batch=1)  # what a probe sweep runs for this (model, depth)
     dt = time.perf_counter() - t0
-    med = {r: np.median(np.stack([s.grad[:, 0] for s, _ in v]), 0) for r, v in out.items()}
+    med = {r: lower_median(np.stack([s.grad[:, 0] for s, _ in v])) for r, v in out.items()}
     return 2 * seeds / dt, med
 
 
@@ -66,9 +71,9 @@ def main():
             r, our_med = run_ours(depth, a.seeds)
             our_rates.append(r)
         # full precision: the loop's recipe, one model per seed, in this process
-        ref = {r: np.median(np.stack([probe_one(models.get_config(
+        ref = {r: lower_median(np.stack([probe_one(models.get_config(
             "seed_mlp5", depth=depth, residual=r), s, 1)[0].grad[:, 0]
-            for s in range(a.seeds)]), 0) for r in (False, True)}
+            for s in range(a.seeds)])) for r in (False, True)}
         exact = max(float(np.max(np.abs(our_med[r] - ref[r]) / np.abs(ref[r])))
                     for r in (False, True))
         printed = max(abs(our_med[r][i] - loop_med[i][int(r)]) / abs(loop_med[i][int(r)])
