@@ -33,7 +33,8 @@ def run_plain(epochs, threads):
     out = subprocess.run([sys.executable, PLAIN, os.path.join(DATA, "cifar-10-batches-py"),
                           str(epochs), str(threads)], capture_output=True, text=True,
                          check=True).stdout
-    get = lambda k: float(re.search(rf"{k} (\S+)", out).group(1))  # noqa: E731
+    print(out, flush=True)  # the loop's own per-epoch log
+    get = lambda k: float(re.search(rf"{k} ([0-9.]+)", out).group(1))  # noqa: E731
     return {"images_per_s": get("train_images_per_s"), "test_acc": get("final_test_acc"),
             "wall_s": get("total")}
 
