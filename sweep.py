@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, default=5e-4)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--milestones", type=_list(int, "--milestones", "15,25", allow_empty=True),
-                   default=(15, 25), help="epochs after which the lr is multiplied by 0.1 "
-                   "('' for none)")
+                   default=None, help="epochs after which the lr is multiplied by 0.1 ('' for "
+                   "none; default: the seed article's 15,25 of 30, scaled to --epochs)")
     t.add_argument("--stats-every", type=int, default=50,
                    help="record per-layer statistics every k training steps")
     t.add_argument("--threads", type=int, default=None,
@@ -99,12 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_milestones(epochs: int) -> tuple[int, ...]:
+    """The seed article's schedule (drops after epochs 15 and 25 of 30) scaled to
+    ``epochs``: after 1/2 and 5/6 of training; 30 -> (15, 25), 10 -> (5, 8), 2 -> (1,)."""
+    return tuple(sorted({m for m in (round(epochs / 2), round(epochs * 5 / 6))
+                         if 1 <= m < epochs}))
+
+
 def spec_from_args(args) -> AblationSpec:
     train = TrainSettings(
         dataset=args.dataset, data_root=os.path.abspath(args.data_root), subset=args.subset,
         val_fraction=args.val_fraction, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, batch_size=args.batch_size,
-        milestones=tuple(args.milestones), stats_every=args.stats_every, threads=args.threads,
+        milestones=default_milestones(args.epochs) if args.milestones is None
+        else tuple(args.milestones), stats_every=args.stats_every, threads=args.threads,
         device=args.device, compile=args.compile)
     spec = AblationSpec(
         families=tuple(args.families), depths=tuple(args.depths), residual=args.residual,

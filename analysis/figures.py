@@ -129,12 +129,14 @@ def act_by_layer(layers: pd.DataFrame, phase: str = "init") -> Figure:
 # --------------------------------------------------------------------------- training
 
 def _lr_drops(sub: pd.DataFrame) -> list[float]:
-    """Epochs whose learning rate is below the previous epoch's (median over seeds)."""
+    """Where the learning rate drops: between the last epoch at the old rate and the
+    first at the new one (``lr`` is the rate used during an epoch), so a drop after
+    milestone 15 is drawn at 15.5, between the two points it separates."""
     if "lr" not in sub:
         return []
     lr = _finite(sub, "lr").groupby("epoch")["lr"].median().sort_index()
     drops = lr.index[1:][lr.to_numpy()[1:] < lr.to_numpy()[:-1] * (1 - 1e-9)]
-    return list(drops) if len(drops) <= MAX_LR_MARKS else []
+    return [d - 0.5 for d in drops] if len(drops) <= MAX_LR_MARKS else []
 
 
 def _curve(ax, sub: pd.DataFrame, col: str, variant: str, bold: bool, scale: float = 1.0,

@@ -103,3 +103,16 @@ def test_list_models_prints_counts():
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0
     assert "small_resnet18" in p.stdout and "175,258" in p.stdout and "seed_mlp5" in p.stdout
+
+
+@pytest.mark.parametrize("epochs,expected", [(30, (15, 25)), (10, (5, 8)), (2, (1,)), (1, ()),
+                                             (60, (30, 50))])
+def test_default_milestones_follow_the_seed_schedule(epochs, expected):
+    s = spec_of(["--epochs", str(epochs)])
+    assert s.train.milestones == expected
+    validate(s)
+
+
+def test_explicit_milestones_are_kept_and_checked():
+    assert spec_of(["--milestones", "3,7", "--epochs", "10"]).train.milestones == (3, 7)
+    assert spec_of(["--milestones", ""]).train.milestones == ()

@@ -104,7 +104,7 @@ def test_training_curves_marks_lr_drops():
     loss_ax = axes[0]
     assert loss_ax.get_yscale() == "log"
     drops = sorted({ln.get_xdata()[0] for ln in loss_ax.lines if ln.get_linestyle() == ":"})
-    assert drops == [6, 9]
+    assert drops == [5.5, 8.5]  # between the last epoch at the old lr and the first at the new
     for ax in axes:
         for line in ax.lines:
             assert np.isfinite(np.asarray(line.get_ydata(), dtype=float)).all()
