@@ -152,6 +152,18 @@ def _curve(ax, sub: pd.DataFrame, col: str, variant: str, bold: bool, scale: flo
     _line_band(ax, agg, "epoch", PALETTE[variant], band=bold, **style)
 
 
+def _mark_diverged(ax, sub: pd.DataFrame) -> None:
+    """Say which variant's trials diverged, and when: a diverged run has no finite
+    points to draw, and must not silently vanish from the figure."""
+    loss = pd.to_numeric(sub["train_loss"], errors="coerce").to_numpy(dtype=float)
+    bad = sub[~np.isfinite(loss)]
+    for k, (variant, vbad) in enumerate(bad.groupby("variant")):
+        n = vbad["trial_id"].nunique() if "trial_id" in vbad else 1
+        ax.text(0.02, 0.04 + 0.12 * k, f"{variant}: {n} diverged (epoch {int(vbad['epoch'].min())})",
+                color=PALETTE[variant], transform=ax.transAxes, ha="left", va="bottom",
+                fontsize="small")
+
+
 def training_curves(epochs: pd.DataFrame) -> Figure:
     """Loss (log) and accuracy per epoch; train thin, test bold; one column per model x depth.
 
@@ -182,6 +194,7 @@ def training_curves(epochs: pd.DataFrame) -> Figure:
                     drops.setdefault(e, []).append(variant)
             if ax_loss.lines:
                 log_axis(ax_loss)
+            _mark_diverged(ax_loss, sub)
             for ax in (ax_loss, ax_acc):
                 if not ax.lines:
                     _no_data(ax)

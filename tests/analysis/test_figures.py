@@ -173,3 +173,12 @@ def test_paper_context_and_palette():
     assert VARIANT_ORDER == ("plain", "residual")
     assert PALETTE["plain"] != PALETTE["residual"] and MARKERS["plain"] != MARKERS["residual"]
     assert variant_of(pd.Series([True, False, np.True_])).tolist() == ["residual", "plain", "residual"]
+
+
+def test_training_curves_names_diverged_trials():
+    ep = _epochs()
+    first = ep["trial_id"].iloc[0]
+    ep.loc[ep["trial_id"] == first, "train_loss"] = np.nan
+    fig = figures.training_curves(ep)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("1 diverged (epoch 1)" in t for t in texts), texts
