@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import shutil
 import socket
 from dataclasses import dataclass
 
@@ -62,6 +63,7 @@ def cifar_folder(root: str, download: bool = True) -> str:
     if not missing:
         return folder
     if download and not os.path.exists(folder):
+        created = not os.path.exists(root)
         try:
             import torchvision
             old = socket.getdefaulttimeout()
@@ -73,6 +75,8 @@ def cifar_folder(root: str, download: bool = True) -> str:
             return folder
         except Exception as e:  # offline, DNS failure, disk full...
             reason = f"download failed ({type(e).__name__})"
+            if created:  # leave nothing behind: the folder was torchvision's doing
+                shutil.rmtree(root, ignore_errors=True)
     else:
         reason = f"missing {', '.join(missing)}"
     raise SpecError(f"CIFAR-10 not found in {folder} ({reason}); put the official python "

@@ -87,13 +87,15 @@ def test_augment_outputs_are_crops_or_flipped_crops():
 def test_missing_data_offline_names_where_it_looked(tmp_path, monkeypatch):
     import torchvision
 
-    def offline(*a, **k):
+    def offline(root, *a, **k):  # torchvision makes the folder, then fails to download
+        os.makedirs(root, exist_ok=True)
         raise OSError("network is unreachable")
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(SpecError) as e:
         cifar_folder(str(tmp_path / "nowhere"))
     msg = str(e.value)
     assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in msg and "--data-root" in msg
+    assert not (tmp_path / "nowhere").exists()  # nothing left behind
 
 
 def test_check_data_rejects_too_large_subset(tmp_path):
