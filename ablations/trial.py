@@ -38,11 +38,14 @@ def run_probe_group(trials, spec, run_dir) -> list[str]:
         outcomes = [by_variant[t.residual][seeds.index(t.seed)] for t in trials]
     else:
         outcomes = [probe_one(t.model_cfg, t.seed, spec.probe_batch) for t in trials]
+    first_of_variant = {t.residual: t for t in reversed(trials)}
+    params = {r: models.count_params(t.model_cfg.build())  # once per variant, not per seed
+              for r, t in first_of_variant.items()}
     statuses = []
     for trial, (stats, loss) in zip(trials, outcomes):
         status = "completed" if math.isfinite(loss) else "diverged"
-        row = {**trial.factors(), "params": models.count_params(trial.model_cfg.build()),
-               "status": status, "probe_loss": loss}
+        row = {**trial.factors(), "params": params[trial.residual], "status": status,
+               "probe_loss": loss}
         results.write_fragment(run_dir, trial.trial_id, row,
                                {"layers": layer_frame(trial, stats, "init")})
         statuses.append(status)

@@ -79,10 +79,10 @@ def test_out_that_is_a_file_and_existing_results_are_refused(tmp_path):
 ])
 def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, argv, needle):
     out = tmp_path / "results"
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), *argv, "--mode", "probe",
-                        "--out", str(out)] if "--mode" not in argv else
-                       [sys.executable, os.path.join(ROOT, "sweep.py"), *argv, "--out", str(out)],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    mode = [] if "--mode" in argv else ["--mode", "probe"]
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), *argv, *mode,
+                        "--out", str(out)], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=120)
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], p.stderr
