@@ -16,11 +16,17 @@ import dataclasses
 import os
 import sys
 import time
+from pathlib import Path
 
 import models
 from ablations.plan import expand, format_plan, group_by_cell
 from ablations.spec import (DATASET_CHOICES, DEVICE_CHOICES, MODE_CHOICES, RESIDUAL_CHOICES,
-                            WANDB_CHOICES, AblationSpec, SpecError, TrainSettings, validate)
+                            TUNE_SPACE, WANDB_CHOICES, AblationSpec, SpecError, TrainSettings,
+                            spec_from_dict, validate)
+
+# May be given again with --resume/--retry-failed; every other flag comes from spec.json.
+EXECUTION_FLAGS = {"out", "resume", "retry_failed", "address", "storage", "cpus_per_trial",
+                   "gpus_per_trial", "max_failures", "wandb"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -43,6 +49,21 @@ def _list(kind, name, example, allow_empty=False):
             return tuple(int(s) for s in items)
         return tuple(items)
     return parse
+
+
+def _ranges(text: str):
+    out = []
+    for item in [s.strip() for s in text.split(",") if s.strip()]:
+        name, eq, rng = item.partition("=")
+        lo, colon, hi = rng.partition(":")
+        try:
+            if not (eq and colon):
+                raise ValueError
+            out.append((name.strip(), float(lo), float(hi)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not NAME=LOW:HIGH; e.g. lr=1e-3:0.5") from None
+    return tuple(out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,11 +90,38 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output and execution")
     o.add_argument("--out", default="results")
     o.add_argument("--name", default=None, help="results go to OUT/NAME (default: mode-timestamp)")
-    o.add_argument("--wandb", choices=WANDB_CHOICES, default="disabled",
-                   help="W&B tracking; only 'disabled' so far (auto/online/offline: coming)")
-    o.add_argument("--cpus-per-trial", type=float, default=None,
+    o.add_argument("--wandb", choices=WANDB_CHOICES, default="auto",
+                   help="W&B tracking, one run per trial: auto = online when credentials are "
+                   "configured, else offline under OUT/NAME/wandb")
+    o.add_argument("--resume", metavar="NAME", default=None,
+                   help="continue the interrupted sweep OUT/NAME: finished trials are kept, "
+                   "unfinished ones continue from their last checkpoint")
+    o.add_argument("--retry-failed", metavar="NAME", default=None,
+                   help="rerun only the trials of OUT/NAME that ended with status=error")
+    o.add_argument("--max-failures", type=int, default=2,
+                   help="retries of a trial that raises (from its checkpoint); diverged "
+                   "trials are results and are not retried")
+    c = p.add_argument_group("resources and clusters")
+    c.add_argument("--address", default=None,
+                   help="join a Ray cluster: 'auto' or host:port (default: start Ray on this "
+                   "machine). Token auth: see README")
+    c.add_argument("--storage", default=None,
+                   help="Ray Tune state and trial checkpoints (default OUT/NAME/ray); on a "
+                   "multi-node cluster it and --out must be on storage every node reaches")
+    c.add_argument("--cpus-per-trial", type=float, default=None,
                    help="CPUs per trial (default: the cluster's CPUs shared among the trials, "
                    "at least 1 each)")
+    c.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs per trial; a fraction such as 0.25 packs 4 trials on a GPU "
+                   "(default: a share of the GPUs when there are any, else 0)")
+    u = p.add_argument_group("tuning (Optuna, per cell)")
+    u.add_argument("--tune", type=_list(str, "--tune", "lr,weight_decay"), default=(),
+                   help="hyperparameters to search per cell: " + ", ".join(TUNE_SPACE)
+                   + " (log-uniform: " + ", ".join(f"{k} {lo:g}..{hi:g}" for k, (lo, hi)
+                                                   in TUNE_SPACE.items()) + ")")
+    u.add_argument("--samples", type=int, default=8, help="Optuna samples per cell")
+    u.add_argument("--tune-range", type=_ranges, default=(),
+                   help="override search ranges, e.g. lr=1e-3:0.5,weight_decay=1e-5:1e-3")
     t = p.add_argument_group("training (--mode train)")
     t.add_argument("--dataset", choices=DATASET_CHOICES, default="cifar10")
     t.add_argument("--data-root", default="data",
@@ -119,7 +167,10 @@ def spec_from_args(args) -> AblationSpec:
         models=tuple(args.models), mode=args.mode, seeds=args.seeds, out=args.out,
         name=args.name or f"{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}", wandb=args.wandb,
         smoke=args.smoke, probe_batch=args.probe_batch, cpus_per_trial=args.cpus_per_trial,
-        train=train)
+        gpus_per_trial=args.gpus_per_trial, address=args.address,
+        storage=os.path.abspath(args.storage) if args.storage else None,
+        max_failures=args.max_failures, tune=tuple(args.tune), samples=args.samples,
+        tune_ranges=tuple(args.tune_range), train=train)
     if spec.smoke:
         spec = dataclasses.replace(
             spec, depths=(4,), seeds=1,
@@ -128,9 +179,47 @@ def spec_from_args(args) -> AblationSpec:
     return spec
 
 
-def prepare(spec: AblationSpec):
+def stored_spec(args, parser) -> tuple[AblationSpec, str]:
+    """The spec of an existing sweep (``--resume``/``--retry-failed``), with the
+    execution flags given now; a changed study flag is an error, not a silent ignore."""
+    if args.resume and args.retry_failed:
+        raise SpecError("give --resume NAME or --retry-failed NAME, not both")
+    name = args.resume or args.retry_failed
+    flag = "--resume" if args.resume else "--retry-failed"
+    changed = [k for k, v in vars(args).items()
+               if k not in EXECUTION_FLAGS and v != parser.get_default(k)]
+    if changed:
+        raise SpecError(f"{flag} continues the stored spec; --{changed[0].replace('_', '-')} "
+                        "cannot change (start a new sweep with --name); allowed with it: "
+                        + ", ".join("--" + f.replace("_", "-") for f in sorted(EXECUTION_FLAGS)
+                                    if f not in ("resume", "retry_failed")))
+    path = os.path.join(args.out, name, "spec.json")
+    if not name or os.sep in name or not os.path.isfile(path):
+        existing = sorted(d for d in os.listdir(args.out)
+                          if os.path.isfile(os.path.join(args.out, d, "spec.json"))) \
+            if os.path.isdir(args.out) else []
+        raise SpecError(f"{flag} {name}: no sweep {os.path.join(args.out, name)} (no spec.json); "
+                        f"sweeps in {args.out}: " + (", ".join(existing) or "none"))
+    import json
+    try:
+        spec = spec_from_dict(json.load(open(path))["spec"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise SpecError(f"{path} is not a readable sweep spec ({e})") from None
+    overrides = {k: getattr(args, k) for k in ("address", "cpus_per_trial", "gpus_per_trial")
+                 if getattr(args, k) is not None}
+    if args.storage:
+        overrides["storage"] = os.path.abspath(args.storage)
+    if args.max_failures != parser.get_default("max_failures"):
+        overrides["max_failures"] = args.max_failures
+    if args.wandb != parser.get_default("wandb"):
+        overrides["wandb"] = args.wandb
+    return dataclasses.replace(spec, out=args.out, **overrides), \
+        "resume" if args.resume else "retry-failed"
+
+
+def prepare(spec: AblationSpec, resuming: bool = False):
     """Validate and expand; every check that can fail happens here, before any write."""
-    validate(spec)
+    validate(spec, resuming)
     trials, skipped = expand(spec)
     if not trials:
         raise SpecError("no cell can be built: " + "; ".join(f"{l}: {r}" for l, r in skipped))
@@ -140,37 +229,138 @@ def prepare(spec: AblationSpec):
     return trials, skipped
 
 
+def groups_of(trials, spec):
+    return group_by_cell(trials, variants_together=True) if spec.mode == "probe" \
+        else [[t] for t in trials]
+
+
+def tune_cells(spec, trials, run_dir, worker_spec, runner) -> list:
+    """Per-cell Optuna searches (resumed when interrupted); trials get the selection."""
+    from ablations import tuning
+    chosen = tuning.load_selection(run_dir)
+    cells = tuning.cells_of(trials)
+    if chosen is None:
+        space = spec.search_space()
+        search = tuning.make_searcher(cells, space, spec.samples, run_dir)
+        left = search.remaining_total()
+        print(f"tuning {','.join(spec.tune)} per cell: {len(cells)} cells x {spec.samples} "
+              f"samples (Optuna TPE, median pruning on val_acc); {left} to run", flush=True)
+        if left:
+            runner.run_tuning(cells, search, worker_spec, run_dir,
+                              f"tuning-{time.strftime('%Y%m%d-%H%M%S')}")
+        chosen = tuning.selection(cells, space, spec.samples, run_dir)
+        for label, c in chosen.items():
+            hp = ", ".join(f"{k}={v:.3g}" for k, v in c["hp"].items())
+            val = f"val_acc {c['val_acc']:.3f}" if c["val_acc"] is not None else c["source"]
+            print(f"  {label:<24} {hp}  ({val}, {c['samples']} samples)", flush=True)
+    return tuning.apply_selection(trials, chosen)
+
+
+def record_invocation(run_dir, kind: str, argv, extra: dict) -> None:
+    import json
+
+    from ablations import results
+    path = os.path.join(run_dir, "spec.json")
+    rec = json.load(open(path))
+    rec.setdefault("invocations", []).append(
+        {"kind": kind, "argv": list(argv), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+         **extra})
+    results.write_json(path, rec)
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.list_models:
         print(models.describe(depths=list(args.depths)))
         return 0
+    from ablations import results, runner, tracking
+    started = False
     try:
-        spec = spec_from_args(args)
-        trials, skipped = prepare(spec)
+        if args.resume or args.retry_failed:
+            spec, kind = stored_spec(args, parser)
+        else:
+            spec, kind = spec_from_args(args), "start"
+        trials, skipped = prepare(spec, resuming=kind != "start")
+        wandb_mode = tracking.resolve_mode(spec.wandb)
+        runner.precheck_local(spec)
+        started = runner.connect(spec.address)
+        spec = runner.resolve_resources(spec, len(groups_of(trials, spec)))
     except SpecError as e:
+        if started:
+            runner.disconnect(started)
         print(f"sweep.py: error: {e}", file=sys.stderr)
         return 2
-    from ablations import results, runner
+    try:
+        return execute(spec, kind, trials, skipped, wandb_mode, argv, runner)
+    finally:
+        runner.disconnect(started)
+
+
+def execute(spec, kind, trials, skipped, wandb_mode, argv, runner) -> int:
+    from ablations import results, tracking
+    run_dir = spec.run_dir
+    # workers run in Tune's trial folders: every path they get is absolute
+    worker_spec = dataclasses.replace(spec, wandb=wandb_mode, out=os.path.abspath(spec.out),
+                                      storage=os.path.abspath(spec.storage_dir))
     print(format_plan(trials, skipped, spec.mode), flush=True)
-    results.write_json(f"{spec.run_dir}/spec.json",
-                       {**results.spec_record(spec),
-                        "plan": [t.factors() for t in trials],
-                        "skipped": [{"cell": l, "reason": r} for l, r in skipped]})
-    groups = group_by_cell(trials, variants_together=True) if spec.mode == "probe" \
-        else [[t] for t in trials]
+    info = {"wandb_mode": wandb_mode, "cluster": runner.cluster_info(),
+            "cpus_per_trial": spec.cpus_per_trial, "gpus_per_trial": spec.gpus_per_trial}
+    if kind == "start":
+        results.write_json(f"{run_dir}/spec.json",
+                           {**results.spec_record(spec),
+                            "plan": [t.factors() for t in trials],
+                            "skipped": [{"cell": l, "reason": r} for l, r in skipped]})
+    record_invocation(run_dir, kind, argv, info)
+    print(f"resources: {spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial on "
+          f"{info['cluster']['nodes']} node(s) {info['cluster']['resources']}; W&B {wandb_mode}",
+          flush=True)
     t0 = time.time()
-    runner.run(groups, spec, spec.run_dir)
-    tables = results.merge(spec.run_dir, trials)
+    if spec.tune:
+        trials = tune_cells(spec, trials, run_dir, worker_spec, runner)
+    rows = {t.trial_id: results.read_fragment_row(run_dir, t.trial_id) for t in trials}
+    if kind == "retry-failed":
+        todo = [t for t in trials if rows[t.trial_id] and rows[t.trial_id]["status"] == "error"]
+        for t in todo:
+            results.archive_error(run_dir, t.trial_id)
+        print(f"retrying {len(todo)} errored trial(s): "
+              + (", ".join(t.trial_id for t in todo) or "none"), flush=True)
+    else:
+        todo = [t for t in trials if rows[t.trial_id] is None]
+        if kind == "resume":
+            print(f"resuming {run_dir}: {len(trials) - len(todo)} trial(s) already finished, "
+                  f"{len(todo)} to run", flush=True)
+    groups = groups_of(todo, spec)
+    errors = {}
+    if groups:
+        errors = runner.run_groups(
+            groups, worker_spec, run_dir, f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}",
+            on_trial_end=lambda: results.merge(run_dir, trials, final=False))
+    for gi, tb in errors.items():
+        for t in groups[gi]:
+            if results.read_fragment_row(run_dir, t.trial_id) is None:
+                results.write_error(run_dir, t, tb)
+    unfinished = [t for t in todo if results.read_fragment_row(run_dir, t.trial_id) is None]
+    if unfinished:  # interrupted (Ctrl-C): keep them pending, resumable
+        results.merge(run_dir, trials, final=False)
+        print(f"interrupted: {len(unfinished)} trial(s) not finished; continue with "
+              f"python sweep.py --out {spec.out} --resume {spec.name}", file=sys.stderr)
+        return 130
+    tables = results.merge(run_dir, trials)
     from analysis.report import build
-    written = build(spec.run_dir)
+    written = build(run_dir)
+    figures = sorted(str(p) for p in Path(run_dir, "figures").glob("*.png"))
     status = tables["trials"]["status"].value_counts()
-    n_err = int(status.get("error", 0))
-    print(f"wrote {len(written)} figure/table files to {spec.run_dir}/figures and /tables")
-    print(f"done in {time.time() - t0:.0f}s: {len(trials)} trials: "
-          f"{int(status.get('completed', 0))} completed, {int(status.get('diverged', 0))} "
-          f"diverged, {n_err} errored -> {spec.run_dir}")
-    return 1 if n_err else 0
+    counts = {k: int(status.get(k, 0)) for k in ("completed", "diverged", "error")}
+    tracking.log_figures(wandb_mode, run_dir, spec.name, figures, counts)
+    print(f"wrote {len(written)} figure/table files to {run_dir}/figures and /tables")
+    sync = tracking.sync_command(run_dir) if wandb_mode == "offline" else None
+    if sync:
+        print(f"W&B offline runs in {run_dir}/wandb; upload with: {sync}")
+    print(f"done in {time.time() - t0:.0f}s: {len(trials)} trials: {counts['completed']} "
+          f"completed, {counts['diverged']} diverged, {counts['error']} errored -> {run_dir}")
+    return 1 if counts["error"] else 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,16 @@ class TrialConfig:
     residual: bool
     seed: int
     model_cfg: Any      # frozen model config (MLPConfig / ResNetConfig)
+    hparams: tuple[tuple[str, float], ...] = ()  # (("lr", 0.1), ("weight_decay", 5e-4))
+    hp_source: str = "fixed"                      # "fixed" | "tuned" | "default (...)"
+
+    @property
+    def hp(self) -> dict[str, float]:
+        return dict(self.hparams)
+
+    def with_hparams(self, hp: dict, source: str) -> "TrialConfig":
+        return dataclasses.replace(self, hparams=tuple(sorted({**self.hp, **hp}.items())),
+                                   hp_source=source)
 
     @property
     def cell(self) -> tuple[str, int, bool]:
@@ -31,10 +41,20 @@ class TrialConfig:
                 "depth": self.depth, "residual": self.residual, "seed": self.seed}
 
 
+def cell_label(model: str, depth: int, residual: bool, preset: bool) -> str:
+    """``resnet-34-plain``, ``seed_mlp5-residual``."""
+    base = model if preset else f"{model}-{depth}"
+    return f"{base}-{'residual' if residual else 'plain'}"
+
+
 def trial_id(model: str, depth: int, residual: bool, seed: int, preset: bool) -> str:
     """Readable and unique: ``resnet-34-plain-s2``, ``seed_mlp5-residual-s0``."""
-    base = model if preset else f"{model}-{depth}"
-    return f"{base}-{'residual' if residual else 'plain'}-s{seed}"
+    return f"{cell_label(model, depth, residual, preset)}-s{seed}"
+
+
+def cell_of(trial: TrialConfig) -> str:
+    """The cell label of a trial (its id without the seed suffix)."""
+    return trial.trial_id.rsplit("-s", 1)[0]
 
 
 def expand(spec: AblationSpec) -> tuple[list[TrialConfig], list[tuple[str, str]]]:
@@ -51,6 +71,7 @@ def expand(spec: AblationSpec) -> tuple[list[TrialConfig], list[tuple[str, str]]
                 except ValueError as e:
                     skipped.append((f"{fam}-{d}", str(e)))
     trials = []
+    hparams = (("lr", spec.train.lr), ("weight_decay", spec.train.weight_decay))
     for name, cfg, preset in cells:
         for residual in spec.residual_variants():
             rcfg = dataclasses.replace(cfg, residual=residual)
@@ -58,7 +79,7 @@ def expand(spec: AblationSpec) -> tuple[list[TrialConfig], list[tuple[str, str]]
                 trials.append(TrialConfig(
                     trial_id=trial_id(name, cfg.depth, residual, seed, preset), model=name,
                     family=cfg.family, depth=cfg.depth, residual=residual, seed=seed,
-                    model_cfg=rcfg))
+                    model_cfg=rcfg, hparams=hparams))
     return trials, skipped
 
 

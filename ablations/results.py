@@ -21,6 +21,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,23 @@ def write_parquet(path, df: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
+def write_bytes(path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def checkpoint_path(storage_dir, trial_id: str) -> Path:
+    """A trial's latest checkpoint; on storage every node reaches (``--storage``)."""
+    return Path(storage_dir) / "checkpoints" / f"{trial_id}.pt"
+
+
+def count_attempt(run_dir, trial_id: str) -> int:
+    """Record that ``trial_id`` starts (again); returns the attempt number (1 = first)."""
+    p = trial_dir(run_dir, trial_id) / "attempts"
+    n = int(p.read_text()) + 1 if p.exists() else 1
+    write_text(p, str(n))
+    return n
+
+
 def write_npz(path, arrays: dict) -> None:
     def write(tmp):
         with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
@@ -82,26 +100,49 @@ def read_fragment_row(run_dir, trial_id: str) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
-def merge(run_dir, trials) -> dict[str, pd.DataFrame]:
+def merge(run_dir, trials, final: bool = True) -> dict[str, pd.DataFrame]:
     """Merge every planned trial's fragment into the run's tables (and write them).
 
-    A planned trial without a fragment becomes a ``status=error`` row: nothing
-    planned silently disappears from ``trials.parquet``.
+    ``final``: a planned trial without a fragment becomes a ``status=error`` row
+    (nothing planned silently disappears from ``trials.parquet``); during a sweep
+    (``final=False``) it is ``pending`` and only ``trials.parquet`` is refreshed.
     """
     rows, frames = [], {}
     for t in trials:
         row = read_fragment_row(run_dir, t.trial_id)
         if row is None:
-            row = {**t.factors(), "status": "error", "error": "trial produced no result"}
+            row = {**t.factors(), **t.hp, "hp_source": t.hp_source,
+                   **({"status": "error", "error": "trial produced no result"} if final
+                      else {"status": "pending"})}
         rows.append(row)
-        for p in sorted(trial_dir(run_dir, t.trial_id).glob("*.parquet")):
-            frames.setdefault(p.stem, []).append(pd.read_parquet(p))
+        if final:
+            for p in sorted(trial_dir(run_dir, t.trial_id).glob("*.parquet")):
+                frames.setdefault(p.stem, []).append(pd.read_parquet(p))
     out = {"trials": pd.DataFrame(rows)}
     for name, parts in frames.items():
         out[name] = pd.concat(parts, ignore_index=True)
     for name, df in out.items():
         write_parquet(Path(run_dir) / f"{name}.parquet", df)
     return out
+
+
+def write_error(run_dir, trial, error: str) -> None:
+    """``status=error`` for a trial that failed after all its retries, with the traceback."""
+    p = trial_dir(run_dir, trial.trial_id) / "attempts"
+    write_fragment(run_dir, trial.trial_id,
+                   {**trial.factors(), **trial.hp, "hp_source": trial.hp_source,
+                    "status": "error", "error": error,
+                    "attempts": int(p.read_text()) if p.exists() else 0,
+                    "finished_at": time.time()}, {})
+
+
+def archive_error(run_dir, trial_id: str) -> None:
+    """Before ``--retry-failed`` reruns a trial: its error row moves to errors/<n>.json
+    (kept, not deleted), so the trial counts as not done."""
+    d = trial_dir(run_dir, trial_id)
+    n = len(list((d / "errors").glob("*.json"))) + 1 if (d / "errors").exists() else 1
+    (d / "errors").mkdir(parents=True, exist_ok=True)
+    os.replace(d / "row.json", d / "errors" / f"{n}.json")
 
 
 def git_commit() -> str:

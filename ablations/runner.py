@@ -1,89 +1,287 @@
 """Ray Tune execution: the only module that imports ray.
 
-Each Tune trial runs one *group* of planned trials (``ablations.trial.run_group``)
-and writes their fragments to the results folder; the driver merges them
-afterwards. Probe groups are whole cells (all seeds batched in one pass), so a
-sweep of thousands of probes is a handful of Tune trials, not thousands.
+``connect`` starts a local Ray on this machine's CPUs/GPUs (bound to loopback)
+or joins a cluster (``--address auto|host:port``; token authentication is
+switched on for the driver when a token is available). ``resolve_resources``
+turns ``--cpus-per-trial``/``--gpus-per-trial`` (or their defaults) into a
+per-trial request every node can satisfy, and fails fast otherwise.
+
+``run_groups``: one Tune trial per *group* of planned trials (a probe cell with
+all its seeds, or one training trial), on reused actors; a trial that raises is
+retried up to ``--max-failures`` times by Tune and continues from its own
+checkpoint (``<storage>/checkpoints``); after the last failure its traceback is
+returned for the results. ``run_tuning``: the per-cell Optuna searches
+(``ablations.tuning``) in one Tuner, so samples of different cells run side by
+side.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
-import tempfile
+import socket
+import time
 import warnings
+from pathlib import Path
 
+from .spec import SpecError
 from .trial import run_group
+
+# Ray/Tune settings that keep short trials cheap and the console readable.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV/JSON
+os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")
+PASS_ENV = ("RESABLATE_", "WANDB_")  # forwarded to the workers of a cluster
 
 
 class TuneReporter:
-    """Per-epoch metrics and checkpoints to Ray Tune; restore on a retried trial."""
+    """Per-epoch metrics to Ray Tune (checkpoints are the trial's own files)."""
 
-    def restore(self):
-        import torch
+    def report(self, metrics: dict) -> None:
         from ray import tune
-        ckpt = tune.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return torch.load(os.path.join(d, "state.pt"), weights_only=False)
+        tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
 
-    def report(self, metrics: dict, state: bytes) -> None:
-        from ray import tune
-        with tempfile.TemporaryDirectory() as d:
-            with open(os.path.join(d, "state.pt"), "wb") as f:
-                f.write(state)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    def where(self) -> dict:
+        import ray
+        return {"node_id": ray.get_runtime_context().get_node_id(),
+                "hostname": socket.gethostname()}
 
 
-def _trainable(config, *, groups, spec, run_dir):
-    from ray import tune
-    for name in ("ray.train", "ray.tune"):  # not one "checkpoint created" line per epoch
+def _trainable(config, *, groups, cells, spec, run_dir):
+    for name in ("ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if config.get("kind") == "tune":
+        from .train import run_train_trial
+        from .tuning import sample_trial
+        sample = sample_trial(cells[config["cell"]], config["sample"], config["hp"])
+        run_train_trial(sample, spec, run_dir, TuneReporter(), tuning=True)
+        return
     statuses = run_group(groups[config["group"]], spec, run_dir, TuneReporter())
+    from ray import tune
     tune.report({"completed": statuses.count("completed"),
-                 "diverged": statuses.count("diverged"), "error": statuses.count("error")})
+                 "diverged": statuses.count("diverged"), "group_done": 1})
 
 
-def default_cpus_per_trial(cpus: float, n_groups: int) -> int:
-    """Share the CPUs among the trials so none sit idle: 2 CPUs, 1 trial -> 2 threads."""
-    return max(1, int(cpus // max(1, min(n_groups, cpus))))
+# ---------------------------------------------------------------- connecting
+
+def token_available() -> bool:
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
 
 
-def run(groups, spec, run_dir: str) -> None:
-    """Run every group through Ray Tune on a local Ray started on this machine's CPUs."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # Per-epoch checkpoints of short trials are intended; Tune would warn about the syncs.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+def _check_listening(address: str, timeout: float = 3.0) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise SpecError(f"--address {address!r} is not host:port or 'auto' "
+                        "(e.g. --address 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise SpecError(f"--address {address}: nobody listens there ({e.strerror or e}); start "
+                        "the head with `ray start --head --port "
+                        f"{port}` or use --address auto") from None
+
+
+def connect(address: str | None) -> bool:
+    """Start a local Ray (``address`` None) or join a cluster; True when we started it.
+
+    Joining: the address is probed first (a clear error in seconds, never a hang);
+    when the cluster uses token authentication (``ray start`` does by default) the
+    driver needs ``RAY_AUTH_MODE=token`` and the token (``~/.ray/auth_token``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``RAY_AUTH_TOKEN``): the mode is set here when a
+    token is available and the variable is unset.
+    """
     import ray
+    # Tune logs every failed attempt as a traceback (the results keep the last one) and
+    # warns about missing metric files (its file loggers are off on purpose): quiet.
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    if ray.is_initialized():
+        return False
+    env = {k: v for k, v in os.environ.items() if k.startswith(PASS_ENV)}
+    common = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=True,
+                  runtime_env={"env_vars": env} if env else None)
+    if address is None:
+        # Ray's default for a new local cluster is token auth; its notice at every start
+        # is noise here (the cluster is bound to loopback).
+        logging.getLogger("ray._private.authentication.authentication_token_setup"
+                          ).setLevel(logging.ERROR)
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+        return True
+    if address != "auto":
+        _check_listening(address)
+    elif not os.environ.get("RAY_ADDRESS") and not Path("/tmp/ray/ray_current_cluster").exists():
+        raise SpecError("--address auto: no running Ray cluster found on this machine "
+                        "(start one with `ray start --head`, or give --address host:port)")
+    if "RAY_AUTH_MODE" not in os.environ and token_available():
+        os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        ray.init(address=address, **common)
+    except Exception as e:  # ConnectionError, AuthenticationError, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpecError(f"--address {address}: cannot join the Ray cluster: {first}") from None
+    return False
+
+
+def precheck_local(spec) -> None:
+    """Before starting a local Ray: a GPU request this machine cannot meet fails now."""
+    if spec.address is None and spec.gpus_per_trial:
+        import torch
+        n = torch.cuda.device_count()
+        if spec.gpus_per_trial > n:
+            have = "no GPU" if not n else f"{n} GPU(s)"
+            raise SpecError(f"--gpus-per-trial {spec.gpus_per_trial:g}: the Ray cluster has "
+                            f"{have}; valid: 0" + (f" up to {n}" if n else " (or omit it)"))
+
+
+def disconnect(started: bool) -> None:
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _floor(x: float, digits: int = 4) -> float:
+    return math.floor(x * 10 ** digits) / 10 ** digits
+
+
+def resolve_resources(spec, n_units: int):
+    """``spec`` with ``cpus_per_trial``/``gpus_per_trial`` set for the connected cluster.
+
+    Defaults: slots = min(units, CPUs); each trial gets floor(CPUs / slots) CPUs
+    and, when there are GPUs, min(1, GPUs / slots) of a GPU (fractions pack
+    several trials on one GPU). A request that no single node can satisfy would
+    never be scheduled: it is an error here, not a hang later.
+    """
+    import ray
+    total = ray.cluster_resources()
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    node_cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    node_gpu = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    slots = max(1, min(n_units, int(cpus) or 1))
+    gpt = spec.gpus_per_trial
+    if gpt is None:
+        gpt = 0.0 if not gpus else min(1.0, _floor(gpus / slots))
+    if gpt > node_gpu:
+        have = "no GPU" if not gpus else f"at most {node_gpu:g} GPU(s) per node"
+        raise SpecError(f"--gpus-per-trial {gpt:g}: the Ray cluster has {have}; valid: 0"
+                        + (f" up to {node_gpu:g} (fractions such as 0.25 share a GPU)"
+                           if node_gpu else " (or omit it)"))
+    if gpt:
+        slots = max(1, min(slots, int(gpus / gpt)))
+    cpt = spec.cpus_per_trial
+    if cpt is None:
+        cpt = min(max(1, int(cpus // slots)), max(1, int(node_cpu)))
+    if cpt > node_cpu:
+        raise SpecError(f"--cpus-per-trial {cpt:g}: no node of the Ray cluster has that many "
+                        f"CPUs (largest: {node_cpu:g}); valid: up to {node_cpu:g}")
+    return dataclasses.replace(spec, cpus_per_trial=cpt, gpus_per_trial=gpt)
+
+
+def cluster_info() -> dict:
+    import ray
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return {"nodes": len(nodes), "resources": {k: v for k, v in ray.cluster_resources().items()
+                                               if k in ("CPU", "GPU", "memory")}}
+
+
+# ---------------------------------------------------------------- running
+
+def _tuner_common(spec, experiment: str, callbacks=()):
+    from ray import tune
+    return tune.RunConfig(
+        name=experiment, storage_path=os.path.abspath(spec.storage_dir), verbose=0,
+        log_to_file=True, callbacks=list(callbacks),
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None))
+
+
+def _resources(spec) -> dict:
+    res = {"cpu": spec.cpus_per_trial}
+    if spec.gpus_per_trial:
+        res["gpu"] = spec.gpus_per_trial
+    return res
+
+
+class _Progress:
+    """Tune callback: one line per failed attempt (Tune's own log is a full traceback per
+    attempt), and ``on_end`` when a trial ends (throttled), e.g. to refresh
+    ``trials.parquet`` so the results folder is readable during the sweep."""
+
+    def __new__(cls, label, on_end=None, every_s: float = 2.0):
+        from ray import tune
+
+        class Callback(tune.Callback):
+            last = 0.0
+
+            def _maybe(self):
+                if on_end and time.monotonic() - self.last >= every_s:
+                    self.last = time.monotonic()
+                    on_end()
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                self._maybe()
+
+            def on_trial_recover(self, iteration, trials, trial, **info):
+                print(f"{label(trial.config)}: attempt failed, retrying from its checkpoint",
+                      flush=True)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                print(f"{label(trial.config)}: failed after all retries (status=error)",
+                      flush=True)
+                self._maybe()
+
+        return Callback()
+
+
+def run_groups(groups, spec, run_dir: str, experiment: str, on_trial_end=None) -> dict:
+    """Run every group; returns ``{group index: traceback}`` for groups that failed
+    after all retries (their trials without a result become ``status=error``)."""
+    from ray import tune
+    run_dir = os.path.abspath(run_dir)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, groups=groups, cells={}, spec=spec, run_dir=run_dir),
+        _resources(spec))
+    callbacks = [_Progress(lambda c: ", ".join(t.trial_id for t in groups[c["group"]]),
+                           on_trial_end)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tuner = tune.Tuner(
+            trainable, param_space={"group": tune.grid_search(list(range(len(groups))))},
+            tune_config=tune.TuneConfig(reuse_actors=True),
+            run_config=_tuner_common(spec, experiment, callbacks))
+        grid = tuner.fit()
+    errors = {}
+    for r in grid:
+        if r.error is not None:
+            errors[r.config["group"]] = _format_error(r.error)
+    return errors
+
+
+def run_tuning(cells: dict, search, spec, run_dir: str, experiment: str) -> None:
+    """Every cell's Optuna search in one Tuner (``search``: an ``ablations.tuning.CellSearch``)."""
     from ray import tune
 
+    from .tuning import make_pruner
     run_dir = os.path.abspath(run_dir)
-    started = False
-    if not ray.is_initialized():
-        # A local cluster bound to loopback only; the dashboard is not needed.
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
-                 logging_level=logging.WARNING, log_to_driver=True,
-                 configure_logging=True)
-        started = True
-    try:
-        if spec.cpus_per_trial is None:
-            spec = dataclasses.replace(spec, cpus_per_trial=default_cpus_per_trial(
-                ray.cluster_resources().get("CPU", 1), len(groups)))
-        trainable = tune.with_resources(
-            tune.with_parameters(_trainable, groups=groups, spec=spec, run_dir=run_dir),
-            {"cpu": spec.cpus_per_trial})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"group": tune.grid_search(list(range(len(groups))))},
-                tune_config=tune.TuneConfig(reuse_actors=True),
-                run_config=tune.RunConfig(name="tune", storage_path=os.path.join(run_dir, "ray"),
-                                          verbose=0, log_to_file=True,
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-            tuner.fit()
-    finally:
-        if started:
-            ray.shutdown()
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, groups=[], cells=cells, spec=spec, run_dir=run_dir),
+        _resources(spec))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tuner = tune.Tuner(
+            trainable, param_space={},
+            tune_config=tune.TuneConfig(search_alg=search, scheduler=make_pruner(search),
+                                        num_samples=max(1, search.remaining_total()),
+                                        reuse_actors=True),
+            run_config=_tuner_common(spec, experiment, [_Progress(
+                lambda c: f"tuning {c.get('cell')} sample {c.get('sample')}")]))
+        tuner.fit()
+
+
+def _format_error(err) -> str:
+    import traceback
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    return str(err) if len(str(err)) > len(text) else text

@@ -1,7 +1,7 @@
 """The ablation study as a value: ``AblationSpec`` (frozen) and its validation.
 
 Scientific factors: family/model, depth, residual. Nuisance: lr, weight decay
-(fixed here; tuned per cell by a later issue). Seeds: ``range(seeds)``.
+(fixed, or tuned per cell with Optuna: ``tune``). Seeds: ``range(seeds)``.
 ``validate`` runs before any compute or write and raises ``SpecError`` with one
 line naming the problem and the valid choices.
 """
@@ -14,9 +14,13 @@ import models
 
 RESIDUAL_CHOICES = ("on", "off", "both")
 MODE_CHOICES = ("probe", "train")
-WANDB_CHOICES = ("disabled",)  # auto/online/offline arrive with the tracking issue
+WANDB_CHOICES = ("auto", "online", "offline", "disabled")
 DATASET_CHOICES = ("cifar10", "synthetic")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+# Tunable hyperparameters: log-uniform ranges searched per cell (override: --tune-range).
+TUNE_SPACE = {"lr": (1e-3, 1.0), "weight_decay": (1e-6, 1e-2)}
 
 
 class SpecError(ValueError):
@@ -56,11 +60,27 @@ class AblationSpec:
     smoke: bool = False
     probe_batch: int = 1
     cpus_per_trial: float | None = None  # None: share all CPUs among the trials
+    gpus_per_trial: float | None = None  # None: a share of the GPUs when there are any
+    address: str | None = None           # None: a local Ray; "auto" or host:port: a cluster
+    storage: str | None = None           # Ray Tune state + checkpoints; None: <run_dir>/ray
+    max_failures: int = 2                # retries of a trial that raises (not of diverged)
+    tune: tuple[str, ...] = ()           # hyperparameters searched per cell (Optuna TPE)
+    samples: int = 8                     # Optuna samples per cell
+    tune_ranges: tuple[tuple[str, float, float], ...] = ()  # overrides of TUNE_SPACE
     train: TrainSettings = field(default_factory=TrainSettings)
 
     @property
     def run_dir(self) -> str:
         return os.path.join(self.out, self.name)
+
+    @property
+    def storage_dir(self) -> str:
+        return self.storage or os.path.join(self.run_dir, "ray")
+
+    def search_space(self) -> dict[str, tuple[float, float]]:
+        """The log-uniform range of every tuned hyperparameter (defaults + overrides)."""
+        ranges = {**TUNE_SPACE, **{n: (lo, hi) for n, lo, hi in self.tune_ranges}}
+        return {n: ranges[n] for n in self.tune}
 
     def residual_variants(self) -> tuple[bool, ...]:
         return {"on": (True,), "off": (False,), "both": (False, True)}[self.residual]
@@ -73,8 +93,10 @@ def _choices(values, valid, what, plural=None):
                         + ", ".join(valid))
 
 
-def validate(spec: AblationSpec) -> None:
-    """Raise ``SpecError`` for anything wrong with ``spec``; touches no file."""
+def validate(spec: AblationSpec, resuming: bool = False) -> None:
+    """Raise ``SpecError`` for anything wrong with ``spec``; touches no file.
+
+    ``resuming``: the run folder is expected to exist (``--resume``/``--retry-failed``)."""
     if spec.models:
         families = models.list_families()
         for m in spec.models:
@@ -103,13 +125,39 @@ def validate(spec: AblationSpec) -> None:
         raise SpecError(f"--cpus-per-trial must be > 0 (got {spec.cpus_per_trial})")
     if not spec.name or os.sep in spec.name or spec.name in (".", ".."):
         raise SpecError(f"--name must be a plain folder name (got {spec.name!r})")
+    if spec.gpus_per_trial is not None and spec.gpus_per_trial < 0:
+        raise SpecError(f"--gpus-per-trial must be >= 0 (got {spec.gpus_per_trial})")
+    if spec.gpus_per_trial and spec.gpus_per_trial > 1 and spec.gpus_per_trial % 1:
+        raise SpecError(f"--gpus-per-trial above 1 must be a whole number (got "
+                        f"{spec.gpus_per_trial}); fractions (e.g. 0.25) pack trials on one GPU")
+    if spec.max_failures < 0:
+        raise SpecError(f"--max-failures must be >= 0 (got {spec.max_failures})")
+    validate_tune(spec)
     if os.path.exists(spec.out) and not os.path.isdir(spec.out):
         raise SpecError(f"--out {spec.out} is a file, not a directory; choose a directory path")
-    if os.path.exists(os.path.join(spec.run_dir, "spec.json")):
+    if not resuming and os.path.exists(os.path.join(spec.run_dir, "spec.json")):
         raise SpecError(f"results already exist in {spec.run_dir}; choose another --name "
                         "(nothing was overwritten)")
     if spec.mode == "train":
         validate_train(spec.train)
+
+
+def validate_tune(spec: AblationSpec) -> None:
+    if spec.samples < 1:
+        raise SpecError(f"--samples must be >= 1 (got {spec.samples})")
+    _choices(spec.tune, tuple(TUNE_SPACE), "--tune hyperparameter")
+    if len(set(spec.tune)) != len(spec.tune):
+        raise SpecError(f"--tune names a hyperparameter twice: {','.join(spec.tune)}")
+    for name, lo, hi in spec.tune_ranges:
+        _choices([name], tuple(TUNE_SPACE), "--tune-range hyperparameter")
+        if not 0 < lo < hi:
+            raise SpecError(f"--tune-range {name}={lo}:{hi} must satisfy 0 < low < high "
+                            "(the search is log-uniform)")
+    if spec.tune and spec.mode != "train":
+        raise SpecError("--tune needs --mode train (probes at init have no learning rate)")
+    if spec.tune and spec.train.val_fraction <= 0:
+        raise SpecError("--tune selects on the validation split: --val-fraction must be > 0 "
+                        f"(got {spec.train.val_fraction})")
 
 
 def validate_train(t: TrainSettings) -> None:
@@ -141,3 +189,16 @@ def validate_train(t: TrainSettings) -> None:
                         f"valid milestones are 1..{t.epochs - 1}")
     if os.path.exists(t.data_root) and not os.path.isdir(t.data_root):
         raise SpecError(f"--data-root {t.data_root} is a file, not a directory")
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def spec_from_dict(d: dict) -> AblationSpec:
+    """Inverse of ``dataclasses.asdict`` (spec.json stores lists where the spec has tuples)."""
+    fields = {k: _tuples(v) for k, v in d.items() if k != "train"}
+    known = set(AblationSpec.__dataclass_fields__)
+    train = TrainSettings(**{k: _tuples(v) for k, v in d.get("train", {}).items()
+                             if k in TrainSettings.__dataclass_fields__})
+    return AblationSpec(**{k: v for k, v in fields.items() if k in known}, train=train)

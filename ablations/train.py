@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import time
 
 import numpy as np
@@ -84,15 +85,49 @@ def first_block_maps(model, image: torch.Tensor, norm_image: torch.Tensor) -> di
             "image": image.float().cpu().numpy()}              # (3, 32, 32) in [0, 1]
 
 
-def save_state(model, opt, sched, epoch, history) -> bytes:
+def save_state(model, opt, sched, gen, epoch, history, layer_frames) -> bytes:
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "epoch": epoch, "history": history}, buf)
+                "scheduler": sched.state_dict(), "rng": gen.get_state(), "epoch": epoch,
+                "history": history, "layers": layer_frames}, buf)
     return buf.getvalue()
 
 
-def run_train_trial(trial, spec, run_dir, reporter=None) -> str:
-    """Train ``trial`` and write its fragment; returns its status."""
+def load_state(path) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, weights_only=False, map_location="cpu")
+
+
+def injected_fault(trial_id: str, epoch: int) -> None:
+    """Fault injection for tests: ``RESABLATE_FAULT=raise:<trial_id>[:<epoch>]`` makes that
+    trial raise at the start of the epoch (default 1), on every attempt."""
+    spec = os.environ.get("RESABLATE_FAULT", "")
+    kind, _, rest = spec.partition(":")
+    target, _, at = rest.partition(":")
+    if kind == "raise" and target == trial_id and epoch == int(at or 1):
+        raise RuntimeError(f"injected fault in {trial_id} at epoch {epoch} (RESABLATE_FAULT)")
+
+
+def tracker_config(trial, spec, hp: dict, params: int) -> dict:
+    """What W&B gets as config: every factor, the hyperparameters and the fixed settings."""
+    t = spec.train
+    return {**trial.factors(), **hp, "hp_source": trial.hp_source, "params": params,
+            "sweep": spec.name, "mode": spec.mode, "dataset": t.dataset, "subset": t.subset,
+            "epochs": t.epochs, "batch_size": t.batch_size, "momentum": t.momentum,
+            "milestones": list(t.milestones)}
+
+
+def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -> str:
+    """Train ``trial`` and write its fragment; returns its status.
+
+    Checkpoints (model, optimizer, scheduler, history, statistics) go to
+    ``<storage>/checkpoints/<trial_id>.pt`` after every epoch, atomically; a trial
+    that starts again (a Tune retry, ``--resume``, ``--retry-failed``) continues
+    from there. ``tuning``: an Optuna sample: metrics go to ``reporter`` only (no
+    fragment, no checkpoint; a retried sample starts over).
+    """
+    from . import tracking
     t = spec.train
     device = pick_device(t.device)
     precision = pick_precision(device)
@@ -100,24 +135,33 @@ def run_train_trial(trial, spec, run_dir, reporter=None) -> str:
     torch.manual_seed(trial.seed)
     cfg = trial.model_cfg.with_input(data.in_features, data.num_classes)
     model = cfg.build().to(device)
+    params = models.count_params(model)
     conv = hasattr(model, "stages")
     if conv:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
-                          weight_decay=t.weight_decay)
+    hp = {"lr": t.lr, "weight_decay": t.weight_decay, **trial.hp}
+    opt = torch.optim.SGD(model.parameters(), lr=hp["lr"], momentum=t.momentum,
+                          weight_decay=hp["weight_decay"])
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(t.milestones), gamma=0.1)
     step_fn = torch.compile(model) if t.compile else model
     recorder = LayerStatsRecorder(model)
     gen = torch.Generator(device=device).manual_seed(trial.seed)
     history: list[dict] = []
     layer_frames: list[pd.DataFrame] = []
-    start_epoch = 1
-    state = reporter.restore() if reporter else None
-    if state is not None:  # resume from the last checkpoint
+    start_epoch, resumed_from = 1, None
+    ckpt = results.checkpoint_path(spec.storage_dir, trial.trial_id)
+    attempts = 1 if tuning else results.count_attempt(run_dir, trial.trial_id)
+    state = None if tuning else load_state(ckpt)
+    if state is not None:  # continue from the last checkpoint
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        history, start_epoch = state["history"], state["epoch"] + 1
+        history, layer_frames = state["history"], state["layers"]
+        start_epoch = resumed_from = state["epoch"] + 1
+        gen.set_state(state["rng"])  # the data order continues as if never stopped
+    tracker = tracking.TrialTracker(
+        spec.wandb, run_dir, spec.name, trial.trial_id, tracker_config(trial, spec, hp, params),
+        job_type="tune" if tuning else "trial")
     from .trial import layer_frame
     n = len(data.train_y)
     step = (start_epoch - 1) * math.ceil(n / t.batch_size)
@@ -125,65 +169,89 @@ def run_train_trial(trial, spec, run_dir, reporter=None) -> str:
     padded = pad_images(data.train_x)  # (N, C, 40, 40), once: batches only crop and flip
     fmt = torch.channels_last if conv else torch.contiguous_format
     wall0 = time.perf_counter()
-    for epoch in range(start_epoch, t.epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        lr = opt.param_groups[0]["lr"]
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        perm = torch.randperm(n, generator=gen, device=gen.device).to(device)
-        for k in range(0, n, t.batch_size):
-            idx = perm[k:k + t.batch_size]
-            xb = random_crop_flip(padded[idx], gen).contiguous(memory_format=fmt)
-            yb = data.train_y[idx]
-            sample = step % t.stats_every == 0
-            with recorder.capture() if sample else contextlib.nullcontext():
-                with autocast(device, precision):
-                    out = step_fn(xb)
-                loss = F.cross_entropy(out.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if sample:
-                layer_frames.append(layer_frame(trial, recorder.snapshot(), "train", step, epoch))
-            opt.step()
-            loss_sum += loss.detach() * len(yb)
-            correct += (out.argmax(1) == yb).sum()
-            step += 1
-        sched.step()
-        train_loss = loss_sum.item() / n  # the one host sync of the epoch
-        seconds = time.perf_counter() - t0
-        if not math.isfinite(train_loss):
-            status, diverged_epoch = "diverged", epoch
-            history.append({"epoch": epoch, "train_loss": train_loss, "lr": lr,
-                            "epoch_seconds": seconds, "train_images_per_s": n / seconds})
-            break
-        val_loss, val_acc = evaluate(model, data.val_x, data.val_y, device, precision)
-        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, device, precision)
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct.item() / n,
-               "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss,
-               "test_acc": test_acc, "lr": lr, "epoch_seconds": seconds,
-               "train_images_per_s": n / seconds}
-        history.append(row)
-        if reporter:
-            reporter.report(row, save_state(model, opt, sched, epoch, history))
+    try:
+        for epoch in range(start_epoch, t.epochs + 1):
+            injected_fault(trial.trial_id, epoch)
+            model.train()
+            t0 = time.perf_counter()
+            lr = opt.param_groups[0]["lr"]
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            perm = torch.randperm(n, generator=gen, device=gen.device).to(device)
+            for k in range(0, n, t.batch_size):
+                idx = perm[k:k + t.batch_size]
+                xb = random_crop_flip(padded[idx], gen).contiguous(memory_format=fmt)
+                yb = data.train_y[idx]
+                sample = step % t.stats_every == 0 and not tuning
+                with recorder.capture() if sample else contextlib.nullcontext():
+                    with autocast(device, precision):
+                        out = step_fn(xb)
+                    loss = F.cross_entropy(out.float(), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if sample:
+                    layer_frames.append(
+                        layer_frame(trial, recorder.snapshot(), "train", step, epoch))
+                opt.step()
+                loss_sum += loss.detach() * len(yb)
+                correct += (out.argmax(1) == yb).sum()
+                step += 1
+            sched.step()
+            train_loss = loss_sum.item() / n  # the one host sync of the epoch
+            seconds = time.perf_counter() - t0
+            if not math.isfinite(train_loss):
+                status, diverged_epoch = "diverged", epoch
+                history.append({"epoch": epoch, "train_loss": train_loss, "lr": lr,
+                                "epoch_seconds": seconds, "train_images_per_s": n / seconds})
+                break
+            val_loss, val_acc = evaluate(model, data.val_x, data.val_y, device, precision)
+            test_loss, test_acc = evaluate(model, data.test_x, data.test_y, device, precision)
+            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct.item() / n,
+                   "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss,
+                   "test_acc": test_acc, "lr": lr, "epoch_seconds": seconds,
+                   "train_images_per_s": n / seconds}
+            history.append(row)
+            if not tuning:
+                results.write_bytes(ckpt, save_state(model, opt, sched, gen, epoch, history,
+                                                     layer_frames))
+            tracker.log_epoch(row)
+            if reporter:
+                reporter.report(row)
+    except BaseException:
+        tracker.finish({"status": "error"}, failed=True)
+        raise
     wall = time.perf_counter() - wall0  # training + per-epoch evaluation, as plain_loop.py times
     recorder.close()
     epochs = pd.DataFrame(history)
     for k, v in reversed(trial.factors().items()):
         epochs.insert(0, k, v)
-    row = {**trial.factors(), "params": models.count_params(model), "status": status,
-           "diverged_epoch": diverged_epoch, "device": device, "precision": precision,
+    row = {**trial.factors(), **hp, "hp_source": trial.hp_source, "params": params,
+           "status": status, "diverged_epoch": diverged_epoch, "device": device,
+           "precision": precision,
            "train_seconds": float(epochs["epoch_seconds"].sum()) if len(epochs) else 0.0,
-           "wall_seconds": wall, "threads": torch.get_num_threads(),
-           **summarize(epochs)}
+           "wall_seconds": wall, "threads": torch.get_num_threads(), "attempts": attempts,
+           "resumed_from_epoch": resumed_from, **(reporter.where() if reporter else {}),
+           "finished_at": time.time(), **summarize(epochs)}
+    if tuning:
+        tracker.finish({k: v for k, v in row.items() if k != "trial_id"})
+        if reporter:
+            last = [r["val_acc"] for r in history if "val_acc" in r]
+            reporter.report({"status": status, "tune_final": 1,  # no "epoch": not a step
+                             "val_acc": 0.0 if status == "diverged" or not last else last[-1]})
+        return status
     frames = {"epochs": epochs}
     if layer_frames:
         frames["layers"] = pd.concat(layer_frames, ignore_index=True)
+        tracker.log_layers(frames["layers"])
     maps = first_block_maps(model, data.test_images[0], data.test_x[0]) \
         if status == "completed" else None
     if maps is not None:
         results.write_npz(f"{run_dir}/features/{trial.trial_id}.npz", maps)
+    row["wandb"] = tracker.url or tracker.run_path
     results.write_fragment(run_dir, trial.trial_id, row, frames)
+    tracker.finish({k: v for k, v in row.items() if k != "trial_id"})
+    if os.path.exists(ckpt):
+        os.unlink(ckpt)  # the fragment has everything; the final weights are not kept
     return status
 
 

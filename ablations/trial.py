@@ -6,7 +6,7 @@ can call ``run_group`` directly.
 from __future__ import annotations
 
 import math
-import traceback
+import time
 
 import pandas as pd
 import torch
@@ -28,8 +28,13 @@ def layer_frame(trial, stats, phase: str, step: int = 0, epoch: int = 0) -> pd.D
                                  "stat", "value"]]
 
 
-def run_probe_group(trials, spec, run_dir) -> list[str]:
-    """Probe every trial of a group; an MLP group runs all its seeds and variants batched."""
+def run_probe_group(trials, spec, run_dir, reporter=None) -> list[str]:
+    """Probe every trial of a group; an MLP group runs all its seeds and variants batched.
+
+    W&B: one run per group (a cell with its seeds), not per seed: a probe takes
+    milliseconds and thousands of runs would swamp the tracker.
+    """
+    from . import tracking
     cfg = trials[0].model_cfg
     if isinstance(cfg, MLPConfig):
         seeds = sorted({t.seed for t in trials})
@@ -41,32 +46,45 @@ def run_probe_group(trials, spec, run_dir) -> list[str]:
     first_of_variant = {t.residual: t for t in reversed(trials)}
     params = {r: models.count_params(t.model_cfg.build())  # once per variant, not per seed
               for r, t in first_of_variant.items()}
-    statuses = []
+    statuses, frames = [], []
+    where = reporter.where() if reporter else {}
+    first = trials[0]
+    name = f"{first.model}-{first.depth}-probe" if first.model == first.family \
+        else f"{first.model}-probe"
+    tracker = tracking.TrialTracker(
+        spec.wandb, run_dir, spec.name, name,
+        {"family": first.family, "model": first.model, "depth": first.depth,
+         "residual": sorted({t.residual for t in trials}), "seeds": len({t.seed for t in trials}),
+         "probe_batch": spec.probe_batch, "mode": "probe", "sweep": spec.name},
+        job_type="probe")
     for trial, (stats, loss) in zip(trials, outcomes):
         status = "completed" if math.isfinite(loss) else "diverged"
         row = {**trial.factors(), "params": params[trial.residual], "status": status,
-               "probe_loss": loss}
-        results.write_fragment(run_dir, trial.trial_id, row,
-                               {"layers": layer_frame(trial, stats, "init")})
+               "probe_loss": loss, "attempts": 1, **where, "finished_at": time.time()}
+        frame = layer_frame(trial, stats, "init")
+        results.write_fragment(run_dir, trial.trial_id, row, {"layers": frame})
         statuses.append(status)
+        frames.append(frame)
+    tracker.log_layers(pd.concat(frames, ignore_index=True))
+    tracker.finish({"completed": statuses.count("completed"),
+                    "diverged": statuses.count("diverged"), "status": "completed"})
     return statuses
 
 
 def run_group(trials, spec, run_dir, reporter=None) -> list[str]:
-    """Run one group; an exception becomes ``status=error`` rows with the traceback.
+    """Run one group, skipping trials that already have a result (a retried or resumed
+    group does not redo them). An exception propagates: Ray Tune retries the group
+    (``--max-failures``), and the driver records ``status=error`` after the last try.
 
-    ``reporter`` (train mode) gets per-epoch metrics and checkpoints (see ablations.train).
+    ``reporter`` (train mode) gets per-epoch metrics (see ablations.train).
     """
     torch.set_num_threads(max(1, int(spec.train.threads or spec.cpus_per_trial or 1)))
-    try:
-        if spec.mode == "probe":
-            return run_probe_group(trials, spec, run_dir)
-        from .train import run_train_trial
-        return [run_train_trial(t, spec, run_dir, reporter) for t in trials]
-    except Exception:
-        tb = traceback.format_exc()
-        for t in trials:
-            if results.read_fragment_row(run_dir, t.trial_id) is None:
-                results.write_fragment(run_dir, t.trial_id,
-                                       {**t.factors(), "status": "error", "error": tb}, {})
-        return ["error"] * len(trials)
+    done = {t.trial_id: results.read_fragment_row(run_dir, t.trial_id) for t in trials}
+    todo = [t for t in trials if done[t.trial_id] is None]
+    statuses = [r["status"] for r in done.values() if r is not None]
+    if not todo:
+        return statuses
+    if spec.mode == "probe":
+        return statuses + run_probe_group(todo, spec, run_dir, reporter)
+    from .train import run_train_trial
+    return statuses + [run_train_trial(t, spec, run_dir, reporter) for t in todo]

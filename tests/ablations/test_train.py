@@ -13,11 +13,11 @@ class Recorder:
     def __init__(self):
         self.reports = []
 
-    def restore(self):
-        return None
+    def report(self, metrics):
+        self.reports.append(metrics)
 
-    def report(self, metrics, state):
-        self.reports.append((metrics, len(state)))
+    def where(self):
+        return {"node_id": "here"}
 
 
 def small_spec(tmp_path, **train):
@@ -41,7 +41,7 @@ def test_training_writes_epochs_stats_checkpoints_and_feature_maps(tmp_path):
         assert ep[col].notna().all(), col
     assert ep.train_acc.between(0, 1).all() and ep.test_acc.between(0, 1).all()
     assert list(ep.lr) == pytest.approx([0.05, 0.05, 0.005])  # x0.1 after epoch 2
-    assert len(rep.reports) == 3 and all(size > 0 for _, size in rep.reports)
+    assert [r["epoch"] for r in rep.reports] == [1, 2, 3]
     layers = pd.read_parquet(results.trial_dir(spec.run_dir, resnet.trial_id) / "layers.parquet")
     assert set(layers.phase) == {"train"} and sorted(layers.step.unique())[:2] == [0, 2]
     assert {"grad_norm", "act_mean_abs"} <= set(layers.stat)

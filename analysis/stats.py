@@ -1,0 +1,407 @@
+"""Paper-ready statistics on the trials frame: pure functions, DataFrame in, DataFrame out.
+
+Statistical choices (the same in every function):
+
+* **Intervals are Student t intervals** of the mean, ``mean +- t_{1-(1-level)/2, n-1}
+  * sd / sqrt(n)`` with the sample standard deviation (``ddof=1``); the
+  quantile is exact (``scipy.stats.t.ppf``), not the rounded table that
+  ``analysis.tables._ci95`` uses for display. ``level`` defaults to 0.95.
+* **Only completed trials with a finite metric are samples.** A diverged or
+  errored run's metric is not a draw from the same distribution, so it never
+  enters a mean; but it is never dropped silently either: every output
+  carries the counts (``n_planned``, ``n_completed``, ``n_diverged``,
+  ``n_error``, ``n_unpaired``) next to the statistic, and ``n`` columns count
+  the values the statistic actually used. +-inf counts as not finite.
+* **Residual vs plain is paired by seed** (``paired_differences``): the
+  difference is *residual minus plain* within one seed, and the interval and
+  the test are on those per-seed differences. A seed with only one usable
+  side is counted in ``n_unpaired``.
+* **Tests are two-sided.** The paired t test (equivalent to
+  ``scipy.stats.ttest_rel``) and an exact Wilcoxon signed-rank test.
+* **Depth degradation uses Welch** (``degradation_index``): different depths
+  are different networks trained independently, so the samples at two depths
+  are independent (not paired by seed) with possibly unequal variances; the
+  interval of the difference of means uses the Welch-Satterthwaite degrees of
+  freedom.
+* **Degenerate cases**: no value gives NaN everywhere; one value gives the
+  value with a NaN interval (no variance to estimate); zero variance with
+  two or more values gives the zero-width interval ``[mean, mean]`` (what the
+  formula yields) while the t test's p value is NaN (its statistic is 0/0 or
+  +-inf: the test has no noise estimate to compare against; differences equal
+  up to rounding, relative spread <= ``ZERO_SD_RTOL``, count as constant).
+
+Input frame: one row per trial with ``family`` (``model`` is used when the
+column is missing, as in ``analysis.tables.summary_table``), ``model``,
+``depth``, ``residual``, ``seed`` and ``status`` in {"completed",
+"diverged", "error"}; any other status raises ValueError rather than being
+miscounted. Output rows are sorted by family, model, depth, then residual
+(plain before residual, like ``analysis.style.VARIANT_ORDER``).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as _st
+
+STATUSES = ("completed", "diverged", "error")
+# Relative spread below which paired differences count as constant (floating-point noise).
+ZERO_SD_RTOL = 1e-9
+CELL_KEYS = ("family", "model", "depth", "residual")
+PAIR_KEYS = ("family", "model", "depth")
+DEGRADATION_KEYS = ("family", "model", "residual")
+# Derived error columns: name -> the accuracy column it is 1 - of.
+DERIVED = {"final_train_error": "final_train_acc",
+           "final_test_error": "final_test_acc",
+           "final_val_error": "final_val_acc"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _check_level(level: float) -> float:
+    level = float(level)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    return level
+
+
+def _finite(values) -> np.ndarray:
+    """The finite values as float64 (NaN, None, pd.NA, non-numbers and +-inf removed)."""
+    v = pd.to_numeric(pd.Series(np.asarray(values, dtype=object).ravel(), dtype=object),
+                      errors="coerce").astype("float64").to_numpy()
+    return v[np.isfinite(v)]
+
+
+def t_quantile(level: float, df: float) -> float:
+    """Two-sided Student t critical value: ``t.ppf(1 - (1 - level) / 2, df)``; NaN if df <= 0."""
+    level = _check_level(level)
+    if not df > 0:  # also catches NaN
+        return float("nan")
+    return float(_st.t.ppf(0.5 + level / 2.0, df))
+
+
+def _prepare(trials: pd.DataFrame) -> pd.DataFrame:
+    """Check the columns and statuses; add ``family`` (= model) when it is missing."""
+    need = {"model", "depth", "residual", "status"}
+    missing = sorted(need - set(trials.columns))
+    if missing:
+        raise KeyError(f"trials frame lacks column(s) {missing}; has {sorted(trials.columns)}")
+    t = trials.copy()
+    if "family" not in t:
+        t["family"] = t["model"]
+    bad = sorted(set(map(str, t["status"][~t["status"].isin(STATUSES)])))
+    if bad:
+        raise ValueError(f"unknown trial status(es) {bad}; expected one of {STATUSES}")
+    return t
+
+
+def _require_metric(t: pd.DataFrame, metric: str) -> None:
+    if metric not in t:
+        raise KeyError(f"metric {metric!r} is not a column of the trials frame "
+                       f"(columns: {sorted(t.columns)})")
+
+
+def _status_counts(g: pd.DataFrame) -> dict:
+    s = g["status"]
+    return {"n_planned": len(g), "n_completed": int((s == "completed").sum()),
+            "n_diverged": int((s == "diverged").sum()), "n_error": int((s == "error").sum())}
+
+
+def _usable(g: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Completed rows whose metric is finite."""
+    v = pd.to_numeric(g[metric], errors="coerce").astype(float)
+    return g[(g["status"] == "completed") & np.isfinite(v)]
+
+
+# --------------------------------------------------------------------------- intervals
+
+def mean_ci(values: Iterable, level: float = 0.95) -> tuple[float, float, float, int]:
+    """``(mean, lo, hi, n)``: Student t interval of the mean over the finite values.
+
+    Non-finite values (NaN, None, +-inf) are ignored and not counted in ``n``.
+    ``n == 0`` -> ``(nan, nan, nan, 0)``; ``n == 1`` -> ``(v, nan, nan, 1)``
+    (a single value has no variance estimate); zero variance with ``n >= 2``
+    -> ``(m, m, m, n)``, the zero-width interval the formula gives.
+
+    >>> mean_ci([1, 2, 3])  # 2 +- 4.3027 * 1 / sqrt(3)
+    (2.0, -0.4841..., 4.4841..., 3)
+    """
+    level = _check_level(level)
+    v = _finite(values)
+    n = int(v.size)
+    if n == 0:
+        return (math.nan, math.nan, math.nan, 0)
+    m = float(v.mean())
+    if n == 1:
+        return (m, math.nan, math.nan, 1)
+    half = t_quantile(level, n - 1) * float(v.std(ddof=1)) / math.sqrt(n)
+    return (m, m - half, m + half, n)
+
+
+def welch_ci(a: Iterable, b: Iterable, level: float = 0.95) -> dict:
+    """Welch interval of ``mean(a) - mean(b)`` for independent samples.
+
+    Returns ``{"diff", "ci_lo", "ci_hi", "df", "n_a", "n_b"}`` over the
+    finite values. ``se = sqrt(s_a^2/n_a + s_b^2/n_b)`` and the
+    Welch-Satterthwaite ``df = se^4 / ((s_a^2/n_a)^2/(n_a-1) + (s_b^2/n_b)^2/(n_b-1))``.
+    ``diff`` is NaN when either side is empty; the interval (and df) is NaN
+    when either side has fewer than two values (its variance cannot be
+    estimated). If both variances are zero, df is undefined (0/0): the
+    interval is ``[diff, diff]`` and df NaN, as in ``mean_ci``.
+    """
+    level = _check_level(level)
+    va, vb = _finite(a), _finite(b)
+    na, nb = int(va.size), int(vb.size)
+    out = {"diff": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "df": math.nan,
+           "n_a": na, "n_b": nb}
+    if na == 0 or nb == 0:
+        return out
+    diff = float(va.mean() - vb.mean())
+    out["diff"] = diff
+    if na < 2 or nb < 2:
+        return out
+    qa, qb = float(va.var(ddof=1)) / na, float(vb.var(ddof=1)) / nb
+    se2 = qa + qb
+    if se2 == 0.0:
+        out["ci_lo"] = out["ci_hi"] = diff
+        return out
+    df = se2 ** 2 / (qa ** 2 / (na - 1) + qb ** 2 / (nb - 1))
+    half = t_quantile(level, df) * math.sqrt(se2)
+    out.update(ci_lo=diff - half, ci_hi=diff + half, df=float(df))
+    return out
+
+
+# --------------------------------------------------------------------------- tests
+
+def paired_t_pvalue(diffs: Iterable) -> float:
+    """Two-sided one-sample t test of mean(diffs) == 0 (= ``scipy.stats.ttest_rel``).
+
+    NaN for fewer than two finite differences, and NaN for zero variance
+    (t is 0/0 or +-inf; scipy would return NaN or 0.0 with a precision
+    warning, a "significance" that no noise estimate supports). "Zero" means
+    ``sd <= ZERO_SD_RTOL * max|d|``: equal differences computed in floating
+    point, e.g. ``(0.3 - 0.2, 0.2 - 0.1)``, differ by rounding (sd ~ 1e-17)
+    and would otherwise give p ~ 1e-32 (scipy does).
+    """
+    d = _finite(diffs)
+    n = d.size
+    if n < 2:
+        return math.nan
+    sd = float(d.std(ddof=1))
+    if sd <= ZERO_SD_RTOL * float(np.abs(d).max()):
+        return math.nan
+    t = float(d.mean()) / (sd / math.sqrt(n))
+    return float(2.0 * _st.t.sf(abs(t), n - 1))
+
+
+def wilcoxon_exact_pvalue(diffs: Iterable) -> float:
+    """Two-sided exact Wilcoxon signed-rank p value of the finite differences.
+
+    Zero differences are dropped (Wilcoxon's convention, scipy's
+    ``zero_method="wilcox"``); tied |d| get mid-ranks, and the null
+    distribution of ``W+`` (sum of the ranks of positive differences) is the
+    exact one over all ``2^n`` equally likely sign assignments of *those*
+    ranks (so ties are handled exactly, unlike the tie-free tables). It is
+    counted by dynamic programming on doubled ranks (integers), not by
+    enumeration. ``p = min(1, 2 * min(P(W+ <= w), P(W+ >= w)))``.
+    No finite difference -> NaN; all differences zero -> 1.0 (``W+ = 0``
+    is the only possible value: no evidence either way). With n nonzero
+    differences the smallest attainable p is ``2 / 2^n`` (0.25 for n = 3).
+    """
+    d = _finite(diffs)
+    if d.size == 0:
+        return math.nan
+    d = d[d != 0.0]
+    n = d.size
+    if n == 0:
+        return 1.0
+    ranks2 = np.rint(2 * _st.rankdata(np.abs(d))).astype(np.int64)  # mid-ranks * 2
+    w2 = int(ranks2[d > 0].sum())
+    counts = np.zeros(int(ranks2.sum()) + 1, dtype=object)  # exact integers for any n
+    counts[0] = 1
+    for r in ranks2:
+        shifted = np.zeros_like(counts)
+        shifted[r:] = counts[:-r]
+        counts = counts + shifted
+    total = 2 ** n
+    lower = sum(counts[: w2 + 1])
+    upper = sum(counts[w2:])
+    return float(min(1.0, 2 * min(lower, upper) / total))
+
+
+# --------------------------------------------------------------------------- frames
+
+def with_derived(trials: pd.DataFrame) -> pd.DataFrame:
+    """A copy with ``final_{train,test,val}_error = 1 - final_{train,test,val}_acc``.
+
+    Only for the accuracy columns that exist; an existing error column is
+    recomputed from its accuracy (so the function is idempotent). NaN
+    accuracy (diverged or errored runs) stays NaN.
+    """
+    t = trials.copy()
+    for err, acc in DERIVED.items():
+        if acc in t:
+            t[err] = 1.0 - pd.to_numeric(t[acc], errors="coerce").astype(float)
+    return t
+
+
+def _sorted(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    return df.sort_values(list(keys), kind="stable").reset_index(drop=True)
+
+
+def cell_summary(trials: pd.DataFrame,
+                 metrics: Sequence[str] = ("final_train_loss", "final_test_error"),
+                 level: float = 0.95) -> pd.DataFrame:
+    """One row per (family, model, depth, residual): counts, params and metric intervals.
+
+    Columns: ``family, model, depth, residual, n_planned, n_completed,
+    n_diverged, n_error, params``, then for each metric ``<metric>_mean``,
+    ``<metric>_ci_lo``, ``<metric>_ci_hi``, ``<metric>_n`` (``mean_ci`` over
+    the completed trials with a finite value; ``<metric>_n`` can be below
+    ``n_completed`` when a completed trial lacks the metric).
+    ``n_planned`` is every row of the cell, so ``n_planned = n_completed +
+    n_diverged + n_error``. ``params`` is the first non-missing value of the
+    cell (identical across seeds; an errored trial may lack it), ``<NA>`` if none.
+
+    Derived error columns (``with_derived``) are added first. A metric that
+    is not a column (after derivation) raises KeyError rather than giving
+    silent NaN: a probe-only frame has no training metrics, pass ``metrics=()``.
+    """
+    t = with_derived(_prepare(trials))
+    for m in metrics:
+        _require_metric(t, m)
+    rows = []
+    for key, g in t.groupby(list(CELL_KEYS), sort=False, dropna=False):
+        row = dict(zip(CELL_KEYS, key), **_status_counts(g))
+        params = g["params"].dropna() if "params" in g else pd.Series(dtype=float)
+        row["params"] = int(params.iloc[0]) if len(params) else pd.NA
+        done = g[g["status"] == "completed"]
+        for m in metrics:
+            mean, lo, hi, n = mean_ci(done[m], level)
+            row.update({f"{m}_mean": mean, f"{m}_ci_lo": lo, f"{m}_ci_hi": hi, f"{m}_n": n})
+        rows.append(row)
+    cols = list(CELL_KEYS) + ["n_planned", "n_completed", "n_diverged", "n_error", "params"] + \
+        [f"{m}_{s}" for m in metrics for s in ("mean", "ci_lo", "ci_hi", "n")]
+    out = pd.DataFrame(rows, columns=cols)
+    out["params"] = out["params"].astype("Int64")
+    return _sorted(out, CELL_KEYS)
+
+
+def paired_differences(trials: pd.DataFrame, metric: str, level: float = 0.95,
+                       wilcoxon: bool = True) -> pd.DataFrame:
+    """Residual minus plain, paired by seed, per (family, model, depth).
+
+    A seed is a pair when both its residual and its plain trial are completed
+    with a finite ``metric``. Columns: ``family, model, depth, n_seeds`` (seeds
+    seen on either side), ``n_pairs, n_unpaired`` (``n_seeds - n_pairs``: one
+    side missing, diverged, errored or without a finite value), ``mean_diff,
+    ci_lo, ci_hi`` (``mean_ci`` of the per-seed differences),
+    ``p_value`` (``paired_t_pvalue``: two-sided; NaN if ``n_pairs < 2`` or the
+    differences have zero variance) and, with ``wilcoxon``, ``p_wilcoxon``
+    (``wilcoxon_exact_pvalue``: exact, two-sided; defined from one pair on,
+    where it is 1.0, NaN with no pair).
+
+    Raises ValueError if a (cell, seed) has more than one trial (the pairing
+    would be ambiguous); KeyError if ``metric`` (after ``with_derived``) or
+    ``seed`` is not a column.
+    """
+    t = with_derived(_prepare(trials))
+    _require_metric(t, metric)
+    _require_metric(t, "seed")
+    dup = t.duplicated(list(CELL_KEYS) + ["seed"], keep=False)
+    if dup.any():
+        ids = t.loc[dup, "trial_id"].tolist() if "trial_id" in t else t.index[dup].tolist()
+        raise ValueError(f"more than one trial per (cell, seed): {ids}")
+    rows = []
+    for key, g in t.groupby(list(PAIR_KEYS), sort=False, dropna=False):
+        use = _usable(g, metric)
+        vals = use.pivot(index="seed", columns="residual", values=metric)
+        vals = vals.reindex(columns=[False, True])
+        paired = vals.dropna()
+        diffs = (paired[True] - paired[False]).to_numpy(dtype=float)
+        mean, lo, hi, n = mean_ci(diffs, level)
+        n_seeds = int(g["seed"].nunique())
+        row = dict(zip(PAIR_KEYS, key), n_seeds=n_seeds, n_pairs=n, n_unpaired=n_seeds - n,
+                   mean_diff=mean, ci_lo=lo, ci_hi=hi, p_value=paired_t_pvalue(diffs))
+        if wilcoxon:
+            row["p_wilcoxon"] = wilcoxon_exact_pvalue(diffs)
+        rows.append(row)
+    cols = list(PAIR_KEYS) + ["n_seeds", "n_pairs", "n_unpaired", "mean_diff", "ci_lo",
+                              "ci_hi", "p_value"] + (["p_wilcoxon"] if wilcoxon else [])
+    return _sorted(pd.DataFrame(rows, columns=cols), PAIR_KEYS)
+
+
+def degradation_index(trials: pd.DataFrame, metric: str, level: float = 0.95) -> pd.DataFrame:
+    """Increase of ``metric`` with depth, relative to the shallowest depth of each variant.
+
+    Per (family, model, residual) and each depth d present in the frame:
+    ``delta = depth_mean - base_mean = mean(metric at d) - mean(metric at the
+    shallowest depth)``,
+    over completed trials with a finite value, with a Welch t interval
+    (``welch_ci``: depths are independently trained networks, so the samples
+    are independent, not paired by seed, and variances may differ).
+    The shallowest depth is the smallest depth with any trial of that
+    family/model/variant, whatever its statuses: if every run there diverged,
+    every delta of the group is NaN rather than silently re-based.
+
+    Columns: ``family, model, residual, depth, base_depth, n_planned,
+    n_completed, n_diverged, n_error`` (at depth d), ``n`` and ``n_base``
+    (values used at d and at the base), ``depth_mean, base_mean, delta, ci_lo,
+    ci_hi, df`` (Welch df; ``depth_mean``, not ``mean``, so that ``row.depth_mean``
+    is not ``Series.mean``). The base row has ``delta = 0`` (NaN if its mean
+    is NaN) and a NaN interval. A depth where all runs diverged keeps its row
+    with ``delta`` NaN and its counts. A preset model has one depth, hence
+    only its base row. For a loss or an error, ``delta > 0`` is degradation.
+    """
+    t = with_derived(_prepare(trials))
+    _require_metric(t, metric)
+    rows = []
+    for key, g in t.groupby(list(DEGRADATION_KEYS), sort=False, dropna=False):
+        depths = sorted(g["depth"].unique())
+        base_depth = depths[0]
+        base = _usable(g[g["depth"] == base_depth], metric)[metric].to_numpy(dtype=float)
+        base_mean = float(base.mean()) if base.size else math.nan
+        for d in depths:
+            gd = g[g["depth"] == d]
+            vals = _usable(gd, metric)[metric].to_numpy(dtype=float)
+            row = dict(zip(DEGRADATION_KEYS, key), depth=d, base_depth=base_depth,
+                       **_status_counts(gd), n=int(vals.size), n_base=int(base.size),
+                       depth_mean=float(vals.mean()) if vals.size else math.nan,
+                       base_mean=base_mean)
+            if d == base_depth:
+                row.update(delta=0.0 if base.size else math.nan, ci_lo=math.nan,
+                           ci_hi=math.nan, df=math.nan)
+            else:
+                w = welch_ci(vals, base, level)
+                row.update(delta=w["diff"], ci_lo=w["ci_lo"], ci_hi=w["ci_hi"], df=w["df"])
+            rows.append(row)
+    cols = list(DEGRADATION_KEYS) + ["depth", "base_depth", "n_planned", "n_completed",
+                                     "n_diverged", "n_error", "n", "n_base", "depth_mean",
+                                     "base_mean", "delta", "ci_lo", "ci_hi", "df"]
+    return _sorted(pd.DataFrame(rows, columns=cols), ["family", "model", "residual", "depth"])
+
+
+def status_counts(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials per status per (family, model, depth, residual), then a total row.
+
+    Columns: ``family, model, depth, residual, n_planned, n_completed,
+    n_diverged, n_error`` (``n_planned`` = all rows of the cell = the sum of
+    the three). The last row has ``family = "total"``, ``model = ""`` and
+    ``<NA>`` depth and residual, with the column sums; so ``depth`` is
+    ``Int64`` and ``residual`` is ``boolean``.
+    """
+    t = _prepare(trials)
+    rows = [dict(zip(CELL_KEYS, key), **_status_counts(g))
+            for key, g in t.groupby(list(CELL_KEYS), sort=False, dropna=False)]
+    counts = ["n_planned", "n_completed", "n_diverged", "n_error"]
+    out = _sorted(pd.DataFrame(rows, columns=list(CELL_KEYS) + counts), CELL_KEYS)
+    total = {"family": "total", "model": "", "depth": pd.NA, "residual": pd.NA,
+             **{c: int(out[c].sum()) for c in counts}}
+    out = pd.concat([out.astype({"depth": "Int64", "residual": "boolean"}),
+                     pd.DataFrame([total]).astype({"depth": "Int64", "residual": "boolean"})],
+                    ignore_index=True)
+    for c in counts:
+        out[c] = out[c].astype("int64")
+    return out

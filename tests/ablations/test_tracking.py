@@ -1,0 +1,283 @@
+"""W&B tracking without a server: modes, credentials, offline runs read back from disk.
+
+Every test runs with HOME, NETRC, the wandb config/cache/data folders and the
+working directory in ``tmp_path`` and no ``WANDB_*`` variable from outside, so
+the user's credentials and settings are never read or written. wandb is torn
+down after each test (its service keeps the environment it started with).
+"""
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from ablations import tracking
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    for key in list(os.environ):
+        if key.startswith("WANDB_") or key == "NETRC":
+            monkeypatch.delenv(key)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for key, sub in [("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"),
+                     ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")]:
+        monkeypatch.setenv(key, str(tmp_path / "wandb-home" / sub))
+    for key, value in tracking.QUIET_ENV.items():  # set by trackers: restored after the test
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    yield home
+    if "wandb" in sys.modules:
+        import wandb
+        wandb.teardown()
+
+
+def write_netrc(path, machine, password="k" * 40):
+    path.write_text(f"machine {machine}\n  login user\n  password {password}\n")
+    path.chmod(0o600)
+
+
+# ---------------------------------------------------------------- modes and credentials
+
+def test_auto_is_offline_without_credentials(env):
+    assert not tracking.has_credentials()
+    assert tracking.resolve_mode("auto") == "offline"
+    for mode in ("online", "offline", "disabled"):
+        assert tracking.resolve_mode(mode) == mode
+
+
+def test_auto_is_online_with_an_api_key(env, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert tracking.has_credentials()
+    assert tracking.resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_API_KEY", "  ")
+    assert tracking.resolve_mode("auto") == "offline"
+
+
+def test_netrc_entry_for_the_wandb_host_is_detected(env, tmp_path, monkeypatch):
+    write_netrc(env / ".netrc", "api.wandb.ai")  # ~/.netrc
+    assert tracking.resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # another host
+    assert not tracking.has_credentials()
+    other = tmp_path / "other-netrc"
+    write_netrc(other, "wandb.example.org")
+    monkeypatch.setenv("NETRC", str(other))
+    assert tracking.has_credentials()
+    other.write_text("default login user password secret\n")  # not a W&B entry
+    assert not tracking.has_credentials()
+    other.write_text("machine wandb.example.org login user password\n")  # no key
+    assert not tracking.has_credentials()
+
+
+def test_invalid_mode_names_the_choices(env):
+    with pytest.raises(ValueError, match="auto, online, offline, disabled"):
+        tracking.resolve_mode("cloud")
+
+
+def test_online_without_credentials_fails_before_wandb_starts(env, tmp_path):
+    with pytest.raises(RuntimeError, match="no credentials"):
+        tracking.TrialTracker("online", str(tmp_path / "run"), "g", "t", {})
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_id_is_stable_short_and_distinct():
+    a = tracking.run_id("sweep-1", "resnet-8-on-s0")
+    assert a == tracking.run_id("sweep-1", "resnet-8-on-s0") and len(a) == 16
+    assert set(a) <= set("0123456789abcdef")
+    assert a != tracking.run_id("sweep-2", "resnet-8-on-s0")
+    assert a != tracking.run_id("sweep-1", "resnet-8-on-s1")
+
+
+# ---------------------------------------------------------------- disabled
+
+def test_disabled_imports_nothing_and_writes_nothing(tmp_path):
+    code = (
+        "import json, sys\n"
+        "from ablations import tracking\n"
+        "t = tracking.TrialTracker('disabled', 'run', 'g', 't', {'depth': 4})\n"
+        "t.log_epoch({'epoch': 1, 'loss': 0.5})\n"
+        "t.log_layers(object())\n"
+        "t.finish({'status': 'completed'})\n"
+        "with tracking.TrialTracker('disabled', 'run', 'g', 'u', {}) as u:\n"
+        "    pass\n"
+        "fig = tracking.log_figures('disabled', 'run', 'g', ['missing.png'])\n"
+        "print(json.dumps([t.url, t.run_path, fig, 'wandb' in sys.modules,\n"
+        "                  tracking.sync_command('run')]))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(PYTHONPATH=ROOT, HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [None, None, None, False, None]
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- offline runs
+
+def trial_config(seed):
+    return {"family": "resnet", "model": "resnet", "depth": 8, "residual": "on",
+            "seed": seed, "lr": 0.05, "milestones": [2], "hp_source": "fixed"}
+
+
+def epoch_rows(seed):
+    rows = [{"epoch": e, "train_loss": 2.0 / e + seed, "val_acc": 0.25 * e, "lr": 0.05,
+             "trial_id": f"resnet-8-on-s{seed}", "note": None} for e in (1, 2, 3)]
+    if seed == 1:
+        rows[2]["val_loss"] = float("nan")  # a diverged value is logged as NaN
+    return rows
+
+
+def layers_frame(seed):
+    return pd.DataFrame({
+        "trial_id": f"resnet-8-on-s{seed}", "layer": ["stem", "block1", "stem", "block1"],
+        "layer_index": [0, 1, 0, 1], "stat": "grad_norm", "value": [0.5, 0.25, 0.4, 0.2],
+        "phase": "train", "step": [0, 0, 2, 2], "epoch": [1, 1, 2, 2]})
+
+
+def test_offline_trials_in_one_process_are_read_back_from_disk(env, tmp_path):
+    run_dir = tmp_path / "results" / "sweep-a"
+    trackers, seconds = {}, []
+    for seed in (0, 1):
+        name = f"resnet-8-on-s{seed}"
+        t0 = time.perf_counter()
+        t = tracking.TrialTracker("offline", str(run_dir), "sweep-a", name, trial_config(seed))
+        seconds.append(time.perf_counter() - t0)
+        for row in epoch_rows(seed):
+            t.log_epoch(row)
+        t.log_layers(layers_frame(seed))
+        t.finish({"status": "completed" if seed == 0 else "diverged", "best_val_acc": 0.75})
+        t.finish({"status": "overwritten"})  # idempotent: ignored
+        assert t.url is None
+        trackers[name] = t
+    print(f"wandb.init seconds (first, second): {seconds[0]:.2f}, {seconds[1]:.2f}")
+
+    dirs = tracking.offline_run_dirs(run_dir)
+    assert len(dirs) == 2
+    assert sorted(str(d) for d in dirs) == sorted(t.run_path for t in trackers.values())
+    cmd = tracking.sync_command(run_dir)
+    assert cmd == f"wandb sync {run_dir / 'wandb'}/offline-run-*"
+    assert tracking.sync_command(tmp_path / "elsewhere") is None
+
+    for seed, (name, t) in enumerate(trackers.items()):
+        run = tracking.read_offline_run(t.run_path)
+        assert (run["id"], run["name"], run["group"]) == \
+            (tracking.run_id("sweep-a", name), name, "sweep-a")
+        assert (run["project"], run["job_type"], run["exit_code"]) == ("resablate", "trial", 0)
+        assert run["config"] == trial_config(seed)
+        epochs = [r for r in run["history"] if "epoch" in r]
+        assert [r["_step"] for r in epochs] == [1, 2, 3]
+        for got, logged in zip(epochs, epoch_rows(seed)):
+            for key in ("epoch", "train_loss", "val_acc", "lr"):
+                assert got[key] == logged[key], (name, key)
+            assert "trial_id" not in got and "note" not in got  # non-numeric: skipped
+        assert ("val_loss" in epochs[2]) == (seed == 1)
+        if seed == 1:
+            assert math.isnan(epochs[2]["val_loss"])
+        table = epochs[2]["layers"]  # logged at the last epoch's step
+        assert table["_type"] == "table-file" and table["nrows"] == 4
+        with open(os.path.join(t.run_path, "files", table["path"])) as f:
+            stored = json.load(f)
+        frame = layers_frame(seed)
+        assert stored["columns"] == list(frame.columns)
+        assert [r[stored["columns"].index("value")] for r in stored["data"]] == \
+            list(frame["value"])
+        summary = run["summary"]
+        assert summary["status"] == ("completed", "diverged")[seed]
+        assert summary["best_val_acc"] == 0.75 and summary["train_loss"] == 2.0 / 3 + seed
+        assert (summary["layers_rows"], summary["layers_rows_logged"]) == (4, 4)
+
+
+def test_an_exception_in_the_block_finishes_the_run_as_failed(env, tmp_path):
+    with pytest.raises(KeyError):
+        with tracking.TrialTracker("offline", str(tmp_path), "g", "t", {"depth": 2}) as t:
+            t.log_epoch({"epoch": 1, "train_loss": 1.5})
+            raise KeyError("boom")
+    run = tracking.read_offline_run(t.run_path)
+    assert run["exit_code"] == 1 and run["summary"]["status"] == "error"
+    assert run["history"][0]["train_loss"] == 1.5
+
+
+def test_a_new_tracker_finishes_an_unfinished_one_as_abandoned(env, tmp_path):
+    a = tracking.TrialTracker("offline", str(tmp_path), "g", "a", {})
+    a.log_epoch({"epoch": 1, "loss": 1.0})
+    b = tracking.TrialTracker("offline", str(tmp_path), "g", "b", {})
+    a.log_epoch({"epoch": 2, "loss": 0.5})  # ignored, no error
+    a.finish({"status": "completed"})
+    b.log_epoch({"epoch": 1, "loss": 2.0})
+    b.finish({"status": "completed"})
+    got = {r["name"]: (r["exit_code"], r["summary"]["status"], [h["loss"] for h in r["history"]])
+           for r in map(tracking.read_offline_run, tracking.offline_run_dirs(tmp_path))}
+    assert got == {"a": (1, "abandoned", [1.0]), "b": (0, "completed", [2.0])}
+
+
+def test_long_runs_span_log_blocks_and_read_back_exactly(env, tmp_path):
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "val_acc": e / 1000, "images_per_s": 1e4 + e}
+            for e in range(1, 301)]
+    with tracking.TrialTracker("offline", str(tmp_path), "g", "long", {}) as t:
+        for row in rows:
+            t.log_epoch(row)
+        t.finish({"status": "completed"})
+    (log,) = [p for p in os.listdir(t.run_path) if p.endswith(".wandb")]
+    assert os.path.getsize(os.path.join(t.run_path, log)) > 2 * 32768  # records cross blocks
+    history = tracking.read_offline_run(t.run_path)["history"]
+    assert [{k: r[k] for k in rows[0]} for r in history] == rows
+
+
+def test_log_figures_writes_an_analysis_run(env, tmp_path):
+    from PIL import Image
+    png = tmp_path / "fig" / "depth_vs_acc.png"
+    png.parent.mkdir()
+    Image.new("RGB", (6, 4), (200, 30, 30)).save(png)
+    run_dir = tmp_path / "results"
+    assert tracking.log_figures("disabled", str(run_dir), "sweep-a", [str(png)]) is None
+    assert not run_dir.exists()
+    path = tracking.log_figures("offline", str(run_dir), "sweep-a", [str(png)],
+                                {"trials": 12, "status": "completed"})
+    assert [str(d) for d in tracking.offline_run_dirs(run_dir)] == [path]
+    run = tracking.read_offline_run(path)
+    assert (run["name"], run["group"], run["job_type"]) == \
+        ("sweep-a-figures", "sweep-a", "analysis")
+    image = run["history"][0]["depth_vs_acc"]
+    assert image["_type"] == "image-file" and (image["width"], image["height"]) == (6, 4)
+    assert os.path.isfile(os.path.join(path, "files", image["path"]))
+    assert run["summary"]["trials"] == 12 and run["summary"]["figures"] == 1
+
+
+def test_online_start_against_an_unreachable_server_raises_in_time(env, tmp_path,
+                                                                   monkeypatch):
+    with socket.socket() as s:  # a local port nobody listens on: refused, no network
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="W&B online run g/t could not start"):
+        tracking.TrialTracker("auto", str(tmp_path / "run"), "g", "t", {})
+    assert time.perf_counter() - t0 < 30
+
+
+# ---------------------------------------------------------------- helpers
+
+def test_large_layer_tables_keep_evenly_spaced_steps():
+    df = pd.DataFrame({"step": [s for s in range(100) for _ in range(30)], "value": 1.0})
+    fit = tracking._fit_rows(df, 600)
+    assert len(fit) <= 600 and fit.groupby("step").size().eq(30).all()
+    assert {0, 99} <= set(fit["step"]) and fit["step"].nunique() == 20
+    assert tracking._fit_rows(df, 5000) is df
+
+
+def test_tables_are_typed_and_tolerate_mixed_columns():
+    typed = tracking._table(pd.DataFrame({"layer": ["a", "b"], "value": [0.5, float("nan")]}))
+    assert typed.columns == ["layer", "value"] and typed.data[0] == ["a", 0.5]
+    mixed = tracking._table(pd.DataFrame({"layer": ["a", 3], "value": [0.5, 1.0]}))
+    assert mixed.data == [["a", 0.5], [3, 1.0]]
