@@ -313,9 +313,10 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner) -> int:
                             "plan": [t.factors() for t in trials],
                             "skipped": [{"cell": l, "reason": r} for l, r in skipped]})
     record_invocation(run_dir, kind, argv, info)
+    res = info["cluster"]["resources"]
     print(f"resources: {spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial on "
-          f"{info['cluster']['nodes']} node(s) {info['cluster']['resources']}; W&B {wandb_mode}",
-          flush=True)
+          f"{info['cluster']['nodes']} node(s) with {res.get('CPU', 0):g} CPU, "
+          f"{res.get('GPU', 0):g} GPU; W&B {wandb_mode}", flush=True)
     t0 = time.time()
     if spec.tune:
         trials = tune_cells(spec, trials, run_dir, worker_spec, runner)

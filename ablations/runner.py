@@ -67,6 +67,22 @@ def _trainable(config, *, groups, cells, spec, run_dir):
 
 # ---------------------------------------------------------------- connecting
 
+def warm_worker() -> None:
+    """Ray runs this in every worker process of the sweep as it starts (Ray starts a pool
+    of workers as soon as the driver connects): the seconds of importing torch, its
+    compiler stack (imported lazily by the first optimizer) and the trainer overlap the
+    driver's own start-up instead of delaying the first trial of every actor."""
+    try:
+        import torch
+        import torch._dynamo  # noqa: F401
+
+        from . import train  # noqa: F401
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    except Exception:  # only an optimization: a worker must never die of it
+        pass
+
+
+
 def token_available() -> bool:
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
     return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
@@ -101,8 +117,13 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     env = {k: v for k, v in os.environ.items() if k.startswith(PASS_ENV)}
+    # Workers import this project from the same checkout (an editable install or not).
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    runtime_env = {"worker_process_setup_hook": "ablations.runner.warm_worker",
+                   "env_vars": env}
     common = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=True,
-                  runtime_env={"env_vars": env} if env else None)
+                  runtime_env=runtime_env)
     if address is None:
         # Ray's default for a new local cluster is token auth; its notice at every start
         # is noise here (the cluster is bound to loopback).

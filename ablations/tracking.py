@@ -254,6 +254,12 @@ class TrialTracker:
             run.finish(exit_code=1 if failed else 0)
             if self.mode == "offline":
                 _wait_until_written(self._path)
+            if failed:
+                # The process is likely about to die (Ray kills a failed trial's actor):
+                # close the wandb-core connection now, not in an atexit hook that would
+                # print a ConnectionResetError traceback once the service is gone.
+                import wandb
+                wandb.teardown()
 
     def __enter__(self) -> TrialTracker:
         return self

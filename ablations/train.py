@@ -128,6 +128,7 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     fragment, no checkpoint; a retried sample starts over).
     """
     from . import tracking
+    started_at = time.time()
     t = spec.train
     device = pick_device(t.device)
     precision = pick_precision(device)
@@ -231,7 +232,8 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
            "train_seconds": float(epochs["epoch_seconds"].sum()) if len(epochs) else 0.0,
            "wall_seconds": wall, "threads": torch.get_num_threads(), "attempts": attempts,
            "resumed_from_epoch": resumed_from, **(reporter.where() if reporter else {}),
-           "finished_at": time.time(), **summarize(epochs)}
+           "started_at": started_at, "finished_at": time.time(), "pid": os.getpid(),
+           **summarize(epochs)}
     if tuning:
         tracker.finish({k: v for k, v in row.items() if k != "trial_id"})
         if reporter:

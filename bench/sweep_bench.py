@@ -43,7 +43,7 @@ from ablations.spec import AblationSpec, TrainSettings  # noqa: E402
 
 SWEEP_ARGS = ["--families", "mlp", "--depths", "4,6,8", "--residual", "both", "--seeds", "2",
               "--dataset", "synthetic", "--subset", "{subset}", "--epochs", "{epochs}",
-              "--milestones", "", "--cpus-per-trial", "1", "--wandb", "disabled"]
+              "--milestones", "", "--lr", "0.02", "--cpus-per-trial", "1", "--wandb", "disabled"]
 
 
 def make_spec(out, name, epochs, subset):
@@ -51,7 +51,7 @@ def make_spec(out, name, epochs, subset):
         families=("mlp",), depths=(4, 6, 8), residual="both", seeds=2, out=out, name=name,
         wandb="disabled", cpus_per_trial=1, gpus_per_trial=0,
         train=TrainSettings(dataset="synthetic", subset=subset, epochs=epochs, milestones=(),
-                            val_fraction=0.1))
+                            val_fraction=0.1, lr=0.02))
 
 
 def plain_trainable(config, spec, trials, run_dir):
@@ -72,6 +72,22 @@ def plain_trainable(config, spec, trials, run_dir):
     run_train_trial(trials[config["i"]], spec, run_dir, Rep())
 
 
+T0 = [0.0]
+INIT = [0.0]
+
+
+def start_ray(arm):
+    """A fresh local Ray per arm; resablate's own start (runner.connect) for its arm."""
+    import ray
+    t0 = time.perf_counter()
+    if arm == "resablate":
+        runner.connect(None)
+    else:
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 logging_level="ERROR")
+    INIT[0] = time.perf_counter() - t0
+
+
 def run_plain(spec, trials, reuse):
     from ray import tune
     run_dir = os.path.abspath(spec.run_dir)
@@ -83,27 +99,43 @@ def run_plain(spec, trials, reuse):
                        run_config=tune.RunConfig(storage_path=os.path.join(run_dir, "ray"),
                                                  name="plain", verbose=0))
     t0 = time.perf_counter()
+    T0[0] = time.time()
     tuner.fit()
     return time.perf_counter() - t0
 
 
 def run_ours(spec, trials):
     t0 = time.perf_counter()
+    T0[0] = time.time()
     errors = runner.run_groups([[t] for t in trials], spec, spec.run_dir, "bench")
     assert not errors, errors
     return time.perf_counter() - t0
 
 
 def measure(arm, out, epochs, subset, k):
+    import ray
     spec = make_spec(out, f"{arm}-{k}", epochs, subset)
     trials, _ = expand(spec)
-    wall = run_plain(spec, trials, arm == "plain-reuse") if arm.startswith("plain") \
-        else run_ours(spec, trials)
+    start_ray(arm)
+    try:
+        wall = run_plain(spec, trials, arm == "plain-reuse") if arm.startswith("plain") \
+            else run_ours(spec, trials)
+    finally:
+        ray.shutdown()
     rows = [results.read_fragment_row(spec.run_dir, t.trial_id) for t in trials]
     assert all(r and r["status"] == "completed" for r in rows), arm
     compute = sum(r["wall_seconds"] for r in rows)
+    function = sum(r["finished_at"] - r["started_at"] for r in rows)
+    t_end = max(r["finished_at"] for r in rows)
+    for r in sorted(rows, key=lambda r: (r["pid"], r["started_at"])):
+        print(f"  {arm} pid {r['pid']} start {r['started_at'] - T0[0]:6.2f} train "
+              f"{r['finished_at'] - r['wall_seconds'] - T0[0]:6.2f} end "
+              f"{r['finished_at'] - T0[0]:6.2f}")
     return {"arm": arm, "repeat": k, "wall_s": wall, "compute_s": compute,
-            "mean_trial_s": compute / len(rows), "efficiency": compute / 2 / wall}
+            "mean_trial_s": compute / len(rows), "efficiency": compute / 2 / wall,
+            "function_s": function, "efficiency_function": function / 2 / wall,
+            "wall_from_init_s": wall + INIT[0],
+            "efficiency_from_init": compute / 2 / (wall + INIT[0])}
 
 
 def sweep_command(out, epochs, subset):
@@ -122,25 +154,17 @@ def sweep_command(out, epochs, subset):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--subset", type=int, default=2000)
     ap.add_argument("--arms", default="plain-default,plain-reuse,resablate")
     args = ap.parse_args()
     out = tempfile.mkdtemp(prefix="sweep-bench-")
-    import ray
-    t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level="ERROR")
-    print(f"ray.init: {time.perf_counter() - t0:.1f}s", flush=True)
     rows = []
-    try:
-        for k in range(args.repeats):
-            for arm in args.arms.split(","):
-                rows.append(measure(arm, out, args.epochs, args.subset, k))
-                print({k2: round(v, 3) if isinstance(v, float) else v
-                       for k2, v in rows[-1].items()}, flush=True)
-    finally:
-        ray.shutdown()
+    for k in range(args.repeats):
+        for arm in args.arms.split(","):
+            rows.append(measure(arm, out, args.epochs, args.subset, k))
+            print({k2: round(v, 3) if isinstance(v, float) else v
+                   for k2, v in rows[-1].items()}, flush=True)
     rows.append(sweep_command(out, args.epochs, args.subset))
     df = pd.DataFrame(rows)
     print(df.round(3).to_string(index=False))
