@@ -168,21 +168,25 @@ def _floor(x: float, digits: int = 4) -> float:
 
 
 def resolve_resources(spec, n_units: int):
-    """``spec`` with ``cpus_per_trial``/``gpus_per_trial`` set for the connected cluster.
-
-    Defaults: slots = min(units, CPUs); each trial gets floor(CPUs / slots) CPUs
-    and, when there are GPUs, min(1, GPUs / slots) of a GPU (fractions pack
-    several trials on one GPU). A request that no single node can satisfy would
-    never be scheduled: it is an error here, not a hang later.
-    """
+    """``spec`` with ``cpus_per_trial``/``gpus_per_trial`` set for the connected cluster."""
     import ray
     total = ray.cluster_resources()
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    node_cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
-    node_gpu = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    cpt, gpt = plan_resources(
+        total.get("CPU", 0.0), total.get("GPU", 0.0),
+        max((n.get("CPU", 0.0) for n in nodes), default=0.0),
+        max((n.get("GPU", 0.0) for n in nodes), default=0.0),
+        n_units, spec.cpus_per_trial, spec.gpus_per_trial)
+    return dataclasses.replace(spec, cpus_per_trial=cpt, gpus_per_trial=gpt)
+
+
+def plan_resources(cpus: float, gpus: float, node_cpu: float, node_gpu: float, n_units: int,
+                   cpt: float | None, gpt: float | None) -> tuple[float, float]:
+    """(CPUs, GPUs) per trial. Defaults: slots = min(units, CPUs); each trial gets
+    floor(CPUs / slots) CPUs and, when there are GPUs, min(1, GPUs / slots) of a GPU
+    (fractions pack several trials on one GPU). A request that no single node can
+    satisfy would never be scheduled: it is an error here, not a hang later."""
     slots = max(1, min(n_units, int(cpus) or 1))
-    gpt = spec.gpus_per_trial
     if gpt is None:
         gpt = 0.0 if not gpus else min(1.0, _floor(gpus / slots))
     if gpt > node_gpu:
@@ -192,13 +196,12 @@ def resolve_resources(spec, n_units: int):
                            if node_gpu else " (or omit it)"))
     if gpt:
         slots = max(1, min(slots, int(gpus / gpt)))
-    cpt = spec.cpus_per_trial
     if cpt is None:
         cpt = min(max(1, int(cpus // slots)), max(1, int(node_cpu)))
     if cpt > node_cpu:
         raise SpecError(f"--cpus-per-trial {cpt:g}: no node of the Ray cluster has that many "
                         f"CPUs (largest: {node_cpu:g}); valid: up to {node_cpu:g}")
-    return dataclasses.replace(spec, cpus_per_trial=cpt, gpus_per_trial=gpt)
+    return cpt, gpt
 
 
 def cluster_info() -> dict:

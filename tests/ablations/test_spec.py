@@ -128,3 +128,38 @@ def test_default_milestones_follow_the_seed_schedule(epochs, expected):
 def test_explicit_milestones_are_kept_and_checked():
     assert spec_of(["--milestones", "3,7", "--epochs", "10"]).train.milestones == (3, 7)
     assert spec_of(["--milestones", ""]).train.milestones == ()
+
+
+@pytest.mark.parametrize("res,units,asked,expected", [
+    ((2, 0, 2, 0), 1, (None, None), (2, 0.0)),      # one trial gets every core
+    ((2, 0, 2, 0), 12, (None, None), (1, 0.0)),     # 12 trials share 2 cores
+    ((2, 0, 1, 0), 4, (None, None), (1, 0.0)),      # two 1-CPU nodes
+    ((16, 1, 16, 1), 10, (None, None), (1, 0.1)),   # 10 trials packed on one GPU
+    ((16, 8, 16, 8), 4, (None, None), (4, 1.0)),    # 4 trials, 8 GPUs: 1 GPU each
+    ((16, 1, 16, 1), 10, (None, 0.25), (4, 0.25)),  # 4 at a time on the GPU
+    ((16, 1, 16, 1), 10, (3, 0.5), (3, 0.5)),       # explicit requests are kept
+])
+def test_plan_resources_defaults_use_every_cpu_and_gpu(res, units, asked, expected):
+    from ablations.runner import plan_resources
+    assert plan_resources(*res, units, *asked) == expected
+
+
+def test_plan_resources_refuses_what_no_node_has():
+    from ablations.runner import plan_resources
+    with pytest.raises(SpecError, match="--gpus-per-trial 2: the Ray cluster has no GPU"):
+        plan_resources(2, 0, 2, 0, 4, None, 2)
+    with pytest.raises(SpecError, match="at most 1 GPU"):
+        plan_resources(4, 2, 2, 1, 4, None, 2)
+    with pytest.raises(SpecError, match="--cpus-per-trial 3: no node .* largest: 2"):
+        plan_resources(4, 0, 2, 0, 4, 3, None)
+
+
+def test_stored_spec_round_trips_through_json(tmp_path):
+    import dataclasses as dc
+    import json
+
+    from ablations.spec import spec_from_dict
+    spec = spec_of(["--tune", "lr", "--tune-range", "lr=1e-3:0.5", "--depths", "5,18",
+                    "--milestones", "3,4", "--epochs", "5"])
+    back = spec_from_dict(json.loads(json.dumps(dc.asdict(spec))))
+    assert back == spec
