@@ -18,7 +18,7 @@ def spec_of(argv):
 def test_defaults_are_the_products_main_command():
     s = spec_of([])
     assert s.families == ("mlp", "resnet") and s.depths == (5, 18, 34)
-    assert s.residual == "both" and s.mode == "train" and s.wandb == "disabled"
+    assert s.residual == "both" and s.mode == "train" and s.wandb == "auto"
 
 
 def test_expand_cells_seeds_and_skips():
@@ -91,7 +91,7 @@ def test_out_that_is_a_file_and_existing_results_are_refused(tmp_path):
 ])
 def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, argv, needle):
     out = tmp_path / "results"
-    mode = [] if "--mode" in argv else ["--mode", "probe"]
+    mode = [] if {"--mode", "--resume", "--retry-failed"} & set(argv) else ["--mode", "probe"]
     p = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), *argv, *mode,
                         "--out", str(out)], capture_output=True, text=True, cwd=tmp_path,
                        timeout=120)
@@ -150,7 +150,7 @@ def test_plan_resources_refuses_what_no_node_has():
         plan_resources(2, 0, 2, 0, 4, None, 2)
     with pytest.raises(SpecError, match="at most 1 GPU"):
         plan_resources(4, 2, 2, 1, 4, None, 2)
-    with pytest.raises(SpecError, match="--cpus-per-trial 3: no node .* largest: 2"):
+    with pytest.raises(SpecError, match=r"--cpus-per-trial 3: no node .*\(largest: 2\)"):
         plan_resources(4, 0, 2, 0, 4, 3, None)
 
 
