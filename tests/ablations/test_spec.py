@@ -81,6 +81,8 @@ def test_out_that_is_a_file_and_existing_results_are_refused(tmp_path):
     (["--address", "nonsense"], "--address 'nonsense' is not host:port or 'auto'"),
     (["--resume", "nosuch"], "--resume nosuch: no sweep"),
     (["--retry-failed", "nosuch"], "--retry-failed nosuch: no sweep"),
+    (["--resume", "x", "--depths", "4"],
+     "--resume continues the stored spec; --depths cannot change"),
     (["--tune", "lr,momentum", "--mode", "train"],
      "unknown --tune hyperparameter 'momentum'; valid --tune hyperparameters: lr, weight_decay"),
     (["--tune", "lr", "--samples", "0", "--mode", "train"], "--samples must be >= 1"),
