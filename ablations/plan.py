@@ -40,11 +40,24 @@ class TrialConfig:
         return {"trial_id": self.trial_id, "family": self.family, "model": self.model,
                 "depth": self.depth, "residual": self.residual, "seed": self.seed}
 
+    def record(self) -> dict:
+        """Factors, hyperparameters and how they were chosen: what every row starts with."""
+        return {**self.factors(), **self.hp, "hp_source": self.hp_source}
+
+    @property
+    def preset(self) -> bool:
+        """A registry preset (``small_resnet18``), not a family at a depth."""
+        return self.model != self.family
+
+
+def model_label(model: str, depth: int, preset: bool) -> str:
+    """``resnet-34``, ``seed_mlp5``."""
+    return model if preset else f"{model}-{depth}"
+
 
 def cell_label(model: str, depth: int, residual: bool, preset: bool) -> str:
     """``resnet-34-plain``, ``seed_mlp5-residual``."""
-    base = model if preset else f"{model}-{depth}"
-    return f"{base}-{'residual' if residual else 'plain'}"
+    return f"{model_label(model, depth, preset)}-{'residual' if residual else 'plain'}"
 
 
 def trial_id(model: str, depth: int, residual: bool, seed: int, preset: bool) -> str:
@@ -54,7 +67,7 @@ def trial_id(model: str, depth: int, residual: bool, seed: int, preset: bool) ->
 
 def cell_of(trial: TrialConfig) -> str:
     """The cell label of a trial (its id without the seed suffix)."""
-    return trial.trial_id.rsplit("-s", 1)[0]
+    return cell_label(trial.model, trial.depth, trial.residual, trial.preset)
 
 
 def expand(spec: AblationSpec) -> tuple[list[TrialConfig], list[tuple[str, str]]]:

@@ -111,7 +111,7 @@ def merge(run_dir, trials, final: bool = True) -> dict[str, pd.DataFrame]:
     for t in trials:
         row = read_fragment_row(run_dir, t.trial_id)
         if row is None:
-            row = {**t.factors(), **t.hp, "hp_source": t.hp_source,
+            row = {**t.record(),
                    **({"status": "error", "error": "trial produced no result"} if final
                       else {"status": "pending"})}
         rows.append(row)
@@ -130,8 +130,7 @@ def write_error(run_dir, trial, error: str) -> None:
     """``status=error`` for a trial that failed after all its retries, with the traceback."""
     p = trial_dir(run_dir, trial.trial_id) / "attempts"
     write_fragment(run_dir, trial.trial_id,
-                   {**trial.factors(), **trial.hp, "hp_source": trial.hp_source,
-                    "status": "error", "error": error,
+                   {**trial.record(), "status": "error", "error": error,
                     "attempts": int(p.read_text()) if p.exists() else 0,
                     "finished_at": time.time()}, {})
 

@@ -112,7 +112,7 @@ def injected_fault(trial_id: str, epoch: int) -> None:
 def tracker_config(trial, spec, hp: dict, params: int) -> dict:
     """What W&B gets as config: every factor, the hyperparameters and the fixed settings."""
     t = spec.train
-    return {**trial.factors(), **hp, "hp_source": trial.hp_source, "params": params,
+    return {**trial.record(), **hp, "params": params,
             "sweep": spec.name, "mode": spec.mode, "dataset": t.dataset, "subset": t.subset,
             "epochs": t.epochs, "batch_size": t.batch_size, "momentum": t.momentum,
             "milestones": list(t.milestones)}
@@ -226,7 +226,7 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     epochs = pd.DataFrame(history)
     for k, v in reversed(trial.factors().items()):
         epochs.insert(0, k, v)
-    row = {**trial.factors(), **hp, "hp_source": trial.hp_source, "params": params,
+    row = {**trial.record(), **hp, "params": params,
            "status": status, "diverged_epoch": diverged_epoch, "device": device,
            "precision": precision,
            "train_seconds": float(epochs["epoch_seconds"].sum()) if len(epochs) else 0.0,

@@ -15,6 +15,7 @@ import models
 from models.mlp import MLPConfig
 
 from . import results
+from .plan import model_label
 from .probe import probe_mlp_variants, probe_one
 
 
@@ -49,8 +50,7 @@ def run_probe_group(trials, spec, run_dir, reporter=None) -> list[str]:
     statuses, frames = [], []
     where = reporter.where() if reporter else {}
     first = trials[0]
-    name = f"{first.model}-{first.depth}-probe" if first.model == first.family \
-        else f"{first.model}-probe"
+    name = f"{model_label(first.model, first.depth, first.preset)}-probe"
     tracker = tracking.TrialTracker(
         spec.wandb, run_dir, spec.name, name,
         {"family": first.family, "model": first.model, "depth": first.depth,
