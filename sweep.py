@@ -275,27 +275,24 @@ def main(argv=None) -> int:
     if args.list_models:
         print(models.describe(depths=list(args.depths)))
         return 0
-    from ablations import results, runner, tracking
-    started = False
+    from ablations import runner, tracking
     try:
-        if args.resume or args.retry_failed:
-            spec, kind = stored_spec(args, parser)
-        else:
-            spec, kind = spec_from_args(args), "start"
-        trials, skipped = prepare(spec, resuming=kind != "start")
-        wandb_mode = tracking.resolve_mode(spec.wandb)
-        runner.precheck_local(spec)
-        started = runner.connect(spec.address)
-        spec = runner.resolve_resources(spec, len(groups_of(trials, spec)))
-    except SpecError as e:
-        if started:
-            runner.disconnect(started)
-        print(f"sweep.py: error: {e}", file=sys.stderr)
-        return 2
-    try:
+        try:
+            if args.resume or args.retry_failed:
+                spec, kind = stored_spec(args, parser)
+            else:
+                spec, kind = spec_from_args(args), "start"
+            trials, skipped = prepare(spec, resuming=kind != "start")
+            wandb_mode = tracking.resolve_mode(spec.wandb)
+            runner.precheck_local(spec)
+            runner.connect(spec.address)
+            spec = runner.resolve_resources(spec, len(groups_of(trials, spec)))
+        except SpecError as e:
+            print(f"sweep.py: error: {e}", file=sys.stderr)
+            return 2
         return execute(spec, kind, trials, skipped, wandb_mode, argv, runner)
     finally:
-        runner.disconnect(started)
+        runner.disconnect()
 
 
 def execute(spec, kind, trials, skipped, wandb_mode, argv, runner) -> int:

@@ -68,11 +68,16 @@ def checkpoint_path(storage_dir, trial_id: str) -> Path:
     return Path(storage_dir) / "checkpoints" / f"{trial_id}.pt"
 
 
+def read_attempts(run_dir, trial_id: str) -> int:
+    """How many times ``trial_id`` has started (0: never)."""
+    p = trial_dir(run_dir, trial_id) / "attempts"
+    return int(p.read_text()) if p.exists() else 0
+
+
 def count_attempt(run_dir, trial_id: str) -> int:
     """Record that ``trial_id`` starts (again); returns the attempt number (1 = first)."""
-    p = trial_dir(run_dir, trial_id) / "attempts"
-    n = int(p.read_text()) + 1 if p.exists() else 1
-    write_text(p, str(n))
+    n = read_attempts(run_dir, trial_id) + 1
+    write_text(trial_dir(run_dir, trial_id) / "attempts", str(n))
     return n
 
 
@@ -128,10 +133,9 @@ def merge(run_dir, trials, final: bool = True) -> dict[str, pd.DataFrame]:
 
 def write_error(run_dir, trial, error: str) -> None:
     """``status=error`` for a trial that failed after all its retries, with the traceback."""
-    p = trial_dir(run_dir, trial.trial_id) / "attempts"
     write_fragment(run_dir, trial.trial_id,
                    {**trial.record(), "status": "error", "error": error,
-                    "attempts": int(p.read_text()) if p.exists() else 0,
+                    "attempts": read_attempts(run_dir, trial.trial_id),
                     "finished_at": time.time()}, {})
 
 

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -101,8 +102,8 @@ def _check_listening(address: str, timeout: float = 3.0) -> None:
                         f"{port}` or use --address auto") from None
 
 
-def connect(address: str | None) -> bool:
-    """Start a local Ray (``address`` None) or join a cluster; True when we started it.
+def connect(address: str | None) -> None:
+    """Start a local Ray (``address`` None) or join a cluster (no-op when connected).
 
     Joining: the address is probed first (a clear error in seconds, never a hang);
     when the cluster uses token authentication (``ray start`` does by default) the
@@ -115,7 +116,7 @@ def connect(address: str | None) -> bool:
     # warns about missing metric files (its file loggers are off on purpose): quiet.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     if ray.is_initialized():
-        return False
+        return
     env = {k: v for k, v in os.environ.items() if k.startswith(PASS_ENV)}
     # Workers import this project from the same checkout (an editable install or not).
     root = str(Path(__file__).resolve().parent.parent)
@@ -130,7 +131,7 @@ def connect(address: str | None) -> bool:
         logging.getLogger("ray._private.authentication.authentication_token_setup"
                           ).setLevel(logging.ERROR)
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **common)
-        return True
+        return
     if address != "auto":
         _check_listening(address)
     elif not os.environ.get("RAY_ADDRESS") and not Path("/tmp/ray/ray_current_cluster").exists():
@@ -143,7 +144,6 @@ def connect(address: str | None) -> bool:
     except Exception as e:  # ConnectionError, AuthenticationError, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpecError(f"--address {address}: cannot join the Ray cluster: {first}") from None
-    return False
 
 
 def precheck_local(spec) -> None:
@@ -151,13 +151,13 @@ def precheck_local(spec) -> None:
     if spec.address is None and spec.gpus_per_trial:
         import torch
         n = torch.cuda.device_count()
-        if spec.gpus_per_trial > n:
-            have = "no GPU" if not n else f"{n} GPU(s)"
-            raise SpecError(f"--gpus-per-trial {spec.gpus_per_trial:g}: the Ray cluster has "
-                            f"{have}; valid: 0" + (f" up to {n}" if n else " (or omit it)"))
+        plan_resources(1, n, 1, n, 1, 1, spec.gpus_per_trial)  # the same check, on this machine
 
 
-def disconnect(started: bool) -> None:
+def disconnect() -> None:
+    """Shut down the local Ray, or leave the cluster (which keeps running)."""
+    if "ray" not in sys.modules:  # never connected: do not pay for importing ray
+        return
     import ray
     if ray.is_initialized():
         ray.shutdown()

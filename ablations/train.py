@@ -19,7 +19,6 @@ import math
 import os
 import time
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F

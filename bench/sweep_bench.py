@@ -23,10 +23,8 @@ usage: python bench/sweep_bench.py [--repeats 2] [--epochs 3]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,7 +124,6 @@ def measure(arm, out, epochs, subset, k):
     assert all(r and r["status"] == "completed" for r in rows), arm
     compute = sum(r["wall_seconds"] for r in rows)
     function = sum(r["finished_at"] - r["started_at"] for r in rows)
-    t_end = max(r["finished_at"] for r in rows)
     for r in sorted(rows, key=lambda r: (r["pid"], r["started_at"])):
         print(f"  {arm} pid {r['pid']} start {r['started_at'] - T0[0]:6.2f} train "
               f"{r['finished_at'] - r['wall_seconds'] - T0[0]:6.2f} end "
