@@ -1,7 +1,8 @@
 """One function per figure: tidy DataFrame in, ``matplotlib.figure.Figure`` out.
 
-Figures are built on ``Figure`` directly (no pyplot), inside ``paper_context``,
-so they look the same whoever calls them; ``analysis.style.save_figure``
+Figures are built on ``Figure`` directly (no pyplot), inside ``look.context()``
+(``analysis.style.Look``: paper or slides, single or double column), so they
+look the same whoever calls them; ``analysis.style.save_figure``
 writes them. Non-finite values (a diverged trial) are dropped before any
 median, and log axes drop values <= 0, so no figure fails on a bad trial: a
 panel with nothing left says so instead of staying blank.
@@ -20,10 +21,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from analysis.style import (COLUMN_WIDTH, MARKERS, PALETTE, VARIANT_ORDER, depth_linestyles,
-                            figure_width, log_axis, message_figure, paper_context,
-                            variant_handles, with_variant)
-from analysis.tables import network_order, stat_rows
+from analysis import stats
+from analysis.style import (DEFAULT_LOOK, MARKERS, PALETTE, VARIANT_ORDER, Look,
+                            depth_linestyles, log_axis, message_figure, variant_handles,
+                            with_variant)
+from analysis.tables import network_order, snapshot_rows, stat_rows
 
 MAX_LR_MARKS = 5      # more drops than this is a smooth schedule, not milestones
 MAX_PROGRESS_LINES = 10  # more lines than this in one panel cannot be told apart
@@ -69,18 +71,20 @@ def _panels(rows: pd.DataFrame, keys: list[str]) -> list[tuple]:
 
 # --------------------------------------------------------------------------- per-layer profiles
 
-def _layer_profile(layers: pd.DataFrame, stat: str, phase: str, ylabel: str) -> Figure:
+def _layer_profile(layers: pd.DataFrame, stat: str, phase: str, ylabel: str,
+                   look: Look = DEFAULT_LOOK) -> Figure:
     rows = with_variant(_finite(stat_rows(layers, stat, phase), positive=True))
     if rows.empty:
-        return message_figure(f"no positive finite {stat} rows for phase {phase!r}")
+        return message_figure(f"no positive finite {stat} rows for phase {phase!r}", look)
     # One panel per model: a family's own name ("mlp") and its presets
     # ("seed_mlp5") are different networks and get different panels.
     panels = _panels(rows, ["family", "model"])
     styles = depth_linestyles(rows["depth"])
-    ncols = min(len(panels), 3)
+    ncols = look.columns(len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    with paper_context():
-        fig = Figure(figsize=(figure_width(ncols), 0.3 + 2.0 * nrows), layout="constrained")
+    with look.context():
+        fig = Figure(figsize=(look.inches, 0.3 + 0.85 * look.panel_width(ncols) * nrows),
+                     layout="constrained")
         axes = fig.subplots(nrows, ncols, squeeze=False)
         for i, (ax, (family, model)) in enumerate(zip(axes.flat, panels)):
             sub = rows[(rows["family"] == family) & (rows["model"] == model)]
@@ -110,7 +114,7 @@ def _layer_profile(layers: pd.DataFrame, stat: str, phase: str, ylabel: str) -> 
     return fig
 
 
-def grad_by_layer(layers: pd.DataFrame, phase: str = "init") -> Figure:
+def grad_by_layer(layers: pd.DataFrame, phase: str = "init", look: Look = DEFAULT_LOOK) -> Figure:
     """Mean |dL/dW| per weight layer, log y; one panel per model, hue = variant, style = depth.
 
     Line = median over seeds, band = interquartile range over seeds (none with
@@ -118,12 +122,12 @@ def grad_by_layer(layers: pd.DataFrame, phase: str = "init") -> Figure:
     layer sits at the same x in both (the plain ResNet lacks projection
     shortcuts). A multi-step phase ("train") uses each trial's last sample.
     """
-    return _layer_profile(layers, "grad_mean_abs", phase, r"mean $|\partial L / \partial W|$")
+    return _layer_profile(layers, "grad_mean_abs", phase, r"mean $|\partial L / \partial W|$", look)
 
 
-def act_by_layer(layers: pd.DataFrame, phase: str = "init") -> Figure:
+def act_by_layer(layers: pd.DataFrame, phase: str = "init", look: Look = DEFAULT_LOOK) -> Figure:
     """Mean |activation| per block output, log y; same layout as ``grad_by_layer``."""
-    return _layer_profile(layers, "act_mean_abs", phase, "mean |activation|")
+    return _layer_profile(layers, "act_mean_abs", phase, "mean |activation|", look)
 
 
 # --------------------------------------------------------------------------- training
@@ -164,7 +168,7 @@ def _mark_diverged(ax, sub: pd.DataFrame) -> None:
                 fontsize="small")
 
 
-def training_curves(epochs: pd.DataFrame) -> Figure:
+def training_curves(epochs: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
     """Loss (log) and accuracy per epoch; train thin, test bold; one column per model x depth.
 
     Lines are medians over seeds (test with its interquartile band). Dotted
@@ -174,12 +178,13 @@ def training_curves(epochs: pd.DataFrame) -> Figure:
     """
     ep = with_variant(epochs)
     if ep.empty or "epoch" not in ep:
-        return message_figure("no epoch rows")
+        return message_figure("no epoch rows", look)
     combos = _panels(ep, ["family", "model", "depth"])
-    ncols = min(len(combos), 3)
+    ncols = look.columns(len(combos))
     blocks = math.ceil(len(combos) / ncols)
-    with paper_context():
-        fig = Figure(figsize=(figure_width(ncols), 0.3 + 3.0 * blocks), layout="constrained")
+    with look.context():
+        fig = Figure(figsize=(look.inches, 0.3 + 1.4 * look.panel_width(ncols) * blocks),
+                     layout="constrained")
         axes = fig.subplots(2 * blocks, ncols, squeeze=False)
         for i, (family, model, depth) in enumerate(combos):
             ax_loss, ax_acc = axes[2 * (i // ncols), i % ncols], axes[2 * (i // ncols) + 1, i % ncols]
@@ -221,7 +226,8 @@ def training_curves(epochs: pd.DataFrame) -> Figure:
     return fig
 
 
-def act_through_training(layers: pd.DataFrame, progress: str = "step") -> Figure:
+def act_through_training(layers: pd.DataFrame, progress: str = "step",
+                         look: Look = DEFAULT_LOOK) -> Figure:
     """Mean |activation| per layer at sampled training steps, colour = progress (log y).
 
     One panel per (model, depth) row and variant column, rows sharing y;
@@ -233,7 +239,7 @@ def act_through_training(layers: pd.DataFrame, progress: str = "step") -> Figure
     rows = layers[(layers["stat"] == "act_mean_abs") & (layers["phase"] == "train")]
     rows = with_variant(_finite(rows, positive=True))
     if rows.empty:
-        return message_figure("no positive finite train-phase act_mean_abs rows")
+        return message_figure("no positive finite train-phase act_mean_abs rows", look)
     ticks = np.sort(rows[progress].unique())
     if len(ticks) > MAX_PROGRESS_LINES:
         ticks = ticks[np.unique(np.linspace(0, len(ticks) - 1, MAX_PROGRESS_LINES).round().astype(int))]
@@ -241,8 +247,8 @@ def act_through_training(layers: pd.DataFrame, progress: str = "step") -> Figure
     cmap = mpl.colormaps["viridis"]
     combos = _panels(rows, ["family", "model", "depth"])
     variants = [v for v in VARIANT_ORDER if (rows["variant"] == v).any()]
-    with paper_context():
-        fig = Figure(figsize=(figure_width(len(variants), 2.8), 0.4 + 1.9 * len(combos)),
+    with look.context():
+        fig = Figure(figsize=(look.inches, 0.4 + 0.65 * look.panel_width(len(variants)) * len(combos)),
                      layout="constrained")
         axes = fig.subplots(len(combos), len(variants), squeeze=False, sharey="row")
         for r, (family, model, depth) in enumerate(combos):
@@ -272,7 +278,8 @@ def act_through_training(layers: pd.DataFrame, progress: str = "step") -> Figure
 
 # --------------------------------------------------------------------------- feature maps
 
-def feature_maps(maps, image=None, title: str | None = None, cmap: str = "viridis") -> Figure:
+def feature_maps(maps, image=None, title: str | None = None, cmap: str = "viridis",
+                 look: Look = DEFAULT_LOOK) -> Figure:
     """Up to 8 channel maps ``(C, H, W)`` in a 2x4 grid, with the input image on the left if given.
 
     Each map has its own colour scale (channels differ in magnitude by
@@ -284,10 +291,11 @@ def feature_maps(maps, image=None, title: str | None = None, cmap: str = "viridi
         maps = maps[None]  # (1, H, W)
     maps = maps[:8]
     bad = mpl.colormaps[cmap].with_extremes(bad="0.85")
-    with paper_context("single"):
+    with look.context():
         lead = 2 if image is not None else 0
-        fig = Figure(figsize=(COLUMN_WIDTH["single"] * (1.0 if lead else 0.85), 1.75),
-                     layout="constrained")
+        # The 8-map grid is a single-column figure whatever the look's width.
+        w = Look(look.style, "single").inches * (1.0 if lead else 0.85)
+        fig = Figure(figsize=(w, 0.53 * w), layout="constrained")
         grid = fig.add_gridspec(2, 4 + lead)
         if image is not None:
             img = np.nan_to_num(np.asarray(image, dtype=float), nan=0.0, posinf=1.0, neginf=0.0)
@@ -311,3 +319,261 @@ def feature_maps(maps, image=None, title: str | None = None, cmap: str = "viridi
         if title:
             fig.suptitle(title)
     return fig
+
+
+# --------------------------------------------------------------------------- He et al.-style figures
+
+def _model_panels(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    return _panels(frame, ["family", "model"])
+
+
+def _depth_colors(depths) -> dict:
+    """Depth -> colour, light to dark in depth order (a sequential, colour-blind safe map)."""
+    depths = sorted(set(depths))
+    cmap = mpl.colormaps["viridis"]
+    # 0.85 .. 0.05: avoid viridis' pale yellow end, which vanishes on white.
+    stops = np.linspace(0.85, 0.05, len(depths)) if len(depths) > 1 else [0.35]
+    return {d: cmap(float(x)) for d, x in zip(depths, stops)}
+
+
+def _failure_note(ax, x: float, text: str, variant: str, k: int) -> None:
+    """Print a failure count in the variant's colour at the top of the panel, over ``x``."""
+    ax.annotate(text, xy=(x, 1.0), xycoords=("data", "axes fraction"),
+                xytext=(0, -2 - 8 * k), textcoords="offset points", ha="center", va="top",
+                fontsize="x-small", color=PALETTE[variant])
+
+
+def degradation_vs_depth(trials: pd.DataFrame, look: Look = DEFAULT_LOOK,
+                         chance_error: float | None = None) -> Figure:
+    """The headline figure: final train loss and test error against depth, per family.
+
+    One column per family (or preset model), rows: final training loss, final
+    test error (%). Each variant is its mean over completed seeds with a 95%
+    Student t interval (``analysis.stats.cell_summary``), and every completed
+    seed as a small dot. Variants are dodged left/right so the intervals do
+    not overlap. A cell with diverged, errored or pending trials says so at
+    the top of the panel ("2/3 div."), in the variant's colour, so a depth
+    where plain never finished is visible rather than missing. A dashed line
+    marks ``chance_error`` (0.9 for 10 balanced classes) when given.
+    """
+    need = {"final_train_loss", "final_test_acc"}
+    if not need <= set(trials.columns):
+        return message_figure("degradation vs depth needs trained trials "
+                              "(final_train_loss, final_test_acc)", look)
+    cells = stats.cell_summary(trials, ("final_train_loss", "final_test_error"))
+    done = stats.with_derived(trials[trials["status"] == "completed"])
+    if "family" not in done:
+        done = done.assign(family=done["model"])
+    panels = _model_panels(cells)
+    metrics = [("final_train_loss", "final train loss", 1.0),
+               ("final_test_error", "final test error (%)", 100.0)]
+    ncols = look.columns(len(panels)) if len(panels) > 1 else 1
+    blocks = math.ceil(len(panels) / ncols)
+    with look.context():
+        pw = look.panel_width(ncols)
+        fig = Figure(figsize=(look.inches if ncols > 1 else 0.75 * look.inches,
+                              0.3 + 1.5 * pw * 0.62 * len(metrics) * blocks / 1.2),
+                     layout="constrained")
+        axes = fig.subplots(len(metrics) * blocks, ncols, squeeze=False)
+        for i, (family, model) in enumerate(panels):
+            cell = with_variant(cells[(cells["family"] == family) & (cells["model"] == model)])
+            runs = with_variant(done[(done["family"] == family) & (done["model"] == model)])
+            depths = sorted(cell["depth"].unique())
+            pos = {d: j for j, d in enumerate(depths)}  # even spacing: 5, 18, 34 all readable
+            for r, (metric, ylabel, scale) in enumerate(metrics):
+                ax = axes[len(metrics) * (i // ncols) + r, i % ncols]
+                for k, variant in enumerate(VARIANT_ORDER):
+                    vc = cell[cell["variant"] == variant]
+                    if vc.empty:
+                        continue
+                    dx = (k - 0.5) * 0.16
+                    x = vc["depth"].map(pos).to_numpy(dtype=float) + dx
+                    mean = vc[f"{metric}_mean"].to_numpy(dtype=float) * scale
+                    lo = vc[f"{metric}_ci_lo"].to_numpy(dtype=float) * scale
+                    hi = vc[f"{metric}_ci_hi"].to_numpy(dtype=float) * scale
+                    err = np.vstack([mean - lo, hi - mean])
+                    err = np.where(np.isfinite(err), err, 0.0)
+                    ax.errorbar(x, mean, yerr=err, color=PALETTE[variant],
+                                marker=MARKERS[variant], capsize=2, linewidth=1.2,
+                                markersize=4, label=variant, zorder=3)
+                    vr = runs[runs["variant"] == variant]
+                    vals = pd.to_numeric(vr[metric], errors="coerce").to_numpy(dtype=float)
+                    ok = np.isfinite(vals)
+                    ax.scatter(vr["depth"].map(pos).to_numpy(dtype=float)[ok] + 2.2 * dx,
+                               vals[ok] * scale, s=5, color=PALETTE[variant], alpha=0.45,
+                               linewidths=0, zorder=2)
+                    if r == 0:
+                        for _, c in vc.iterrows():
+                            bad = int(c["n_diverged"]) + int(c["n_error"]) + int(c["n_pending"])
+                            if bad:
+                                kinds = [w for w, n in (("div.", c["n_diverged"]),
+                                                        ("err.", c["n_error"]),
+                                                        ("pend.", c["n_pending"])) if n]
+                                _failure_note(ax, pos[c["depth"]] + dx,
+                                              f"{bad}/{int(c['n_planned'])} {'+'.join(kinds)}",
+                                              variant, k)
+                if metric == "final_test_error" and chance_error is not None:
+                    ax.axhline(chance_error * scale, color="0.6", linestyle="--", linewidth=0.8,
+                               zorder=0)
+                    ax.annotate("chance", xy=(1.0, chance_error * scale),
+                                xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                                fontsize="x-small", color="0.5")
+                ax.set_xticks(range(len(depths)), [str(d) for d in depths])
+                ax.set_xlim(-0.5, len(depths) - 0.5)
+                ax.margins(y=0.12)
+                if not any(ln.get_visible() for ln in ax.lines):
+                    _no_data(ax, "no completed trials")
+                if r == 0:
+                    ax.set_title(model if model == family else f"{family}: {model}")
+                if r == len(metrics) - 1:
+                    ax.set_xlabel("depth (weighted layers)")
+                if i % ncols == 0:
+                    ax.set_ylabel(ylabel)
+        for j in range(len(panels), blocks * ncols):
+            for r in range(len(metrics)):
+                axes[len(metrics) * (j // ncols) + r, j % ncols].set_visible(False)
+        handles = variant_handles(with_variant(cells)["variant"]) + [
+            Line2D([], [], color="0.4", marker="o", linestyle="none", markersize=2, alpha=0.6,
+                   label="one seed")]
+        fig.legend(handles=handles, loc="outside right upper")
+    return fig
+
+
+def training_curves_by_depth(epochs: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
+    """Error per epoch, plain left and residual right, one colour per depth (He et al. Fig. 6).
+
+    Thin lines are training error, bold lines test error (%), medians over
+    seeds; one row per family (or preset model), the two panels of a row
+    share y. Diverged trials have no finite points: the panel names them.
+    """
+    ep = with_variant(epochs)
+    if ep.empty or not {"epoch", "train_acc", "test_acc"} <= set(ep.columns):
+        return message_figure("no epoch rows with train_acc and test_acc", look)
+    panels = _model_panels(ep)
+    variants = [v for v in VARIANT_ORDER if (ep["variant"] == v).any()]
+    with look.context():
+        pw = look.panel_width(len(variants))
+        fig = Figure(figsize=(look.inches, 0.35 + 0.62 * pw * len(panels)), layout="constrained")
+        axes = fig.subplots(len(panels), len(variants), squeeze=False, sharey="row")
+        for r, (family, model) in enumerate(panels):
+            sub = ep[(ep["family"] == family) & (ep["model"] == model)]
+            colors = _depth_colors(sub["depth"])
+            for c, variant in enumerate(variants):
+                ax = axes[r, c]
+                vsub = sub[sub["variant"] == variant]
+                for depth, dsub in vsub.groupby("depth"):
+                    for bold, split in ((False, "train"), (True, "test")):
+                        pts = _finite(dsub, f"{split}_acc")
+                        if pts.empty:
+                            continue
+                        agg = _median_iqr(pts.assign(err=100.0 * (1.0 - pts[f"{split}_acc"].astype(float))),
+                                          "epoch", "err")
+                        ax.plot(agg["epoch"], agg["median"], color=colors[depth],
+                                linewidth=1.8 if bold else 0.8, alpha=1.0 if bold else 0.75,
+                                linestyle="-" if bold else "--")
+                if "train_loss" in vsub:
+                    _mark_diverged(ax, vsub)
+                if not ax.lines:
+                    _no_data(ax)
+                title = model if model == family else f"{family}: {model}"
+                ax.set_title(f"{title}, {variant}", color=PALETTE[variant])
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                if r == len(panels) - 1:
+                    ax.set_xlabel("epoch")
+                if c == 0:
+                    ax.set_ylabel("error (%)")
+        depths = sorted(ep["depth"].unique())
+        colors = _depth_colors(depths)
+        handles = [Line2D([], [], color=colors[d], linewidth=1.8, label=f"depth {d}") for d in depths]
+        handles += [Line2D([], [], color="0.3", linewidth=0.8, linestyle="--", label="train"),
+                    Line2D([], [], color="0.3", linewidth=1.8, label="test")]
+        fig.legend(handles=handles, loc="outside right upper")
+    return fig
+
+
+def _profile_grid(columns: list[tuple[str, pd.DataFrame]], ylabel: str, look: Look,
+                  sort: list[bool] | None = None, empty: str = "no rows") -> Figure:
+    """Rows = models, columns = the given (title, rows) moments; per panel one line per
+    variant x depth (colour = variant, line style = depth), median over seeds, log y.
+
+    A column with ``sort`` True draws each line's values sorted by magnitude
+    (descending) instead of in network order, as He et al. Fig. 7 (bottom).
+    """
+    sort = sort or [False] * len(columns)
+    cols = [(t, with_variant(_finite(r, positive=True))) for t, r in columns]
+    cols = [(t, r, s) for (t, r), s in zip(cols, sort) if not r.empty]
+    if not cols:
+        return message_figure(empty, look)
+    allrows = pd.concat([r for _, r, _ in cols])
+    panels = _model_panels(allrows)
+    styles = depth_linestyles(allrows["depth"])
+    with look.context():
+        pw = look.panel_width(len(cols))
+        fig = Figure(figsize=(look.inches, 0.35 + 0.75 * pw * len(panels)), layout="constrained")
+        axes = fig.subplots(len(panels), len(cols), squeeze=False, sharey="row")
+        for r, (family, model) in enumerate(panels):
+            for c, (title, rows, sorted_) in enumerate(cols):
+                ax = axes[r, c]
+                sub = rows[(rows["family"] == family) & (rows["model"] == model)]
+                for depth, dsub in sub.groupby("depth"):
+                    dsub = dsub.assign(x=_positions(dsub))
+                    for variant in VARIANT_ORDER:
+                        vsub = dsub[dsub["variant"] == variant]
+                        if vsub.empty:
+                            continue
+                        agg = _median_iqr(vsub, "x")
+                        if sorted_:
+                            y = np.sort(agg["median"].to_numpy())[::-1]
+                            ax.plot(np.arange(1, len(y) + 1), y, color=PALETTE[variant],
+                                    linestyle=styles[depth], marker=MARKERS[variant],
+                                    markevery=max(1, len(y) // 8), markersize=2.5)
+                        else:
+                            _line_band(ax, agg, "x", PALETTE[variant], linestyle=styles[depth],
+                                       marker=MARKERS[variant],
+                                       markevery=max(1, len(agg) // 8), markersize=2.5)
+                name = model if model == family else f"{family}: {model}"
+                ax.set_title(f"{name}: {title}")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                if r == len(panels) - 1:
+                    ax.set_xlabel("layer index (sorted by magnitude)" if sorted_
+                                  else "layer (network order)")
+                if c == 0:
+                    ax.set_ylabel(ylabel)
+                if not ax.lines:
+                    _no_data(ax)
+            for ax in axes[r]:  # after the whole row: the panels share y
+                if ax.lines:
+                    log_axis(ax)
+        handles = variant_handles(allrows["variant"]) + [
+            Line2D([], [], color="0.3", linestyle=ls, label=f"depth {d}") for d, ls in styles.items()]
+        fig.legend(handles=handles, loc="outside right upper")
+    return fig
+
+
+def layer_response_std(layers: pd.DataFrame, look: Look = DEFAULT_LOOK,
+                       when: str = "late") -> Figure:
+    """Std of each tapped layer's output, in network order (left) and sorted by
+    magnitude (right), residual vs plain per depth: He et al. 2016 Fig. 7.
+
+    He et al. take the 3x3 convolutions' outputs after BN, before the
+    nonlinearity; here the responses are the model's tap points (block
+    outputs, ``analysis.hooks.default_taps``), over the whole batch. ``when``
+    "late" (default: the trained network, like the paper) or "init".
+    """
+    rows = snapshot_rows(layers, "act_std", when)
+    return _profile_grid([("in network order", rows), ("sorted", rows)],
+                         "std of layer response", look, sort=[False, True],
+                         empty=f"no act_std rows at {when!r}")
+
+
+def gradient_flow(layers: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
+    """Mean |dL/dW| per weight layer at initialization and late in training, log y.
+
+    Columns: "init" (the probe, or each trial's first training step) and
+    "late" (each trial's last sampled step); a probe-only sweep has only the
+    first. Median over seeds with the interquartile band.
+    """
+    cols = [("at init", snapshot_rows(layers, "grad_mean_abs", "init")),
+            ("late in training", snapshot_rows(layers, "grad_mean_abs", "late"))]
+    return _profile_grid(cols, r"mean $|\partial L / \partial W|$", look,
+                         empty="no grad_mean_abs rows")

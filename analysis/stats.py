@@ -10,7 +10,7 @@ Statistical choices (the same in every function):
   errored run's metric is not a draw from the same distribution, so it never
   enters a mean; but it is never dropped silently either: every output
   carries the counts (``n_planned``, ``n_completed``, ``n_diverged``,
-  ``n_error``, ``n_unpaired``) next to the statistic, and ``n`` columns count
+  ``n_error``, ``n_pending``, ``n_unpaired``) next to the statistic, and ``n`` columns count
   the values the statistic actually used. +-inf counts as not finite.
 * **Residual vs plain is paired by seed** (``paired_differences``): the
   difference is *residual minus plain* within one seed, and the interval and
@@ -33,7 +33,7 @@ Statistical choices (the same in every function):
 Input frame: one row per trial with ``family`` (``model`` is used when the
 column is missing, as in ``analysis.tables.summary_table``), ``model``,
 ``depth``, ``residual``, ``seed`` and ``status`` in {"completed",
-"diverged", "error"}; any other status raises ValueError rather than being
+"diverged", "error", "pending"} (pending: not finished yet, in a sweep still running); any other status raises ValueError rather than being
 miscounted. Output rows are sorted by family, model, depth, then residual
 (plain before residual, like ``analysis.style.VARIANT_ORDER``).
 """
@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
-STATUSES = ("completed", "diverged", "error")
+STATUSES = ("completed", "diverged", "error", "pending")  # pending: a sweep still running
 # Relative spread below which paired differences count as constant (floating-point noise).
 ZERO_SD_RTOL = 1e-9
 CELL_KEYS = ("family", "model", "depth", "residual")
@@ -106,7 +106,8 @@ def _require_metric(t: pd.DataFrame, metric: str) -> None:
 def _status_counts(g: pd.DataFrame) -> dict:
     s = g["status"]
     return {"n_planned": len(g), "n_completed": int((s == "completed").sum()),
-            "n_diverged": int((s == "diverged").sum()), "n_error": int((s == "error").sum())}
+            "n_diverged": int((s == "diverged").sum()), "n_error": int((s == "error").sum()),
+            "n_pending": int((s == "pending").sum())}
 
 
 def _usable(g: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -262,7 +263,7 @@ def cell_summary(trials: pd.DataFrame,
     the completed trials with a finite value; ``<metric>_n`` can be below
     ``n_completed`` when a completed trial lacks the metric).
     ``n_planned`` is every row of the cell, so ``n_planned = n_completed +
-    n_diverged + n_error``. ``params`` is the first non-missing value of the
+    n_diverged + n_error + n_pending``. ``params`` is the first non-missing value of the
     cell (identical across seeds; an errored trial may lack it), ``<NA>`` if none.
 
     Derived error columns (``with_derived``) are added first. A metric that
@@ -282,7 +283,8 @@ def cell_summary(trials: pd.DataFrame,
             mean, lo, hi, n = mean_ci(done[m], level)
             row.update({f"{m}_mean": mean, f"{m}_ci_lo": lo, f"{m}_ci_hi": hi, f"{m}_n": n})
         rows.append(row)
-    cols = list(CELL_KEYS) + ["n_planned", "n_completed", "n_diverged", "n_error", "params"] + \
+    cols = list(CELL_KEYS) + ["n_planned", "n_completed", "n_diverged", "n_error", "n_pending",
+                              "params"] + \
         [f"{m}_{s}" for m in metrics for s in ("mean", "ci_lo", "ci_hi", "n")]
     out = pd.DataFrame(rows, columns=cols)
     out["params"] = out["params"].astype("Int64")
@@ -378,7 +380,7 @@ def degradation_index(trials: pd.DataFrame, metric: str, level: float = 0.95) ->
                 row.update(delta=w["diff"], ci_lo=w["ci_lo"], ci_hi=w["ci_hi"], df=w["df"])
             rows.append(row)
     cols = list(DEGRADATION_KEYS) + ["depth", "base_depth", "n_planned", "n_completed",
-                                     "n_diverged", "n_error", "n", "n_base", "depth_mean",
+                                     "n_diverged", "n_error", "n_pending", "n", "n_base", "depth_mean",
                                      "base_mean", "delta", "ci_lo", "ci_hi", "df"]
     return _sorted(pd.DataFrame(rows, columns=cols), ["family", "model", "residual", "depth"])
 
@@ -395,7 +397,7 @@ def status_counts(trials: pd.DataFrame) -> pd.DataFrame:
     t = _prepare(trials)
     rows = [dict(zip(CELL_KEYS, key), **_status_counts(g))
             for key, g in t.groupby(list(CELL_KEYS), sort=False, dropna=False)]
-    counts = ["n_planned", "n_completed", "n_diverged", "n_error"]
+    counts = ["n_planned", "n_completed", "n_diverged", "n_error", "n_pending"]
     out = _sorted(pd.DataFrame(rows, columns=list(CELL_KEYS) + counts), CELL_KEYS)
     total = {"family": "total", "model": "", "depth": pd.NA, "residual": pd.NA,
              **{c: int(out[c].sum()) for c in counts}}

@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib as mpl
 import pandas as pd
+from tueplots import figsizes as _tp_figsizes
+from tueplots import fontsizes as _tp_fontsizes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
@@ -34,8 +37,16 @@ MARKERS = {"plain": "s", "residual": "o"}
 # Depths are the "style" factor; cycle these in sorted depth order.
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 
-# Text widths of a two-column paper (inches): one column, the full page width.
-COLUMN_WIDTH = {"single": 3.3, "double": 6.9}
+# Text widths (inches) from tueplots, which reads them off each venue's LaTeX
+# template (\showthe\columnwidth / \textwidth): ICML 2024's two-column layout
+# for papers (3.25 / 6.75 in), a 16:9 beamer frame for slides.
+_PAPER_WIDTH = {"single": _tp_figsizes.icml2024_half()["figure.figsize"][0],
+                "double": _tp_figsizes.icml2024_full()["figure.figsize"][0]}
+_SLIDES_WIDTH = {"single": _tp_figsizes.beamer_169(rel_width=0.48)["figure.figsize"][0],
+                 "double": _tp_figsizes.beamer_169(rel_width=0.96)["figure.figsize"][0]}
+COLUMN_WIDTH = dict(_PAPER_WIDTH)
+STYLES = ("paper", "slides")
+WIDTHS = ("single", "double")
 
 PAPER_RC = {
     # Type 42 = TrueType: editable text in Illustrator, no Type 3 bitmaps, and
@@ -67,19 +78,72 @@ PAPER_RC = {
     "image.cmap": "viridis",
 }
 
+# Slides are read from across a room: beamer's font sizes (tueplots), thicker
+# lines and bigger markers, same colours and markers as the paper.
+_SLIDES_EXTRA = {"axes.linewidth": 0.8, "lines.linewidth": 1.6, "lines.markersize": 4,
+                 "xtick.major.width": 0.8, "ytick.major.width": 0.8,
+                 "legend.title_fontsize": 9, "figure.titlesize": 11}
+
+
+@dataclass(frozen=True)
+class Look:
+    """How figures are sized and lettered: ``style`` paper|slides, ``width`` single|double.
+
+    Every figure function takes ``look=``; the width is the venue's column
+    (single) or text width (double), and a figure fills it, adding rows
+    rather than shrinking panels when there are many.
+
+    >>> fig = figures.degradation_vs_depth(trials, look=Look("paper", "single"))
+    """
+    style: str = "paper"
+    width: str = "double"
+
+    def __post_init__(self):
+        if self.style not in STYLES:
+            raise ValueError(f"style must be one of {', '.join(STYLES)} (got {self.style!r})")
+        if self.width not in WIDTHS:
+            raise ValueError(f"width must be one of {', '.join(WIDTHS)} (got {self.width!r})")
+
+    @property
+    def inches(self) -> float:
+        """The figure width in inches."""
+        return (_PAPER_WIDTH if self.style == "paper" else _SLIDES_WIDTH)[self.width]
+
+    @property
+    def rc(self) -> dict:
+        rc = {**PAPER_RC, "figure.figsize": (self.inches, 0.62 * self.inches)}
+        if self.style == "slides":
+            rc.update(_tp_fontsizes.beamer())
+            rc.update(_SLIDES_EXTRA)
+        return rc
+
+    def context(self):
+        """``matplotlib.rc_context`` with this look's rcParams."""
+        return mpl.rc_context(self.rc)
+
+    def columns(self, n: int) -> int:
+        """Panels per row for ``n`` panels: 2 in a single column, 3 across a page."""
+        return max(1, min(n, 2 if self.width == "single" else 3))
+
+    def panel_width(self, ncols: int, legend: bool = True) -> float:
+        """Width of one of ``ncols`` panels once an outside legend has its share."""
+        return (self.inches * (0.8 if legend else 1.0)) / ncols
+
+
+DEFAULT_LOOK = Look()
+
 
 def paper_context(width: str = "double"):
     """Context manager with the paper rcParams (TrueType fonts, 7-9 pt text).
 
-    ``width`` ("single" ~3.3 in, "double" ~6.9 in) sets the default figure size.
+    ``width`` ("single" ~3.3 in, "double" ~6.8 in) sets the default figure size.
 
     >>> with paper_context("single"):
-    ...     fig = Figure()  # 3.3 in wide, 8 pt text
+    ...     fig = Figure()  # 3.25 in wide, 8 pt text
     """
     if width not in COLUMN_WIDTH:
         raise ValueError(f"width must be one of {sorted(COLUMN_WIDTH)} (got {width!r})")
-    w = COLUMN_WIDTH[width]
-    return mpl.rc_context({**PAPER_RC, "figure.figsize": (w, 0.62 * w)})
+    return Look("paper", width).context()
 
 
 def variant_of(residual: pd.Series) -> pd.Series:
@@ -105,11 +169,6 @@ def variant_handles(variants) -> list[Line2D]:
             for v in VARIANT_ORDER if v in present]
 
 
-def figure_width(ncols: int, per_panel: float = 2.1) -> float:
-    """Width for ``ncols`` panels plus an outside legend, capped at the double-column width."""
-    return min(COLUMN_WIDTH["double"], 1.2 + per_panel * ncols)
-
-
 class _PlainLogFormatter(LogFormatter):
     """LogFormatter's choice of which ticks to label, written as plain numbers (0.3, 2)."""
 
@@ -126,10 +185,10 @@ def log_axis(ax) -> None:
         ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
 
 
-def message_figure(text: str) -> Figure:
+def message_figure(text: str, look: Look = DEFAULT_LOOK) -> Figure:
     """A small figure that only says ``text``: what a figure function returns with no data."""
-    with paper_context("single"):
-        fig = Figure(figsize=(COLUMN_WIDTH["single"], 1.2))
+    with look.context():
+        fig = Figure(figsize=(look.inches, 1.2))
         ax = fig.add_subplot()
         ax.set_axis_off()
         ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, transform=ax.transAxes)

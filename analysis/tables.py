@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.style import VARIANT_ORDER, with_variant
+from analysis import stats
+from analysis.style import VARIANT_ORDER, variant_of, with_variant
 
 # Two-sided 95% Student t quantiles for 1..30 degrees of freedom.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -37,6 +38,30 @@ def stat_rows(layers: pd.DataFrame, stat: str, phase: str = "init") -> pd.DataFr
         last = rows.groupby("trial_id")["step"].transform("max")
         rows = rows[rows["step"] == last]
     return rows
+
+
+WHEN = ("init", "late")
+
+
+def snapshot_rows(layers: pd.DataFrame, stat: str, when: str = "late") -> pd.DataFrame:
+    """Rows of one statistic at one moment of every trial: ``when`` = "init" or "late".
+
+    "init": the trial's ``phase == "init"`` rows when it has them (a probe
+    sweep measures the untrained network), else its first training sample
+    (step 0: the first batch's gradients, taken at the initial weights).
+    "late": the trial's last training sample. A trial without the rows a
+    moment needs (a probe has no "late") contributes nothing.
+    """
+    if when not in WHEN:
+        raise ValueError(f"when must be one of {', '.join(WHEN)} (got {when!r})")
+    rows = layers[layers["stat"] == stat]
+    train = rows[rows["phase"] == "train"]
+    if when == "late":
+        return train[train["step"] == train.groupby("trial_id")["step"].transform("max")]
+    init = rows[rows["phase"] == "init"]
+    train = train[~train["trial_id"].isin(set(init["trial_id"]))]
+    first = train[train["step"] == train.groupby("trial_id")["step"].transform("min")]
+    return pd.concat([init, first], ignore_index=True)
 
 
 def network_order(rows: pd.DataFrame) -> list[str]:
@@ -72,7 +97,8 @@ def network_order(rows: pd.DataFrame) -> list[str]:
 GRAD_TABLE_FORMAT = {"plain": "sci", "residual": "sci", "ratio": "sig"}
 
 
-def grad_table(layers: pd.DataFrame, model: str, depth: int, phase: str = "init") -> pd.DataFrame:
+def grad_table(layers: pd.DataFrame, model: str, depth: int, phase: str = "init",
+               when: str | None = None) -> pd.DataFrame:
     """Mean |dL/dW| per weight layer without (``plain``) and with (``residual``) shortcuts.
 
     ``plain`` and ``residual`` are medians over seeds of ``grad_mean_abs``;
@@ -82,9 +108,15 @@ def grad_table(layers: pd.DataFrame, model: str, depth: int, phase: str = "init"
     shortcut) gets NaN in the other column and in ``ratio``. NaN values are
     skipped; +-inf are kept (a diverged seed shows as inf rather than vanish).
 
+    ``when`` ("init"/"late", see ``snapshot_rows``) replaces ``phase``: a
+    trained sweep has no "init" phase, and its first training step is the
+    seed article's measurement at initialization.
+
     Raises ValueError if either variant has no rows for this model and depth.
     """
-    rows = stat_rows(layers, "grad_mean_abs", phase)
+    rows = (snapshot_rows(layers, "grad_mean_abs", when) if when
+            else stat_rows(layers, "grad_mean_abs", phase))
+    phase = when or phase
     rows = with_variant(rows[(rows["model"] == model) & (rows["depth"] == depth)])
     missing = [v for v in VARIANT_ORDER if not (rows["variant"] == v).any()]
     if missing:
@@ -156,6 +188,120 @@ def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+# --------------------------------------------------------------------------- paper tables
+#
+# Cells are pre-formatted strings ("0.523 ± 0.012"), so that Markdown and
+# LaTeX show the same digits; the numbers behind them are the frames of
+# ``analysis.stats``. Rounding: losses to 3 decimals, accuracies and errors
+# in percent to 1 decimal, p values to 2 significant digits (< 0.001 below).
+
+# metric -> (column title, scale, decimals)
+METRICS = {"final_train_loss": ("train loss", 1.0, 3),
+           "final_test_acc": ("test acc (%)", 100.0, 1),
+           "final_test_error": ("test error (%)", 100.0, 1)}
+
+
+def fmt_ci(mean: float, lo: float, hi: float, decimals: int, scale: float = 1.0) -> str:
+    """"m ± h" with the t interval's half width h; just "m" when there is no interval
+    (one value), "—" when there is no value. ``scale`` converts (100: to percent)."""
+    if mean is None or not np.isfinite(mean):
+        return "—"
+    text = f"{mean * scale:.{decimals}f}"
+    if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+        text += f" ± {(hi - lo) / 2 * scale:.{decimals}f}"
+    return text
+
+
+def fmt_p(p: float) -> str:
+    """Two significant digits; "< 0.001" below; "—" when the test is undefined."""
+    if p is None or not np.isfinite(p):
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.2g}"
+
+
+def _status_text(row) -> str:
+    """"3" when all planned trials completed, else "1/3 (2 diverged)" and so on."""
+    parts = [f"{int(row[f'n_{s}'])} {s}" for s in ("diverged", "error", "pending")
+             if int(row.get(f"n_{s}", 0))]
+    done, planned = int(row["n_completed"]), int(row["n_planned"])
+    return str(done) if done == planned else f"{done}/{planned} ({', '.join(parts)})"
+
+
+def degradation_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per family x depth x variant: params, completed/planned with the failures named,
+    final train loss and test accuracy as mean ± 95% t half width over completed seeds."""
+    metrics = [m for m in ("final_train_loss", "final_test_acc") if m in trials]
+    cells = stats.cell_summary(trials, metrics=metrics)
+    out = pd.DataFrame({"family": cells["family"], "model": cells["model"],
+                        "depth": cells["depth"].astype("int64"),
+                        "variant": variant_of(cells["residual"]),
+                        "params": cells["params"],
+                        "n": [_status_text(r) for _, r in cells.iterrows()]})
+    for m in metrics:
+        title, scale, decimals = METRICS[m]
+        out[title] = [fmt_ci(r[f"{m}_mean"], r[f"{m}_ci_lo"], r[f"{m}_ci_hi"], decimals, scale)
+                      for _, r in cells.iterrows()]
+    if (out["family"] == out["model"]).all():
+        out = out.drop(columns="model")
+    return out
+
+
+def paired_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Residual minus plain, paired by seed, per family x depth and metric:
+    mean difference ± 95% t half width, pairs used, unpaired seeds, p values
+    (paired t and exact Wilcoxon signed-rank, two-sided)."""
+    rows = []
+    for m in ("final_test_acc", "final_train_loss"):
+        if m not in trials:
+            continue
+        title, scale, decimals = METRICS[m]
+        unit = " (pp)" if scale == 100.0 else ""
+        d = stats.paired_differences(trials, m)
+        for _, r in d.iterrows():
+            rows.append({"family": r["family"], "model": r["model"], "depth": int(r["depth"]),
+                         "metric": title.replace(" (%)", "") + unit,
+                         "residual - plain": fmt_ci(r["mean_diff"], r["ci_lo"], r["ci_hi"],
+                                                    decimals, scale),
+                         "pairs": int(r["n_pairs"]), "unpaired": int(r["n_unpaired"]),
+                         "p (t)": fmt_p(r["p_value"]), "p (Wilcoxon)": fmt_p(r["p_wilcoxon"])})
+    out = pd.DataFrame(rows, columns=["family", "model", "depth", "metric", "residual - plain",
+                                      "pairs", "unpaired", "p (t)", "p (Wilcoxon)"])
+    out = out.sort_values(["family", "model", "depth"], kind="stable").reset_index(drop=True)
+    if len(out) and (out["family"] == out["model"]).all():
+        out = out.drop(columns="model")
+    return out
+
+
+def degradation_index_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """How much worse each deeper network is than the shallowest of its variant:
+    change in final train loss and test error (pp) vs the base depth, mean ± 95%
+    Welch half width; a positive change is degradation."""
+    parts = {}
+    for m in ("final_train_loss", "final_test_error"):
+        acc = stats.DERIVED.get(m, m)
+        if acc in trials:
+            parts[m] = stats.degradation_index(trials, m)
+    if not parts:
+        return pd.DataFrame()
+    base = next(iter(parts.values()))
+    out = pd.DataFrame({"family": base["family"], "model": base["model"],
+                        "variant": variant_of(base["residual"]),
+                        "depth": base["depth"].astype("int64"),
+                        "vs depth": base["base_depth"].astype("int64"),
+                        "n": base["n"].astype("int64"), "n base": base["n_base"].astype("int64")})
+    for m, d in parts.items():
+        title, scale, decimals = METRICS[m]
+        unit = " (pp)" if scale == 100.0 else ""
+        out["change in " + title.replace(" (%)", "") + unit] = [
+            "0 (base)" if r["depth"] == r["base_depth"] and np.isfinite(r["delta"])
+            else fmt_ci(r["delta"], r["ci_lo"], r["ci_hi"], decimals, scale)
+            for _, r in d.iterrows()]
+    out = out[out["model"].map(out.groupby("model")["depth"].nunique()) > 1]
+    if len(out) and (out["family"] == out["model"]).all():
+        out = out.drop(columns="model")
+    return out.reset_index(drop=True)
+
+
 # --------------------------------------------------------------------------- rendering
 
 def _auto_spec(col: pd.Series) -> str:
@@ -219,7 +365,8 @@ def escape_latex(text: str) -> str:
     """Escape LaTeX's special characters (``_`` in layer and model names above all)."""
     repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
             "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-            "^": r"\textasciicircum{}"}
+            "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
+            "±": r"$\pm$", "−": "-"}
     return "".join(repl.get(ch, ch) for ch in text)
 
 

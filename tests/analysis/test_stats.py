@@ -207,8 +207,8 @@ def _summary_frame():
 
 def test_cell_summary_counts_and_exact_intervals():
     s = cell_summary(_summary_frame())
-    assert list(s.columns[:9]) == ["family", "model", "depth", "residual", "n_planned",
-                                   "n_completed", "n_diverged", "n_error", "params"]
+    assert list(s.columns[:10]) == ["family", "model", "depth", "residual", "n_planned",
+                                   "n_completed", "n_diverged", "n_error", "n_pending", "params"]
     assert s["residual"].tolist() == [False, True]  # plain first
     plain, res = s.iloc[0], s.iloc[1]
     assert (res.n_planned, res.n_completed, res.n_diverged, res.n_error) == (5, 3, 1, 1)
@@ -360,11 +360,21 @@ def test_degradation_index_degenerate():
 def test_status_counts_total_row():
     s = status_counts(_summary_frame())
     assert s.columns.tolist() == ["family", "model", "depth", "residual", "n_planned",
-                                  "n_completed", "n_diverged", "n_error"]
-    assert s[["n_planned", "n_completed", "n_diverged", "n_error"]].values.tolist() == [
-        [2, 1, 1, 0], [5, 3, 1, 1], [7, 4, 2, 1]]
+                                  "n_completed", "n_diverged", "n_error", "n_pending"]
+    assert s[["n_planned", "n_completed", "n_diverged", "n_error", "n_pending"]].values.tolist() == [
+        [2, 1, 1, 0, 0], [5, 3, 1, 1, 0], [7, 4, 2, 1, 0]]
     total = s.iloc[-1]
     assert total.family == "total" and pd.isna(total.depth) and pd.isna(total.residual)
     assert s["depth"].dtype == "Int64" and s["residual"].dtype == "boolean"
     empty = status_counts(frame([trial(2, True, 0)]).iloc[:0])
     assert empty["n_planned"].tolist() == [0]
+
+
+def test_pending_trials_are_counted_not_rejected():
+    t = frame([trial(2, True, 0, final_train_loss=1.0, final_test_acc=0.5),
+               trial(2, True, 1, "pending")])
+    s = cell_summary(t)
+    assert (s.n_planned[0], s.n_completed[0], s.n_pending[0]) == (2, 1, 1)
+    assert s.final_train_loss_n[0] == 1
+    with pytest.raises(ValueError, match="unknown trial status"):
+        cell_summary(frame([trial(2, True, 0, "running")]))
