@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import models
+from analysis.cli import OneLineParser
 from ablations.plan import expand, format_plan, group_by_cell
 from ablations.spec import (DATASET_CHOICES, DEVICE_CHOICES, MODE_CHOICES, RESIDUAL_CHOICES,
                             TUNE_SPACE, WANDB_CHOICES, AblationSpec, SpecError, TrainSettings,
@@ -27,13 +28,6 @@ from ablations.spec import (DATASET_CHOICES, DEVICE_CHOICES, MODE_CHOICES, RESID
 # May be given again with --resume/--retry-failed; every other flag comes from spec.json.
 EXECUTION_FLAGS = {"out", "resume", "retry_failed", "address", "storage", "cpus_per_trial",
                    "gpus_per_trial", "max_failures", "wandb"}
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad input: one line on stderr naming the flag and the valid values, exit 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _list(kind, name, example, allow_empty=False):

@@ -1,22 +1,21 @@
-"""``python -m analysis RUN_DIR [--format pdf,png]``: write a results folder's figures and tables.
+"""``python -m analysis RESULTS_DIR``: rebuild a results folder's figures, tables and report.
 
-Prints each written path on its own line. A missing or invalid RUN_DIR, or
-an unknown format, is one line on stderr and exit code 2.
+Reads only the stored Parquet files (no Ray, W&B, torch or GPU) and prints
+each written path on its own line; ``report.html`` is the last. Bad input
+(a missing or empty folder, an unknown format, style, width or factor, a
+filter that matches nothing) is one line on stderr and exit code 2, before
+anything is written.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (no usage block), exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
+from analysis.cli import OneLineParser
 
 FORMATS = ("pdf", "png", "svg")  # kept equal to analysis.report.FORMATS (tested)
+STYLES = ("paper", "slides")     # kept equal to analysis.style.STYLES (tested)
+WIDTHS = ("single", "double")
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -29,20 +28,36 @@ def _formats(text: str) -> tuple[str, ...]:
 
 
 def main(argv=None) -> int:
-    parser = _OneLineParser(prog="python -m analysis",
-                            description="Write figures/ and tables/ for a results folder.")
+    parser = OneLineParser(prog="python -m analysis",
+                           description="Rebuild figures/, tables/, report.md and report.html "
+                                       "of a results folder from its Parquet files.")
     parser.add_argument("run_dir", help="results folder holding trials/layers/epochs.parquet")
     parser.add_argument("--format", type=_formats, default=("pdf", "png"),
                         help="comma-separated figure formats: pdf, png, svg (default pdf,png)")
+    parser.add_argument("--style", choices=STYLES, default="paper",
+                        help="paper: 8 pt text for a paper; slides: beamer 16:9 sizes "
+                             "(default paper)")
+    parser.add_argument("--width", choices=WIDTHS, default="double",
+                        help="single: one column (3.25 in, ICML); double: the full text width "
+                             "(6.75 in) (default double)")
+    parser.add_argument("--where", action="append", default=[], metavar="FACTOR=V[,V]",
+                        help="keep only these factor values (family, model, depth, residual, "
+                             "seed), e.g. --where family=resnet --where depth=18,34; the view "
+                             "goes to RESULTS_DIR/views/<filter> unless --out is given")
+    parser.add_argument("--out", default=None,
+                        help="write here instead (default: RESULTS_DIR, or its views/ folder "
+                             "with --where)")
     args = parser.parse_args(argv)
 
     # Headless: no display on a cluster node, and the figures never need one.
     import matplotlib
     matplotlib.use("Agg")
-    from analysis.report import ResultsError, build
+    from analysis.report import ResultsError, build, parse_where
+    from analysis.style import Look
 
     try:
-        written = build(args.run_dir, args.format)
+        written = build(args.run_dir, args.format, look=Look(args.style, args.width),
+                        where=parse_where(args.where), out_dir=args.out)
     except ResultsError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -370,10 +370,9 @@ def degradation_vs_depth(trials: pd.DataFrame, look: Look = DEFAULT_LOOK,
     ncols = look.columns(len(panels)) if len(panels) > 1 else 1
     blocks = math.ceil(len(panels) / ncols)
     with look.context():
-        pw = look.panel_width(ncols)
-        fig = Figure(figsize=(look.inches if ncols > 1 else 0.75 * look.inches,
-                              0.3 + 1.5 * pw * 0.62 * len(metrics) * blocks / 1.2),
-                     layout="constrained")
+        width = look.inches if ncols > 1 else min(look.inches, Look(look.style, "single").inches)
+        row_h = min(0.62 * look.panel_width(ncols), 0.3 * look.inches)
+        fig = Figure(figsize=(width, 0.3 + row_h * len(metrics) * blocks), layout="constrained")
         axes = fig.subplots(len(metrics) * blocks, ncols, squeeze=False)
         for i, (family, model) in enumerate(panels):
             cell = with_variant(cells[(cells["family"] == family) & (cells["model"] == model)])
@@ -399,7 +398,7 @@ def degradation_vs_depth(trials: pd.DataFrame, look: Look = DEFAULT_LOOK,
                     vr = runs[runs["variant"] == variant]
                     vals = pd.to_numeric(vr[metric], errors="coerce").to_numpy(dtype=float)
                     ok = np.isfinite(vals)
-                    ax.scatter(vr["depth"].map(pos).to_numpy(dtype=float)[ok] + 2.2 * dx,
+                    ax.scatter(vr["depth"].map(pos).to_numpy(dtype=float)[ok] + 1.8 * dx,
                                vals[ok] * scale, s=5, color=PALETTE[variant], alpha=0.45,
                                linewidths=0, zorder=2)
                     if r == 0:

@@ -390,6 +390,8 @@ def _status_frame(trials: pd.DataFrame | None) -> pd.DataFrame | None:
     s = stats.status_counts(trials)
     s.insert(3, "variant", s["residual"].map({True: "residual", False: "plain"}).fillna(""))
     s = s.drop(columns="residual")
+    if (s["family"].iloc[:-1] == s["model"].iloc[:-1]).all():
+        s = s.drop(columns="model")
     if not s["n_pending"].any():
         s = s.drop(columns="n_pending")
     return s.rename(columns=lambda c: c.removeprefix("n_"))

@@ -4,8 +4,7 @@ Statistical choices (the same in every function):
 
 * **Intervals are Student t intervals** of the mean, ``mean +- t_{1-(1-level)/2, n-1}
   * sd / sqrt(n)`` with the sample standard deviation (``ddof=1``); the
-  quantile is exact (``scipy.stats.t.ppf``), not the rounded table that
-  ``analysis.tables._ci95`` uses for display. ``level`` defaults to 0.95.
+  quantile is exact (``scipy.stats.t.ppf``). ``level`` defaults to 0.95.
 * **Only completed trials with a finite metric are samples.** A diverged or
   errored run's metric is not a draw from the same distribution, so it never
   enters a mean; but it is never dropped silently either: every output
@@ -31,7 +30,7 @@ Statistical choices (the same in every function):
   up to rounding, relative spread <= ``ZERO_SD_RTOL``, count as constant).
 
 Input frame: one row per trial with ``family`` (``model`` is used when the
-column is missing, as in ``analysis.tables.summary_table``), ``model``,
+column is missing, as in a preset-only sweep), ``model``,
 ``depth``, ``residual``, ``seed`` and ``status`` in {"completed",
 "diverged", "error", "pending"} (pending: not finished yet, in a sweep still running); any other status raises ValueError rather than being
 miscounted. Output rows are sorted by family, model, depth, then residual

@@ -1,8 +1,9 @@
 """Tables of the ablation: pure statistics on the tidy frames, then text renderers.
 
 ``grad_table`` reproduces the seed article's table (mean |dL/dW| per layer
-with and without shortcuts, and their ratio); ``summary_table`` counts the
-trials of each cell. ``to_markdown``/``to_latex`` are written by hand so
+with and without shortcuts, and their ratio); ``degradation_table``,
+``paired_table`` and ``degradation_index_table`` put ``analysis.stats`` in
+paper form (mean ± 95% interval, counts of failed trials, p values). ``to_markdown``/``to_latex`` are written by hand so
 that the report needs neither tabulate nor jinja2.
 """
 from __future__ import annotations
@@ -18,12 +19,6 @@ import pandas as pd
 
 from analysis import stats
 from analysis.style import VARIANT_ORDER, variant_of, with_variant
-
-# Two-sided 95% Student t quantiles for 1..30 degrees of freedom.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-        2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
 
 # --------------------------------------------------------------------------- statistics
 
@@ -134,58 +129,6 @@ def grad_table(layers: pd.DataFrame, model: str, depth: int, phase: str = "init"
         "ratio": per_seed_ratio.groupby("layer").median(),
     }).reindex(order)
     return out.rename_axis("layer").reset_index()
-
-
-def _ci95(values: pd.Series) -> float:
-    """Half width of the 95% t interval of the mean; NaN for fewer than two values."""
-    v = values[np.isfinite(values)]
-    n = len(v)
-    if n < 2:
-        return float("nan")
-    df = n - 1
-    # Beyond the table, the Cornish-Fisher correction z + (z^3 + z) / (4 df)
-    # is within 0.002 of the exact quantile.
-    t = _T95[df - 1] if df <= len(_T95) else 1.959964 + (1.959964 ** 3 + 1.959964) / (4 * df)
-    return float(t * v.std(ddof=1) / math.sqrt(n))
-
-
-def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per model x depth x variant: params, trial count, status counts, final metrics.
-
-    ``final_test_acc``/``final_train_loss`` (when the sweep trained) are
-    reported as mean and 95% CI half width over *completed* trials with a
-    finite value: a diverged run's accuracy is not a sample of the same
-    distribution.
-    """
-    t = with_variant(trials)
-    keys = ["model", "depth", "variant"]
-    sort = ["family"] + keys  # every row carries family (the model name if absent)
-    rows = []
-    for (model, depth, variant), g in t.groupby(keys, sort=False):
-        status = g["status"] if "status" in g else pd.Series(dtype=object)
-        params = g["params"].dropna() if "params" in g else pd.Series(dtype=float)
-        row = {"family": g["family"].iloc[0] if "family" in g else model,
-               "model": model, "depth": depth, "variant": variant,
-               "params": int(params.median()) if len(params) else pd.NA,
-               "n": len(g),
-               **{s: int((status == s).sum()) for s in ("completed", "diverged", "error")}}
-        done = g[status == "completed"] if len(status) else g.iloc[:0]
-        for col in ("final_test_acc", "final_train_loss"):
-            if col in t:
-                vals = done[col].astype(float)
-                vals = vals[np.isfinite(vals)]
-                row[f"{col}_mean"] = float(vals.mean()) if len(vals) else float("nan")
-                row[f"{col}_ci95"] = _ci95(vals)
-        rows.append(row)
-    if not rows:
-        return pd.DataFrame(columns=keys + ["params", "n", "completed", "diverged", "error"])
-    out = pd.DataFrame(rows)
-    out["variant"] = pd.Categorical(out["variant"], VARIANT_ORDER, ordered=True)
-    out = out.sort_values(sort, kind="stable").drop(columns="family")
-    out["variant"] = out["variant"].astype(str)
-    for col in ("params", "n", "completed", "diverged", "error"):
-        out[col] = out[col].astype("Int64")
-    return out.reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- paper tables

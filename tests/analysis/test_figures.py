@@ -6,7 +6,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from analysis import figures
-from analysis.style import (MARKERS, PALETTE, VARIANT_ORDER, paper_context, save_figure,
+from analysis.style import (MARKERS, PALETTE, VARIANT_ORDER, Look, paper_context, save_figure,
                             variant_of)
 
 SEEDS = (0, 1)
@@ -167,7 +167,7 @@ def test_save_figure_writes_pdf_and_png(tmp_path, layers):
 def test_paper_context_and_palette():
     with paper_context("single"):
         assert mpl.rcParams["pdf.fonttype"] == 42 and mpl.rcParams["ps.fonttype"] == 42
-        assert mpl.rcParams["figure.figsize"][0] == pytest.approx(3.3)
+        assert mpl.rcParams["figure.figsize"][0] == pytest.approx(3.25)  # ICML column
     with pytest.raises(ValueError):
         paper_context("triple")
     assert VARIANT_ORDER == ("plain", "residual")
@@ -182,3 +182,84 @@ def test_training_curves_names_diverged_trials():
     fig = figures.training_curves(ep)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert any("1 diverged (epoch 1)" in t for t in texts), texts
+
+
+def _trials() -> pd.DataFrame:
+    """Trials matching ``_epochs``: plain depth 8 seed 1 diverged; one errored trial added."""
+    rows = []
+    for depth in DEPTHS:
+        for residual in (False, True):
+            for seed in SEEDS:
+                diverged = depth == 8 and not residual and seed == 1
+                rows.append(dict(trial_id=f"mlp-{depth}-{residual}-s{seed}", family="mlp",
+                                 model="mlp", depth=depth, residual=residual, seed=seed,
+                                 params=100 * depth, status="diverged" if diverged else "completed",
+                                 final_train_loss=np.nan if diverged else 0.2 + 0.1 * (not residual) * depth / 8,
+                                 final_test_acc=np.nan if diverged else 0.6 + 0.05 * residual + 0.01 * seed))
+    rows.append(dict(trial_id="mlp-8-True-s2", family="mlp", model="mlp", depth=8, residual=True,
+                     seed=2, params=800, status="error", final_train_loss=np.nan,
+                     final_test_acc=np.nan))
+    return pd.DataFrame(rows)
+
+
+NEW_FIGURES = {
+    "degradation_vs_depth": lambda: figures.degradation_vs_depth(_trials(), chance_error=0.9),
+    "training_curves_by_depth": lambda: figures.training_curves_by_depth(_epochs()),
+    "layer_response_std": lambda: figures.layer_response_std(_layers()),
+    "gradient_flow": lambda: figures.gradient_flow(_layers()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_FIGURES))
+def test_paper_figures_render_and_save(name, tmp_path):
+    fig = NEW_FIGURES[name]()
+    assert isinstance(fig, Figure) and any(ax.lines for ax in fig.axes)
+    paths = save_figure(fig, tmp_path / name)
+    assert [p.rsplit(".", 1)[1] for p in paths] == ["pdf", "png"]
+    assert (tmp_path / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    assert (tmp_path / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_degradation_vs_depth_means_and_failure_notes():
+    fig = figures.degradation_vs_depth(_trials(), chance_error=0.9)
+    loss_ax, err_ax = fig.axes[0], fig.axes[1]
+    # errorbar lines: the mean line of each variant, at dodged positions 0 and 1
+    means = {tuple(np.round(ln.get_ydata(), 6)) for ln in loss_ax.lines if len(ln.get_xdata()) == 2}
+    assert (0.2625, 0.3) in means  # plain: depth 5 = 0.2 + 0.1 * 5/8; depth 8 = 0.3 (one seed)
+    assert (0.2, 0.2) in means     # residual
+    notes = sorted(t.get_text() for t in loss_ax.texts)
+    assert notes == ["1/2 div.", "1/3 err."]
+    assert any(abs(ln.get_ydata()[0] - 90.0) < 1e-9 for ln in err_ax.lines)  # chance line
+
+
+def test_degradation_vs_depth_without_training_metrics_says_so():
+    fig = figures.degradation_vs_depth(_trials().drop(columns=["final_test_acc"]))
+    assert "needs trained trials" in fig.axes[0].texts[0].get_text()
+
+
+def test_layer_response_std_sorted_panel_is_descending():
+    fig = figures.layer_response_std(_layers())
+    sorted_ax = fig.axes[1]
+    for ln in sorted_ax.lines:
+        y = np.asarray(ln.get_ydata(), dtype=float)
+        assert (np.diff(y) <= 0).all()
+
+
+def test_gradient_flow_has_init_and_late_columns():
+    fig = figures.gradient_flow(_layers())
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["mlp: at init", "mlp: late in training"]
+    probe_only = _layers()[lambda d: d.phase == "init"]
+    titles = [ax.get_title() for ax in figures.gradient_flow(probe_only).axes]
+    assert titles == ["mlp: at init"]
+
+
+@pytest.mark.parametrize("style,width,inches", [("paper", "single", 3.25), ("paper", "double", 6.75),
+                                                ("slides", "double", 5.29)])  # 0.96 x 398.34 pt
+def test_look_sets_the_figure_width(style, width, inches):
+    look = Look(style, width)
+    assert look.inches == pytest.approx(inches, abs=0.01)
+    fig = figures.gradient_flow(_layers(), look=look)
+    assert fig.get_size_inches()[0] == pytest.approx(look.inches)
+    with pytest.raises(ValueError, match="paper, slides"):
+        Look("poster", "single")

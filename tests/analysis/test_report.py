@@ -1,4 +1,6 @@
 """report.build on synthetic results folders, and the ``python -m analysis`` command line."""
+import base64
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,31 +59,106 @@ def _files(run_dir: Path) -> set[str]:
             for p in (run_dir / sub).glob("*")}
 
 
+FIGURES = ["degradation_vs_depth", "training_curves_by_depth", "training_curves", "gradient_flow",
+           "grad_by_layer", "act_by_layer", "act_through_training", "features_mlp-5-residual-s0"]
+TABLES = ["summary", "paired", "degradation", "grad_mlp-5", "grad_mlp-8"]
+
+
 def test_build_writes_every_figure_and_table(tmp_path):
     _write_results(tmp_path)
     written = report.build(tmp_path)
-    figs = ["grad_by_layer", "act_by_layer", "act_through_training", "training_curves",
-            "features_mlp-5-residual-s0"]
-    tables = ["grad_mlp-5", "grad_mlp-8", "summary"]
-    expected = ({f"figures/{f}.{x}" for f in figs for x in ("pdf", "png")}
-                | {f"tables/{t}.{x}" for t in tables for x in ("md", "tex")})
+    expected = ({f"figures/{f}.{x}" for f in FIGURES for x in ("pdf", "png")}
+                | {f"tables/{t}.{x}" for t in TABLES for x in ("md", "tex")})
     assert _files(tmp_path) == expected  # and no temporary files left behind
-    assert {str(Path(p).relative_to(tmp_path)) for p in written} == expected
+    assert {str(Path(p).relative_to(tmp_path)) for p in written} == expected | {
+        "report.md", "report.html"}
+    assert written[-2:] == [str(tmp_path / "report.md"), str(tmp_path / "report.html")]
     assert all(Path(p).stat().st_size > 0 for p in written)
     summary = (tmp_path / "tables" / "summary.md").read_text()
-    assert "| mlp | 8 | plain | 8,000 | 2 | 1 | 1 | 0 |" in summary
+    assert "| mlp | 8 | plain | 8,000 | 1/2 (1 diverged) | 0.300 | 50.0 |" in summary
     grad = (tmp_path / "tables" / "grad_mlp-5.md").read_text().splitlines()
     assert grad[2] == "| layers.0.weight | 1.50e-03 | 1.50e-03 | 1.00 |"
     assert r"\bottomrule" in (tmp_path / "tables" / "grad_mlp-8.tex").read_text()
 
 
-def test_probe_only_folder_with_one_variant(tmp_path):
-    _write_results(tmp_path, train=False, residual=(True,))
-    written = report.build(tmp_path, formats=("png",))
-    # No epochs, no train rows, no plain variant: no curves, no grad tables.
-    assert {str(Path(p).relative_to(tmp_path)) for p in written} == {
-        "figures/grad_by_layer.png", "figures/act_by_layer.png",
-        "tables/summary.md", "tables/summary.tex"}
+def test_report_references_every_figure_and_table(tmp_path):
+    _write_results(tmp_path)
+    report.build(tmp_path, formats=("pdf",))  # no PNG on disk: the HTML still embeds PNGs
+    md = (tmp_path / "report.md").read_text()
+    page = (tmp_path / "report.html").read_text()
+    for f in FIGURES:
+        assert f"figures/{f}.pdf" in md and f'<figure id="{f}">' in page
+    for t in TABLES:
+        assert f"### {t}" in md and f'<h3 id="{t}">' in page
+        # the table itself is in the report, not just a link
+        body = (tmp_path / "tables" / f"{t}.md").read_text().splitlines()[2]
+        assert body in md
+    imgs = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    assert [a for a, _ in imgs] == FIGURES
+    assert all(base64.b64decode(b).startswith(b"\x89PNG") for _, b in imgs)
+    assert "<script" not in page and "http" not in page.split("<h2>Weights")[0]
+
+
+def _with_error_trial(run_dir: Path) -> None:
+    """Add an errored trial (a row, no epochs or layers), like results.write_error leaves."""
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    err = dict(trial_id="mlp-8-residual-s2", family="mlp", model="mlp", depth=8, residual=True,
+               seed=2, params=8000, status="error", final_test_acc=np.nan, final_train_loss=np.nan)
+    pd.concat([trials, pd.DataFrame([err])]).to_parquet(run_dir / "trials.parquet")
+
+
+def test_cli_counts_diverged_and_errored_trials(tmp_path):
+    _write_results(tmp_path)
+    _with_error_trial(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path), "--format", "png"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == str(tmp_path / "report.html")
+    md = (tmp_path / "report.md").read_text()
+    assert "**9 trials: 7 completed, 1 diverged, 1 errored.**" in md
+    assert "| mlp | 8 | residual | 3 | 2 | 0 | 1 |" in md  # status: planned, completed, div., error
+    summary = (tmp_path / "tables" / "summary.md").read_text()
+    assert "| mlp | 8 | residual | 8,000 | 2/3 (1 error) |" in summary
+    assert "| mlp | 8 | plain | 8,000 | 1/2 (1 diverged) |" in summary
+
+
+def test_where_writes_a_view_and_leaves_the_full_report(tmp_path):
+    _write_results(tmp_path)
+    report.build(tmp_path, formats=("png",))
+    full = (tmp_path / "report.html").read_bytes()
+    assert main([str(tmp_path), "--format", "png", "--where", "depth=8",
+                 "--where", "residual=plain", "--style", "slides", "--width", "single"]) == 0
+    view = tmp_path / "views" / "depth=8_residual=plain"
+    md = (view / "report.md").read_text()
+    assert "**2 trials: 1 completed, 1 diverged, 0 errored.**" in md
+    assert "view: depth=8_residual=plain" in md
+    assert (tmp_path / "report.html").read_bytes() == full
+    assert not (view / "tables" / "paired.md").exists()  # one variant: nothing to pair
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--where", "family=cnn"], "present: mlp"),
+    (["--where", "depth=x"], "integers"),
+    (["--where", "colour=red"], "valid: family, model, depth, residual, seed"),
+    (["--where", "depth"], "FACTOR=VALUE"),
+    (["--style", "poster"], "paper"),
+    (["--width", "triple"], "single"),
+])
+def test_cli_bad_options_are_one_line(tmp_path, capsys, args, needle):
+    _write_results(tmp_path, train=False)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert _exit_code(main, [str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def _exit_code(fn, argv) -> int:
+    """``fn(argv)``'s return value, or the code of the SystemExit argparse raises."""
+    try:
+        return fn(argv)
+    except SystemExit as exc:
+        return exc.code
 
 
 def test_build_rejects_bad_folders_and_formats(tmp_path):

@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 
 from analysis.tables import (GRAD_TABLE_FORMAT, escape_latex, grad_table, network_order,
-                             stat_rows, summary_table, to_latex, to_markdown, write_table)
+                             stat_rows, to_latex, to_markdown, write_table, degradation_table,
+                             degradation_index_table, paired_table, fmt_ci, fmt_p,
+                             snapshot_rows)
 
 # (variant, seed) -> mean |grad| of layers.0, layers.1, fc (network order).
 GRADS = {
@@ -126,27 +128,70 @@ def _trials() -> pd.DataFrame:
     return pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # order must not matter
 
 
-def test_summary_table_counts_and_means():
-    s = summary_table(_trials())
+def test_degradation_table_counts_and_intervals():
+    s = degradation_table(_trials())
+    assert list(s.columns) == ["family", "depth", "variant", "params", "n", "train loss",
+                               "test acc (%)"]
     assert list(s[["depth", "variant"]].itertuples(index=False, name=None)) == [
         (5, "plain"), (5, "residual"), (8, "plain"), (8, "residual")]
-    assert s["n"].tolist() == [2, 2, 2, 2]
-    assert s["completed"].tolist() == [2, 2, 1, 2]
-    assert s["diverged"].tolist() == [0, 0, 1, 0]
-    assert s["error"].tolist() == [0, 0, 0, 0]
+    assert s["n"].tolist() == ["2", "2", "1/2 (1 diverged)", "2"]
     assert s["params"].tolist() == [500, 500, 800, 800]
-    assert s["final_test_acc_mean"].tolist() == pytest.approx([0.85, 0.85, 0.8, 0.85])
-    # t(0.975, 1) = 12.706; std of (0.8, 0.9) = 0.1/sqrt(2); half width = 12.706 * 0.05.
-    assert s.loc[0, "final_test_acc_ci95"] == pytest.approx(12.706 * 0.05)
-    assert np.isnan(s.loc[2, "final_test_acc_ci95"])  # one completed trial: no interval
-    assert s["final_train_loss_mean"].tolist() == pytest.approx([0.5] * 4)
+    # mean 85.0; t(0.975, 1) = 12.7062; sd of (80, 90) = 7.0711; half width 12.7062 * 5 = 63.5
+    assert s["test acc (%)"].tolist() == ["85.0 ± 63.5", "85.0 ± 63.5", "80.0", "85.0 ± 63.5"]
+    assert s["train loss"].tolist() == ["0.500 ± 0.000"] * 2 + ["0.500", "0.500 ± 0.000"]
+    assert "| mlp | 8 | plain | 800 | 1/2 (1 diverged) | 0.500 | 80.0 |" in to_markdown(s)
+    assert r"85.0 $\pm$ 63.5" in to_latex(s, "c", "l")
 
 
-def test_summary_table_without_train_metrics():
-    s = summary_table(_trials().drop(columns=["final_test_acc", "final_train_loss"]))
-    assert list(s.columns) == ["model", "depth", "variant", "params", "n", "completed",
-                               "diverged", "error"]
-    assert "| mlp | 8 | plain | 800 | 2 | 1 | 1 | 0 |" in to_markdown(s)
+def test_degradation_table_without_train_metrics():
+    s = degradation_table(_trials().drop(columns=["final_test_acc", "final_train_loss"]))
+    assert list(s.columns) == ["family", "depth", "variant", "params", "n"]
+
+
+def test_paired_table_exact():
+    t = _trials()
+    res5 = (t.depth == 5) & t.residual
+    t.loc[res5, "final_test_acc"] = t.loc[res5, "seed"].map({0: 0.95, 1: 0.9})
+    s = paired_table(t)
+    row = s[(s.depth == 5) & (s.metric == "test acc (pp)")].iloc[0]
+    # per-seed differences (pp): seed 0: 95 - 80 = 15, seed 1: 90 - 90 = 0; mean 7.5;
+    # sd = 15 / sqrt(2), half width = t(0.975, 1) * sd / sqrt(2) = 12.7062 * 7.5 = 95.3
+    assert row["residual - plain"] == "7.5 ± 95.3"
+    assert row["p (t)"] == "0.5" and row["p (Wilcoxon)"] == "1"  # t = 1 on 1 df; one nonzero pair
+    assert (row["pairs"], row["unpaired"]) == (2, 0)
+    deep = s[(s.depth == 8) & (s.metric == "test acc (pp)")].iloc[0]
+    assert (deep["pairs"], deep["unpaired"], deep["p (t)"]) == (1, 1, "—")
+    assert deep["residual - plain"] == "0.0"  # seed 0 only: 0.8 - 0.8
+
+
+def test_degradation_index_table_exact():
+    s = degradation_index_table(_trials())
+    plain8 = s[(s.variant == "plain") & (s.depth == 8)].iloc[0]
+    # plain: depth 8 has one completed run (0.8, error 20%); base depth 5 errors 20%, 10%.
+    assert plain8["vs depth"] == 5 and (plain8["n"], plain8["n base"]) == (1, 2)
+    assert plain8["change in test error (pp)"] == "5.0"  # 20 - mean(20, 10); no interval, n=1
+    assert s[(s.variant == "plain") & (s.depth == 5)].iloc[0]["change in train loss"] == "0 (base)"
+
+
+def test_fmt_ci_and_p():
+    assert fmt_ci(0.5, 0.4, 0.6, 3) == "0.500 ± 0.100"
+    assert fmt_ci(0.5, float("nan"), float("nan"), 1, 100) == "50.0"
+    assert fmt_ci(float("nan"), 0, 1, 1) == "—"
+    assert (fmt_p(0.0004), fmt_p(0.0312), fmt_p(float("nan"))) == ("< 0.001", "0.031", "—")
+
+
+def test_snapshot_rows_init_and_late():
+    layers = _layers()
+    init = snapshot_rows(layers, "grad_mean_abs", "init")
+    assert set(init["phase"]) == {"init"} and len(init) == 12
+    late = snapshot_rows(layers, "grad_mean_abs", "late")
+    assert set(late["step"]) == {10} and set(late["value"]) == {5.0}
+    train_only = layers[layers.phase == "train"]
+    first = snapshot_rows(pd.concat([train_only, train_only.assign(step=0, value=1.0)]),
+                          "grad_mean_abs", "init")
+    assert set(first["step"]) == {0} and set(first["value"]) == {1.0}
+    with pytest.raises(ValueError, match="init, late"):
+        snapshot_rows(layers, "grad_mean_abs", "middle")
 
 
 def test_write_table_is_atomic_and_complete(tmp_path):
