@@ -346,7 +346,7 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner) -> int:
     status = tables["trials"]["status"].value_counts()
     counts = {k: int(status.get(k, 0)) for k in ("completed", "diverged", "error")}
     tracking.log_figures(wandb_mode, run_dir, spec.name, figures, counts)
-    print(f"wrote {len(written)} figure/table files to {run_dir}/figures and /tables")
+    print(f"wrote {len(written)} figure/table/report files; report: {run_dir}/report.html")
     sync = tracking.sync_command(run_dir) if wandb_mode == "offline" else None
     if sync:
         print(f"W&B offline runs in {run_dir}/wandb; upload with: {sync}")

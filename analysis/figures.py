@@ -83,7 +83,7 @@ def _layer_profile(layers: pd.DataFrame, stat: str, phase: str, ylabel: str,
     ncols = look.columns(len(panels))
     nrows = math.ceil(len(panels) / ncols)
     with look.context():
-        fig = Figure(figsize=(look.inches, 0.3 + 0.85 * look.panel_width(ncols) * nrows),
+        fig = Figure(figsize=(look.inches, 0.3 + look.row_height(ncols, 0.85) * nrows),
                      layout="constrained")
         axes = fig.subplots(nrows, ncols, squeeze=False)
         for i, (ax, (family, model)) in enumerate(zip(axes.flat, panels)):
@@ -110,7 +110,7 @@ def _layer_profile(layers: pd.DataFrame, stat: str, phase: str, ylabel: str,
             ax.set_visible(False)
         handles = variant_handles(rows["variant"]) + [
             Line2D([], [], color="0.3", linestyle=ls, label=f"depth {d}") for d, ls in styles.items()]
-        fig.legend(handles=handles, loc="outside right upper")
+        look.legend(fig, handles)
     return fig
 
 
@@ -183,7 +183,7 @@ def training_curves(epochs: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
     ncols = look.columns(len(combos))
     blocks = math.ceil(len(combos) / ncols)
     with look.context():
-        fig = Figure(figsize=(look.inches, 0.3 + 1.4 * look.panel_width(ncols) * blocks),
+        fig = Figure(figsize=(look.inches, 0.3 + 2 * look.row_height(ncols, 0.7) * blocks),
                      layout="constrained")
         axes = fig.subplots(2 * blocks, ncols, squeeze=False)
         for i, (family, model, depth) in enumerate(combos):
@@ -222,7 +222,7 @@ def training_curves(epochs: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
             Line2D([], [], color="0.3", linewidth=0.7, label="train"),
             Line2D([], [], color="0.3", linewidth=1.8, label="test"),
             Line2D([], [], color="0.5", linewidth=0.8, linestyle=":", label="LR drop")]
-        fig.legend(handles=handles, loc="outside right upper")
+        look.legend(fig, handles)
     return fig
 
 
@@ -248,7 +248,7 @@ def act_through_training(layers: pd.DataFrame, progress: str = "step",
     combos = _panels(rows, ["family", "model", "depth"])
     variants = [v for v in VARIANT_ORDER if (rows["variant"] == v).any()]
     with look.context():
-        fig = Figure(figsize=(look.inches, 0.4 + 0.65 * look.panel_width(len(variants)) * len(combos)),
+        fig = Figure(figsize=(look.inches, 0.4 + look.row_height(len(variants), 0.65) * len(combos)),
                      layout="constrained")
         axes = fig.subplots(len(combos), len(variants), squeeze=False, sharey="row")
         for r, (family, model, depth) in enumerate(combos):
@@ -337,9 +337,11 @@ def _depth_colors(depths) -> dict:
 
 
 def _failure_note(ax, x: float, text: str, variant: str, k: int) -> None:
-    """Print a failure count in the variant's colour at the top of the panel, over ``x``."""
+    """Print a failure count in the variant's colour at the top of the panel, over ``x``;
+    ``k`` stacks the notes of several variants (two lines each)."""
     ax.annotate(text, xy=(x, 1.0), xycoords=("data", "axes fraction"),
-                xytext=(0, -2 - 8 * k), textcoords="offset points", ha="center", va="top",
+                xytext=(0, -2 - 15 * k), textcoords="offset points", ha="center", va="top",
+                linespacing=0.95,
                 fontsize="x-small", color=PALETTE[variant])
 
 
@@ -365,13 +367,13 @@ def degradation_vs_depth(trials: pd.DataFrame, look: Look = DEFAULT_LOOK,
     if "family" not in done:
         done = done.assign(family=done["model"])
     panels = _model_panels(cells)
-    metrics = [("final_train_loss", "final train loss", 1.0),
-               ("final_test_error", "final test error (%)", 100.0)]
+    metrics = [("final_train_loss", "train loss", 1.0),
+               ("final_test_error", "test error (%)", 100.0)]
     ncols = look.columns(len(panels)) if len(panels) > 1 else 1
     blocks = math.ceil(len(panels) / ncols)
     with look.context():
         width = look.inches if ncols > 1 else min(look.inches, Look(look.style, "single").inches)
-        row_h = min(0.62 * look.panel_width(ncols), 0.3 * look.inches)
+        row_h = min(look.row_height(ncols), max(1.1, 0.3 * look.inches))
         fig = Figure(figsize=(width, 0.3 + row_h * len(metrics) * blocks), layout="constrained")
         axes = fig.subplots(len(metrics) * blocks, ncols, squeeze=False)
         for i, (family, model) in enumerate(panels):
@@ -379,6 +381,8 @@ def degradation_vs_depth(trials: pd.DataFrame, look: Look = DEFAULT_LOOK,
             runs = with_variant(done[(done["family"] == family) & (done["model"] == model)])
             depths = sorted(cell["depth"].unique())
             pos = {d: j for j, d in enumerate(depths)}  # even spacing: 5, 18, 34 all readable
+            failed = cell[["n_diverged", "n_error", "n_pending"]].sum(axis=1) > 0
+            noted = [v for v in VARIANT_ORDER if (failed & (cell["variant"] == v)).any()]
             for r, (metric, ylabel, scale) in enumerate(metrics):
                 ax = axes[len(metrics) * (i // ncols) + r, i % ncols]
                 for k, variant in enumerate(VARIANT_ORDER):
@@ -409,8 +413,18 @@ def degradation_vs_depth(trials: pd.DataFrame, look: Look = DEFAULT_LOOK,
                                                         ("err.", c["n_error"]),
                                                         ("pend.", c["n_pending"])) if n]
                                 _failure_note(ax, pos[c["depth"]] + dx,
-                                              f"{bad}/{int(c['n_planned'])} {'+'.join(kinds)}",
-                                              variant, k)
+                                              f"{bad}/{int(c['n_planned'])}\n{'+'.join(kinds)}",
+                                              variant, noted.index(variant))
+                ax.margins(y=0.12)
+                if r == 0 and ax.texts:  # headroom, so the notes never sit on a point
+                    ax.autoscale_view()
+                    lo, hi = ax.get_ylim()
+                    # two lines of x-small text per variant with notes, over ~65% of the
+                    # row height that the axes itself gets
+                    lines = 2 * len({t.get_color() for t in ax.texts})
+                    need = (lines * 0.85 * mpl.rcParams["font.size"] + 4) / (0.65 * row_h * 72)
+                    need = min(need, 0.6)
+                    ax.set_ylim(lo, hi + need / (1 - need) * (hi - lo))
                 if metric == "final_test_error" and chance_error is not None:
                     ax.axhline(chance_error * scale, color="0.6", linestyle="--", linewidth=0.8,
                                zorder=0)
@@ -419,22 +433,20 @@ def degradation_vs_depth(trials: pd.DataFrame, look: Look = DEFAULT_LOOK,
                                 fontsize="x-small", color="0.5")
                 ax.set_xticks(range(len(depths)), [str(d) for d in depths])
                 ax.set_xlim(-0.5, len(depths) - 0.5)
-                ax.margins(y=0.12)
                 if not any(ln.get_visible() for ln in ax.lines):
                     _no_data(ax, "no completed trials")
                 if r == 0:
                     ax.set_title(model if model == family else f"{family}: {model}")
-                if r == len(metrics) - 1:
-                    ax.set_xlabel("depth (weighted layers)")
                 if i % ncols == 0:
-                    ax.set_ylabel(ylabel)
+                    ax.set_ylabel(f"final {ylabel}" if look.width == "double" else ylabel)
         for j in range(len(panels), blocks * ncols):
             for r in range(len(metrics)):
                 axes[len(metrics) * (j // ncols) + r, j % ncols].set_visible(False)
+        fig.supxlabel("depth (weighted layers)", fontsize=mpl.rcParams["axes.labelsize"])
         handles = variant_handles(with_variant(cells)["variant"]) + [
             Line2D([], [], color="0.4", marker="o", linestyle="none", markersize=2, alpha=0.6,
                    label="one seed")]
-        fig.legend(handles=handles, loc="outside right upper")
+        look.legend(fig, handles)
     return fig
 
 
@@ -451,12 +463,12 @@ def training_curves_by_depth(epochs: pd.DataFrame, look: Look = DEFAULT_LOOK) ->
     panels = _model_panels(ep)
     variants = [v for v in VARIANT_ORDER if (ep["variant"] == v).any()]
     with look.context():
-        pw = look.panel_width(len(variants))
-        fig = Figure(figsize=(look.inches, 0.35 + 0.62 * pw * len(panels)), layout="constrained")
+        fig = Figure(figsize=(look.inches, 0.35 + look.row_height(len(variants)) * len(panels)),
+                     layout="constrained")
         axes = fig.subplots(len(panels), len(variants), squeeze=False, sharey="row")
+        colors = _depth_colors(ep["depth"])  # one mapping for every panel and the legend
         for r, (family, model) in enumerate(panels):
             sub = ep[(ep["family"] == family) & (ep["model"] == model)]
-            colors = _depth_colors(sub["depth"])
             for c, variant in enumerate(variants):
                 ax = axes[r, c]
                 vsub = sub[sub["variant"] == variant]
@@ -481,12 +493,11 @@ def training_curves_by_depth(epochs: pd.DataFrame, look: Look = DEFAULT_LOOK) ->
                     ax.set_xlabel("epoch")
                 if c == 0:
                     ax.set_ylabel("error (%)")
-        depths = sorted(ep["depth"].unique())
-        colors = _depth_colors(depths)
-        handles = [Line2D([], [], color=colors[d], linewidth=1.8, label=f"depth {d}") for d in depths]
+        handles = [Line2D([], [], color=colors[d], linewidth=1.8, label=f"depth {d}")
+                   for d in sorted(colors)]
         handles += [Line2D([], [], color="0.3", linewidth=0.8, linestyle="--", label="train"),
                     Line2D([], [], color="0.3", linewidth=1.8, label="test")]
-        fig.legend(handles=handles, loc="outside right upper")
+        look.legend(fig, handles)
     return fig
 
 
@@ -507,8 +518,8 @@ def _profile_grid(columns: list[tuple[str, pd.DataFrame]], ylabel: str, look: Lo
     panels = _model_panels(allrows)
     styles = depth_linestyles(allrows["depth"])
     with look.context():
-        pw = look.panel_width(len(cols))
-        fig = Figure(figsize=(look.inches, 0.35 + 0.75 * pw * len(panels)), layout="constrained")
+        fig = Figure(figsize=(look.inches, 0.35 + look.row_height(len(cols), 0.75) * len(panels)),
+                     layout="constrained")
         axes = fig.subplots(len(panels), len(cols), squeeze=False, sharey="row")
         for r, (family, model) in enumerate(panels):
             for c, (title, rows, sorted_) in enumerate(cols):
@@ -545,7 +556,7 @@ def _profile_grid(columns: list[tuple[str, pd.DataFrame]], ylabel: str, look: Lo
                     log_axis(ax)
         handles = variant_handles(allrows["variant"]) + [
             Line2D([], [], color="0.3", linestyle=ls, label=f"depth {d}") for d, ls in styles.items()]
-        fig.legend(handles=handles, loc="outside right upper")
+        look.legend(fig, handles)
     return fig
 
 

@@ -126,8 +126,23 @@ class Look:
         return max(1, min(n, 2 if self.width == "single" else 3))
 
     def panel_width(self, ncols: int, legend: bool = True) -> float:
-        """Width of one of ``ncols`` panels once an outside legend has its share."""
-        return (self.inches * (0.8 if legend else 1.0)) / ncols
+        """Width of one of ``ncols`` panels once an outside legend has its share
+        (a single-column figure puts its legend above, so it takes no width)."""
+        share = 0.8 if legend and self.width == "double" else 1.0
+        return self.inches * share / ncols
+
+    def row_height(self, ncols: int, aspect: float = 0.62) -> float:
+        """Height of one row of panels: ``aspect`` x panel width, never below 1.1 in
+        (room for a title, ticks and a label at this look's font size)."""
+        return max(1.1 if self.style == "paper" else 1.5, aspect * self.panel_width(ncols))
+
+    def legend(self, fig, handles) -> None:
+        """The figure legend: right of the panels across a page, above them in a column."""
+        if self.width == "double":
+            fig.legend(handles=handles, loc="outside right upper")
+        else:
+            fig.legend(handles=handles, loc="outside upper center",
+                       ncols=min(len(handles), 3), columnspacing=1.0, handlelength=1.8)
 
 
 DEFAULT_LOOK = Look()

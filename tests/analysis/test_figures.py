@@ -228,7 +228,7 @@ def test_degradation_vs_depth_means_and_failure_notes():
     assert (0.2625, 0.3) in means  # plain: depth 5 = 0.2 + 0.1 * 5/8; depth 8 = 0.3 (one seed)
     assert (0.2, 0.2) in means     # residual
     notes = sorted(t.get_text() for t in loss_ax.texts)
-    assert notes == ["1/2 div.", "1/3 err."]
+    assert notes == ["1/2\ndiv.", "1/3\nerr."]
     assert any(abs(ln.get_ydata()[0] - 90.0) < 1e-9 for ln in err_ax.lines)  # chance line
 
 
@@ -263,3 +263,12 @@ def test_look_sets_the_figure_width(style, width, inches):
     assert fig.get_size_inches()[0] == pytest.approx(look.inches)
     with pytest.raises(ValueError, match="paper, slides"):
         Look("poster", "single")
+
+
+def test_training_curves_by_depth_one_colour_per_depth_across_panels():
+    ep = pd.concat([_epochs(), _epochs().assign(family="resnet", model="resnet", depth=34)])
+    fig = figures.training_curves_by_depth(ep)
+    legend = {t.get_text(): h.get_color() for t, h in
+              zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)}
+    resnet_ax = [ax for ax in fig.axes if ax.get_title() == "resnet, plain"][0]
+    assert {ln.get_color() for ln in resnet_ax.lines} == {legend["depth 34"]}

@@ -69,6 +69,18 @@ def test_short_training_run_on_cifar_format_data_through_ray(tmp_path):
     assert set(layers.phase) == {"train"}
     assert (run / "figures" / "training_curves.png").exists()
     assert len(list((run / "features").glob("resnet-4-*.npz"))) == 2
+    # The sweep ends with the paper figures, tables and the report.
+    for f in ("degradation_vs_depth", "training_curves_by_depth", "layer_response_std",
+              "gradient_flow"):
+        assert (run / "figures" / f"{f}.pdf").stat().st_size > 0
+    for t in ("summary", "paired"):
+        assert (run / "tables" / f"{t}.tex").stat().st_size > 0
+    md = (run / "report.md").read_text()
+    assert "**4 trials: 4 completed, 0 diverged, 0 errored.**" in md
+    assert "python sweep.py --families mlp,resnet --depths 4" in md
+    assert md.count("data:image/png") == 0
+    assert (run / "report.html").read_text().count("data:image/png;base64,") >= 6
+    assert "report: res/train/report.html" in p.stdout
 
 
 def test_existing_results_are_not_overwritten(tmp_path):
