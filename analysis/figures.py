@@ -272,7 +272,8 @@ def act_through_training(layers: pd.DataFrame, progress: str = "step",
             for ax in axes[r]:  # after the whole row: the panels share y
                 if ax.lines:
                     log_axis(ax)
-        fig.colorbar(ScalarMappable(norm, cmap), ax=axes, label=f"training {progress}", aspect=30)
+        fig.colorbar(ScalarMappable(norm, cmap), ax=axes, label=f"training {progress}",
+                     aspect=40, shrink=min(1.0, 4.0 / fig.get_size_inches()[1]))
     return fig
 
 
@@ -501,8 +502,28 @@ def training_curves_by_depth(epochs: pd.DataFrame, look: Look = DEFAULT_LOOK) ->
     return fig
 
 
+def _late_rows(rows: pd.DataFrame, trials: pd.DataFrame | None) -> tuple[pd.DataFrame, dict]:
+    """``rows`` of completed trials only, and per (family, model) a note naming the rest.
+
+    A diverged trial's last sample is its state just before it blew up (and
+    for one that diverged in its first epoch, the initial network): drawn as
+    "late in training" it would be a false picture of a trained network.
+    """
+    if trials is None or "status" not in trials:
+        return rows, {}
+    t = with_variant(trials if "family" in trials else trials.assign(family=trials["model"]))
+    bad = t[t["status"] != "completed"]
+    notes = {}
+    for (family, model), g in bad.groupby(["family", "model"]):
+        parts = [f"{v}: {len(gv)} {'/'.join(sorted(set(gv['status'])))}"
+                 for v, gv in g.groupby("variant")]
+        notes[(family, model)] = "not shown: " + "; ".join(parts)
+    return rows[~rows["trial_id"].isin(set(bad["trial_id"]))], notes
+
+
 def _profile_grid(columns: list[tuple[str, pd.DataFrame]], ylabel: str, look: Look,
-                  sort: list[bool] | None = None, empty: str = "no rows") -> Figure:
+                  sort: list[bool] | None = None, empty: str = "no rows",
+                  notes: list[dict] | None = None) -> Figure:
     """Rows = models, columns = the given (title, rows) moments; per panel one line per
     variant x depth (colour = variant, line style = depth), median over seeds, log y.
 
@@ -510,11 +531,12 @@ def _profile_grid(columns: list[tuple[str, pd.DataFrame]], ylabel: str, look: Lo
     (descending) instead of in network order, as He et al. Fig. 7 (bottom).
     """
     sort = sort or [False] * len(columns)
+    notes = notes or [{}] * len(columns)
     cols = [(t, with_variant(_finite(r, positive=True))) for t, r in columns]
-    cols = [(t, r, s) for (t, r), s in zip(cols, sort) if not r.empty]
+    cols = [(t, r, s, n) for (t, r), s, n in zip(cols, sort, notes) if not r.empty]
     if not cols:
         return message_figure(empty, look)
-    allrows = pd.concat([r for _, r, _ in cols])
+    allrows = pd.concat([r for _, r, _, _ in cols])
     panels = _model_panels(allrows)
     styles = depth_linestyles(allrows["depth"])
     with look.context():
@@ -522,7 +544,7 @@ def _profile_grid(columns: list[tuple[str, pd.DataFrame]], ylabel: str, look: Lo
                      layout="constrained")
         axes = fig.subplots(len(panels), len(cols), squeeze=False, sharey="row")
         for r, (family, model) in enumerate(panels):
-            for c, (title, rows, sorted_) in enumerate(cols):
+            for c, (title, rows, sorted_, note) in enumerate(cols):
                 ax = axes[r, c]
                 sub = rows[(rows["family"] == family) & (rows["model"] == model)]
                 for depth, dsub in sub.groupby("depth"):
@@ -542,7 +564,9 @@ def _profile_grid(columns: list[tuple[str, pd.DataFrame]], ylabel: str, look: Lo
                                        marker=MARKERS[variant],
                                        markevery=max(1, len(agg) // 8), markersize=2.5)
                 name = model if model == family else f"{family}: {model}"
-                ax.set_title(f"{name}: {title}")
+                # a note goes in the title: there it never covers a line
+                ax.set_title(f"{name}: {title}" + (f"\n({note[(family, model)]})"
+                                                     if (family, model) in note else ""))
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 if r == len(panels) - 1:
                     ax.set_xlabel("layer index (sorted by magnitude)" if sorted_
@@ -561,29 +585,36 @@ def _profile_grid(columns: list[tuple[str, pd.DataFrame]], ylabel: str, look: Lo
 
 
 def layer_response_std(layers: pd.DataFrame, look: Look = DEFAULT_LOOK,
-                       when: str = "late") -> Figure:
+                       when: str = "late", trials: pd.DataFrame | None = None) -> Figure:
     """Std of each tapped layer's output, in network order (left) and sorted by
     magnitude (right), residual vs plain per depth: He et al. 2016 Fig. 7.
 
     He et al. take the 3x3 convolutions' outputs after BN, before the
     nonlinearity; here the responses are the model's tap points (block
     outputs, ``analysis.hooks.default_taps``), over the whole batch. ``when``
-    "late" (default: the trained network, like the paper) or "init".
+    "late" (default: the trained network, like the paper) or "init". With
+    ``trials``, "late" shows completed trials only and names the others.
     """
-    rows = snapshot_rows(layers, "act_std", when)
+    rows, note = snapshot_rows(layers, "act_std", when), {}
+    if when == "late":
+        rows, note = _late_rows(rows, trials)
     return _profile_grid([("in network order", rows), ("sorted", rows)],
                          "std of layer response", look, sort=[False, True],
-                         empty=f"no act_std rows at {when!r}")
+                         empty=f"no act_std rows at {when!r}", notes=[note, note])
 
 
-def gradient_flow(layers: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
+def gradient_flow(layers: pd.DataFrame, look: Look = DEFAULT_LOOK,
+                  trials: pd.DataFrame | None = None) -> Figure:
     """Mean |dL/dW| per weight layer at initialization and late in training, log y.
 
     Columns: "init" (the probe, or each trial's first training step) and
     "late" (each trial's last sampled step); a probe-only sweep has only the
-    first. Median over seeds with the interquartile band.
+    first. Median over seeds with the interquartile band. With ``trials``,
+    "late" shows completed trials only and names the others (a diverged
+    trial's last finite sample is not a trained network).
     """
+    late, note = _late_rows(snapshot_rows(layers, "grad_mean_abs", "late"), trials)
     cols = [("at init", snapshot_rows(layers, "grad_mean_abs", "init")),
-            ("late in training", snapshot_rows(layers, "grad_mean_abs", "late"))]
+            ("late in training", late)]
     return _profile_grid(cols, r"mean $|\partial L / \partial W|$", look,
-                         empty="no grad_mean_abs rows")
+                         empty="no grad_mean_abs rows", notes=[{}, note])

@@ -240,13 +240,16 @@ def _items(run_dir: Path, out: Path, data: dict, formats, look: Look, trained: b
             "median over seeds with interquartile band; dotted lines = learning-rate drops.")
     if _has(layers, "act_std"):
         when = "late" if _has(layers, "act_std", "train") else "init"
-        fig("layer_response_std", lambda: figures.layer_response_std(layers, look, when=when),
+        fig("layer_response_std", lambda: figures.layer_response_std(layers, look, when=when,
+                                                              trials=trials),
             f"Std of each block's output ({'end of training' if when == 'late' else 'at init'}), "
-            "in network order and sorted by magnitude (He et al. 2016, Fig. 7); median over seeds.")
+            "in network order and sorted by magnitude (He et al. 2016, Fig. 7); median over seeds; "
+            "trials that did not complete are left out and named in the panel.")
     if _has(layers, "grad_mean_abs"):
-        fig("gradient_flow", lambda: figures.gradient_flow(layers, look),
+        fig("gradient_flow", lambda: figures.gradient_flow(layers, look, trials=trials),
             "Mean |dL/dW| per weight layer at initialization and late in training (log scale); "
-            "median over seeds with interquartile band.")
+            "median over seeds with interquartile band; late: completed trials only (the others "
+            "are named in the panel).")
     if _has(layers, "grad_mean_abs", "init"):
         fig("grad_by_layer", lambda: figures.grad_by_layer(layers, "init", look),
             "Mean |dL/dW| per weight layer of the untrained network (probe), per depth.")

@@ -192,7 +192,15 @@ class _PlainLogFormatter(LogFormatter):
 
 
 def log_axis(ax) -> None:
-    """Log y; within two decades ticks read 0.3, 2 rather than 3x10^-1, 2x10^0."""
+    """Log y; within two decades ticks read 0.3, 2 rather than 3x10^-1, 2x10^0.
+
+    Data spanning less than a factor 1.5 (a loss stuck at 2.302..2.303) stays
+    linear with plain ticks: a log axis there only repeats "2.3" at every tick.
+    """
+    lo, hi = ax.dataLim.intervaly
+    if lo > 0 and hi / lo < 1.5:
+        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+        return
     ax.set_yscale("log")
     lo, hi = ax.get_ylim()
     if lo > 0 and hi / lo < 100:

@@ -272,3 +272,14 @@ def test_training_curves_by_depth_one_colour_per_depth_across_panels():
               zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)}
     resnet_ax = [ax for ax in fig.axes if ax.get_title() == "resnet, plain"][0]
     assert {ln.get_color() for ln in resnet_ax.lines} == {legend["depth 34"]}
+
+
+def test_late_panels_leave_out_failed_trials_and_name_them():
+    trials = _trials()
+    fig = figures.gradient_flow(_layers(), trials=trials)
+    late = [ax for ax in fig.axes if ax.get_title().startswith("mlp: late in training")][0]
+    assert late.get_title() == ("mlp: late in training\n"
+                                "(not shown: plain: 1 diverged; residual: 1 error)")
+    # the diverged plain depth-8 seed 1 is gone: plain depth 8 is seed 0 alone (no band)
+    init = [ax for ax in fig.axes if ax.get_title() == "mlp: at init"][0]
+    assert init.get_title() == "mlp: at init"
