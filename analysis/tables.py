@@ -231,7 +231,8 @@ def degradation_index_table(trials: pd.DataFrame) -> pd.DataFrame:
                         "variant": variant_of(base["residual"]),
                         "depth": base["depth"].astype("int64"),
                         "vs depth": base["base_depth"].astype("int64"),
-                        "n": base["n"].astype("int64"), "n base": base["n_base"].astype("int64")})
+                        "n": [_status_text(r) for _, r in base.iterrows()],
+                        "n base": base["n_base"].astype("int64")})
     for m, d in parts.items():
         title, scale, decimals = METRICS[m]
         unit = " (pp)" if scale == 100.0 else ""

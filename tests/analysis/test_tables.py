@@ -168,7 +168,7 @@ def test_degradation_index_table_exact():
     s = degradation_index_table(_trials())
     plain8 = s[(s.variant == "plain") & (s.depth == 8)].iloc[0]
     # plain: depth 8 has one completed run (0.8, error 20%); base depth 5 errors 20%, 10%.
-    assert plain8["vs depth"] == 5 and (plain8["n"], plain8["n base"]) == (1, 2)
+    assert plain8["vs depth"] == 5 and (plain8["n"], plain8["n base"]) == ("1/2 (1 diverged)", 2)
     assert plain8["change in test error (pp)"] == "5.0"  # 20 - mean(20, 10); no interval, n=1
     assert s[(s.variant == "plain") & (s.depth == 5)].iloc[0]["change in train loss"] == "0 (base)"
 
