@@ -12,10 +12,9 @@ import argparse
 import sys
 
 from analysis.cli import OneLineParser
+from analysis.style import STYLES, WIDTHS
 
 FORMATS = ("pdf", "png", "svg")  # kept equal to analysis.report.FORMATS (tested)
-STYLES = ("paper", "slides")     # kept equal to analysis.style.STYLES (tested)
-WIDTHS = ("single", "double")
 
 
 def _formats(text: str) -> tuple[str, ...]:

@@ -400,10 +400,6 @@ def _status_frame(trials: pd.DataFrame | None) -> pd.DataFrame | None:
     return s.rename(columns=lambda c: c.removeprefix("n_"))
 
 
-def _md_table(df: pd.DataFrame, floatfmt="auto") -> str:
-    return to_markdown(df, floatfmt)
-
-
 def _html_table(df: pd.DataFrame, floatfmt="auto") -> str:
     specs = _specs(df, floatfmt)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
@@ -463,10 +459,10 @@ def _write_reports(out: Path, run_dir: Path, spec: dict, data: dict, items: list
     md += ["## Spec", ""] + [f"- **{k}**: {v}" for k, v in _spec_lines(spec)] + [""]
     md += ["## Environment", ""] + [f"- **{k}**: {v}" for k, v in _env_lines(spec, trials)] + [""]
     if status is not None:
-        md += ["## Plan and status", "", _md_table(status)]
+        md += ["## Plan and status", "", to_markdown(status)]
     md += ["## Tables", ""]
     for t in tabs:
-        md += [f"### {t.name}", "", t.caption, "", _md_table(t.frame, t.floatfmt),
+        md += [f"### {t.name}", "", t.caption, "", to_markdown(t.frame, t.floatfmt),
                "Files: " + ", ".join(f"`{rel(p)}`" for p in t.paths), ""]
     md += ["## Figures", ""]
     for f in figs:
