@@ -361,8 +361,13 @@ def _findings(trials: pd.DataFrame | None, trained: bool) -> list[str]:
     for _, r in d.iterrows():
         name = r["family"] if r["family"] == r["model"] else f"{r['family']} {r['model']}"
         if r["n_pairs"] == 0:
-            out.append(f"{name} depth {r['depth']}: no seed with both variants completed "
-                       f"({r['n_unpaired']} unpaired).")
+            cell = trials[(trials["model"] == r["model"]) & (trials["depth"] == r["depth"])
+                          & (trials["status"] != "completed")]
+            why = "; ".join(f"{'residual' if res else 'plain'}: "
+                            + ", ".join(f"{n} {st}" for st, n in g["status"].value_counts().items())
+                            for res, g in cell.groupby("residual"))
+            out.append(f"{name} depth {r['depth']}: no seed with both variants completed"
+                       + (f" ({why})." if why else "."))
             continue
         ci = (f" [{100 * r['ci_lo']:+.1f}, {100 * r['ci_hi']:+.1f}]"
               if np.isfinite(r["ci_lo"]) else "")

@@ -79,6 +79,9 @@ def test_build_writes_every_figure_and_table(tmp_path):
     grad = (tmp_path / "tables" / "grad_mlp-5.md").read_text().splitlines()
     assert grad[2] == "| layers.0.weight | 1.50e-03 | 1.50e-03 | 1.00 |"
     assert r"\bottomrule" in (tmp_path / "tables" / "grad_mlp-8.tex").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert ("- mlp depth 8: residual minus plain test accuracy +10.0 pp over 1 seed(s); "
+            "1 seed(s) unpaired.") in md
 
 
 def test_report_references_every_figure_and_table(tmp_path):
@@ -132,6 +135,7 @@ def test_where_writes_a_view_and_leaves_the_full_report(tmp_path):
     md = (view / "report.md").read_text()
     assert "**2 trials: 1 completed, 1 diverged, 0 errored.**" in md
     assert "view: depth=8_residual=plain" in md
+    assert "- mlp depth 8: no seed with both variants completed (plain: 1 diverged)." in md
     assert (tmp_path / "report.html").read_bytes() == full
     assert not (view / "tables" / "paired.md").exists()  # one variant: nothing to pair
 
