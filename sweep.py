@@ -229,7 +229,10 @@ def groups_of(trials, spec):
 
 
 def tune_cells(spec, trials, run_dir, worker_spec, runner) -> list:
-    """Per-cell Optuna searches (resumed when interrupted); trials get the selection."""
+    """Per-cell Optuna searches (resumed when interrupted); trials get the selection.
+
+    None when the search was interrupted before every cell had its samples.
+    """
     from ablations import tuning
     chosen = tuning.load_selection(run_dir)
     cells = tuning.cells_of(trials)
@@ -242,6 +245,11 @@ def tune_cells(spec, trials, run_dir, worker_spec, runner) -> list:
         if left:
             runner.run_tuning(cells, search, worker_spec, run_dir,
                               f"tuning-{time.strftime('%Y%m%d-%H%M%S')}")
+            # Tune returns normally on Ctrl-C: a search with samples still to run was
+            # interrupted, and selecting from it would train every seed on a partial search.
+            left = tuning.make_searcher(cells, space, spec.samples, run_dir).remaining_total()
+            if left:
+                return None
         chosen = tuning.selection(cells, space, spec.samples, run_dir)
         for label, c in chosen.items():
             hp = ", ".join(f"{k}={v:.3g}" for k, v in c["hp"].items())
@@ -310,7 +318,13 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner) -> int:
           f"{res.get('GPU', 0):g} GPU; W&B {wandb_mode}", flush=True)
     t0 = time.time()
     if spec.tune:
-        trials = tune_cells(spec, trials, run_dir, worker_spec, runner)
+        tuned = tune_cells(spec, trials, run_dir, worker_spec, runner)
+        if tuned is None:
+            results.merge(run_dir, trials, final=False)
+            print(f"interrupted: the per-cell search is not finished; continue with "
+                  f"python sweep.py --out {spec.out} --resume {spec.name}", file=sys.stderr)
+            return 130
+        trials = tuned
     rows = {t.trial_id: results.read_fragment_row(run_dir, t.trial_id) for t in trials}
     if kind == "retry-failed":
         todo = [t for t in trials if rows[t.trial_id] and rows[t.trial_id]["status"] == "error"]
