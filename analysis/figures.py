@@ -23,8 +23,8 @@ from matplotlib.ticker import MaxNLocator
 
 from analysis import stats
 from analysis.style import (DEFAULT_LOOK, MARKERS, PALETTE, VARIANT_ORDER, Look,
-                            depth_linestyles, log_axis, message_figure, variant_handles,
-                            with_variant)
+                            depth_linestyles, log_axis, message_figure, model_label,
+                            variant_handles, with_variant)
 from analysis.tables import network_order, snapshot_rows, stat_rows
 
 MAX_LR_MARKS = 5      # more drops than this is a smooth schedule, not milestones
@@ -63,6 +63,17 @@ def _positions(rows: pd.DataFrame) -> pd.Series:
     """x = position in the merged network order, so same-named layers of both variants align."""
     pos = {name: i for i, name in enumerate(network_order(rows))}
     return rows["layer"].map(pos)
+
+
+def _label_edges(axes, xlabels, ylabel: str) -> None:
+    """x labels under the bottom row (one string, or one per column), the y label left of
+    the first column: a grid labels its edges, not every panel."""
+    if isinstance(xlabels, str):
+        xlabels = [xlabels] * axes.shape[1]
+    for ax, xlabel in zip(axes[-1], xlabels):
+        ax.set_xlabel(xlabel)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
 
 
 def _panels(rows: pd.DataFrame, keys: list[str]) -> list[tuple]:
@@ -265,13 +276,10 @@ def act_through_training(layers: pd.DataFrame, progress: str = "step",
                     _no_data(ax)
                 ax.set_title(f"{model}, depth {depth}: {variant}", color=PALETTE[variant])
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                if r == len(combos) - 1:
-                    ax.set_xlabel("layer (network order)")
-                if c == 0:
-                    ax.set_ylabel("mean |activation|")
             for ax in axes[r]:  # after the whole row: the panels share y
                 if ax.lines:
                     log_axis(ax)
+        _label_edges(axes, "layer (network order)", "mean |activation|")
         fig.colorbar(ScalarMappable(norm, cmap), ax=axes, label=f"training {progress}",
                      aspect=40, shrink=min(1.0, 4.0 / fig.get_size_inches()[1]))
     return fig
@@ -437,7 +445,7 @@ def degradation_vs_depth(trials: pd.DataFrame, look: Look = DEFAULT_LOOK,
                 if not any(ln.get_visible() for ln in ax.lines):
                     _no_data(ax, "no completed trials")
                 if r == 0:
-                    ax.set_title(model if model == family else f"{family}: {model}")
+                    ax.set_title(model_label(family, model))
                 if i % ncols == 0:
                     ax.set_ylabel(f"final {ylabel}" if look.width == "double" else ylabel)
         for j in range(len(panels), blocks * ncols):
@@ -487,13 +495,9 @@ def training_curves_by_depth(epochs: pd.DataFrame, look: Look = DEFAULT_LOOK) ->
                     _mark_diverged(ax, vsub)
                 if not ax.lines:
                     _no_data(ax)
-                title = model if model == family else f"{family}: {model}"
-                ax.set_title(f"{title}, {variant}", color=PALETTE[variant])
+                ax.set_title(f"{model_label(family, model)}, {variant}", color=PALETTE[variant])
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                if r == len(panels) - 1:
-                    ax.set_xlabel("epoch")
-                if c == 0:
-                    ax.set_ylabel("error (%)")
+        _label_edges(axes, "epoch", "error (%)")
         handles = [Line2D([], [], color=colors[d], linewidth=1.8, label=f"depth {d}")
                    for d in sorted(colors)]
         handles += [Line2D([], [], color="0.3", linewidth=0.8, linestyle="--", label="train"),
@@ -563,21 +567,17 @@ def _profile_grid(columns: list[tuple[str, pd.DataFrame]], ylabel: str, look: Lo
                             _line_band(ax, agg, "x", PALETTE[variant], linestyle=styles[depth],
                                        marker=MARKERS[variant],
                                        markevery=max(1, len(agg) // 8), markersize=2.5)
-                name = model if model == family else f"{family}: {model}"
                 # a note goes in the title: there it never covers a line
-                ax.set_title(f"{name}: {title}" + (f"\n({note[(family, model)]})"
+                ax.set_title(f"{model_label(family, model)}: {title}" + (f"\n({note[(family, model)]})"
                                                      if (family, model) in note else ""))
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                if r == len(panels) - 1:
-                    ax.set_xlabel("layer index (sorted by magnitude)" if sorted_
-                                  else "layer (network order)")
-                if c == 0:
-                    ax.set_ylabel(ylabel)
                 if not ax.lines:
                     _no_data(ax)
             for ax in axes[r]:  # after the whole row: the panels share y
                 if ax.lines:
                     log_axis(ax)
+        _label_edges(axes, ["layer index (sorted by magnitude)" if sorted_
+                            else "layer (network order)" for _, _, sorted_, _ in cols], ylabel)
         handles = variant_handles(allrows["variant"]) + [
             Line2D([], [], color="0.3", linestyle=ls, label=f"depth {d}") for d, ls in styles.items()]
         look.legend(fig, handles)

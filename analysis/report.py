@@ -37,10 +37,11 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures, stats
-from analysis.style import DEFAULT_LOOK, PAPER_RC, Look, save_figure
+from analysis.style import DEFAULT_LOOK, PAPER_RC, Look, model_label, save_figure
 from analysis.tables import (GRAD_TABLE_FORMAT, _cell, _numeric, _specs, degradation_index_table,
                              degradation_table, escape_latex, grad_table, paired_table,
-                             snapshot_rows, to_markdown, write_table, write_text)
+                             snapshot_rows, to_markdown, without_redundant_model, write_table,
+                             write_text)
 
 RESULT_FILES = ("trials", "layers", "epochs")
 FORMATS = ("pdf", "png", "svg")
@@ -359,7 +360,7 @@ def _findings(trials: pd.DataFrame | None, trained: bool) -> list[str]:
         return []
     out = []
     for _, r in d.iterrows():
-        name = r["family"] if r["family"] == r["model"] else f"{r['family']} {r['model']}"
+        name = model_label(r["family"], r["model"])
         if r["n_pairs"] == 0:
             cell = trials[(trials["model"] == r["model"]) & (trials["depth"] == r["depth"])
                           & (trials["status"] != "completed")]
@@ -397,9 +398,7 @@ def _status_frame(trials: pd.DataFrame | None) -> pd.DataFrame | None:
         return None
     s = stats.status_counts(trials)
     s.insert(3, "variant", s["residual"].map({True: "residual", False: "plain"}).fillna(""))
-    s = s.drop(columns="residual")
-    if (s["family"].iloc[:-1] == s["model"].iloc[:-1]).all():
-        s = s.drop(columns="model")
+    s = without_redundant_model(s.drop(columns="residual"))
     if not s["n_pending"].any():
         s = s.drop(columns="n_pending")
     return s.rename(columns=lambda c: c.removeprefix("n_"))
@@ -413,7 +412,7 @@ def _html_table(df: pd.DataFrame, floatfmt="auto") -> str:
         cells = []
         for c, v in zip(df.columns, row):
             cls = ' class="num"' if _numeric(df[c]) else ""
-            cells.append(f"<td{cls}>{html.escape(_cell(v, specs.get(c), False).replace(chr(92) + '|', '|'))}</td>")
+            cells.append(f"<td{cls}>{html.escape(_cell(v, specs.get(c), 'html'))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 

@@ -3,8 +3,9 @@
 ``grad_table`` reproduces the seed article's table (mean |dL/dW| per layer
 with and without shortcuts, and their ratio); ``degradation_table``,
 ``paired_table`` and ``degradation_index_table`` put ``analysis.stats`` in
-paper form (mean ± 95% interval, counts of failed trials, p values). ``to_markdown``/``to_latex`` are written by hand so
-that the report needs neither tabulate nor jinja2.
+paper form (mean ± 95% interval, counts of failed trials, p values).
+``to_markdown``/``to_latex`` are written by hand so that the report needs
+neither tabulate nor jinja2.
 """
 from __future__ import annotations
 
@@ -162,6 +163,20 @@ def fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.2g}"
 
 
+def _diff_title(metric: str) -> str:
+    """Column title of a difference of ``metric``: percentages become points ("test acc (pp)")."""
+    title, scale, _ = METRICS[metric]
+    return title.replace(" (%)", "") + (" (pp)" if scale == 100.0 else "")
+
+
+def without_redundant_model(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` without its ``model`` column when every model is its family's own network
+    (``model == family``; rows with an empty model, such as a total row, do not count):
+    a family sweep has no presets, and the column would only repeat ``family``."""
+    rows = df[df["model"].astype(str) != ""]
+    return df.drop(columns="model") if len(rows) and (rows["family"] == rows["model"]).all() else df
+
+
 def _status_text(row) -> str:
     """"3" when all planned trials completed, else "1/3 (2 diverged)" and so on."""
     parts = [f"{int(row[f'n_{s}'])} {s}" for s in ("diverged", "error", "pending")
@@ -184,9 +199,7 @@ def degradation_table(trials: pd.DataFrame) -> pd.DataFrame:
         title, scale, decimals = METRICS[m]
         out[title] = [fmt_ci(r[f"{m}_mean"], r[f"{m}_ci_lo"], r[f"{m}_ci_hi"], decimals, scale)
                       for _, r in cells.iterrows()]
-    if (out["family"] == out["model"]).all():
-        out = out.drop(columns="model")
-    return out
+    return without_redundant_model(out)
 
 
 def paired_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -197,12 +210,11 @@ def paired_table(trials: pd.DataFrame) -> pd.DataFrame:
     for m in ("final_test_acc", "final_train_loss"):
         if m not in trials:
             continue
-        title, scale, decimals = METRICS[m]
-        unit = " (pp)" if scale == 100.0 else ""
+        _, scale, decimals = METRICS[m]
         d = stats.paired_differences(trials, m)
         for _, r in d.iterrows():
             rows.append({"family": r["family"], "model": r["model"], "depth": int(r["depth"]),
-                         "metric": title.replace(" (%)", "") + unit,
+                         "metric": _diff_title(m),
                          "residual - plain": fmt_ci(r["mean_diff"], r["ci_lo"], r["ci_hi"],
                                                     decimals, scale),
                          "pairs": int(r["n_pairs"]), "unpaired": int(r["n_unpaired"]),
@@ -210,9 +222,7 @@ def paired_table(trials: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(rows, columns=["family", "model", "depth", "metric", "residual - plain",
                                       "pairs", "unpaired", "p (t)", "p (Wilcoxon)"])
     out = out.sort_values(["family", "model", "depth"], kind="stable").reset_index(drop=True)
-    if len(out) and (out["family"] == out["model"]).all():
-        out = out.drop(columns="model")
-    return out
+    return without_redundant_model(out)
 
 
 def degradation_index_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -234,16 +244,13 @@ def degradation_index_table(trials: pd.DataFrame) -> pd.DataFrame:
                         "n": [_status_text(r) for _, r in base.iterrows()],
                         "n base": base["n_base"].astype("int64")})
     for m, d in parts.items():
-        title, scale, decimals = METRICS[m]
-        unit = " (pp)" if scale == 100.0 else ""
-        out["change in " + title.replace(" (%)", "") + unit] = [
+        _, scale, decimals = METRICS[m]
+        out["change in " + _diff_title(m)] = [
             "0 (base)" if r["depth"] == r["base_depth"] and np.isfinite(r["delta"])
             else fmt_ci(r["delta"], r["ci_lo"], r["ci_hi"], decimals, scale)
             for _, r in d.iterrows()]
     out = out[out["model"].map(out.groupby("model")["depth"].nunique()) > 1]
-    if len(out) and (out["family"] == out["model"]).all():
-        out = out.drop(columns="model")
-    return out.reset_index(drop=True)
+    return without_redundant_model(out.reset_index(drop=True))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -285,7 +292,10 @@ def _specs(df: pd.DataFrame, floatfmt) -> dict:
     return specs
 
 
-def _cell(v, spec: str | None, latex: bool) -> str:
+def _cell(v, spec: str | None, target: str = "md") -> str:
+    """One table cell as text for ``target`` "md" (``|`` escaped), "tex" (LaTeX
+    escaped, math for 1e-5 and inf) or "html" (raw text: the caller escapes it)."""
+    latex = target == "tex"
     if v is None or (not isinstance(v, str) and pd.isna(v)):
         return "--" if latex else "—"
     if isinstance(v, (bool, np.bool_)):
@@ -302,7 +312,9 @@ def _cell(v, spec: str | None, latex: bool) -> str:
             mant, exp = text.split("e")
             return f"${mant}\\times10^{{{int(exp)}}}$"
         return text
-    return escape_latex(str(v)) if latex else str(v).replace("|", "\\|")
+    if latex:
+        return escape_latex(str(v))
+    return str(v).replace("|", "\\|") if target == "md" else str(v)
 
 
 def escape_latex(text: str) -> str:
@@ -328,7 +340,7 @@ def to_markdown(df: pd.DataFrame, floatfmt="auto") -> str:
     specs = _specs(df, floatfmt)
     header = "| " + " | ".join(str(c) for c in df.columns) + " |"
     rule = "|" + "|".join("---:" if _numeric(df[c]) else ":---" for c in df.columns) + "|"
-    body = ["| " + " | ".join(_cell(v, specs.get(c), False) for c, v in zip(df.columns, row))
+    body = ["| " + " | ".join(_cell(v, specs.get(c), "md") for c, v in zip(df.columns, row))
             + " |" for row in df.itertuples(index=False, name=None)]
     return "\n".join([header, rule, *body]) + "\n"
 
@@ -347,7 +359,7 @@ def to_latex(df: pd.DataFrame, caption: str, label: str, floatfmt="auto") -> str
              "    " + " & ".join(escape_latex(str(c)) for c in df.columns) + r" \\",
              r"    \midrule"]
     for row in df.itertuples(index=False, name=None):
-        lines.append("    " + " & ".join(_cell(v, specs.get(c), True)
+        lines.append("    " + " & ".join(_cell(v, specs.get(c), "tex")
                                          for c, v in zip(df.columns, row)) + r" \\")
     lines += [r"    \bottomrule", r"  \end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
