@@ -193,6 +193,74 @@ def test_tune_lr_per_cell_then_train_every_seed(tmp_path):
     assert trials.weight_decay.eq(5e-4).all()  # not tuned: the fixed value
 
 
+def finished_samples(run_dir) -> dict:
+    """{cell: {sample number: (state, status, lr, value)}} of the finished tuning samples
+    (status: how the sample ended; None for one cut short by an interrupt), read
+    from the sweep's Optuna journal (the driver may be writing it meanwhile)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    path = run_dir / "tuning" / "optuna.journal"
+    if not path.exists():
+        return {}
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    out = {}
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        out[summary.study_name] = {t.number: (t.state.name, t.user_attrs.get("status"),
+                                              t.params.get("lr"), t.value)
+                                   for t in study.trials if t.state.is_finished()}
+    return out
+
+
+def test_ctrl_c_during_tuning_then_resume_keeps_the_finished_samples(tmp_path):
+    """Ctrl-C while the per-cell searches still have samples to run: exit 130 with the
+    --resume command, no training on a partial selection; --resume finishes the searches
+    without rerunning a finished sample, then trains every seed on the selection."""
+    run_dir = tmp_path / "res" / "i"
+    before = ray_pids()
+    argv = [*SMALL, "--residual", "both", "--epochs", "3", "--subset", "1500", "--seeds", "2",
+            "--tune", "lr", "--samples", "6", "--cpus-per-trial", "1", "--wandb", "disabled",
+            "--out", "res", "--name", "i"]
+    proc = subprocess.Popen(cmd(*argv), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while (sum(map(len, finished_samples(run_dir).values())) < 1
+               and time.time() < deadline and proc.poll() is None):
+            time.sleep(0.2)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        kill_new_ray(before)
+    assert proc.returncode == 130, out[-3000:] + err[-3000:]
+    assert ("interrupted: the per-cell search is not finished; continue with python sweep.py"
+            " --out res --resume i") in err
+    done = finished_samples(run_dir)
+    n_done = sum(map(len, done.values()))
+    assert 1 <= n_done < 12, "interrupt the searches while samples are left"
+    assert not (run_dir / "tuning" / "selected.json").exists()
+    assert not list((run_dir / "trials").glob("*/row.json")), "trained on a partial search"
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert len(trials) == 4 and set(trials.status) == {"pending"}
+
+    p = run("--out", "res", "--resume", "i", cwd=tmp_path)
+    assert "4 trials: 4 completed" in p.stdout
+    after = finished_samples(run_dir)
+    for cell, samples in done.items():
+        for number, record in samples.items():  # kept as they were, not rerun
+            assert after[cell][number] == record
+    for cell, samples in after.items():
+        ran = [n for n, (_, status, _, _) in samples.items() if status]
+        assert len(ran) == 6, (cell, samples)  # each cell's full search, nothing extra
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert set(trials.status) == {"completed"} and set(trials.hp_source) == {"tuned"}
+    spec = json.loads((run_dir / "spec.json").read_text())
+    assert [i["kind"] for i in spec["invocations"]] == ["start", "resume"]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
