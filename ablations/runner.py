@@ -54,6 +54,9 @@ class TuneReporter:
 def _trainable(config, *, groups, cells, spec, run_dir):
     for name in ("ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Tune tees the worker's output into the trial's log file and warns when it flushes
+    # that file after the trial closed it (at every actor's end): noise.
+    logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
     if config.get("kind") == "tune":
         from .train import run_train_trial
         from .tuning import sample_trial

@@ -36,6 +36,7 @@ Design points:
 """
 from __future__ import annotations
 
+import atexit
 import configparser
 import hashlib
 import json
@@ -139,13 +140,33 @@ def _start_run(mode: str, run_dir, group: str, name: str, config: dict, job_type
                               reinit="finish_previous",
                               finish_timeout=FINISH_TIMEOUT if mode == "online" else 0.0)
     try:
-        return wandb.init(project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT),
-                          entity=os.environ.get("WANDB_ENTITY") or None, group=group,
-                          name=name, id=run_id(group, name), resume="allow", config=config,
-                          dir=str(run_dir), mode=mode, job_type=job_type, settings=settings)
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT),
+                         entity=os.environ.get("WANDB_ENTITY") or None, group=group,
+                         name=name, id=run_id(group, name), resume="allow", config=config,
+                         dir=str(run_dir), mode=mode, job_type=job_type, settings=settings)
     except Exception as e:
         raise RuntimeError(f"W&B {mode} run {group}/{name} could not start: "
                            f"{type(e).__name__}: {e}") from e
+    # atexit runs the newest hook first: this one now precedes wandb's own.
+    atexit.unregister(_teardown_quietly)
+    atexit.register(_teardown_quietly)
+    return run
+
+
+def _teardown_quietly() -> None:
+    """At process exit, close the wandb-core connection before wandb's own exit hook does.
+
+    Ray ends a trial actor's worker (a pruned tuning sample, the end of a Tuner) by
+    killing the worker's child processes, wandb-core among them, before Python's exit
+    hooks run; wandb's hook then prints a ConnectionResetError traceback for a run that
+    was already finished and written. Tearing down here unregisters that hook, and the
+    lost connection is expected at this point.
+    """
+    try:
+        import wandb
+        wandb.teardown()
+    except Exception:
+        pass
 
 
 def _number(value) -> int | float | None:
