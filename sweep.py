@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -194,7 +195,6 @@ def stored_spec(args, parser) -> tuple[AblationSpec, str]:
             if os.path.isdir(args.out) else []
         raise SpecError(f"{flag} {name}: no sweep {os.path.join(args.out, name)} (no spec.json); "
                         f"sweeps in {args.out}: " + (", ".join(existing) or "none"))
-    import json
     try:
         spec = spec_from_dict(json.load(open(path))["spec"])
     except (ValueError, KeyError, TypeError) as e:
@@ -259,8 +259,6 @@ def tune_cells(spec, trials, run_dir, worker_spec, runner) -> list:
 
 
 def record_invocation(run_dir, kind: str, argv, extra: dict) -> None:
-    import json
-
     from ablations import results
     path = os.path.join(run_dir, "spec.json")
     rec = json.load(open(path))
@@ -270,7 +268,19 @@ def record_invocation(run_dir, kind: str, argv, extra: dict) -> None:
     results.write_json(path, rec)
 
 
+def record_timing(run_dir, clock: dict) -> None:
+    """Wall-clock stamps of this invocation (process start, Ray start, connected, the
+    Tune run of the trials, and the tuning run if any) into its spec.json record:
+    where a sweep's time went, and what bench/sweep_bench.py reads."""
+    from ablations import results
+    path = os.path.join(run_dir, "spec.json")
+    rec = json.load(open(path))
+    rec["invocations"][-1]["timing"] = {k: round(v, 3) for k, v in clock.items()}
+    results.write_json(path, rec)
+
+
 def main(argv=None) -> int:
+    clock = {"started_at": time.time()}  # stored with the invocation (see record_timing)
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -287,17 +297,20 @@ def main(argv=None) -> int:
             trials, skipped = prepare(spec, resuming=kind != "start")
             wandb_mode = tracking.resolve_mode(spec.wandb)
             runner.precheck_local(spec)
-            runner.connect(spec.address)
-            spec = runner.resolve_resources(spec, len(groups_of(trials, spec)))
+            units = len(groups_of(trials, spec))
+            clock["ray_start_at"] = time.time()
+            runner.connect(spec.address, prewarm=runner.prewarm_locally(spec, units))
+            clock["connected_at"] = time.time()
+            spec = runner.resolve_resources(spec, units)
         except SpecError as e:
             print(f"sweep.py: error: {e}", file=sys.stderr)
             return 2
-        return execute(spec, kind, trials, skipped, wandb_mode, argv, runner)
+        return execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock)
     finally:
         runner.disconnect()
 
 
-def execute(spec, kind, trials, skipped, wandb_mode, argv, runner) -> int:
+def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock) -> int:
     from ablations import results, tracking
     run_dir = spec.run_dir
     # workers run in Tune's trial folders: every path they get is absolute
@@ -318,7 +331,9 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner) -> int:
           f"{res.get('GPU', 0):g} GPU; W&B {wandb_mode}", flush=True)
     t0 = time.time()
     if spec.tune:
+        clock["tuning_started_at"] = time.time()
         tuned = tune_cells(spec, trials, run_dir, worker_spec, runner)
+        clock["tuning_ended_at"] = time.time()
         if tuned is None:
             results.merge(run_dir, trials, final=False)
             print(f"interrupted: the per-cell search is not finished; continue with "
@@ -340,9 +355,11 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner) -> int:
     groups = groups_of(todo, spec)
     errors = {}
     if groups:
+        clock["run_started_at"] = time.time()
         errors = runner.run_groups(
             groups, worker_spec, run_dir, f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}",
             on_trial_end=lambda: results.merge(run_dir, trials, final=False))
+        clock["run_ended_at"] = time.time()
     for gi, tb in errors.items():
         for t in groups[gi]:
             if results.read_fragment_row(run_dir, t.trial_id) is None:
@@ -354,6 +371,7 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner) -> int:
               f"python sweep.py --out {spec.out} --resume {spec.name}", file=sys.stderr)
         return 130
     tables = results.merge(run_dir, trials)
+    record_timing(run_dir, clock)
     from analysis.report import build
     written = build(run_dir)
     figures = sorted(str(p) for p in Path(run_dir, "figures").glob("*.png"))

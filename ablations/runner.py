@@ -48,7 +48,10 @@ class TuneReporter:
     def where(self) -> dict:
         import ray
         return {"node_id": ray.get_runtime_context().get_node_id(),
-                "hostname": socket.gethostname()}
+                "hostname": socket.gethostname(),
+                # whether this worker imported the trainer as Ray started it (connect(prewarm))
+                "worker_preloaded": bool(getattr(sys.modules.get("ablations.warmup"),
+                                                 "PRELOADED", False))}
 
 
 def _trainable(config, *, groups, cells, spec, run_dir):
@@ -71,22 +74,6 @@ def _trainable(config, *, groups, cells, spec, run_dir):
 
 # ---------------------------------------------------------------- connecting
 
-def warm_worker() -> None:
-    """Ray runs this in every worker process of the sweep as it starts (Ray starts a pool
-    of workers as soon as the driver connects): the seconds of importing torch, its
-    compiler stack (imported lazily by the first optimizer) and the trainer overlap the
-    driver's own start-up instead of delaying the first trial of every actor."""
-    try:
-        import torch
-        import torch._dynamo  # noqa: F401
-
-        from . import train  # noqa: F401
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    except Exception:  # only an optimization: a worker must never die of it
-        pass
-
-
-
 def token_available() -> bool:
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
     return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
@@ -105,8 +92,15 @@ def _check_listening(address: str, timeout: float = 3.0) -> None:
                         f"{port}` or use --address auto") from None
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, prewarm: bool = False) -> None:
     """Start a local Ray (``address`` None) or join a cluster (no-op when connected).
+
+    Local: Ray is bound to loopback and its workers inherit this process's environment
+    (this checkout on ``PYTHONPATH``, ``RESABLATE_*``, ``WANDB_*``). ``prewarm`` (see
+    ``prewarm_locally``): Ray starts one worker per CPU as the driver connects and each
+    imports the trainer right away (``ablations.warmup``), and Tune's trial actors are
+    placed in those workers, so the seconds of importing torch overlap the driver's
+    own start-up instead of delaying the first trial (bench/README.md).
 
     Joining: the address is probed first (a clear error in seconds, never a hang);
     when the cluster uses token authentication (``ray start`` does by default) the
@@ -120,20 +114,33 @@ def connect(address: str | None) -> None:
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return
-    env = {k: v for k, v in os.environ.items() if k.startswith(PASS_ENV)}
     # Workers import this project from the same checkout (an editable install or not).
     root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    runtime_env = {"worker_process_setup_hook": "ablations.runner.warm_worker",
-                   "env_vars": env}
-    common = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=True,
-                  runtime_env=runtime_env)
+    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    common = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=True)
     if address is None:
         # Ray's default for a new local cluster is token auth; its notice at every start
         # is noise here (the cluster is bound to loopback).
         logging.getLogger("ray._private.authentication.authentication_token_setup"
                           ).setLevel(logging.ERROR)
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **common)
+        system = {"prestart_worker_first_driver": prewarm}
+        if prewarm:
+            system["preload_python_modules"] = ["ablations.warmup"]
+            _tune_actors_in_prestarted_workers()
+        # No job runtime env: Ray hands a prestarted worker only to an actor whose
+        # runtime env is empty. The workers get the environment from the raylet, which
+        # inherits it from this process as ray.init starts it.
+        saved = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = pythonpath
+        try:
+            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
+                     _system_config=system, **common)
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH")
+            else:
+                os.environ["PYTHONPATH"] = saved
+        import ray.tune  # noqa: F401  the driver needs it next; meanwhile the workers warm up
         return
     if address != "auto":
         _check_listening(address)
@@ -142,11 +149,49 @@ def connect(address: str | None) -> None:
                         "(start one with `ray start --head`, or give --address host:port)")
     if "RAY_AUTH_MODE" not in os.environ and token_available():
         os.environ["RAY_AUTH_MODE"] = "token"
+    env = {k: v for k, v in os.environ.items() if k.startswith(PASS_ENV)}
+    env["PYTHONPATH"] = pythonpath
     try:
-        ray.init(address=address, **common)
+        ray.init(address=address, runtime_env={"env_vars": env}, **common)
     except Exception as e:  # ConnectionError, AuthenticationError, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpecError(f"--address {address}: cannot join the Ray cluster: {first}") from None
+
+
+def _tune_actors_in_prestarted_workers() -> None:
+    """Tune gives its trial actors the runtime env ``{"env_vars": {"PL_DISABLE_FORK":
+    "1"}}`` (a PyTorch Lightning setting), and Ray never places an actor with a runtime
+    env in a prestarted worker. The variable moves to this process's environment, which
+    the local workers inherit, so the actors' runtime env is empty. If Tune propagates
+    other variables (``ENV_VARS_TO_PROPAGATE``, e.g. AWS credentials, when set) the
+    actors simply start in new workers, as they would without ``prewarm``."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:
+        return
+    for k, v in list(getattr(class_cache, "DEFAULT_ENV_VARS", {}).items()):
+        os.environ.setdefault(k, v)
+        del class_cache.DEFAULT_ENV_VARS[k]
+
+
+def prewarm_locally(spec, n_units: int) -> bool:
+    """Whether a local Ray should start its workers warm: Ray prestarts one worker per
+    CPU, so only when every CPU runs a trial at once (e.g. ``--cpus-per-trial 1`` with
+    at least as many trials as CPUs); otherwise the extra workers would only take CPU
+    time from the ones that run trials. ``RESABLATE_PREWARM=0`` switches it off."""
+    if spec.address is not None or os.environ.get("RESABLATE_PREWARM") == "0":
+        return False
+    import torch
+    try:
+        from ray._private.utils import get_num_cpus  # Ray's own count (cgroup quotas)
+        cpus = int(get_num_cpus())
+    except Exception:
+        cpus = os.cpu_count() or 1
+    gpus = torch.cuda.device_count()
+    cpt, gpt = plan_resources(cpus, gpus, cpus, gpus, n_units, spec.cpus_per_trial,
+                              spec.gpus_per_trial)
+    slots = min(n_units, int(cpus // cpt), int(gpus // gpt) if gpt else n_units)
+    return slots >= cpus
 
 
 def precheck_local(spec) -> None:

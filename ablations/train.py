@@ -1,4 +1,5 @@
-"""Train one trial: SGD + momentum + weight decay, MultiStepLR (x0.1 at milestones),
+"""Train one trial: SGD + momentum + weight decay, x0.1 at milestones (``ablations.optim``:
+torch.optim's update bit for bit, without its ~2 s torch._dynamo import per worker),
 evaluation every epoch, per-layer statistics every k steps, divergence detection.
 
 Fast by construction: data lives on the device as tensors (no DataLoader, no
@@ -28,6 +29,7 @@ from analysis.hooks import LayerStatsRecorder
 
 from . import results
 from .data import load_dataset, pad_images, random_crop_flip
+from .optim import SGD, StepSchedule
 
 EVAL_BATCH = 1000
 
@@ -140,9 +142,9 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     if conv:
         model = model.to(memory_format=torch.channels_last)
     hp = {"lr": t.lr, "weight_decay": t.weight_decay, **trial.hp}
-    opt = torch.optim.SGD(model.parameters(), lr=hp["lr"], momentum=t.momentum,
-                          weight_decay=hp["weight_decay"])
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(t.milestones), gamma=0.1)
+    opt = SGD(model.parameters(), lr=hp["lr"], momentum=t.momentum,
+              weight_decay=hp["weight_decay"])
+    sched = StepSchedule(opt, t.milestones, gamma=0.1)
     step_fn = torch.compile(model) if t.compile else model
     recorder = LayerStatsRecorder(model)
     gen = torch.Generator(device=device).manual_seed(trial.seed)

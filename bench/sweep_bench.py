@@ -1,28 +1,39 @@
 """Sweep efficiency: how much of a 2-CPU machine do 12 short trials actually use?
 
-Workload (identical for every arm): 12 training trials of this project's trainer
-(`ablations.train.run_train_trial`): MLPs at depths 4, 6, 8, plain and residual,
-seeds 0 and 1, on the synthetic dataset, sized to about 2 s of compute each with
-1 thread; `--cpus-per-trial 1` on a local Ray with 2 CPUs, so 2 run at a time.
+Workload (identical for every arm): the 12 training trials of
+
+    python sweep.py --families mlp --depths 4,6,8 --residual both --seeds 2 \
+        --dataset synthetic --subset 2000 --epochs 8 --milestones '' --lr 0.02 \
+        --cpus-per-trial 1 --wandb disabled
+
+(MLPs at depths 4, 6, 8, plain and residual, seeds 0 and 1, ~2-3 s of compute each
+with 1 thread), 2 at a time on a local Ray with 2 CPUs.
 
     efficiency = (sum of the trials' own compute seconds / 2) / sweep wall seconds
 
-"Own compute seconds" is the trial's `wall_seconds` (training + per-epoch
-evaluation, timed inside the trial). The wall is the Tune run's (the Tuner's
-`fit()`, or this project's `runner.run_groups`); Ray start-up, once per process,
-is outside it for every arm and reported separately, as is the whole
-`sweep.py` command.
+"Own compute" is a trial's ``wall_seconds`` (its training loop and per-epoch
+evaluation, timed inside the trial); ``efficiency_function`` uses the whole time
+inside the trial function instead (also data, model, first-use costs). The sweep
+wall is the Tune run: ``Tuner.fit()`` for the plain arms, ``runner.run_groups`` for
+resablate, as the issue's reference measured it (Ray already started);
+``efficiency_from_ray_start`` adds Ray's start-up to the wall, and ``process_s`` is
+the whole command (Python start, imports, Ray, the run; for resablate also the
+results, figures and report it writes after the run).
 
-Arms, alternated in one process on one Ray session:
-  plain-default  ray.tune.Tuner, one trial per Tune trial, default settings
-  plain-reuse    the same with reuse_actors=True
-  resablate      runner.run_groups, exactly what sweep.py runs for these trials
+Arms, each a fresh process, alternated in one command:
+  plain-default        bench/plain_tuner.py: ray.tune.Tuner, default settings
+  plain-reuse          the same with reuse_actors=True
+  resablate            the real `python sweep.py ...` command above (its own timings,
+                       from the invocation record in spec.json)
+  resablate-noprewarm  the same with RESABLATE_PREWARM=0 (workers start cold, as Tune
+                       starts them): what the prestarted, preloaded workers are worth
 
-usage: python bench/sweep_bench.py [--repeats 2] [--epochs 3]
+usage: python bench/sweep_bench.py [--repeats 2] [--arms a,b,...] [--epochs 8]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -30,122 +41,69 @@ import sys
 import tempfile
 import time
 
+import pandas as pd
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import pandas as pd  # noqa: E402
+from ablations import results  # noqa: E402
 
-from ablations import results, runner  # noqa: E402
-from ablations.plan import expand  # noqa: E402
-from ablations.spec import AblationSpec, TrainSettings  # noqa: E402
-
-SWEEP_ARGS = ["--families", "mlp", "--depths", "4,6,8", "--residual", "both", "--seeds", "2",
-              "--dataset", "synthetic", "--subset", "{subset}", "--epochs", "{epochs}",
-              "--milestones", "", "--lr", "0.02", "--cpus-per-trial", "1", "--wandb", "disabled"]
+ARMS = ("plain-default", "plain-reuse", "resablate", "resablate-noprewarm")
 
 
-def make_spec(out, name, epochs, subset):
-    return AblationSpec(
-        families=("mlp",), depths=(4, 6, 8), residual="both", seeds=2, out=out, name=name,
-        wandb="disabled", cpus_per_trial=1, gpus_per_trial=0,
-        train=TrainSettings(dataset="synthetic", subset=subset, epochs=epochs, milestones=(),
-                            val_fraction=0.1, lr=0.02))
+def sweep_args(epochs: int, subset: int) -> list[str]:
+    return ["--families", "mlp", "--depths", "4,6,8", "--residual", "both", "--seeds", "2",
+            "--dataset", "synthetic", "--subset", str(subset), "--epochs", str(epochs),
+            "--milestones", "", "--lr", "0.02", "--cpus-per-trial", "1", "--wandb", "disabled"]
 
 
-def plain_trainable(config, spec, trials, run_dir):
-    """What a user would write: one trial per Tune trial, a report per epoch."""
-    import torch
-    from ray import tune
-
-    from ablations.train import run_train_trial
-
-    class Rep:
-        def report(self, m):
-            tune.report({k: v for k, v in m.items() if isinstance(v, (int, float))})
-
-        def where(self):
-            return {}
-
-    torch.set_num_threads(1)
-    run_train_trial(trials[config["i"]], spec, run_dir, Rep())
-
-
-T0 = [0.0]
-INIT = [0.0]
-
-
-def start_ray(arm):
-    """A fresh local Ray per arm; resablate's own start (runner.connect) for its arm."""
-    import ray
-    t0 = time.perf_counter()
-    if arm == "resablate":
-        runner.connect(None)
+def run_arm(arm: str, out: str, name: str, args: list[str]) -> dict:
+    """Run one arm in a fresh process; its timestamps and its results folder."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    t0 = time.time()
+    if arm.startswith("plain"):
+        cmd = [sys.executable, os.path.join(ROOT, "bench", "plain_tuner.py"), out, name,
+               *(["--reuse"] if arm == "plain-reuse" else []), "--", *args]
     else:
-        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 logging_level="ERROR")
-    INIT[0] = time.perf_counter() - t0
+        cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), *args, "--out", out,
+               "--name", name]
+        if arm == "resablate-noprewarm":
+            env["RESABLATE_PREWARM"] = "0"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    process_s = time.time() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{arm} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    run_dir = os.path.join(out, name)
+    if arm.startswith("plain"):
+        clock = json.loads(proc.stdout.strip().splitlines()[-1])
+    else:
+        clock = json.load(open(os.path.join(run_dir, "spec.json")))["invocations"][-1]["timing"]
+    return {"clock": clock, "run_dir": run_dir, "process_s": process_s}
 
 
-def run_plain(spec, trials, reuse):
-    from ray import tune
-    run_dir = os.path.abspath(spec.run_dir)
-    trainable = tune.with_resources(
-        tune.with_parameters(plain_trainable, spec=spec, trials=trials, run_dir=run_dir),
-        {"cpu": 1})
-    tuner = tune.Tuner(trainable, param_space={"i": tune.grid_search(list(range(len(trials))))},
-                       tune_config=tune.TuneConfig(reuse_actors=reuse),
-                       run_config=tune.RunConfig(storage_path=os.path.join(run_dir, "ray"),
-                                                 name="plain", verbose=0))
-    t0 = time.perf_counter()
-    T0[0] = time.time()
-    tuner.fit()
-    return time.perf_counter() - t0
-
-
-def run_ours(spec, trials):
-    t0 = time.perf_counter()
-    T0[0] = time.time()
-    errors = runner.run_groups([[t] for t in trials], spec, spec.run_dir, "bench")
-    assert not errors, errors
-    return time.perf_counter() - t0
-
-
-def measure(arm, out, epochs, subset, k):
-    import ray
-    spec = make_spec(out, f"{arm}-{k}", epochs, subset)
-    trials, _ = expand(spec)
-    start_ray(arm)
-    try:
-        wall = run_plain(spec, trials, arm == "plain-reuse") if arm.startswith("plain") \
-            else run_ours(spec, trials)
-    finally:
-        ray.shutdown()
-    rows = [results.read_fragment_row(spec.run_dir, t.trial_id) for t in trials]
-    assert all(r and r["status"] == "completed" for r in rows), arm
+def measure(arm: str, out: str, k: int, args: list[str]) -> dict:
+    name = f"{arm}-{k}"
+    got = run_arm(arm, out, name, args)
+    clock, run_dir = got["clock"], got["run_dir"]
+    ids = sorted(os.listdir(os.path.join(run_dir, "trials")))
+    rows = [results.read_fragment_row(run_dir, i) for i in ids]
+    assert len(rows) == 12 and all(r and r["status"] == "completed" for r in rows), arm
     compute = sum(r["wall_seconds"] for r in rows)
     function = sum(r["finished_at"] - r["started_at"] for r in rows)
+    run0, run1 = clock["run_started_at"], clock["run_ended_at"]
+    wall = run1 - run0
+    first = min(r["started_at"] for r in rows) - run0
     for r in sorted(rows, key=lambda r: (r["pid"], r["started_at"])):
-        print(f"  {arm} pid {r['pid']} start {r['started_at'] - T0[0]:6.2f} train "
-              f"{r['finished_at'] - r['wall_seconds'] - T0[0]:6.2f} end "
-              f"{r['finished_at'] - T0[0]:6.2f}")
-    return {"arm": arm, "repeat": k, "wall_s": wall, "compute_s": compute,
-            "mean_trial_s": compute / len(rows), "efficiency": compute / 2 / wall,
-            "function_s": function, "efficiency_function": function / 2 / wall,
-            "wall_from_init_s": wall + INIT[0],
-            "efficiency_from_init": compute / 2 / (wall + INIT[0])}
-
-
-def sweep_command(out, epochs, subset):
-    """The whole `python sweep.py ...` command (Ray start-up, analysis included)."""
-    args = [a.format(epochs=epochs, subset=subset) for a in SWEEP_ARGS]
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), *args, "--out", out,
-                    "--name", "cmd"], check=True, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    trials = pd.read_parquet(os.path.join(out, "cmd", "trials.parquet"))
-    return {"arm": "sweep.py command", "repeat": 0, "wall_s": wall,
-            "compute_s": trials.wall_seconds.sum(), "mean_trial_s": trials.wall_seconds.mean(),
-            "efficiency": trials.wall_seconds.sum() / 2 / wall}
+        print(f"  {arm} pid {r['pid']} function {r['started_at'] - run0:6.2f} training "
+              f"{r['finished_at'] - r['wall_seconds'] - run0:6.2f} end "
+              f"{r['finished_at'] - run0:6.2f}", flush=True)
+    return {"arm": arm, "repeat": k, "compute_s": compute, "wall_s": wall,
+            "first_trial_s": first, "efficiency": compute / 2 / wall,
+            "efficiency_function": function / 2 / wall,
+            "ray_start_s": run0 - clock["ray_start_at"],
+            "efficiency_from_ray_start": compute / 2 / (run1 - clock["ray_start_at"]),
+            "process_s": got["process_s"],
+            "preloaded": sum(bool(r.get("worker_preloaded")) for r in rows)}
 
 
 def main():
@@ -153,21 +111,29 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--subset", type=int, default=2000)
-    ap.add_argument("--arms", default="plain-default,plain-reuse,resablate")
-    args = ap.parse_args()
+    ap.add_argument("--arms", default=",".join(ARMS))
+    a = ap.parse_args()
+    arms = a.arms.split(",")
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        ap.error(f"unknown arm(s) {','.join(unknown)}; valid: {','.join(ARMS)}")
     out = tempfile.mkdtemp(prefix="sweep-bench-")
+    args = sweep_args(a.epochs, a.subset)
     rows = []
-    for k in range(args.repeats):
-        for arm in args.arms.split(","):
-            rows.append(measure(arm, out, args.epochs, args.subset, k))
-            print({k2: round(v, 3) if isinstance(v, float) else v
-                   for k2, v in rows[-1].items()}, flush=True)
-    rows.append(sweep_command(out, args.epochs, args.subset))
+    try:
+        for k in range(a.repeats):
+            for arm in arms:
+                rows.append(measure(arm, out, k, args))
+                print({key: round(v, 3) if isinstance(v, float) else v
+                       for key, v in rows[-1].items()}, flush=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     df = pd.DataFrame(rows)
     print(df.round(3).to_string(index=False))
-    print("\nmedian efficiency per arm:")
-    print(df.groupby("arm", sort=False)["efficiency"].median().round(3).to_string())
-    shutil.rmtree(out, ignore_errors=True)
+    print("\nmedians per arm:")
+    cols = ["wall_s", "first_trial_s", "efficiency", "efficiency_function", "ray_start_s",
+            "efficiency_from_ray_start", "process_s"]
+    print(df.groupby("arm", sort=False)[cols].median().round(3).to_string())
 
 
 if __name__ == "__main__":

@@ -156,6 +156,33 @@ def test_plan_resources_refuses_what_no_node_has():
         plan_resources(4, 0, 2, 0, 4, 3, None)
 
 
+@pytest.mark.parametrize("cpus,gpus,units,asked,expected", [
+    (2, 0, 12, (None, None), True),     # 12 trials, 1 CPU each: every prestarted worker runs
+    (2, 0, 12, (1, None), True),
+    (2, 0, 1, (None, None), False),     # one 2-CPU trial: a second worker would idle
+    (2, 0, 12, (2, None), False),       # --cpus-per-trial 2
+    (8, 0, 4, (None, None), False),     # 4 trials on 8 CPUs (2 CPUs each)
+    (4, 1, 8, (1, 0.25), True),         # 4 at a time on the GPU, 1 CPU each, 4 CPUs
+    (16, 1, 10, (None, None), False),   # 10 GPU-packed trials, 16 CPUs
+])
+def test_prewarm_only_when_every_cpu_runs_a_trial(monkeypatch, cpus, gpus, units, asked,
+                                                   expected):
+    import ray._private.utils
+    import torch
+
+    from ablations import runner
+    monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda: cpus)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.delenv("RESABLATE_PREWARM", raising=False)
+    spec = AblationSpec(cpus_per_trial=asked[0], gpus_per_trial=asked[1])
+    assert runner.prewarm_locally(spec, units) is expected
+    monkeypatch.setenv("RESABLATE_PREWARM", "0")
+    assert runner.prewarm_locally(spec, units) is False
+    monkeypatch.delenv("RESABLATE_PREWARM")
+    import dataclasses
+    assert runner.prewarm_locally(dataclasses.replace(spec, address="auto"), units) is False
+
+
 def test_stored_spec_round_trips_through_json(tmp_path):
     import dataclasses as dc
     import json

@@ -17,18 +17,20 @@ def ray_pids():
     return set(out.stdout.split())
 
 
-def sweep(*argv, cwd):
+def sweep(*argv, cwd, env=None):
     before = ray_pids()
     p = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), *argv],
-                       capture_output=True, text=True, cwd=cwd, timeout=600)
+                       capture_output=True, text=True, cwd=cwd, timeout=600,
+                       env={**os.environ, **(env or {})})
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert ray_pids() <= before, "the sweep left Ray processes running"
     return p
 
 
 def test_probe_sweep_through_ray(tmp_path):
+    # with the prestarted, preloaded workers switched off: Tune starts its own
     p = sweep("--families", "mlp,resnet", "--depths", "4,5", "--mode", "probe", "--seeds", "2",
-              "--out", "res", "--name", "probe", cwd=tmp_path)
+              "--out", "res", "--name", "probe", cwd=tmp_path, env={"RESABLATE_PREWARM": "0"})
     run = tmp_path / "res" / "probe"
     assert "skipped resnet-5" in p.stdout
     assert "12 trials: 12 completed, 0 diverged, 0 errored" in p.stdout
@@ -36,6 +38,7 @@ def test_probe_sweep_through_ray(tmp_path):
     assert len(trials) == 12 and set(trials.status) == {"completed"}
     assert {"trial_id", "family", "model", "depth", "residual", "seed", "params",
             "status"} <= set(trials.columns)
+    assert not trials.worker_preloaded.any()
     layers = pd.read_parquet(run / "layers.parquet")
     assert set(layers.stat) == {"grad_mean_abs", "grad_norm", "act_mean_abs", "act_std",
                                 "act_zero_frac"}
@@ -65,6 +68,17 @@ def test_short_training_run_on_cifar_format_data_through_ray(tmp_path):
     assert len(epochs) == 4 * 2 and set(epochs.epoch) == {1, 2}
     trials = pd.read_parquet(run / "trials.parquet")
     assert trials.final_test_acc.between(0, 1).all()
+    # 4 one-CPU trials on this machine's CPUs: Ray prestarts one worker per CPU as the
+    # driver connects, each imports the trainer, and Tune's actors run in them
+    # (runner.prewarm_locally; with more than 4 CPUs a trial gets several and no
+    # worker is prestarted).
+    assert trials.worker_preloaded.all() == ((os.cpu_count() or 1) <= 4)
+    assert trials.pid.nunique() <= min(4, os.cpu_count() or 1)  # reused actors
+    timing = json.loads((run / "spec.json").read_text())["invocations"][-1]["timing"]
+    stamps = ["started_at", "ray_start_at", "connected_at", "run_started_at", "run_ended_at"]
+    assert [timing[k] for k in stamps] == sorted(timing[k] for k in stamps)
+    assert timing["run_started_at"] <= trials.started_at.min()
+    assert trials.finished_at.max() <= timing["run_ended_at"]
     layers = pd.read_parquet(run / "layers.parquet")
     assert set(layers.phase) == {"train"}
     assert (run / "figures" / "training_curves.png").exists()
