@@ -99,8 +99,10 @@ def connect(address: str | None, prewarm: bool = False) -> None:
     (this checkout on ``PYTHONPATH``, ``RESABLATE_*``, ``WANDB_*``). ``prewarm`` (see
     ``prewarm_locally``): Ray starts one worker per CPU as the driver connects and each
     imports the trainer right away (``ablations.warmup``), and Tune's trial actors are
-    placed in those workers, so the seconds of importing torch overlap the driver's
-    own start-up instead of delaying the first trial (bench/README.md).
+    placed in those workers, so their seconds of imports overlap the driver's work
+    after connecting and Tune's set-up. On 2 saturated cores that moves CPU time more
+    than it saves it (the first trial starts ~1 s earlier, Ray's start ~0.6 s later;
+    bench/README.md).
 
     Joining: the address is probed first (a clear error in seconds, never a hang);
     when the cluster uses token authentication (``ray start`` does by default) the
@@ -123,10 +125,10 @@ def connect(address: str | None, prewarm: bool = False) -> None:
         # is noise here (the cluster is bound to loopback).
         logging.getLogger("ray._private.authentication.authentication_token_setup"
                           ).setLevel(logging.ERROR)
+        prewarm = prewarm and _tune_actors_in_prestarted_workers()
         system = {"prestart_worker_first_driver": prewarm}
         if prewarm:
             system["preload_python_modules"] = ["ablations.warmup"]
-            _tune_actors_in_prestarted_workers()
         # No job runtime env: Ray hands a prestarted worker only to an actor whose
         # runtime env is empty. The workers get the environment from the raylet, which
         # inherits it from this process as ray.init starts it.
@@ -158,20 +160,28 @@ def connect(address: str | None, prewarm: bool = False) -> None:
         raise SpecError(f"--address {address}: cannot join the Ray cluster: {first}") from None
 
 
-def _tune_actors_in_prestarted_workers() -> None:
-    """Tune gives its trial actors the runtime env ``{"env_vars": {"PL_DISABLE_FORK":
+def _tune_actors_in_prestarted_workers() -> bool:
+    """Make Tune's trial actors fit Ray's prestarted workers; False where they cannot.
+
+    Tune gives its trial actors the runtime env ``{"env_vars": {"PL_DISABLE_FORK":
     "1"}}`` (a PyTorch Lightning setting), and Ray never places an actor with a runtime
     env in a prestarted worker. The variable moves to this process's environment, which
-    the local workers inherit, so the actors' runtime env is empty. If Tune propagates
-    other variables (``ENV_VARS_TO_PROPAGATE``, e.g. AWS credentials, when set) the
-    actors simply start in new workers, as they would without ``prewarm``."""
+    the local workers inherit, so the actors' runtime env is empty. Tune also forwards
+    some variables when they are set (``ENV_VARS_TO_PROPAGATE``, e.g. AWS credentials);
+    then the actors would start in new workers beside the prestarted ones, so no
+    worker is prestarted at all (False).
+    """
     try:
         from ray.tune.execution import class_cache
-    except ImportError:
-        return
-    for k, v in list(getattr(class_cache, "DEFAULT_ENV_VARS", {}).items()):
+        defaults, forwarded = class_cache.DEFAULT_ENV_VARS, class_cache.ENV_VARS_TO_PROPAGATE
+    except (ImportError, AttributeError):
+        return False
+    if any(k in os.environ for k in forwarded):
+        return False
+    for k, v in list(defaults.items()):
         os.environ.setdefault(k, v)
-        del class_cache.DEFAULT_ENV_VARS[k]
+        del defaults[k]
+    return True
 
 
 def prewarm_locally(spec, n_units: int) -> bool:

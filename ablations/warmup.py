@@ -2,10 +2,10 @@
 worker takes any work (Ray's ``preload_python_modules``; see ``runner.connect``).
 
 A trial's first seconds in a fresh worker would otherwise go to importing Ray Tune's
-trainable wrapper, torch and the trainer (~4 s of CPU here). Ray starts these workers
-as the driver connects, so the imports overlap the driver's own start-up and the
-trials begin in workers that are already warm. ``runner.TuneReporter.where`` records
-for every trial whether its worker was warmed this way (``worker_preloaded``).
+trainable wrapper, torch and the trainer (~3.8 s of CPU here). Ray starts these
+workers as the driver connects, so the imports overlap what the driver does before
+the Tune run. ``runner.TuneReporter.where`` records for every trial whether its
+worker was warmed this way (``worker_preloaded``).
 """
 import time
 
