@@ -336,6 +336,7 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock) -> int
         clock["tuning_ended_at"] = time.time()
         if tuned is None:
             results.merge(run_dir, trials, final=False)
+            record_timing(run_dir, clock)
             print(f"interrupted: the per-cell search is not finished; continue with "
                   f"python sweep.py --out {spec.out} --resume {spec.name}", file=sys.stderr)
             return 130
@@ -367,6 +368,7 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock) -> int
     unfinished = [t for t in todo if results.read_fragment_row(run_dir, t.trial_id) is None]
     if unfinished:  # interrupted (Ctrl-C): keep them pending, resumable
         results.merge(run_dir, trials, final=False)
+        record_timing(run_dir, clock)
         print(f"interrupted: {len(unfinished)} trial(s) not finished; continue with "
               f"python sweep.py --out {spec.out} --resume {spec.name}", file=sys.stderr)
         return 130

@@ -249,6 +249,9 @@ def test_ctrl_c_during_tuning_then_resume_keeps_the_finished_samples(tmp_path):
     assert not list((run_dir / "trials").glob("*/row.json")), "trained on a partial search"
     trials = pd.read_parquet(run_dir / "trials.parquet")
     assert len(trials) == 4 and set(trials.status) == {"pending"}
+    timing = json.loads((run_dir / "spec.json").read_text())["invocations"][0]["timing"]
+    assert timing["connected_at"] <= timing["tuning_started_at"] <= timing["tuning_ended_at"]
+    assert "run_started_at" not in timing  # interrupted before the trials' run
 
     p = run("--out", "res", "--resume", "i", cwd=tmp_path)
     assert "4 trials: 4 completed" in p.stdout
@@ -263,6 +266,8 @@ def test_ctrl_c_during_tuning_then_resume_keeps_the_finished_samples(tmp_path):
     assert set(trials.status) == {"completed"} and set(trials.hp_source) == {"tuned"}
     spec = json.loads((run_dir / "spec.json").read_text())
     assert [i["kind"] for i in spec["invocations"]] == ["start", "resume"]
+    timing = spec["invocations"][1]["timing"]
+    assert timing["tuning_ended_at"] <= timing["run_started_at"] <= timing["run_ended_at"]
 
 
 def free_port():
