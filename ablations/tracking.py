@@ -160,12 +160,14 @@ def _teardown_quietly() -> None:
     killing the worker's child processes, wandb-core among them, before Python's exit
     hooks run; wandb's hook then prints a ConnectionResetError traceback for a run that
     was already finished and written. Tearing down here unregisters that hook, and the
-    lost connection is expected at this point.
+    lost connection is expected at this point. So is wandb-core's exit status when Ray
+    killed it: ``wandb.teardown`` turns it into ``SystemExit(-9)``, which in an exit
+    hook changes nothing but prints a traceback.
     """
     try:
         import wandb
         wandb.teardown()
-    except Exception:
+    except (Exception, SystemExit):
         pass
 
 

@@ -281,3 +281,15 @@ def test_tables_are_typed_and_tolerate_mixed_columns():
     assert typed.columns == ["layer", "value"] and typed.data[0] == ["a", 0.5]
     mixed = tracking._table(pd.DataFrame({"layer": ["a", 3], "value": [0.5, 1.0]}))
     assert mixed.data == [["a", 0.5], [3, 1.0]]
+
+
+def test_exit_hook_is_quiet_when_wandb_core_was_killed(monkeypatch):
+    """Ray kills a finished actor's wandb-core before the exit hooks run; wandb.teardown
+    then raises SystemExit(-9), which the hook must absorb (else a traceback is printed)."""
+    import wandb
+
+    def killed_service():
+        raise SystemExit(-9)
+
+    monkeypatch.setattr(wandb, "teardown", killed_service)
+    tracking._teardown_quietly()  # raises SystemExit without the fix
