@@ -258,25 +258,27 @@ def tune_cells(spec, trials, run_dir, worker_spec, runner) -> list:
     return tuning.apply_selection(trials, chosen)
 
 
-def record_invocation(run_dir, kind: str, argv, extra: dict) -> None:
+def _edit_invocations(run_dir, edit) -> None:
+    """``edit(invocations)`` on spec.json's list of invocations, written atomically."""
     from ablations import results
     path = os.path.join(run_dir, "spec.json")
     rec = json.load(open(path))
-    rec.setdefault("invocations", []).append(
-        {"kind": kind, "argv": list(argv), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-         **extra})
+    edit(rec.setdefault("invocations", []))
     results.write_json(path, rec)
+
+
+def record_invocation(run_dir, kind: str, argv, extra: dict) -> None:
+    _edit_invocations(run_dir, lambda invs: invs.append(
+        {"kind": kind, "argv": list(argv), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+         **extra}))
 
 
 def record_timing(run_dir, clock: dict) -> None:
     """Wall-clock stamps of this invocation (process start, Ray start, connected, the
     Tune run of the trials, and the tuning run if any) into its spec.json record:
     where a sweep's time went, and what bench/sweep_bench.py reads."""
-    from ablations import results
-    path = os.path.join(run_dir, "spec.json")
-    rec = json.load(open(path))
-    rec["invocations"][-1]["timing"] = {k: round(v, 3) for k, v in clock.items()}
-    results.write_json(path, rec)
+    _edit_invocations(run_dir, lambda invs: invs[-1].update(
+        timing={k: round(v, 3) for k, v in clock.items()}))
 
 
 def main(argv=None) -> int:

@@ -7,9 +7,6 @@ workers as the driver connects, so the imports overlap what the driver does befo
 the Tune run. ``runner.TuneReporter.where`` records for every trial whether its
 worker was warmed this way (``worker_preloaded``).
 """
-import time
-
-STARTED_AT = time.time()
 try:
     import ray.tune.trainable.function_trainable  # noqa: F401  what Tune's actor unpickles
 
@@ -17,4 +14,3 @@ try:
     PRELOADED = True
 except Exception:  # an optimization only: a worker must never fail to start because of it
     PRELOADED = False
-WARMED_AT = time.time()

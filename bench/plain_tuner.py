@@ -76,7 +76,7 @@ def main():
     ray.shutdown()
     print(json.dumps({"started_at": PROCESS_STARTED, "ray_start_at": ray_start,
                       "run_started_at": run_started, "run_ended_at": run_ended,
-                      "run_dir": run_dir, "trial_ids": [t.trial_id for t in trials]}))
+                      "run_dir": run_dir}))
 
 
 if __name__ == "__main__":
