@@ -294,7 +294,9 @@ def test_two_node_cluster_with_address_places_trials_on_both_nodes(tmp_path):
                        capture_output=True, timeout=120)
         subprocess.run([ray_bin, "start", "--address", f"127.0.0.1:{port}", *common],
                        env=env, check=True, capture_output=True, timeout=120)
-        p = subprocess.run(cmd(*SMALL, "--depths", "4,6", "--residual", "both", "--epochs", "3",
+        # ~3 s per trial: one node's reused actor cannot finish all 4 before the other
+        # node's worker has started (~5 s cold), so both nodes must run trials
+        p = subprocess.run(cmd(*SMALL, "--depths", "4,6", "--residual", "both", "--epochs", "12",
                                "--subset", "1500", "--cpus-per-trial", "1", "--wandb",
                                "disabled", "--address", f"127.0.0.1:{port}", "--out", "res",
                                "--name", "c"),
