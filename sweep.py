@@ -298,10 +298,10 @@ def main(argv=None) -> int:
                 spec, kind = spec_from_args(args), "start"
             trials, skipped = prepare(spec, resuming=kind != "start")
             wandb_mode = tracking.resolve_mode(spec.wandb)
-            runner.precheck_local(spec)
             units = len(groups_of(trials, spec))
+            prewarm = runner.plan_local(spec, units)
             clock["ray_start_at"] = time.time()
-            runner.connect(spec.address, prewarm=runner.prewarm_locally(spec, units))
+            runner.connect(spec.address, prewarm=prewarm)
             clock["connected_at"] = time.time()
             spec = runner.resolve_resources(spec, units)
         except SpecError as e:

@@ -97,7 +97,7 @@ def connect(address: str | None, prewarm: bool = False) -> None:
 
     Local: Ray is bound to loopback and its workers inherit this process's environment
     (this checkout on ``PYTHONPATH``, ``RESABLATE_*``, ``WANDB_*``). ``prewarm`` (see
-    ``prewarm_locally``): Ray starts one worker per CPU as the driver connects and each
+    ``plan_local``): Ray starts one worker per CPU as the driver connects and each
     imports the trainer right away (``ablations.warmup``), and Tune's trial actors are
     placed in those workers, so their seconds of imports overlap the driver's work
     after connecting and Tune's set-up. On 2 saturated cores that moves CPU time more
@@ -184,12 +184,17 @@ def _tune_actors_in_prestarted_workers() -> bool:
     return True
 
 
-def prewarm_locally(spec, n_units: int) -> bool:
-    """Whether a local Ray should start its workers warm: Ray prestarts one worker per
-    CPU, so only when every CPU runs a trial at once (e.g. ``--cpus-per-trial 1`` with
-    at least as many trials as CPUs); otherwise the extra workers would only take CPU
-    time from the ones that run trials. ``RESABLATE_PREWARM=0`` switches it off."""
-    if spec.address is not None or os.environ.get("RESABLATE_PREWARM") == "0":
+def plan_local(spec, n_units: int) -> bool:
+    """Before starting a local Ray: check the request against this machine, so a request
+    it cannot meet (e.g. ``--gpus-per-trial 2`` without a GPU) fails now, with the same
+    message ``resolve_resources`` gives, and return whether to ``prewarm``.
+
+    Prewarm: Ray prestarts one worker per CPU, so only when every CPU runs a trial at
+    once (e.g. ``--cpus-per-trial 1`` with at least as many trials as CPUs); otherwise
+    the extra workers would only take CPU time from the ones that run trials.
+    ``RESABLATE_PREWARM=0`` switches it off. Joining a cluster: no check, no prewarm.
+    """
+    if spec.address is not None:
         return False
     import torch
     try:
@@ -200,16 +205,10 @@ def prewarm_locally(spec, n_units: int) -> bool:
     gpus = torch.cuda.device_count()
     cpt, gpt = plan_resources(cpus, gpus, cpus, gpus, n_units, spec.cpus_per_trial,
                               spec.gpus_per_trial)
+    if os.environ.get("RESABLATE_PREWARM") == "0":
+        return False
     slots = min(n_units, int(cpus // cpt), int(gpus // gpt) if gpt else n_units)
     return slots >= cpus
-
-
-def precheck_local(spec) -> None:
-    """Before starting a local Ray: a GPU request this machine cannot meet fails now."""
-    if spec.address is None and spec.gpus_per_trial:
-        import torch
-        n = torch.cuda.device_count()
-        plan_resources(1, n, 1, n, 1, 1, spec.gpus_per_trial)  # the same check, on this machine
 
 
 def disconnect() -> None:

@@ -81,7 +81,7 @@ def main():
         + ["--out", tempfile.mkdtemp(prefix="sweep-timeline-"), "--name", "timeline"]))
     trials, _ = expand(spec)
     t0 = time.time()
-    runner.connect(None, prewarm=runner.prewarm_locally(spec, len(trials)))
+    runner.connect(None, prewarm=runner.plan_local(spec, len(trials)))
     t1 = time.time()
     errors = runner.run_groups([[t] for t in trials], spec, spec.run_dir, "bench")
     t2 = time.time()

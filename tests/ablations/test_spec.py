@@ -175,12 +175,26 @@ def test_prewarm_only_when_every_cpu_runs_a_trial(monkeypatch, cpus, gpus, units
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     monkeypatch.delenv("RESABLATE_PREWARM", raising=False)
     spec = AblationSpec(cpus_per_trial=asked[0], gpus_per_trial=asked[1])
-    assert runner.prewarm_locally(spec, units) is expected
+    assert runner.plan_local(spec, units) is expected
     monkeypatch.setenv("RESABLATE_PREWARM", "0")
-    assert runner.prewarm_locally(spec, units) is False
+    assert runner.plan_local(spec, units) is False
     monkeypatch.delenv("RESABLATE_PREWARM")
     import dataclasses
-    assert runner.prewarm_locally(dataclasses.replace(spec, address="auto"), units) is False
+    assert runner.plan_local(dataclasses.replace(spec, address="auto"), units) is False
+
+
+def test_plan_local_refuses_what_this_machine_lacks_even_without_prewarm(monkeypatch):
+    import ray._private.utils
+    import torch
+
+    from ablations import runner
+    monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setenv("RESABLATE_PREWARM", "0")
+    with pytest.raises(SpecError, match="--gpus-per-trial 2: the Ray cluster has no GPU"):
+        runner.plan_local(AblationSpec(gpus_per_trial=2), 4)
+    with pytest.raises(SpecError, match=r"--cpus-per-trial 3: no node .*\(largest: 2\)"):
+        runner.plan_local(AblationSpec(cpus_per_trial=3), 4)
 
 
 def test_stored_spec_round_trips_through_json(tmp_path):

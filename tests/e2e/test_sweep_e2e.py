@@ -70,7 +70,7 @@ def test_short_training_run_on_cifar_format_data_through_ray(tmp_path):
     assert trials.final_test_acc.between(0, 1).all()
     # 4 one-CPU trials on this machine's CPUs: Ray prestarts one worker per CPU as the
     # driver connects, each imports the trainer, and Tune's actors run in them
-    # (runner.prewarm_locally; with more than 4 CPUs a trial gets several and no
+    # (runner.plan_local; with more than 4 CPUs a trial gets several and no
     # worker is prestarted).
     assert trials.worker_preloaded.all() == ((os.cpu_count() or 1) <= 4)
     assert trials.pid.nunique() <= min(4, os.cpu_count() or 1)  # reused actors
