@@ -174,20 +174,58 @@ def spec_from_args(args) -> AblationSpec:
     return spec
 
 
-def stored_spec(args, parser) -> tuple[AblationSpec, str]:
+def given_flags(argv) -> set[str]:
+    """The destinations of the flags actually typed in ``argv`` (not their defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def _study_value(spec: AblationSpec, dest: str):
+    """The resolved spec's value for study flag ``dest`` (``--tune-range`` -> tune_ranges)."""
+    field = {"tune_range": "tune_ranges"}.get(dest, dest)
+    if field in AblationSpec.__dataclass_fields__:
+        return getattr(spec, field)
+    return getattr(spec.train, field)
+
+
+def check_repeated_study_flags(args, given: set[str], stored: AblationSpec, flag: str) -> None:
+    """The up-arrow habit: the original command repeated with ``--resume NAME`` appended.
+    A study flag typed again must resolve to the stored value; a changed one is an error
+    naming both values (a resumed sweep never silently mixes two studies)."""
+    typed = sorted(given - EXECUTION_FLAGS - {"list_models", "name"})
+    if "name" in given and args.name != stored.name:
+        raise SpecError(f"{flag} {stored.name}: --name {args.name} differs from the sweep's "
+                        f"name; leave --name out")
+    if not typed:
+        return
+    again = spec_from_args(args)  # the repeated command's spec, resolved as at its start
+    for dest in typed:
+        was, now = _study_value(stored, dest), _study_value(again, dest)
+        if was != now:
+            option = "--" + dest.replace("_", "-")
+            raise SpecError(
+                f"{flag} continues the stored spec: {option} was {_shown(was)}, now "
+                f"{_shown(now)}; repeat it unchanged or leave it out (start a new sweep "
+                "with --name); may change: " + ", ".join(
+                    "--" + f.replace("_", "-") for f in sorted(EXECUTION_FLAGS)
+                    if f not in ("resume", "retry_failed", "out")))
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(_shown(v) for v in value) or "(none)"
+    return str(value)
+
+
+def stored_spec(args, parser, argv) -> tuple[AblationSpec, str]:
     """The spec of an existing sweep (``--resume``/``--retry-failed``), with the
     execution flags given now; a changed study flag is an error, not a silent ignore."""
     if args.resume and args.retry_failed:
         raise SpecError("give --resume NAME or --retry-failed NAME, not both")
     name = args.resume or args.retry_failed
     flag = "--resume" if args.resume else "--retry-failed"
-    changed = [k for k, v in vars(args).items()
-               if k not in EXECUTION_FLAGS and v != parser.get_default(k)]
-    if changed:
-        raise SpecError(f"{flag} continues the stored spec; --{changed[0].replace('_', '-')} "
-                        "cannot change (start a new sweep with --name); allowed with it: "
-                        + ", ".join("--" + f.replace("_", "-") for f in sorted(EXECUTION_FLAGS)
-                                    if f not in ("resume", "retry_failed")))
     path = os.path.join(args.out, name, "spec.json")
     if not name or os.sep in name or not os.path.isfile(path):
         existing = sorted(d for d in os.listdir(args.out)
@@ -199,6 +237,7 @@ def stored_spec(args, parser) -> tuple[AblationSpec, str]:
         spec = spec_from_dict(json.load(open(path))["spec"])
     except (ValueError, KeyError, TypeError) as e:
         raise SpecError(f"{path} is not a readable sweep spec ({e})") from None
+    check_repeated_study_flags(args, given_flags(argv), spec, flag)
     overrides = {k: getattr(args, k) for k in ("address", "cpus_per_trial", "gpus_per_trial")
                  if getattr(args, k) is not None}
     if args.storage:
@@ -293,7 +332,7 @@ def main(argv=None) -> int:
     try:
         try:
             if args.resume or args.retry_failed:
-                spec, kind = stored_spec(args, parser)
+                spec, kind = stored_spec(args, parser, argv)
             else:
                 spec, kind = spec_from_args(args), "start"
             trials, skipped = prepare(spec, resuming=kind != "start")

@@ -27,6 +27,7 @@ CIFAR_DIR = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
 SUBSET_SEED = 0  # fixed: the subset must not depend on the trial's seed
+SYNTHETIC_TRAIN = 2000  # synthetic training images unless --subset asks for more
 
 
 @dataclass
@@ -111,7 +112,7 @@ def split_val(indices: np.ndarray, labels: np.ndarray, fraction: float
     return indices[~mask], indices[mask]
 
 
-def synthetic_arrays(n_train: int = 2000, n_test: int = 500, seed: int = 1234):
+def synthetic_arrays(n_train: int = SYNTHETIC_TRAIN, n_test: int = 500, seed: int = 1234):
     """Learnable 10-class images: a smooth random prototype per class plus noise (uint8)."""
     rng = np.random.default_rng(seed)
     protos = rng.normal(size=(10, 3, 4, 4))
@@ -125,10 +126,18 @@ def synthetic_arrays(n_train: int = 2000, n_test: int = 500, seed: int = 1234):
     return make(n_train) + make(n_test)
 
 
+def synthetic_train_size(subset: int) -> int:
+    """Images in the synthetic training set: 2000, or ``subset`` when that is larger, so
+    ``--dataset synthetic`` works with the default ``--subset 5000``. Up to 2000 the data
+    (training and test images) is exactly what it always was; a larger training set
+    keeps the first 2000 training images and draws a different 500-image test set."""
+    return max(SYNTHETIC_TRAIN, subset)
+
+
 def load_arrays(t: TrainSettings, download: bool = False):
     """Train and test arrays; only the driver (``check_data``) may download."""
     if t.dataset == "synthetic":
-        return synthetic_arrays()
+        return synthetic_arrays(n_train=synthetic_train_size(t.subset))
     folder = cifar_folder(t.data_root, download=download)
     return read_cifar_batches(folder, TRAIN_FILES) + read_cifar_batches(folder, [TEST_FILE])
 

@@ -1,3 +1,5 @@
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -81,8 +83,6 @@ def test_out_that_is_a_file_and_existing_results_are_refused(tmp_path):
     (["--address", "nonsense"], "--address 'nonsense' is not host:port or 'auto'"),
     (["--resume", "nosuch"], "--resume nosuch: no sweep"),
     (["--retry-failed", "nosuch"], "--retry-failed nosuch: no sweep"),
-    (["--resume", "x", "--depths", "4"],
-     "--resume continues the stored spec; --depths cannot change"),
     (["--tune", "lr,momentum", "--mode", "train"],
      "unknown --tune hyperparameter 'momentum'; valid --tune hyperparameters: lr, weight_decay"),
     (["--tune", "lr", "--samples", "0", "--mode", "train"], "--samples must be >= 1"),
@@ -206,3 +206,63 @@ def test_stored_spec_round_trips_through_json(tmp_path):
                     "--milestones", "3,4", "--epochs", "5"])
     back = spec_from_dict(json.loads(json.dumps(dc.asdict(spec))))
     assert back == spec
+
+
+def _stored_sweep(tmp_path, argv, name="x"):
+    """A results folder holding the spec.json that ``argv`` would have started."""
+    spec = spec_of([*argv, "--name", name, "--out", str(tmp_path)])
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "spec.json").write_text(json.dumps({"spec": dataclasses.asdict(spec)}))
+    return spec
+
+
+def _resume(tmp_path, argv):
+    argv = [*argv, "--out", str(tmp_path)]
+    parser = sweep.build_parser()
+    return sweep.stored_spec(parser.parse_args(argv), parser, argv)
+
+
+ORIGINAL = ["--families", "mlp", "--depths", "4,5", "--mode", "train", "--dataset", "synthetic",
+            "--subset", "500", "--epochs", "3", "--seeds", "2", "--tune-range", "lr=0.01:0.5"]
+
+
+def test_resume_accepts_the_original_command_repeated(tmp_path):
+    stored = _stored_sweep(tmp_path, ORIGINAL)
+    spec, kind = _resume(tmp_path, [*ORIGINAL, "--resume", "x"])  # up-arrow, append
+    assert kind == "resume" and spec == dataclasses.replace(stored, out=str(tmp_path))
+    spec, _ = _resume(tmp_path, ["--resume", "x", "--wandb", "offline", "--name", "x"])
+    assert spec.depths == (4, 5) and spec.wandb == "offline"
+
+
+def test_resume_accepts_a_repeated_smoke_command(tmp_path):
+    _stored_sweep(tmp_path, ["--smoke", "--mode", "probe"])
+    spec, _ = _resume(tmp_path, ["--smoke", "--mode", "probe", "--resume", "x"])
+    assert spec.smoke and spec.depths == (4,)
+    with pytest.raises(SpecError, match="--smoke was True, now False|--mode was probe, now train"):
+        _resume(tmp_path, ["--resume", "x", "--mode", "train"])
+
+
+@pytest.mark.parametrize("changed,needle", [
+    (["--depths", "4"], "--depths was 4,5, now 4;"),
+    (["--epochs", "30"], "--epochs was 3, now 30;"),  # typed, although it is the default
+    (["--dataset", "cifar10"], "--dataset was synthetic, now cifar10;"),
+    (["--tune-range", "lr=0.01:0.6"], "--tune-range was lr,0.01,0.5, now lr,0.01,0.6;"),
+    (["--name", "y"], "--resume x: --name y differs from the sweep's name"),
+])
+def test_resume_refuses_a_changed_study_flag_naming_both_values(tmp_path, changed, needle):
+    _stored_sweep(tmp_path, ORIGINAL)
+    with pytest.raises(SpecError) as e:
+        _resume(tmp_path, [*changed, "--resume", "x"])
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resume_with_a_changed_flag_exits_2_and_changes_nothing(tmp_path):
+    _stored_sweep(tmp_path, ORIGINAL)
+    before = (tmp_path / "x" / "spec.json").read_text()
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), *ORIGINAL[:-1],
+                        "lr=0.02:0.5", "--resume", "x", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "--tune-range was" in p.stderr
+    assert (tmp_path / "x" / "spec.json").read_text() == before
+    assert sorted(os.listdir(tmp_path / "x")) == ["spec.json"]
