@@ -22,6 +22,7 @@ from pathlib import Path
 import models
 from analysis.cli import OneLineParser
 from ablations.plan import expand, format_plan, group_by_cell
+from ablations.progress import duration
 from ablations.spec import (DATASET_CHOICES, DEVICE_CHOICES, MODE_CHOICES, RESIDUAL_CHOICES,
                             TUNE_SPACE, WANDB_CHOICES, AblationSpec, SpecError, TrainSettings,
                             spec_from_dict, validate)
@@ -256,10 +257,11 @@ def prepare(spec: AblationSpec, resuming: bool = False):
     trials, skipped = expand(spec)
     if not trials:
         raise SpecError("no cell can be built: " + "; ".join(f"{l}: {r}" for l, r in skipped))
+    sizes = None
     if spec.mode == "train":
         from ablations.data import check_data
-        check_data(spec.train)
-    return trials, skipped
+        sizes = check_data(spec.train)
+    return trials, skipped, sizes
 
 
 def groups_of(trials, spec):
@@ -335,7 +337,7 @@ def main(argv=None) -> int:
                 spec, kind = stored_spec(args, parser, argv)
             else:
                 spec, kind = spec_from_args(args), "start"
-            trials, skipped = prepare(spec, resuming=kind != "start")
+            trials, skipped, sizes = prepare(spec, resuming=kind != "start")
             wandb_mode = tracking.resolve_mode(spec.wandb)
             units = len(groups_of(trials, spec))
             prewarm = runner.plan_local(spec, units)
@@ -346,12 +348,67 @@ def main(argv=None) -> int:
         except SpecError as e:
             print(f"sweep.py: error: {e}", file=sys.stderr)
             return 2
-        return execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock)
+        return execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock, sizes)
     finally:
         runner.disconnect()
 
 
-def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock) -> int:
+def estimate_line(spec, trials, sizes, slots: int, tuning_cells: int = 0) -> tuple[str, dict]:
+    """The plan's time estimate (one training step of each model timed here, seconds at
+    most) and the per-epoch seconds it used, for the progress ETA."""
+    if spec.mode != "train" or not sizes:
+        return "", {}
+    from ablations import estimate
+    from ablations.train import pick_device
+    device = pick_device(spec.train.device)
+    try:
+        per_epoch = estimate.estimate_epochs(trials, spec, sizes["train"],
+                                             sizes["val"] + sizes["test"], 3 * 32 * 32, 10,
+                                             device)
+    except Exception as e:  # an estimate must never stop a sweep
+        return f"estimate: not available ({type(e).__name__}: {e})", {}
+    known = [per_epoch[t.cell] * spec.train.epochs for t in trials if t.cell in per_epoch]
+    if not known:
+        return "estimate: not available (no model could be timed)", {}
+    total = estimate.sweep_seconds(known, slots)
+    missing = len(trials) - len(known)
+    text = (f"estimate: about {duration(total)} here for {len(known)} trial(s), {slots} at a "
+            f"time (one training step of each model timed on this machine's {device}; "
+            "assumes no trial diverges)")
+    if missing:
+        text += f"; {missing} trial(s) not timed (timing budget spent)"
+    if tuning_cells and spec.tune:
+        search = estimate.sweep_seconds([max(known)] * tuning_cells * spec.samples, slots)
+        text += (f"; tuning first: up to {duration(search)} ({tuning_cells} cells x "
+                 f"{spec.samples} samples, less when pruned)")
+    return text, per_epoch
+
+
+def make_progress(groups, spec, run_dir, per_epoch, slots):
+    """The live progress of one Tune run over ``groups`` (see ablations.progress)."""
+    from ablations import progress, results
+    units = []
+    for g in groups:
+        first = g[0]
+        label = first.trial_id if len(g) == 1 else f"{first.model}-{first.depth} probe"
+        units.append(progress.Unit(
+            label=label, trial_ids=[t.trial_id for t in g], key=(first.model, first.depth),
+            epochs=spec.train.epochs if spec.mode == "train" else 1,
+            estimate_s=per_epoch.get(first.cell)))
+    return progress.SweepProgress(units, slots,
+                                  lambda tid: results.read_fragment_row(run_dir, tid))
+
+
+def concurrent_slots(spec, cluster: dict, units: int) -> int:
+    """How many trials run at once on the cluster with the resolved per-trial request."""
+    res = cluster["resources"]
+    slots = int(res.get("CPU", 1) // max(spec.cpus_per_trial, 1e-9))
+    if spec.gpus_per_trial:
+        slots = min(slots, int(res.get("GPU", 0) // spec.gpus_per_trial))
+    return max(1, min(units, slots))
+
+
+def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock, sizes=None) -> int:
     from ablations import results, tracking
     run_dir = spec.run_dir
     # workers run in Tune's trial folders: every path they get is absolute
@@ -370,6 +427,12 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock) -> int
     print(f"resources: {spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial on "
           f"{info['cluster']['nodes']} node(s) with {res.get('CPU', 0):g} CPU, "
           f"{res.get('GPU', 0):g} GPU; W&B {wandb_mode}", flush=True)
+    slots = concurrent_slots(spec, info["cluster"], len(groups_of(trials, spec)))
+    todo_now = [t for t in trials if results.read_fragment_row(run_dir, t.trial_id) is None]
+    line, per_epoch = estimate_line(spec, todo_now, sizes, slots,
+                                    len({t.cell for t in trials}) if kind == "start" else 0)
+    if line:
+        print(line, flush=True)
     t0 = time.time()
     if spec.tune:
         clock["tuning_started_at"] = time.time()
@@ -398,9 +461,14 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock) -> int
     errors = {}
     if groups:
         clock["run_started_at"] = time.time()
-        errors = runner.run_groups(
-            groups, worker_spec, run_dir, f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}",
-            on_trial_end=lambda: results.merge(run_dir, trials, final=False))
+        progress = make_progress(groups, spec, run_dir, per_epoch, slots)
+        try:
+            errors = runner.run_groups(
+                groups, worker_spec, run_dir, f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}",
+                on_trial_end=lambda: results.merge(run_dir, trials, final=False),
+                progress=progress)
+        finally:
+            progress.close()
         clock["run_ended_at"] = time.time()
     for gi, tb in errors.items():
         for t in groups[gi]:
@@ -415,19 +483,37 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock) -> int
         return 130
     tables = results.merge(run_dir, trials)
     record_timing(run_dir, clock)
-    from analysis.report import build
-    written = build(run_dir)
+    report_note = write_report(run_dir)
     figures = sorted(str(p) for p in Path(run_dir, "figures").glob("*.png"))
     status = tables["trials"]["status"].value_counts()
     counts = {k: int(status.get(k, 0)) for k in ("completed", "diverged", "error")}
     tracking.log_figures(wandb_mode, run_dir, spec.name, figures, counts)
-    print(f"wrote {len(written)} figure/table/report files; report: {run_dir}/report.html")
     sync = tracking.sync_command(run_dir) if wandb_mode == "offline" else None
     if sync:
         print(f"W&B offline runs in {run_dir}/wandb; upload with: {sync}")
+    # the exit code follows the trials (0/1/130); the report's own failures are named here
     print(f"done in {time.time() - t0:.0f}s: {len(trials)} trials: {counts['completed']} "
-          f"completed, {counts['diverged']} diverged, {counts['error']} errored -> {run_dir}")
+          f"completed, {counts['diverged']} diverged, {counts['error']} errored -> {run_dir}"
+          f"; {report_note}")
     return 1 if counts["error"] else 0
+
+
+def write_report(run_dir) -> str:
+    """Figures, tables and the report, each item in isolation (``analysis.report.build``);
+    never raises: the trials are done and kept whatever happens here. Returns how the
+    report went, for the sweep's last line."""
+    try:
+        from analysis.report import build
+        built = build(run_dir)
+    except Exception as e:  # noqa: BLE001  a report fault must not turn results into a crash
+        print(f"warning: the report could not be built ({type(e).__name__}: {e}); rebuild it "
+              f"with: python -m analysis {run_dir}", file=sys.stderr)
+        return "report not built"
+    print(f"wrote {len(built.written)} figure/table/report files; report: {run_dir}/report.html")
+    if built.failures:
+        return (f"report: {len(built.failures)} item(s) failed (see {run_dir}/report.html and "
+                f"{built.log})")
+    return "report: every item written"
 
 
 if __name__ == "__main__":

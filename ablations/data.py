@@ -142,12 +142,15 @@ def load_arrays(t: TrainSettings, download: bool = False):
     return read_cifar_batches(folder, TRAIN_FILES) + read_cifar_batches(folder, [TEST_FILE])
 
 
-def check_data(t: TrainSettings) -> None:
-    """Everything about the data that can fail, before anything is written."""
-    xtr, ytr, _, _ = load_arrays(t, download=True)
+def check_data(t: TrainSettings) -> dict:
+    """Everything about the data that can fail, before anything is written; returns the
+    split sizes ``{"train", "val", "test"}`` (images) for the plan's time estimate."""
+    xtr, ytr, _, yte = load_arrays(t, download=True)
     stratified_subset(ytr, t.subset)
     if t.val_fraction > 0 and round(t.val_fraction * t.subset) >= t.subset:
         raise SpecError(f"--val-fraction {t.val_fraction} leaves no training images")
+    val = 0 if t.val_fraction <= 0 else max(1, round(t.val_fraction * t.subset))
+    return {"train": t.subset - val, "val": val, "test": len(yte)}
 
 
 @functools.lru_cache(maxsize=2)

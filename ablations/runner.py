@@ -360,8 +360,19 @@ class _Progress:
     attempt), and ``on_end`` when a trial ends (throttled), e.g. to refresh
     ``trials.parquet`` so the results folder is readable during the sweep."""
 
-    def __new__(cls, label, on_end=None, every_s: float = 2.0):
+    def __new__(cls, label, on_end=None, every_s: float = 2.0, progress=None):
         from ray import tune
+
+        def unit(trial):
+            return trial.config.get("group") if progress is not None else None
+
+        def show(event, *args):
+            """Progress output is a nicety: a fault in it must never stop the sweep."""
+            try:
+                getattr(progress, event)(*args)
+            except Exception as e:  # noqa: BLE001
+                print(f"warning: progress display failed ({type(e).__name__}: {e})",
+                      file=sys.stderr, flush=True)
 
         class Callback(tune.Callback):
             last = 0.0
@@ -371,31 +382,46 @@ class _Progress:
                     self.last = time.monotonic()
                     on_end()
 
+            def on_trial_start(self, iteration, trials, trial, **info):
+                if unit(trial) is not None:
+                    show("started", unit(trial))
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                if unit(trial) is not None and "epoch" in result:
+                    show("epoch", unit(trial), result.get("epoch"), result.get("epoch_seconds"))
+
             def on_trial_complete(self, iteration, trials, trial, **info):
-                self._maybe()
+                self._maybe()  # merge first: the progress line reads the fresh fragment
+                if unit(trial) is not None:
+                    show("finished", unit(trial))
 
             def on_trial_recover(self, iteration, trials, trial, **info):
                 print(f"{label(trial.config)}: attempt failed, retrying from its checkpoint",
                       flush=True)
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                print(f"{label(trial.config)}: failed after all retries (status=error)",
-                      flush=True)
+                if unit(trial) is not None:
+                    show("finished", unit(trial))
+                else:
+                    print(f"{label(trial.config)}: failed after all retries (status=error)",
+                          flush=True)
                 self._maybe()
 
         return Callback()
 
 
-def run_groups(groups, spec, run_dir: str, experiment: str, on_trial_end=None) -> dict:
+def run_groups(groups, spec, run_dir: str, experiment: str, on_trial_end=None,
+               progress=None) -> dict:
     """Run every group; returns ``{group index: traceback}`` for groups that failed
-    after all retries (their trials without a result become ``status=error``)."""
+    after all retries (their trials without a result become ``status=error``).
+    ``progress``: an ``ablations.progress.SweepProgress`` over the groups (in order)."""
     from ray import tune
     run_dir = os.path.abspath(run_dir)
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, groups=groups, cells={}, spec=spec, run_dir=run_dir),
         _resources(spec))
     callbacks = [_Progress(lambda c: ", ".join(t.trial_id for t in groups[c["group"]]),
-                           on_trial_end)]
+                           on_trial_end, progress=progress)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tuner = tune.Tuner(
