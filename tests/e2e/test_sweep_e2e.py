@@ -1,6 +1,7 @@
 """End to end: sweep.py for real, through Ray Tune, in a subprocess."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -95,6 +96,17 @@ def test_short_training_run_on_cifar_format_data_through_ray(tmp_path):
     assert md.count("data:image/png") == 0
     assert (run / "report.html").read_text().count("data:image/png;base64,") >= 6
     assert "report: res/train/report.html" in p.stdout
+    # Progress, stdout not a terminal: the estimate before training, then one plain line
+    # per finished trial, counted, with an ETA on every line but the last; no bar.
+    assert re.search(r"^estimate: about \S+ here for 4 trial\(s\), 2 at a time", p.stdout, re.M)
+    lines = [ln for ln in p.stdout.splitlines() if re.match(r"\[\d+/4\] ", ln)]
+    assert [ln.split("/")[0] for ln in lines] == ["[1", "[2", "[3", "[4"], p.stdout
+    line = re.compile(r"^\[\d/4\] (mlp|resnet)-4-(plain|residual)-s0 completed in \S+: "
+                      r"test acc \d+\.\d%, train loss \S+( \| ETA \S+)?$")
+    assert all(line.match(ln) for ln in lines), lines
+    assert all(" | ETA " in ln for ln in lines[:3]) and " | ETA " not in lines[3]
+    assert "\r" not in p.stdout and "trials [" not in p.stdout
+    assert p.stdout.rstrip().splitlines()[-1].endswith("report: every item written")
 
 
 def test_existing_results_are_not_overwritten(tmp_path):

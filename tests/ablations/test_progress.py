@@ -1,0 +1,106 @@
+"""Progress lines, ETA and the plan's time estimate (no Ray: events fed directly)."""
+import io
+
+import pytest
+
+from ablations import estimate
+from ablations.progress import SweepProgress, Unit, duration
+
+
+@pytest.mark.parametrize("s,text", [(None, "?"), (float("nan"), "?"), (0, "0s"), (42.4, "42s"),
+                                    (372, "6m12s"), (3900, "1h05m"), (90061, "1d01h")])
+def test_duration(s, text):
+    assert duration(s) == text
+
+
+class Clock:
+    t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def rows(**by_id):
+    return lambda tid: by_id.get(tid)
+
+
+def test_lines_counts_and_eta_from_measured_epochs():
+    units = [Unit("a", ["a"], ("mlp", 4), epochs=10, estimate_s=1.0),
+             Unit("b", ["b"], ("mlp", 4), epochs=10, estimate_s=1.0),
+             Unit("c", ["c"], ("resnet", 4), epochs=10, estimate_s=3.0)]
+    out = io.StringIO()
+    p = SweepProgress(units, slots=2, read_row=rows(
+        a={"status": "completed", "wall_seconds": 372, "final_test_acc": 0.412,
+           "final_train_loss": 1.61},
+        b={"status": "diverged", "diverged_epoch": 1, "wall_seconds": 3.0}), stream=out)
+    assert p.bar is None  # a StringIO is not a terminal
+    # before any measurement: the estimates, 10*1 + 10*1 + 10*3 = 50 s of work on 2 slots
+    assert p.eta() == pytest.approx(max(50 / 2, 30))
+    for e in range(1, 6):  # unit a runs at 2 s per epoch: twice its estimate
+        p.epoch(0, e, 2.0)
+    # a: 5 left x 2 s; b: same model and depth -> 2 s x 10; c: estimate x median ratio 2
+    assert p.eta() == pytest.approx(max((10 + 20 + 60) / 2, 60))
+    p.finished(0)
+    assert out.getvalue().splitlines() == [
+        "[1/3] a completed in 6m12s: test acc 41.2%, train loss 1.61 | ETA 1m00s"]
+    p.finished(1)
+    p.finished(1)  # Tune may report an end twice: counted once
+    p.finished(2)
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "[2/3] b diverged at epoch 1 in 3s | ETA 1m00s"
+    assert lines[2] == "[3/3] c failed after all retries (status=error; traceback in " \
+                       "trials.parquet)"
+    assert p.eta() == 0.0
+
+
+def test_unknown_estimate_gives_unknown_eta():
+    p = SweepProgress([Unit("a", ["a"], ("mlp", 4), epochs=3)], 1, rows(), stream=io.StringIO())
+    assert p.eta() is None and duration(p.eta()) == "?"
+    p.epoch(0, 1, 5.0)
+    assert p.eta() == pytest.approx(10.0)
+
+
+def test_a_probe_cell_of_many_seeds_is_one_line():
+    ids = [f"mlp-4-plain-s{i}" for i in range(5)]
+    out = io.StringIO()
+    p = SweepProgress([Unit("mlp-4 probe", ids, ("mlp", 4), epochs=1, estimate_s=0.1)], 1,
+                      rows(**{i: {"status": "completed", "probe_loss": 1.0} for i in ids[:4]}),
+                      stream=out)
+    p.finished(0)
+    assert out.getvalue().splitlines() == ["[5/5] mlp-4 probe (5 trials): 4 completed, "
+                                           "1 no result"]
+
+
+def test_live_bar_on_a_terminal_prints_lines_above_it():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    out = Tty()
+    p = SweepProgress([Unit("a", ["a"], ("mlp", 4), epochs=2, estimate_s=1.0)], 1,
+                      rows(a={"status": "completed"}), stream=out)
+    assert p.bar is not None
+    p.epoch(0, 1, 1.0)
+    p.finished(0)
+    p.close()
+    assert "[1/1] a completed" in out.getvalue() and "1/1 trials" in out.getvalue()
+
+
+def test_epoch_seconds_counts_training_steps_and_evaluation():
+    # 1000 training images at batch 100: 10 steps of 0.5 s; 600 eval images at a third
+    # of 0.5/100 s each
+    assert estimate.epoch_seconds(0.5, 1000, 600, 100) == pytest.approx(5 + 600 / 3 * 0.005)
+    assert estimate.epoch_seconds(0.5, 1001, 0, 100) == pytest.approx(5.5)
+
+
+def test_sweep_seconds_shares_work_among_slots():
+    assert estimate.sweep_seconds([], 2) == 0
+    assert estimate.sweep_seconds([10, 10, 10, 10], 2) == 20
+    assert estimate.sweep_seconds([30, 1, 1], 2) == 30  # the longest trial bounds it
+    assert estimate.sweep_seconds([5, 4, 3, 3, 3], 2) == 10  # greedy longest-first (optimum 9)
+
+
+def test_step_seconds_times_a_real_step_of_each_family():
+    import models
+    for name in ("mlp", "resnet"):
+        cfg = models.get_config(name, depth=4, residual=True)
+        assert 0 < estimate.step_seconds(cfg, 16, 3072, 10, threads=1) < 30
