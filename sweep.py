@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import models
+from ablations import factors
 from analysis.cli import OneLineParser
 from ablations.plan import expand, format_plan, group_by_cell
 from ablations.progress import duration
@@ -75,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--models", type=_list(str, "--models", "small_resnet18"), default=(),
                    help="registry presets (replace families x depths): "
                    + ", ".join(models.list_presets()))
+    for f in factors.all_factors():
+        if f.name == "residual":
+            continue  # --residual on|off|both above
+        g.add_argument(f.flag, dest=f.name, metavar="LEVELS", default=argparse.SUPPRESS,
+                       type=_list(str, f.flag, ",".join(f.level_names)),
+                       help=f"{f.help}; levels: {', '.join(f.level_names)} (comma list; "
+                       f"applies to {', '.join(f.families)})")
     g.add_argument("--mode", choices=MODE_CHOICES, default="train")
     g.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per cell")
     g.add_argument("--probe-batch", type=int, default=1,
@@ -166,7 +174,9 @@ def spec_from_args(args) -> AblationSpec:
         gpus_per_trial=args.gpus_per_trial, address=args.address,
         storage=os.path.abspath(args.storage) if args.storage else None,
         max_failures=args.max_failures, tune=tuple(args.tune), samples=args.samples,
-        tune_ranges=tuple(args.tune_range), train=train)
+        tune_ranges=tuple(args.tune_range), train=train,
+        factors=tuple((f.name, tuple(getattr(args, f.name))) for f in factors.all_factors()
+                      if f.name != "residual" and getattr(args, f.name, None) is not None))
     if spec.smoke:
         spec = dataclasses.replace(
             spec, depths=(4,), seeds=1,
@@ -186,6 +196,8 @@ def given_flags(argv) -> set[str]:
 def _study_value(spec: AblationSpec, dest: str):
     """The resolved spec's value for study flag ``dest`` (``--tune-range`` -> tune_ranges)."""
     field = {"tune_range": "tune_ranges"}.get(dest, dest)
+    if dest in factors.names():
+        return dict(spec.factors).get(dest, ("(family default)",))
     if field in AblationSpec.__dataclass_fields__:
         return getattr(spec, field)
     return getattr(spec.train, field)
@@ -338,7 +350,8 @@ def main(argv=None) -> int:
             else:
                 spec, kind = spec_from_args(args), "start"
             trials, skipped, sizes = prepare(spec, resuming=kind != "start")
-            wandb_mode = tracking.resolve_mode(spec.wandb)
+            wandb_mode, why = tracking.resolve_mode(spec.wandb, spec.run_dir)
+            print(f"W&B: {wandb_mode} ({why})", flush=True)
             units = len(groups_of(trials, spec))
             prewarm = runner.plan_local(spec, units)
             clock["ray_start_at"] = time.time()
@@ -488,7 +501,7 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock, sizes=
     status = tables["trials"]["status"].value_counts()
     counts = {k: int(status.get(k, 0)) for k in ("completed", "diverged", "error")}
     tracking.log_figures(wandb_mode, run_dir, spec.name, figures, counts)
-    sync = tracking.sync_command(run_dir) if wandb_mode == "offline" else None
+    sync = tracking.sync_command(run_dir)  # online trials that fell back wrote offline runs too
     if sync:
         print(f"W&B offline runs in {run_dir}/wandb; upload with: {sync}")
     # the exit code follows the trials (0/1/130); the report's own failures are named here

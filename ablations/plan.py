@@ -8,6 +8,7 @@ from typing import Any
 
 import models
 
+from . import factors
 from .spec import AblationSpec
 
 
@@ -23,6 +24,9 @@ class TrialConfig:
     model_cfg: Any      # frozen model config (MLPConfig / ResNetConfig)
     hparams: tuple[tuple[str, float], ...] = ()  # (("lr", 0.1), ("weight_decay", 5e-4))
     hp_source: str = "fixed"                      # "fixed" | "tuned" | "default (...)"
+    # every other factor's level (ablations.factors), e.g. (("norm", "batch"), ...);
+    # () = the family's defaults
+    levels: tuple[tuple[str, str], ...] = ()
 
     @property
     def hp(self) -> dict[str, float]:
@@ -33,12 +37,26 @@ class TrialConfig:
                                    hp_source=source)
 
     @property
-    def cell(self) -> tuple[str, int, bool]:
-        return (self.model, self.depth, self.residual)
+    def cell(self) -> tuple:
+        """(model, depth, residual, other factors' levels...): the trials that differ
+        only in seed."""
+        return (self.model, self.depth, self.residual) + tuple(
+            lv for k, lv in self.all_levels().items() if k != "residual")
+
+    def all_levels(self) -> dict[str, str]:
+        """Every registered factor's level (NA where it does not apply)."""
+        base = factors.default_levels(self.family)
+        base["residual"] = "residual" if self.residual else "plain"
+        if not self.residual:
+            base.update({f.name: factors.NA for f in factors.all_factors()
+                         if not f.applies_to(self.family, base)})
+        return {**base, **dict(self.levels)}
 
     def factors(self) -> dict:
+        """The keys of every results row: trial, family, model, depth, each factor's
+        column (residual as a bool, the others as level strings), seed."""
         return {"trial_id": self.trial_id, "family": self.family, "model": self.model,
-                "depth": self.depth, "residual": self.residual, "seed": self.seed}
+                "depth": self.depth, **factors.columns(self.all_levels()), "seed": self.seed}
 
     def record(self) -> dict:
         """Factors, hyperparameters and how they were chosen: what every row starts with."""
@@ -55,19 +73,26 @@ def model_label(model: str, depth: int, preset: bool) -> str:
     return model if preset else f"{model}-{depth}"
 
 
-def cell_label(model: str, depth: int, residual: bool, preset: bool) -> str:
-    """``resnet-34-plain``, ``seed_mlp5-residual``."""
-    return f"{model_label(model, depth, preset)}-{'residual' if residual else 'plain'}"
+def cell_label(model: str, depth: int, residual: bool, preset: bool,
+               family: str | None = None, levels: dict | None = None) -> str:
+    """``resnet-34-plain``, ``seed_mlp5-residual``; non-default factor levels are named:
+    ``resnet-20-residual-norm=none-scale=zero``."""
+    lv = {**(levels or {}), "residual": "residual" if residual else "plain"}
+    parts = factors.id_parts(family or model, lv)
+    return "-".join([model_label(model, depth, preset), *parts])
 
 
-def trial_id(model: str, depth: int, residual: bool, seed: int, preset: bool) -> str:
-    """Readable and unique: ``resnet-34-plain-s2``, ``seed_mlp5-residual-s0``."""
-    return f"{cell_label(model, depth, residual, preset)}-s{seed}"
+def trial_id(model: str, depth: int, residual: bool, seed: int, preset: bool,
+             family: str | None = None, levels: dict | None = None) -> str:
+    """Readable and unique: ``resnet-34-plain-s2``, ``seed_mlp5-residual-s0``,
+    ``mlp-8-residual-scale=invsqrt-s1``."""
+    return f"{cell_label(model, depth, residual, preset, family, levels)}-s{seed}"
 
 
 def cell_of(trial: TrialConfig) -> str:
     """The cell label of a trial (its id without the seed suffix)."""
-    return cell_label(trial.model, trial.depth, trial.residual, trial.preset)
+    return cell_label(trial.model, trial.depth, trial.residual, trial.preset, trial.family,
+                      trial.all_levels())
 
 
 def expand(spec: AblationSpec) -> tuple[list[TrialConfig], list[tuple[str, str]]]:
@@ -85,14 +110,23 @@ def expand(spec: AblationSpec) -> tuple[list[TrialConfig], list[tuple[str, str]]
                     skipped.append((f"{fam}-{d}", str(e)))
     trials = []
     hparams = (("lr", spec.train.lr), ("weight_decay", spec.train.weight_decay))
+    requested = spec.requested_levels()
     for name, cfg, preset in cells:
-        for residual in spec.residual_variants():
-            rcfg = dataclasses.replace(cfg, residual=residual)
+        for levels in factors.variants(cfg.family, requested):
+            label = cell_label(name, cfg.depth, levels["residual"] == "residual", preset,
+                               cfg.family, levels)
+            try:
+                vcfg = factors.configure(cfg, cfg.family, levels)
+            except ValueError as e:  # a level this model cannot build: skipped, with why
+                skipped.append((label, str(e)))
+                continue
+            residual = levels["residual"] == "residual"
+            others = tuple((k, v) for k, v in levels.items() if k != "residual")
             for seed in range(spec.seeds):
                 trials.append(TrialConfig(
-                    trial_id=trial_id(name, cfg.depth, residual, seed, preset), model=name,
-                    family=cfg.family, depth=cfg.depth, residual=residual, seed=seed,
-                    model_cfg=rcfg, hparams=hparams))
+                    trial_id=f"{label}-s{seed}", model=name, family=cfg.family,
+                    depth=cfg.depth, residual=residual, seed=seed, model_cfg=vcfg,
+                    hparams=hparams, levels=others))
     return trials, skipped
 
 
@@ -108,12 +142,14 @@ def group_by_cell(trials: list[TrialConfig], variants_together: bool = False
 
 def format_plan(trials: list[TrialConfig], skipped: list[tuple[str, str]], mode: str) -> str:
     lines = [f"plan: {len(trials)} trials ({mode})"]
-    lines.append(f"  {'model':<16}{'depth':>6}  {'variant':<9}{'seeds':>6}{'params':>12}")
-    for group in group_by_cell(trials):
+    groups = group_by_cell(trials)
+    names = [" ".join(factors.id_parts(g[0].family, g[0].all_levels())) for g in groups]
+    w = max([9, *map(len, names)]) + 1
+    lines.append(f"  {'model':<16}{'depth':>6}  {'variant':<{w}}{'seeds':>6}{'params':>12}")
+    for group, name in zip(groups, names):
         t = group[0]
         params = models.count_params(t.model_cfg.build())
-        lines.append(f"  {t.model:<16}{t.depth:>6}  {'residual' if t.residual else 'plain':<9}"
-                     f"{len(group):>6}{params:>12,}")
+        lines.append(f"  {t.model:<16}{t.depth:>6}  {name:<{w}}{len(group):>6}{params:>12,}")
     for label, reason in skipped:
         lines.append(f"  skipped {label}: {reason}")
     return "\n".join(lines)

@@ -67,6 +67,9 @@ class AblationSpec:
     tune: tuple[str, ...] = ()           # hyperparameters searched per cell (Optuna TPE)
     samples: int = 8                     # Optuna samples per cell
     tune_ranges: tuple[tuple[str, float, float], ...] = ()  # overrides of TUNE_SPACE
+    # levels of the factors other than residual (ablations.factors), e.g.
+    # (("norm", ("batch", "none")),); a factor left out takes each family's default
+    factors: tuple[tuple[str, tuple[str, ...]], ...] = ()
     train: TrainSettings = field(default_factory=TrainSettings)
 
     @property
@@ -84,6 +87,11 @@ class AblationSpec:
 
     def residual_variants(self) -> tuple[bool, ...]:
         return {"on": (True,), "off": (False,), "both": (False, True)}[self.residual]
+
+    def requested_levels(self) -> dict[str, tuple[str, ...]]:
+        """Levels per factor name, residual included (``--residual both`` -> plain, residual)."""
+        residual = tuple("residual" if r else "plain" for r in self.residual_variants())
+        return {"residual": residual, **dict(self.factors)}
 
 
 def _choices(values, valid, what, plural=None):
@@ -115,6 +123,13 @@ def validate(spec: AblationSpec, resuming: bool = False) -> None:
             if d < 2:
                 raise SpecError(f"depth {d} is too small; depths are integers >= 2 (e.g. 5,18,34)")
     _choices([spec.residual], RESIDUAL_CHOICES, "--residual value")
+    from . import factors
+    try:
+        families = tuple(models.get_config(m).family for m in spec.models) if spec.models \
+            else spec.families
+        factors.validate_requested(dict(spec.factors), families)
+    except (ValueError, KeyError) as e:
+        raise SpecError(str(e).strip("'\"")) from None
     _choices([spec.mode], MODE_CHOICES, "mode")
     _choices([spec.wandb], WANDB_CHOICES, "--wandb mode")
     if spec.seeds < 1:
