@@ -11,6 +11,13 @@ Layout of ``<out>/<name>/``::
 
 Every file is written to a temporary name in the same folder and renamed, so a
 reader (or a crash) never sees half a file.
+
+Damaged files (a disk or a network filesystem failing, a copy cut short) cost at
+most their own trial: an unreadable fragment (``row.json`` that does not parse,
+a ``*.parquet`` whose footer does not, or one that fails to load in ``merge``)
+is moved aside, every file of it renamed ``<name>.corrupt`` (``.corrupt-2``, ...
+when that exists; never deleted, never overwritten), a one-line warning names
+it on stderr, and the trial counts as not finished, so ``--resume`` reruns it.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -68,10 +76,47 @@ def checkpoint_path(storage_dir, trial_id: str) -> Path:
     return Path(storage_dir) / "checkpoints" / f"{trial_id}.pt"
 
 
+def warn(message: str) -> None:
+    """One line on stderr (a worker's stderr reaches the driver's through Ray)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def brief(error: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message``, cut to ``limit`` characters: fits one line."""
+    text = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def move_aside(path) -> Path | None:
+    """Rename ``path`` to ``<path>.corrupt`` (``.corrupt-2``, ... if taken): kept for a
+    look, out of the way of a rerun. None when it is already gone (another process
+    moved it first)."""
+    path = Path(path)
+    n, target = 1, path.with_name(path.name + ".corrupt")
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{n}")
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:
+        return None
+    return target
+
+
 def read_attempts(run_dir, trial_id: str) -> int:
-    """How many times ``trial_id`` has started (0: never)."""
+    """How many times ``trial_id`` has started (0: never; an unreadable count is moved
+    aside and starts again at 0: it only labels rows, it must not stop the trial)."""
     p = trial_dir(run_dir, trial_id) / "attempts"
-    return int(p.read_text()) if p.exists() else 0
+    if not p.exists():
+        return 0
+    try:
+        return int(p.read_text())
+    except ValueError as e:
+        moved = move_aside(p)
+        warn(f"{p} is unreadable ({brief(e)}); moved aside to {moved}; counting attempts "
+             "of this trial from 0")
+        return 0
 
 
 def count_attempt(run_dir, trial_id: str) -> int:
@@ -101,8 +146,45 @@ def write_fragment(run_dir, trial_id: str, row: dict, frames: dict[str, pd.DataF
 
 
 def read_fragment_row(run_dir, trial_id: str) -> dict | None:
-    p = trial_dir(run_dir, trial_id) / "row.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    """A finished trial's row, or None: not finished, or its fragment was damaged and
+    has just been moved aside (see the module docstring), so the trial runs again.
+
+    The fragment's Parquet files are checked by their footer (about 25 us each), which
+    catches a truncated, empty or overwritten file; damage inside a file that leaves the
+    footer intact is found when ``merge`` loads it.
+    """
+    d = trial_dir(run_dir, trial_id)
+    p = d / "row.json"
+    try:
+        row = json.loads(p.read_text())
+        if not isinstance(row, dict) or "status" not in row:
+            raise ValueError("not a result row (a JSON object with a status)")
+    except FileNotFoundError:  # not finished (or just moved aside by another process)
+        return None
+    except ValueError as e:  # JSON and UTF-8 decoding errors are ValueErrors
+        quarantine_fragment(run_dir, trial_id, p, e)
+        return None
+    import pyarrow.parquet as pq
+    for f in sorted(d.glob("*.parquet")):
+        try:
+            pq.read_metadata(f)
+        except Exception as e:  # pyarrow's errors: ArrowInvalid, OSError, ...
+            quarantine_fragment(run_dir, trial_id, f, e)
+            return None
+    return row
+
+
+def quarantine_fragment(run_dir, trial_id: str, bad, error: BaseException) -> None:
+    """Move a damaged fragment aside (``row.json`` and every ``*.parquet`` of it:
+    a rerun must not merge stale frames, e.g. when it ends in an error row that has
+    none) and say so in one line."""
+    d = trial_dir(run_dir, trial_id)
+    moved = [move_aside(p) for p in [d / "row.json", *sorted(d.glob("*.parquet"))]
+             if p.exists()]
+    moved = [m.name for m in moved if m is not None]
+    if moved:
+        warn(f"{bad} is unreadable ({brief(error)}); moved aside in {d}: {', '.join(moved)}; "
+             f"trial {trial_id} is unfinished again (--resume reruns it)")
 
 
 def merge(run_dir, trials, final: bool = True) -> dict[str, pd.DataFrame]:
@@ -115,20 +197,44 @@ def merge(run_dir, trials, final: bool = True) -> dict[str, pd.DataFrame]:
     rows, frames = [], {}
     for t in trials:
         row = read_fragment_row(run_dir, t.trial_id)
+        loaded = _read_frames(run_dir, t.trial_id) if final and row is not None else {}
+        if loaded is None:  # damaged inside a Parquet file: moved aside like a bad row
+            row = None
         if row is None:
             row = {**t.record(),
-                   **({"status": "error", "error": "trial produced no result"} if final
+                   **({"status": "error", "error": _no_result(run_dir, t.trial_id)} if final
                       else {"status": "pending"})}
         rows.append(row)
-        if final:
-            for p in sorted(trial_dir(run_dir, t.trial_id).glob("*.parquet")):
-                frames.setdefault(p.stem, []).append(pd.read_parquet(p))
+        for name, df in (loaded or {}).items():
+            frames.setdefault(name, []).append(df)
     out = {"trials": pd.DataFrame(rows)}
     for name, parts in frames.items():
         out[name] = pd.concat(parts, ignore_index=True)
     for name, df in out.items():
         write_parquet(Path(run_dir) / f"{name}.parquet", df)
     return out
+
+
+def _read_frames(run_dir, trial_id: str) -> dict[str, pd.DataFrame] | None:
+    """Every ``*.parquet`` of a fragment by name, or None (then moved aside) when one
+    does not load: all of a trial's frames or none of them."""
+    out = {}
+    for p in sorted(trial_dir(run_dir, trial_id).glob("*.parquet")):
+        try:
+            out[p.stem] = pd.read_parquet(p)
+        except Exception as e:  # pyarrow: ArrowInvalid, OSError ("Corrupt snappy ..."), ...
+            quarantine_fragment(run_dir, trial_id, p, e)
+            return None
+    return out
+
+
+def _no_result(run_dir, trial_id: str) -> str:
+    d = trial_dir(run_dir, trial_id)
+    if any(d.glob("row.json.corrupt*")):
+        run = Path(run_dir)
+        return (f"its result was unreadable and is moved aside ({d}/*.corrupt*); "
+                f"`python sweep.py --out {run.parent} --resume {run.name}` reruns it")
+    return "trial produced no result"
 
 
 def write_error(run_dir, trial, error: str) -> None:

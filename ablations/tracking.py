@@ -5,20 +5,39 @@ One W&B run per trial (``TrialTracker``), grouped by sweep name, plus one
 results folder stays the source of truth; W&B is a view onto it.
 
 Modes (``--wandb``): ``auto`` is ``online`` when credentials are configured
-(``WANDB_API_KEY`` or a netrc entry for the W&B host) and ``offline``
-otherwise; ``offline`` writes ``<run_dir>/wandb/offline-run-*`` folders that
-``wandb sync`` uploads later (``sync_command``) and that ``read_offline_run``
-reads back without a server; ``disabled`` imports nothing and writes nothing.
+(``WANDB_API_KEY`` or a netrc entry for the W&B host) *and* the server answers
+within ``PROBE_TIMEOUT`` (3 s), and ``offline`` otherwise; ``resolve_mode``
+returns the mode with a one-line reason for the console. ``offline`` writes
+``<run_dir>/wandb/offline-run-*`` folders that ``wandb sync`` uploads later
+(``sync_command``) and that ``read_offline_run`` reads back without a server;
+``disabled`` imports nothing and writes nothing.
+
+Tracking never costs a result: W&B is a view onto the results folder, so no
+W&B failure may stop, retry or fail a trial or the sweep. A tracker whose
+online run cannot start (no credentials, no answer from the server, or
+``wandb.init`` raising or timing out) logs offline instead; one whose run
+fails mid-way (a call raises) starts an offline run with the same id and
+replays everything logged so far into it; one that cannot even do that stops
+tracking. Each such step is one warning line on stderr naming the run; no
+tracker method raises for a W&B failure, and ``log_figures`` never raises.
 
 Design points:
 
-* Never interactive: ``online`` without credentials is an error before wandb
-  is touched (wandb would otherwise prompt on a terminal), ``wandb.login`` is
-  never called, and ``init_timeout`` bounds a start against an unreachable
-  server (``WANDB_INIT_TIMEOUT``, default 60 s); any wandb failure to start
-  becomes a ``RuntimeError`` naming the cause, the caller decides.
-* Quiet: ``WANDB_SILENT`` (wandb's own warnings print unless it is set) and
-  ``console="off"`` (no stdout/stderr capture), set when a tracker starts.
+* Never interactive: ``wandb.login`` is never called and an online run is only
+  attempted with credentials (wandb would otherwise prompt on a terminal); a
+  plain HTTP request (no credentials sent) checks first that the server answers,
+  so an unreachable one costs at most ``PROBE_TIMEOUT`` per run, not
+  ``init_timeout``; ``init_timeout`` (``WANDB_INIT_TIMEOUT``, default 30 s) bounds
+  a server that answers but cannot start a run.
+* Online runs stop waiting for uploads after ``FINISH_TIMEOUT`` (a server lost
+  mid-run must not hold a trial for long); what was not uploaded stays in the
+  run's folder, and the warning gives its ``wandb sync`` command.
+* Quiet: ``WANDB_SILENT`` (wandb's own warnings print unless it is set),
+  ``console="off"`` (no stdout/stderr capture) and ``WANDB_ERROR_REPORTING=false``,
+  set (unless already set) when a tracker starts. wandb reports its own errors
+  to the W&B server; during an outage that report prints multi-line retry
+  messages and holds the process at exit (23 s measured with a server that never
+  answers).
 * Ray reuses worker processes: each tracker finishes its own run, and
   ``reinit="finish_previous"`` finishes a forgotten one (wandb's default would
   silently hand back the previous run). The wandb-core service stays up for
@@ -44,20 +63,28 @@ import netrc
 import numbers
 import os
 import shlex
+import socket
+import ssl
 import struct
+import threading
 import time
-import warnings
+import urllib.error
+import urllib.request
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
+
+from .results import brief, warn
 
 MODES = ("auto", "online", "offline", "disabled")
 DEFAULT_HOST = "https://api.wandb.ai"
 DEFAULT_PROJECT = "resablate"
-INIT_TIMEOUT = 60.0       # seconds; WANDB_INIT_TIMEOUT overrides
-FINISH_TIMEOUT = 600.0    # online: stop waiting for uploads (the data stays syncable)
+PROBE_TIMEOUT = 3.0       # seconds for the server to answer before a run goes offline
+INIT_TIMEOUT = 30.0       # seconds; WANDB_INIT_TIMEOUT overrides
+FINISH_TIMEOUT = 120.0    # online: stop waiting for uploads (the data stays syncable)
 FLUSH_TIMEOUT = 10.0      # offline: wait for wandb-core to write the run's last records
-QUIET_ENV = {"WANDB_SILENT": "true", "WANDB_CONSOLE": "off"}
+QUIET_ENV = {"WANDB_SILENT": "true", "WANDB_CONSOLE": "off", "WANDB_ERROR_REPORTING": "false"}
 
 # ---------------------------------------------------------------- credentials and modes
 
@@ -109,13 +136,87 @@ def has_credentials() -> bool:
     return _netrc_has_key(_base_url())
 
 
-def resolve_mode(mode: str) -> str:
-    """``auto`` -> ``online`` with credentials, else ``offline``; other modes unchanged."""
+def server_problem(url: str | None = None, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None when the W&B server (``url``, default ``_base_url()``) answers an HTTP request
+    within ``timeout`` seconds, else why not, in a few words.
+
+    Any HTTP status counts as an answer (the request carries no credentials, so 401 or
+    404 is normal), and so does a certificate this process does not trust: the server
+    is there, and whether wandb trusts it is for its own start to find out. The request
+    runs in a thread joined with ``timeout``: the socket timeout alone does not bound
+    a name lookup, which can hang far longer offline.
+    """
+    url = url or _base_url()
+    outcome: list = []
+
+    def attempt():
+        try:
+            urllib.request.urlopen(url, timeout=timeout).close()
+            outcome.append(None)
+        except urllib.error.HTTPError as e:  # an answer, whatever it says
+            e.close()
+            outcome.append(None)
+        except Exception as e:
+            cert = isinstance(getattr(e, "reason", e), ssl.SSLCertVerificationError)
+            outcome.append(None if cert else e)
+
+    thread = threading.Thread(target=attempt, name="wandb-server-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        return f"no answer from {url} within {timeout:g} s"
+    if outcome[0] is None:
+        return None
+    cause = getattr(outcome[0], "reason", outcome[0])  # URLError wraps the socket error
+    if isinstance(cause, (TimeoutError, socket.timeout)):
+        return f"no answer from {url} within {timeout:g} s"
+    what = cause.strerror if isinstance(cause, OSError) and cause.strerror else brief(cause)
+    return f"no answer from {url} ({what})"
+
+
+class Resolution(NamedTuple):
+    """What ``--wandb`` resolved to: ``mode`` (online, offline or disabled) and a
+    one-line ``reason`` for the console. Never contains a key."""
+    mode: str
+    reason: str
+
+
+def _sync_hint(run_dir) -> str:
+    if run_dir is None:
+        return "upload later with `wandb sync`"
+    return f"upload later with: {_sync_of(run_dir)}"
+
+
+def _sync_of(run_dir) -> str:
+    """The ``wandb sync`` command for the offline runs of a results folder."""
+    return f"wandb sync {shlex.quote(str(Path(run_dir) / 'wandb'))}/offline-run-*"
+
+
+def resolve_mode(mode: str, run_dir=None, timeout: float = PROBE_TIMEOUT) -> Resolution:
+    """``auto`` -> ``online`` with credentials and a server that answers within
+    ``timeout`` seconds, else ``offline``; ``online`` without credentials -> ``offline``
+    (tracking degrades, it does not stop a sweep); other modes unchanged.
+
+    ``run_dir``: the results folder, to name the ``wandb sync`` command in the reason.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown W&B mode {mode!r} (choose from {', '.join(MODES)})")
-    if mode == "auto":
-        return "online" if has_credentials() else "offline"
-    return mode
+    later = _sync_hint(run_dir)
+    no_key = "no W&B credentials (set WANDB_API_KEY or run `wandb login`)"
+    if mode == "disabled":
+        return Resolution("disabled", "--wandb disabled: nothing is tracked")
+    if mode == "offline":
+        return Resolution("offline", f"--wandb offline; {later}")
+    if not has_credentials():
+        return Resolution("offline", ("--wandb online but " if mode == "online" else "")
+                          + f"{no_key}; {later}")
+    if mode == "online":
+        return Resolution("online", "--wandb online; a trial whose run cannot start or "
+                          "fails logs offline instead")
+    problem = server_problem(_base_url(), timeout)
+    if problem:
+        return Resolution("offline", f"credentials found, but {problem}; {later}")
+    return Resolution("online", f"credentials found and {_base_url()} answers")
 
 
 def run_id(group: str, name: str) -> str:
@@ -138,7 +239,8 @@ def _start_run(mode: str, run_dir, group: str, name: str, config: dict, job_type
     timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT))
     settings = wandb.Settings(silent=True, console="off", init_timeout=timeout,
                               reinit="finish_previous",
-                              finish_timeout=FINISH_TIMEOUT if mode == "online" else 0.0)
+                              finish_timeout=FINISH_TIMEOUT if mode == "online" else 0.0,
+                              finish_timeout_raises=mode == "online")
     try:
         run = wandb.init(project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT),
                          entity=os.environ.get("WANDB_ENTITY") or None, group=group,
@@ -214,22 +316,96 @@ class TrialTracker:
     context manager: an exception leaving the block finishes the run as failed.
     One run at a time per process: starting a tracker finishes one still open as
     failed with ``status="abandoned"`` (its later calls do nothing).
+
+    No method raises for a W&B failure (see the module docstring): an online run
+    that cannot start becomes an offline one, a run that fails mid-way is replaced
+    by an offline run with everything logged so far; ``mode`` is the mode in effect
+    (``disabled`` when not even an offline run works).
     """
 
     _open: TrialTracker | None = None  # the process's unfinished tracker, if any
 
     def __init__(self, mode: str, run_dir: str, group: str, name: str, config: dict,
                  job_type: str = "trial"):
-        self.mode = resolve_mode(mode)
+        if mode not in MODES:
+            raise ValueError(f"unknown W&B mode {mode!r} (choose from {', '.join(MODES)})")
+        self.mode = resolve_mode(mode).mode if mode == "auto" else mode
         self._run, self._url, self._path = None, None, None
+        self._run_dir, self._name = str(run_dir), name
+        self._init = {"group": group, "name": name, "config": config, "job_type": job_type}
+        self._ops: list = []        # every call on the run so far, to replay into a new one
+        self._replaced = False      # a failed run was replaced by an offline one already
         if self.mode == "disabled":
             return
         if TrialTracker._open is not None:
             TrialTracker._open.finish({"status": "abandoned"}, failed=True)
-        self._run = _start_run(self.mode, run_dir, group, name, config, job_type)
-        TrialTracker._open = self
-        self._url = self._run.url if self.mode == "online" else None
-        self._path = str(self._run.settings.sync_dir)
+        if self.mode == "online":
+            self._start_online()
+        if self._run is None and self.mode == "offline":
+            self._start_offline()
+        if self._run is not None:
+            TrialTracker._open = self
+
+    def _start_online(self) -> None:
+        problem = None if has_credentials() else "no W&B credentials"
+        problem = problem or server_problem()
+        if problem is None:
+            try:
+                self._run = _start_run("online", self._run_dir, **self._init)
+                self._url, self._path = self._run.url, str(self._run.settings.sync_dir)
+                return
+            except Exception as e:
+                problem = f"its online run could not start ({brief(e.__cause__ or e)})"
+                # wandb-core keeps the failed run's id "in use" (an offline run with the
+                # same id is refused) until its service is shut down; the next init
+                # starts a new one (about a second)
+                _teardown_quietly()
+        warn(f"W&B: {self._name}: {problem}; logging offline instead "
+             f"({_sync_hint(self._run_dir)})")
+        self.mode = "offline"
+
+    def _start_offline(self, replay: bool = False) -> None:
+        try:
+            self._run = _start_run("offline", self._run_dir, **self._init)
+            self._path = str(self._run.settings.sync_dir)
+            for op in self._ops if replay else ():
+                op(self._run)
+        except Exception as e:
+            warn(f"W&B: {self._name}: no offline run either ({brief(e)}); not tracked")
+            self._drop(self._run)
+            self._run, self.mode = None, "disabled"
+
+    def _do(self, op) -> None:
+        """``op(run)``, kept for a replay; a W&B failure replaces the run (once)."""
+        if self._run is None:
+            return
+        self._ops.append(op)
+        try:
+            op(self._run)
+        except Exception as e:
+            broken, self._run, self._url = self._run, None, None
+            self._drop(broken)
+            if self._replaced:
+                warn(f"W&B: {self._name}: its {self.mode} run failed again ({brief(e)}); "
+                     "not tracked from here")
+                self.mode = "disabled"
+                return
+            self._replaced = True
+            warn(f"W&B: {self._name}: its {self.mode} run failed ({brief(e)}); continuing "
+                 f"in an offline run with the same id ({_sync_hint(self._run_dir)})")
+            self.mode = "offline"
+            self._start_offline(replay=True)
+
+    @staticmethod
+    def _drop(run) -> None:
+        """Finish a failed run as failed (uploads bounded by ``FINISH_TIMEOUT``); when even
+        that fails, its service is likely gone: shut it down so a new run can start."""
+        if run is None:
+            return
+        try:
+            run.finish(exit_code=1)
+        except (Exception, SystemExit):
+            _teardown_quietly()
 
     @property
     def url(self) -> str | None:
@@ -249,7 +425,8 @@ class TrialTracker:
         if self._run is None:
             return
         metrics = {k: v for k, v in ((k, _number(v)) for k, v in row.items()) if v is not None}
-        self._run.log(metrics, step=int(row["epoch"]))
+        step = int(row["epoch"])
+        self._do(lambda run: run.log(metrics, step=step))
 
     def log_layers(self, df) -> None:
         """A tidy per-layer statistics frame as the table ``layers`` (at the current step).
@@ -259,30 +436,46 @@ class TrialTracker:
         """
         if self._run is None or df is None or len(df) == 0:
             return
-        import wandb
-        logged = _fit_rows(df, wandb.Table.MAX_ROWS)
-        self._run.log({"layers": _table(logged)})
-        self._run.summary.update({"layers_rows": len(df), "layers_rows_logged": len(logged)})
+        try:
+            import wandb
+            logged = _fit_rows(df, wandb.Table.MAX_ROWS)
+            table = _table(logged)
+        except Exception as e:  # the frame, not the server: skip the table, keep the run
+            warn(f"W&B: {self._name}: layers table not logged ({brief(e)})")
+            return
+        counts = {"layers_rows": len(df), "layers_rows_logged": len(logged)}
+        self._do(lambda run: run.log({"layers": table}))
+        self._do(lambda run: run.summary.update(counts))
+
+    def _log(self, values: dict) -> None:
+        self._do(lambda run: run.log(values))
 
     def finish(self, summary: dict, failed: bool = False) -> None:
         """Summary values (``status`` included), then finish; later calls do nothing."""
-        run, self._run = self._run, None
-        if run is None:
-            return
         if TrialTracker._open is self:
             TrialTracker._open = None
+        if self._run is None:
+            return
+        values = {k: _plain(v) for k, v in summary.items()}
+        self._do(lambda run: run.summary.update(values))
+        run, self._run, self._ops = self._run, None, []
+        if run is None:  # the summary's failure left no run
+            return
         try:
-            run.summary.update({k: _plain(v) for k, v in summary.items()})
-        finally:
             run.finish(exit_code=1 if failed else 0)
-            if self.mode == "offline":
-                _wait_until_written(self._path)
-            if failed:
-                # The process is likely about to die (Ray kills a failed trial's actor):
-                # close the wandb-core connection now, not in an atexit hook that would
-                # print a ConnectionResetError traceback once the service is gone.
-                import wandb
-                wandb.teardown()
+        except TimeoutError:
+            warn(f"W&B: {self._name}: uploads not done after {FINISH_TIMEOUT:g} s; the run "
+                 f"stays in {self._path}; upload later with: wandb sync {self._path}")
+        except Exception as e:
+            warn(f"W&B: {self._name}: finishing its run failed ({brief(e)}); what was logged "
+                 f"is in {self._path}")
+        if self.mode == "offline":
+            _wait_until_written(self._path)
+        if failed:
+            # The process is likely about to die (Ray kills a failed trial's actor):
+            # close the wandb-core connection now, not in an atexit hook that would
+            # print a ConnectionResetError traceback once the service is gone.
+            _teardown_quietly()
 
     def __enter__(self) -> TrialTracker:
         return self
@@ -301,16 +494,25 @@ def _plain(value):
 def log_figures(mode: str, run_dir: str, group: str, paths: list[str],
                 summary: dict | None = None) -> str | None:
     """One ``analysis`` run in the group with each PNG as an image under its file stem;
-    returns the run's folder, or None when disabled."""
-    tracker = TrialTracker(mode, run_dir, group, f"{group}-figures", {"sweep": group},
-                           job_type="analysis")
-    if tracker.mode == "disabled":
+    returns the run's folder, or None when disabled or failed.
+
+    Never raises: the figures are in the results folder whatever W&B does, so a
+    failure here is one warning line, not the end of a finished sweep.
+    """
+    try:
+        tracker = TrialTracker(mode, run_dir, group, f"{group}-figures", {"sweep": group},
+                               job_type="analysis")
+        if tracker.mode == "disabled":
+            return None
+        with tracker:
+            import wandb
+            tracker._log({Path(p).stem: wandb.Image(str(p)) for p in paths})
+            tracker.finish({"figures": len(paths), **(summary or {})})
+        return tracker.run_path if tracker.mode != "disabled" else None
+    except Exception as e:
+        warn(f"W&B: {group}-figures: figures not logged ({brief(e)}); they are in "
+             f"{Path(run_dir) / 'figures'}")
         return None
-    with tracker:
-        import wandb
-        tracker._run.log({Path(p).stem: wandb.Image(str(p)) for p in paths})
-        tracker.finish({"figures": len(paths), **(summary or {})})
-    return tracker.run_path
 
 
 # ---------------------------------------------------------------- offline runs
@@ -323,9 +525,7 @@ def offline_run_dirs(run_dir) -> list[Path]:
 
 def sync_command(run_dir) -> str | None:
     """The command that uploads this sweep's offline runs, or None when there are none."""
-    if not offline_run_dirs(run_dir):
-        return None
-    return f"wandb sync {shlex.quote(str(Path(run_dir) / 'wandb'))}/offline-run-*"
+    return _sync_of(run_dir) if offline_run_dirs(run_dir) else None
 
 
 _BLOCK, _HEADER = 32768, 7                  # LevelDB log: block size, record header size
@@ -389,8 +589,8 @@ def _wait_until_written(run_folder, timeout: float = FLUSH_TIMEOUT) -> None:
         except (OSError, ValueError):  # not created yet, or caught mid-write
             pass
         time.sleep(0.02)
-    warnings.warn(f"W&B run {run_folder} not complete on disk after {timeout:.0f} s; "
-                  "wandb-core is still writing it", RuntimeWarning, stacklevel=3)
+    warn(f"W&B run {run_folder} not complete on disk after {timeout:.0f} s; "
+         "wandb-core is still writing it")
 
 
 def _apply(target: dict, item, value) -> None:

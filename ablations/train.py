@@ -94,10 +94,39 @@ def save_state(model, opt, sched, gen, epoch, history, layer_frames) -> bytes:
     return buf.getvalue()
 
 
+STATE_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "history", "layers")
+
+
 def load_state(path) -> dict | None:
-    if not os.path.exists(path):
+    """The checkpoint at ``path``, or None: none there, or it was unreadable and has just
+    been moved aside (``<id>.pt.corrupt``, one warning line), so the trial starts over.
+
+    Starting over, not from an older checkpoint: only one is kept. It is written
+    atomically, so a killed process never leaves half of it; a damaged one means the
+    storage failed (a machine crash before the data reached the disk, a full or
+    failing disk or network filesystem), rare enough not to pay for a second copy
+    every epoch. A fresh start repeats the trial exactly (same seeds).
+    """
+    try:
+        state = torch.load(path, weights_only=False, map_location="cpu")
+        missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) \
+            else list(STATE_KEYS)
+        if missing:
+            raise ValueError(f"not a trial checkpoint: no {', '.join(missing)}")
+    except FileNotFoundError:
         return None
-    return torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as e:  # RuntimeError (zip), EOFError, UnpicklingError, OSError, ...
+        discard_checkpoint(path, e)
+        return None
+    return state
+
+
+def discard_checkpoint(path, error: BaseException) -> None:
+    """Move an unusable checkpoint aside (kept for a look) and say so in one line."""
+    moved = results.move_aside(path)
+    if moved is not None:
+        results.warn(f"checkpoint {path} is unusable ({results.brief(error)}); moved aside to "
+                     f"{moved.name}; the trial starts over from epoch 1")
 
 
 def injected_fault(trial_id: str, epoch: int) -> None:
@@ -125,8 +154,9 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     Checkpoints (model, optimizer, scheduler, history, statistics) go to
     ``<storage>/checkpoints/<trial_id>.pt`` after every epoch, atomically; a trial
     that starts again (a Tune retry, ``--resume``, ``--retry-failed``) continues
-    from there. ``tuning``: an Optuna sample: metrics go to ``reporter`` only (no
-    fragment, no checkpoint; a retried sample starts over).
+    from there, or starts over when that file is unusable (``load_state``).
+    ``tuning``: an Optuna sample: metrics go to ``reporter`` only (no fragment, no
+    checkpoint; a retried sample starts over).
     """
     from . import tracking
     started_at = time.time()
@@ -134,20 +164,23 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     device = pick_device(t.device)
     precision = pick_precision(device)
     data = load_dataset(t, device)
-    torch.manual_seed(trial.seed)
     cfg = trial.model_cfg.with_input(data.in_features, data.num_classes)
-    model = cfg.build().to(device)
+    hp = {"lr": t.lr, "weight_decay": t.weight_decay, **trial.hp}
+
+    def fresh():
+        """Model, optimizer, schedule and data generator as at epoch 1 (seeded)."""
+        torch.manual_seed(trial.seed)
+        model = cfg.build().to(device)
+        if hasattr(model, "stages"):
+            model = model.to(memory_format=torch.channels_last)
+        opt = SGD(model.parameters(), lr=hp["lr"], momentum=t.momentum,
+                  weight_decay=hp["weight_decay"])
+        return (model, opt, StepSchedule(opt, t.milestones, gamma=0.1),
+                torch.Generator(device=device).manual_seed(trial.seed))
+
+    model, opt, sched, gen = fresh()
     params = models.count_params(model)
     conv = hasattr(model, "stages")
-    if conv:
-        model = model.to(memory_format=torch.channels_last)
-    hp = {"lr": t.lr, "weight_decay": t.weight_decay, **trial.hp}
-    opt = SGD(model.parameters(), lr=hp["lr"], momentum=t.momentum,
-              weight_decay=hp["weight_decay"])
-    sched = StepSchedule(opt, t.milestones, gamma=0.1)
-    step_fn = torch.compile(model) if t.compile else model
-    recorder = LayerStatsRecorder(model)
-    gen = torch.Generator(device=device).manual_seed(trial.seed)
     history: list[dict] = []
     layer_frames: list[pd.DataFrame] = []
     start_epoch, resumed_from = 1, None
@@ -155,12 +188,19 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     attempts = 1 if tuning else results.count_attempt(run_dir, trial.trial_id)
     state = None if tuning else load_state(ckpt)
     if state is not None:  # continue from the last checkpoint
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history, layer_frames = state["history"], state["layers"]
-        start_epoch = resumed_from = state["epoch"] + 1
-        gen.set_state(state["rng"])  # the data order continues as if never stopped
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            gen.set_state(state["rng"])  # the data order continues as if never stopped
+            history, layer_frames = list(state["history"]), list(state["layers"])
+            start_epoch = resumed_from = int(state["epoch"]) + 1
+        except Exception as e:  # readable but not this trial's state: same as unreadable
+            discard_checkpoint(ckpt, e)
+            model, opt, sched, gen = fresh()  # a half-loaded state must not leak in
+            history, layer_frames, start_epoch, resumed_from = [], [], 1, None
+    step_fn = torch.compile(model) if t.compile else model
+    recorder = LayerStatsRecorder(model)
     tracker = tracking.TrialTracker(
         spec.wandb, run_dir, spec.name, trial.trial_id, tracker_config(trial, spec, hp, params),
         job_type="tune" if tuning else "trial")

@@ -1,16 +1,21 @@
-"""W&B tracking without a server: modes, credentials, offline runs read back from disk.
+"""W&B tracking without a server: modes, credentials, offline runs read back from disk,
+and outages: a server that never answers, refuses, or answers but cannot start a run.
 
 Every test runs with HOME, NETRC, the wandb config/cache/data folders and the
-working directory in ``tmp_path`` and no ``WANDB_*`` variable from outside, so
-the user's credentials and settings are never read or written. wandb is torn
-down after each test (its service keeps the environment it started with).
+working directory in ``tmp_path`` and no ``WANDB_*`` or proxy variable from outside,
+so the user's credentials and settings are never read or written and every request
+goes to loopback (a W&B "server" here is a socket or a tiny HTTP server on
+127.0.0.1; keys are fake). wandb is torn down after each test (its service keeps
+the environment it started with).
 """
+import http.server
 import json
 import math
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pandas as pd
@@ -24,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     for key in list(os.environ):
-        if key.startswith("WANDB_") or key == "NETRC":
+        if key.startswith("WANDB_") or key == "NETRC" or key.lower().endswith("_proxy"):
             monkeypatch.delenv(key)
     home = tmp_path / "home"
     home.mkdir()
@@ -46,26 +51,125 @@ def write_netrc(path, machine, password="k" * 40):
     path.chmod(0o600)
 
 
+FAKE_KEY = "0123456789abcdef" * 2 + "01234567"  # 40 hex digits, valid nowhere
+
+
+class Server:
+    """A W&B "server" on loopback that answers every request with ``status``: enough for
+    a reachability check, never enough for wandb.init."""
+
+    def __init__(self, status=503):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def answer(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PUT = do_HEAD = answer
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def answering(monkeypatch):
+    server = Server()
+    monkeypatch.setenv("WANDB_BASE_URL", server.url)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def silent_server(monkeypatch):
+    """Accepts connections (the kernel does, from the backlog) and never says a word:
+    what a server behind a dead route looks like to a client."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        yield url
+
+
+@pytest.fixture
+def refusing(monkeypatch):
+    with socket.socket() as s:  # a local port nobody listens on: refused, no network
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    return url
+
+
 # ---------------------------------------------------------------- modes and credentials
 
 def test_auto_is_offline_without_credentials(env):
     assert not tracking.has_credentials()
-    assert tracking.resolve_mode("auto") == "offline"
-    for mode in ("online", "offline", "disabled"):
-        assert tracking.resolve_mode(mode) == mode
+    mode, why = tracking.resolve_mode("auto", "res/a")
+    assert mode == "offline" and "no W&B credentials" in why
+    assert "wandb sync res/a/wandb/offline-run-*" in why
+    for mode in ("offline", "disabled"):
+        assert tracking.resolve_mode(mode).mode == mode
+    # forced online without a key: tracking degrades, it does not stop the sweep
+    mode, why = tracking.resolve_mode("online")
+    assert mode == "offline" and why.startswith("--wandb online but no W&B credentials")
 
 
-def test_auto_is_online_with_an_api_key(env, monkeypatch):
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+def test_auto_is_online_with_an_api_key_and_a_server_that_answers(env, monkeypatch,
+                                                                  answering):
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     assert tracking.has_credentials()
-    assert tracking.resolve_mode("auto") == "online"
+    assert tracking.resolve_mode("auto") == ("online",
+                                             f"credentials found and {answering.url} answers")
+    assert tracking.resolve_mode("online").mode == "online"
     monkeypatch.setenv("WANDB_API_KEY", "  ")
-    assert tracking.resolve_mode("auto") == "offline"
+    assert tracking.resolve_mode("auto").mode == "offline"
+
+
+def test_auto_is_offline_when_the_server_never_answers(env, monkeypatch, silent_server,
+                                                       capsys):
+    """The outage that made every trial fail: a key, and no answer from the server."""
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    t0 = time.perf_counter()
+    mode, why = tracking.resolve_mode("auto", "res/a")
+    seconds = time.perf_counter() - t0
+    assert mode == "offline"
+    assert why == (f"credentials found, but no answer from {silent_server} within 3 s; "
+                   "upload later with: wandb sync res/a/wandb/offline-run-*")
+    assert 2.5 < seconds < 6  # the bounded wait, not wandb's 90 s init timeout
+    out = capsys.readouterr()
+    assert FAKE_KEY not in why + out.out + out.err
+
+
+def test_auto_is_offline_at_once_when_the_server_refuses(env, monkeypatch, refusing):
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    t0 = time.perf_counter()
+    mode, why = tracking.resolve_mode("auto")
+    assert mode == "offline" and time.perf_counter() - t0 < 2
+    assert f"no answer from {refusing} (Connection refused)" in why
+
+
+def test_server_check_counts_any_http_answer(env):
+    server = Server(status=404)  # an API root need not say 200
+    try:
+        assert tracking.server_problem(server.url) is None
+    finally:
+        server.close()
+    assert "no answer" in tracking.server_problem("http://127.0.0.1:1", timeout=1)
 
 
 def test_netrc_entry_for_the_wandb_host_is_detected(env, tmp_path, monkeypatch):
     write_netrc(env / ".netrc", "api.wandb.ai")  # ~/.netrc
-    assert tracking.resolve_mode("auto") == "online"
+    assert tracking.has_credentials()
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # another host
     assert not tracking.has_credentials()
     other = tmp_path / "other-netrc"
@@ -78,15 +182,22 @@ def test_netrc_entry_for_the_wandb_host_is_detected(env, tmp_path, monkeypatch):
     assert not tracking.has_credentials()
 
 
-def test_invalid_mode_names_the_choices(env):
+def test_invalid_mode_names_the_choices(env, tmp_path):
     with pytest.raises(ValueError, match="auto, online, offline, disabled"):
         tracking.resolve_mode("cloud")
+    with pytest.raises(ValueError, match="auto, online, offline, disabled"):
+        tracking.TrialTracker("cloud", str(tmp_path), "g", "t", {})
 
 
-def test_online_without_credentials_fails_before_wandb_starts(env, tmp_path):
-    with pytest.raises(RuntimeError, match="no credentials"):
-        tracking.TrialTracker("online", str(tmp_path / "run"), "g", "t", {})
-    assert not (tmp_path / "run").exists()
+def test_online_without_credentials_logs_offline_with_a_warning(env, tmp_path, capsys):
+    t = tracking.TrialTracker("online", str(tmp_path / "run"), "g", "t", {"depth": 2})
+    assert t.mode == "offline" and t.url is None
+    t.log_epoch({"epoch": 1, "loss": 0.5})
+    t.finish({"status": "completed"})
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("warning: W&B: t: no W&B credentials; logging offline")
+    run = tracking.read_offline_run(t.run_path)
+    assert run["history"][0]["loss"] == 0.5 and run["summary"]["status"] == "completed"
 
 
 def test_run_id_is_stable_short_and_distinct():
@@ -252,18 +363,136 @@ def test_log_figures_writes_an_analysis_run(env, tmp_path):
     assert run["summary"]["trials"] == 12 and run["summary"]["figures"] == 1
 
 
-def test_online_start_against_an_unreachable_server_raises_in_time(env, tmp_path,
-                                                                   monkeypatch):
-    with socket.socket() as s:  # a local port nobody listens on: refused, no network
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+def read_runs(run_dir):
+    return {r["name"]: r for r in map(tracking.read_offline_run,
+                                      tracking.offline_run_dirs(run_dir))}
+
+
+def test_online_run_that_cannot_start_falls_back_to_offline(env, tmp_path, monkeypatch,
+                                                            answering, capsys):
+    """The server answers (the reachability check passes) but wandb.init fails: the
+    trial's tracker logs offline instead, within the init timeout, and never raises."""
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
     t0 = time.perf_counter()
-    with pytest.raises(RuntimeError, match="W&B online run g/t could not start"):
-        tracking.TrialTracker("auto", str(tmp_path / "run"), "g", "t", {})
+    t = tracking.TrialTracker("online", str(tmp_path / "run"), "g", "mlp-4-plain-s0",
+                              {"depth": 4})
     assert time.perf_counter() - t0 < 30
+    assert t.mode == "offline" and t.url is None
+    for row in epoch_rows(0):
+        t.log_epoch(row)
+    t.log_layers(layers_frame(0))
+    t.finish({"status": "completed"})
+    err = capsys.readouterr().err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("warning: W&B: mlp-4-plain-s0: its online run could not start "
+                           "(CommError: ")  # wandb's own words
+    assert "logging offline instead (upload later with: wandb sync " in line
+    assert FAKE_KEY not in err
+    run = read_runs(tmp_path / "run")["mlp-4-plain-s0"]
+    assert run["id"] == tracking.run_id("g", "mlp-4-plain-s0")  # sync continues that run
+    assert [h["train_loss"] for h in run["history"] if "train_loss" in h] == \
+        [r["train_loss"] for r in epoch_rows(0)]
+    assert run["summary"]["status"] == "completed" and run["exit_code"] == 0
+
+
+def test_online_run_against_a_silent_server_goes_offline_in_seconds(env, tmp_path,
+                                                                    monkeypatch,
+                                                                    silent_server, capsys):
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    t0 = time.perf_counter()
+    t = tracking.TrialTracker("online", str(tmp_path / "run"), "g", "t", {})
+    assert time.perf_counter() - t0 < 10  # 3 s check + an offline start, not 30 s init
+    assert t.mode == "offline"
+    t.finish({"status": "completed"})
+    assert f"no answer from {silent_server} within 3 s" in capsys.readouterr().err
+
+
+class DyingRun:
+    """Stands in for an online run whose service dies after ``lives`` calls."""
+
+    def __init__(self, lives):
+        self.lives, self.url, self.finished = lives, "https://wandb.example/r", None
+        self.settings = type("S", (), {"sync_dir": "/nonexistent/run-x"})()
+        self.summary = self
+
+    def _call(self):
+        self.lives -= 1
+        if self.lives < 0:
+            raise ConnectionResetError("[Errno 104] Connection reset by peer")
+
+    def log(self, *args, **kwargs):
+        self._call()
+
+    def update(self, values):
+        self._call()
+
+    def finish(self, exit_code=0):
+        self.finished = exit_code
+        self._call()
+
+
+def test_a_run_that_dies_mid_way_continues_offline_with_everything(env, tmp_path,
+                                                                  monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setattr(tracking, "server_problem", lambda *a, **k: None)
+    real_start, dying = tracking._start_run, DyingRun(lives=2)
+    monkeypatch.setattr(tracking, "_start_run", lambda mode, *a, **k:
+                        dying if mode == "online" else real_start(mode, *a, **k))
+    t = tracking.TrialTracker("online", str(tmp_path), "g", "t", {"depth": 4})
+    assert (t.mode, t.url) == ("online", "https://wandb.example/r")
+    for row in epoch_rows(0):  # the third call fails
+        t.log_epoch(row)
+    assert (t.mode, t.url) == ("offline", None) and dying.finished == 1
+    t.log_layers(layers_frame(0))
+    t.finish({"status": "completed"})
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("warning: W&B: t: its online run failed (ConnectionResetError: "
+                           "[Errno 104] Connection reset by peer); continuing in an offline "
+                           "run with the same id")
+    run = read_runs(tmp_path)["t"]
+    assert [h["epoch"] for h in run["history"] if "epoch" in h] == [1, 2, 3]  # replayed
+    assert run["summary"]["status"] == "completed"
+    assert run["summary"]["layers_rows"] == 4
+
+
+def test_a_tracker_that_fails_twice_stops_tracking_and_never_raises(env, tmp_path,
+                                                                   monkeypatch, capsys):
+    t = tracking.TrialTracker("offline", str(tmp_path), "g", "t", {})
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    t.log_epoch({"epoch": 1, "loss": 1.0})
+    monkeypatch.setattr(t._run, "log", broken)  # first failure: a new offline run
+    t.log_epoch({"epoch": 2, "loss": 0.5})
+    assert t.mode == "offline"
+    monkeypatch.setattr(t._run, "log", broken)  # second: give up, quietly
+    t.log_epoch({"epoch": 3, "loss": 0.25})
+    t.log_layers(layers_frame(0))
+    t.finish({"status": "completed"})
+    assert t.mode == "disabled"
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "failed again" in lines[1] and "not tracked from here" in lines[1]
+
+
+def test_log_figures_failure_is_one_warning_not_an_exception(env, tmp_path, capsys):
+    path = tracking.log_figures("offline", str(tmp_path / "res"), "sweep-a",
+                                [str(tmp_path / "missing.png")])
+    assert path is None
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("warning: W&B: sweep-a-figures: figures not logged (")
+    assert str(tmp_path / "res" / "figures") in line
+
+
+def test_log_figures_in_an_outage_logs_offline(env, tmp_path, monkeypatch, refusing, capsys):
+    from PIL import Image
+    png = tmp_path / "fig.png"
+    Image.new("RGB", (4, 4)).save(png)
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    path = tracking.log_figures("online", str(tmp_path / "res"), "sweep-a", [str(png)])
+    assert path is not None and tracking.read_offline_run(path)["summary"]["figures"] == 1
+    assert "sweep-a-figures" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- helpers

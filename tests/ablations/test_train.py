@@ -69,3 +69,61 @@ def test_nan_loss_is_a_diverged_result_not_a_crash(tmp_path):
     assert row["status"] == "diverged" and 1 <= row["diverged_epoch"] < 5
     ep = pd.read_parquet(results.trial_dir(spec.run_dir, mlp.trial_id) / "epochs.parquet")
     assert len(ep) == row["diverged_epoch"]
+
+
+def test_a_damaged_checkpoint_costs_only_the_trials_progress(tmp_path, capsys):
+    """A truncated checkpoint (storage failed after a kill) is moved aside and the trial
+    starts over, exactly as a fresh run: same seeds, same numbers. Before, every retry
+    reloaded the same broken file and the trial ended as status=error."""
+    fresh = small_spec(tmp_path / "fresh", milestones=())
+    mlp = [t for t in expand(fresh)[0] if t.family == "mlp"][0]
+    run_train_trial(mlp, fresh, fresh.run_dir)
+    expected = pd.read_parquet(results.trial_dir(fresh.run_dir, mlp.trial_id)
+                               / "epochs.parquet")
+
+    spec = small_spec(tmp_path / "damaged", milestones=())
+    ckpt = results.checkpoint_path(spec.storage_dir, mlp.trial_id)
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"PK\x03\x04" + b"\x00" * 100)  # a zip cut short
+    assert run_train_trial(mlp, spec, spec.run_dir) == "completed"
+    row = results.read_fragment_row(spec.run_dir, mlp.trial_id)
+    assert row["resumed_from_epoch"] is None and row["attempts"] == 1
+    got = pd.read_parquet(results.trial_dir(spec.run_dir, mlp.trial_id) / "epochs.parquet")
+    cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"]
+    pd.testing.assert_frame_equal(got[cols], expected[cols])
+    assert (ckpt.parent / f"{mlp.trial_id}.pt.corrupt").read_bytes()[:4] == b"PK\x03\x04"
+    assert not ckpt.exists()  # the new one is removed once the result is written
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(err) == 1 and str(ckpt) in err[0]
+
+
+def test_a_checkpoint_of_another_model_is_set_aside_not_half_loaded(tmp_path, capsys):
+    """Readable, but not this trial's state (e.g. a model definition changed between
+    --resume runs): loading it fails partway, so the trial starts over from a clean,
+    seeded model instead of failing on every retry."""
+    spec = small_spec(tmp_path, epochs=2, milestones=())
+    trials = expand(spec)[0]
+    mlp = [t for t in trials if t.family == "mlp"][0]
+    resnet = [t for t in trials if t.family == "resnet"][0]
+
+    class Stop(Exception):
+        pass
+
+    class StopAfterFirstEpoch:
+        def report(self, metrics):
+            raise Stop
+
+        def where(self):
+            return {}
+
+    with pytest.raises(Stop):  # a paused run keeps its checkpoint (a finished one does not)
+        run_train_trial(resnet, spec, str(tmp_path / "other"), StopAfterFirstEpoch())
+    other = results.checkpoint_path(spec.storage_dir, resnet.trial_id)
+    ckpt = results.checkpoint_path(spec.storage_dir, mlp.trial_id)
+    other.rename(ckpt)  # the resnet's epoch-1 state where the mlp's should be
+    assert run_train_trial(mlp, spec, spec.run_dir) == "completed"
+    row = results.read_fragment_row(spec.run_dir, mlp.trial_id)
+    assert row["resumed_from_epoch"] is None and row["epochs_run"] == 2
+    assert (ckpt.parent / f"{mlp.trial_id}.pt.corrupt").exists()
+    err = capsys.readouterr().err
+    assert f"checkpoint {ckpt} is unusable" in err
