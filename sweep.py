@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--name", default=None, help="results go to OUT/NAME (default: mode-timestamp)")
     o.add_argument("--wandb", choices=WANDB_CHOICES, default="auto",
                    help="W&B tracking, one run per trial: auto = online when credentials are "
-                   "configured, else offline under OUT/NAME/wandb")
+                   "configured and the server answers within 3 s, else offline under "
+                   "OUT/NAME/wandb")
     o.add_argument("--resume", metavar="NAME", default=None,
                    help="continue the interrupted sweep OUT/NAME: finished trials are kept, "
                    "unfinished ones continue from their last checkpoint")
@@ -463,7 +464,10 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock, sizes=
         todo = [t for t in trials if rows[t.trial_id] and rows[t.trial_id]["status"] == "error"]
         for t in todo:
             results.archive_error(run_dir, t.trial_id)
-        print(f"retrying {len(todo)} errored trial(s): "
+        # a trial with no result (its fragment was damaged and moved aside, or never
+        # written) is not finished either: it reruns too
+        todo += [t for t in trials if rows[t.trial_id] is None]
+        print(f"retrying {len(todo)} errored or unfinished trial(s): "
               + (", ".join(t.trial_id for t in todo) or "none"), flush=True)
     else:
         todo = [t for t in trials if rows[t.trial_id] is None]
