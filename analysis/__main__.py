@@ -2,9 +2,16 @@
 
 Reads only the stored Parquet files (no Ray, W&B, torch or GPU) and prints
 each written path on its own line; ``report.html`` is the last. Bad input
-(a missing or empty folder, an unknown format, style, width or factor, a
-filter that matches nothing) is one line on stderr and exit code 2, before
-anything is written.
+(a missing or empty folder, an unreadable trials.parquet, an unknown format,
+style, width or factor, a filter that matches nothing) is one line on stderr
+and exit code 2, before anything is written.
+
+A figure, table or report section that fails does not stop the others
+(``analysis.report.build``): each failure is one warning line on stderr as
+it happens, the rest is written, and the exit code is 1; the last line on
+stderr counts the failures and names ``report_errors.log``, which holds
+their tracebacks. Exit codes: 0 everything written, 1 written with failures,
+2 bad input.
 """
 from __future__ import annotations
 
@@ -55,13 +62,17 @@ def main(argv=None) -> int:
     from analysis.style import Look
 
     try:
-        written = build(args.run_dir, args.format, look=Look(args.style, args.width),
-                        where=parse_where(args.where), out_dir=args.out)
+        result = build(args.run_dir, args.format, look=Look(args.style, args.width),
+                       where=parse_where(args.where), out_dir=args.out)
     except ResultsError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    for path in written:
-        print(path)
+    for path in result.written:
+        print(path, flush=True)
+    if result.failures:
+        print(f"{parser.prog}: {len(result.failures)} item(s) failed (named in the report); "
+              f"everything else was written; tracebacks in {result.log}", file=sys.stderr)
+        return 1
     return 0
 
 

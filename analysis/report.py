@@ -1,4 +1,4 @@
-"""Every figure, table and the report of one results folder: ``build(run_dir) -> written paths``.
+"""Every figure, table and the report of one results folder: ``build(run_dir) -> BuildResult``.
 
 Reads whichever of ``trials.parquet``, ``layers.parquet``, ``epochs.parquet``,
 ``features/*.npz`` and ``spec.json`` exist (a probe-only sweep has no epochs
@@ -10,7 +10,18 @@ or features) and writes, each file atomically:
 * ``report.md`` and ``report.html``: the spec, environment, plan, status
   counts, tables and figures with one-line captions, and the W&B runs. The
   HTML is self-contained: figures are embedded as base64 PNG, styles inline,
-  no script, so it can be mailed or opened from a laptop.
+  no script, so it can be mailed or opened from a laptop;
+* ``report_errors.log``: only when something failed (see below).
+
+The last mile of a sweep must not be lost to one bug: every figure, table
+and report section is made in isolation (``analysis.failures.Guard``). One
+that raises becomes a line "could not draw <name>: <Type>: <message>" in
+both reports (and in their "Problems" section), a one-line warning on
+stderr, and its traceback in ``report_errors.log``; its own files are
+removed and everything else is written. The log is rewritten by every build
+and removed by a build without failures, so it always describes the latest
+build. Bad input (no folder, no results, an unreadable trials.parquet, an
+unknown format, a filter that matches nothing) still raises ``ResultsError``.
 
 Needs only pandas, pyarrow, scipy and matplotlib/seaborn: no ray, wandb or
 torch, so results copied off a cluster rebuild anywhere, in seconds.
@@ -28,7 +39,7 @@ import io
 import json
 import re
 import shlex
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +48,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures, stats
+from analysis.failures import (ERRORS_LOG, BuildResult, Guard, ItemFailure, one_line,
+                               write_error_log)
 from analysis.style import DEFAULT_LOOK, PAPER_RC, Look, model_label, save_figure
 from analysis.tables import (GRAD_TABLE_FORMAT, _cell, _numeric, _specs, degradation_index_table,
                              degradation_table, escape_latex, grad_table, paired_table,
@@ -61,31 +74,58 @@ def _safe(name: str) -> str:
 
 # --------------------------------------------------------------------------- loading, filtering
 
-def load_results(run_dir) -> dict[str, pd.DataFrame]:
-    """``{"trials": df, "layers": df, "epochs": df}`` for the Parquet files that exist."""
+def load_results(run_dir, guard: Guard | None = None) -> dict[str, pd.DataFrame]:
+    """``{"trials": df, "layers": df, "epochs": df}`` for the Parquet files that exist.
+
+    A file that cannot be read raises ``ResultsError`` when it is
+    ``trials.parquet`` (the plan: without it every count would be wrong), when
+    no file can be read, or when no ``guard`` is given. With a ``guard``, a
+    damaged ``layers`` or ``epochs`` file beside readable ones is left out and
+    recorded as an "input" failure: the report is built from the rest and
+    says what is missing, rather than hours of training ending in a traceback.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ResultsError(f"results folder {str(run_dir)!r} does not exist or is not a folder")
-    data = {}
+    data, broken = {}, {}
     for name in RESULT_FILES:
         path = run_dir / f"{name}.parquet"
         if path.is_file():
             try:
                 data[name] = pd.read_parquet(path)
             except Exception as exc:  # pyarrow raises several types for a bad file
-                raise ResultsError(f"cannot read {path}: {exc}") from exc
+                broken[name] = (path, exc)
+    if broken and (guard is None or "trials" in broken or not data):
+        path, exc = broken.get("trials") or next(iter(broken.values()))
+        raise ResultsError(f"cannot read {path}: {one_line(exc)}") from exc
+    for name, (_, exc) in broken.items():
+        guard.record("input", f"{name}.parquet", exc)
     if not data:
         raise ResultsError(f"{str(run_dir)!r} holds none of "
                            + ", ".join(f"{n}.parquet" for n in RESULT_FILES))
     return data
 
 
-def load_spec(run_dir) -> dict:
-    """``spec.json`` as a dict (``{}`` when missing or unreadable: the report says so)."""
-    try:
-        return json.loads((Path(run_dir) / "spec.json").read_text())
-    except (OSError, ValueError):
+def load_spec(run_dir, guard: Guard | None = None) -> dict:
+    """``spec.json`` as a dict; ``{}`` when it is missing, unreadable or not a JSON
+    object (the report then says the spec was not recorded). With a ``guard``, a
+    file that exists but cannot be used is recorded as an "input" failure, like a
+    damaged epochs.parquet: the report is built, and names it."""
+    path = Path(run_dir) / "spec.json"
+    if not path.exists():
         return {}
+    try:
+        spec = json.loads(path.read_text())
+        if not isinstance(spec, dict):
+            raise ValueError(f"expected a JSON object, found {type(spec).__name__}")
+        for key in ("spec", "environment"):
+            if not isinstance(spec.get(key, {}), dict):
+                raise ValueError(f"{key!r} is not an object")
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+        if guard is not None:
+            guard.record("input", "spec.json", exc)
+        return {}
+    return spec
 
 
 _BOOL = {"residual": True, "true": True, "on": True, "yes": True, "1": True,
@@ -177,10 +217,16 @@ def _feature_files(run_dir: Path, trials: pd.DataFrame | None) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- artefacts
+#
+# Every figure and table is an entry of a registry: a name, a test of whether
+# the data allows it, the code that makes it and a caption. ``_items`` runs
+# each entry in its own ``Guard``, so an entry that raises (in its test, its
+# drawing or its saving) becomes an ``ItemFailure`` and the others are made.
 
 @dataclass
 class Item:
-    """One figure or table of the report: its files, caption and what to embed."""
+    """One figure or table of the report: its files, caption and what to embed,
+    or the failure that replaced it."""
     kind: str                      # "figure" | "table"
     name: str
     caption: str
@@ -188,11 +234,34 @@ class Item:
     png: bytes | None = None       # figure: embedded in report.html
     frame: pd.DataFrame | None = None  # table: rendered in the reports
     floatfmt: object = "auto"
+    failure: ItemFailure | None = None
 
 
-def _figure(fig, base: Path, formats, name: str, caption: str) -> Item:
-    """Save ``fig`` in ``formats``; keep PNG bytes for the HTML report (rendered in memory
-    when PNG is not among the formats)."""
+@dataclass(frozen=True)
+class _Ctx:
+    """What every registry entry reads."""
+    run_dir: Path
+    out: Path
+    trials: pd.DataFrame | None
+    layers: pd.DataFrame | None
+    epochs: pd.DataFrame | None
+    formats: tuple
+    look: Look
+    trained: bool
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    applies: Callable[[_Ctx], bool]
+    make: Callable[[_Ctx], object]  # a Figure, or a table's DataFrame (None or empty: skip)
+    caption: object                 # a string, or a function of the context
+    floatfmt: object = "auto"
+
+
+def _save_figure(fig, base: Path, formats) -> tuple[list[str], bytes]:
+    """Save ``fig`` in ``formats``; return the paths and PNG bytes for the HTML report
+    (rendered in memory when PNG is not among the formats)."""
     png = None
     if "png" not in formats:
         buf = io.BytesIO()
@@ -202,13 +271,11 @@ def _figure(fig, base: Path, formats, name: str, caption: str) -> Item:
     paths = save_figure(fig, base, formats)
     if png is None:
         png = Path(base.with_name(base.name + ".png")).read_bytes()
-    return Item("figure", name, caption, paths, png=png)
+    return paths, png
 
 
-def _table(df: pd.DataFrame, base: Path, name: str, caption: str, floatfmt="auto") -> Item:
-    label = f"tab:{_safe(name)}"
-    return Item("table", name, caption, write_table(df, base, escape_latex(caption), label, floatfmt),
-                frame=df, floatfmt=floatfmt)
+def _rows(df: pd.DataFrame | None) -> bool:
+    return df is not None and len(df) > 0
 
 
 def _has(df: pd.DataFrame | None, stat: str, phase: str | None = None) -> bool:
@@ -218,91 +285,149 @@ def _has(df: pd.DataFrame | None, stat: str, phase: str | None = None) -> bool:
     return bool(len(rows) if phase is None else (rows["phase"] == phase).any())
 
 
-def _items(run_dir: Path, out: Path, data: dict, formats, look: Look, trained: bool) -> list[Item]:
-    fig_dir, tab_dir = out / "figures", out / "tables"
-    items: list[Item] = []
-    trials, layers, epochs = data.get("trials"), data.get("layers"), data.get("epochs")
+def _std_when(c: _Ctx) -> str:
+    return "late" if _has(c.layers, "act_std", "train") else "init"
 
-    def fig(name, make, caption):
-        items.append(_figure(make(), fig_dir / name, formats, name, caption))
 
-    # Figures, headline first.
-    if trials is not None and trained and len(trials):
-        fig("degradation_vs_depth",
-            lambda: figures.degradation_vs_depth(trials, look, chance_error=CHANCE_ERROR),
-            "Final training loss and test error against depth: mean and 95% t interval over "
-            "seeds (dots: single seeds); failed trials are counted at the top of each panel.")
-    if epochs is not None and len(epochs):
-        fig("training_curves_by_depth", lambda: figures.training_curves_by_depth(epochs, look),
-            "Error per epoch, plain (left) and residual (right), one colour per depth; dashed = "
-            "train, solid = test; median over seeds (He et al. 2016, Fig. 6).")
-        fig("training_curves", lambda: figures.training_curves(epochs, look),
-            "Loss and accuracy per epoch for each model and depth: thin = train, bold = test; "
-            "median over seeds with interquartile band; dotted lines = learning-rate drops.")
-    if _has(layers, "act_std"):
-        when = "late" if _has(layers, "act_std", "train") else "init"
-        fig("layer_response_std", lambda: figures.layer_response_std(layers, look, when=when,
-                                                              trials=trials),
-            f"Std of each block's output ({'end of training' if when == 'late' else 'at init'}), "
-            "in network order and sorted by magnitude (He et al. 2016, Fig. 7); median over seeds; "
-            "trials that did not complete are left out and named in the panel.")
-    if _has(layers, "grad_mean_abs"):
-        fig("gradient_flow", lambda: figures.gradient_flow(layers, look, trials=trials),
-            "Mean |dL/dW| per weight layer at initialization and late in training (log scale); "
-            "median over seeds with interquartile band; late: completed trials only (the others "
-            "are named in the panel).")
-    if _has(layers, "grad_mean_abs", "init"):
-        fig("grad_by_layer", lambda: figures.grad_by_layer(layers, "init", look),
-            "Mean |dL/dW| per weight layer of the untrained network (probe), per depth.")
-    if _has(layers, "act_mean_abs", "init"):
-        fig("act_by_layer", lambda: figures.act_by_layer(layers, "init", look),
-            "Mean |activation| per block output of the untrained network (probe), per depth.")
-    if _has(layers, "act_mean_abs", "train"):
-        fig("act_through_training", lambda: figures.act_through_training(layers, look=look),
-            "Mean |activation| per layer at sampled training steps (colour = step); "
-            "median over seeds.")
-    for path in _feature_files(run_dir, trials):
-        try:
+FIGURES = (
+    _Entry("degradation_vs_depth", lambda c: c.trained and _rows(c.trials),
+           lambda c: figures.degradation_vs_depth(c.trials, c.look, chance_error=CHANCE_ERROR),
+           "Final training loss and test error against depth: mean and 95% t interval over "
+           "seeds (dots: single seeds); failed trials are counted at the top of each panel."),
+    _Entry("training_curves_by_depth", lambda c: _rows(c.epochs),
+           lambda c: figures.training_curves_by_depth(c.epochs, c.look),
+           "Error per epoch, plain (left) and residual (right), one colour per depth; dashed = "
+           "train, solid = test; median over seeds (He et al. 2016, Fig. 6)."),
+    _Entry("training_curves", lambda c: _rows(c.epochs),
+           lambda c: figures.training_curves(c.epochs, c.look),
+           "Loss and accuracy per epoch for each model and depth: thin = train, bold = test; "
+           "median over seeds with interquartile band; dotted lines = learning-rate drops."),
+    _Entry("layer_response_std", lambda c: _has(c.layers, "act_std"),
+           lambda c: figures.layer_response_std(c.layers, c.look, when=_std_when(c),
+                                                trials=c.trials),
+           lambda c: f"Std of each block's output "
+                     f"({'end of training' if _std_when(c) == 'late' else 'at init'}), in network "
+                     "order and sorted by magnitude (He et al. 2016, Fig. 7); median over seeds; "
+                     "trials that did not complete are left out and named in the panel."),
+    _Entry("gradient_flow", lambda c: _has(c.layers, "grad_mean_abs"),
+           lambda c: figures.gradient_flow(c.layers, c.look, trials=c.trials),
+           "Mean |dL/dW| per weight layer at initialization and late in training (log scale); "
+           "median over seeds with interquartile band; late: completed trials only (the others "
+           "are named in the panel)."),
+    _Entry("grad_by_layer", lambda c: _has(c.layers, "grad_mean_abs", "init"),
+           lambda c: figures.grad_by_layer(c.layers, "init", c.look),
+           "Mean |dL/dW| per weight layer of the untrained network (probe), per depth."),
+    _Entry("act_by_layer", lambda c: _has(c.layers, "act_mean_abs", "init"),
+           lambda c: figures.act_by_layer(c.layers, "init", c.look),
+           "Mean |activation| per block output of the untrained network (probe), per depth."),
+    _Entry("act_through_training", lambda c: _has(c.layers, "act_mean_abs", "train"),
+           lambda c: figures.act_through_training(c.layers, look=c.look),
+           "Mean |activation| per layer at sampled training steps (colour = step); "
+           "median over seeds."),
+)
+
+
+def _both_variants(trials: pd.DataFrame) -> bool:
+    keys = [k for k in ("family", "model", "depth") if k in trials]
+    return bool(trials.groupby(keys)["residual"].nunique().max() > 1)
+
+
+TABLES = (
+    _Entry("summary", lambda c: _rows(c.trials), lambda c: degradation_table(c.trials),
+           "Per family, depth and variant: parameters, completed/planned trials (failures "
+           "named), final train loss and test accuracy as mean ± 95% t half width over "
+           "completed seeds."),
+    _Entry("paired", lambda c: c.trained and _rows(c.trials) and _both_variants(c.trials),
+           lambda c: paired_table(c.trials),
+           "Residual minus plain, paired by seed: mean ± 95% t half width, two-sided paired t "
+           "and exact Wilcoxon signed-rank p values."),
+    _Entry("degradation", lambda c: c.trained and _rows(c.trials),
+           lambda c: degradation_index_table(c.trials),
+           "Degradation index: change from the shallowest depth of each variant, mean ± 95% "
+           "Welch half width; positive = worse."),
+)
+
+
+def _feature_entries(c: _Ctx) -> list[_Entry]:
+    """One entry per feature file shown; the file is read inside its entry, so a
+    truncated npz costs that figure only."""
+    def make(path):
+        def draw(_):
             with np.load(path, allow_pickle=False) as npz:
                 maps = npz["maps"]
                 image = npz["image"] if "image" in npz.files else None
-        except Exception as exc:  # a truncated npz should not cost the whole report
-            warnings.warn(f"skipping feature maps {path}: {exc}", stacklevel=2)
-            continue
-        name = f"features_{_safe(path.stem)}"
-        fig(name, lambda: figures.feature_maps(maps, image, title=path.stem, look=look),
-            f"First-block feature maps of {path.stem} for one test image (8 channels).")
+            return figures.feature_maps(maps, image, title=path.stem, look=c.look)
+        return draw
+    return [_Entry(f"features_{_safe(p.stem)}", lambda _: True, make(p),
+                   f"First-block feature maps of {p.stem} for one test image (8 channels).")
+            for p in _feature_files(c.run_dir, c.trials)]
 
-    # Tables.
-    if trials is not None and len(trials):
-        items.append(_table(degradation_table(trials), tab_dir / "summary", "summary",
-                            "Per family, depth and variant: parameters, completed/planned trials "
-                            "(failures named), final train loss and test accuracy as mean ± 95% "
-                            "t half width over completed seeds."))
-        if trained:
-            both = trials.groupby(["family", "model", "depth"])["residual"].nunique().max() > 1
-            if both:
-                items.append(_table(paired_table(trials), tab_dir / "paired", "paired",
-                                    "Residual minus plain, paired by seed: mean ± 95% t half width, "
-                                    "two-sided paired t and exact Wilcoxon signed-rank p values."))
-            deg = degradation_index_table(trials)
-            if len(deg):
-                items.append(_table(deg, tab_dir / "degradation", "degradation",
-                                    "Degradation index: change from the shallowest depth of each "
-                                    "variant, mean ± 95% Welch half width; positive = worse."))
-    if _has(layers, "grad_mean_abs"):
-        when = "init"
-        grads = snapshot_rows(layers, "grad_mean_abs", when)
-        for (model, depth), g in grads.groupby(["model", "depth"], sort=True):
-            if g["residual"].nunique() < 2:
-                continue
-            items.append(_table(grad_table(layers, model, depth, when=when),
-                                tab_dir / f"grad_{_safe(model)}-{depth}", f"grad_{model}-{depth}",
-                                f"Mean |dL/dW| per weight layer at initialization, {model}, depth "
-                                f"{depth}: median over seeds without (plain) and with (residual) "
-                                "shortcuts; ratio = median over seeds of residual/plain.",
-                                GRAD_TABLE_FORMAT))
-    return items
+
+def _grad_entries(c: _Ctx) -> list[_Entry]:
+    """The seed article's table for every (model, depth) that has both variants at init."""
+    if not _has(c.layers, "grad_mean_abs"):
+        return []
+    grads = snapshot_rows(c.layers, "grad_mean_abs", "init")
+    out = []
+    for (model, depth), g in grads.groupby(["model", "depth"], sort=True):
+        if g["residual"].nunique() < 2:
+            continue
+        out.append(_Entry(
+            f"grad_{model}-{depth}", lambda _: True,
+            lambda _, m=model, d=depth: grad_table(c.layers, m, d, when="init"),
+            f"Mean |dL/dW| per weight layer at initialization, {model}, depth {depth}: median "
+            "over seeds without (plain) and with (residual) shortcuts; ratio = median over "
+            "seeds of residual/plain.", GRAD_TABLE_FORMAT))
+    return out
+
+
+def _remove(paths) -> None:
+    """A failed item leaves no file behind: neither a half-written one nor an older
+    build's, which the report would no longer describe."""
+    for p in paths:
+        Path(p).unlink(missing_ok=True)
+
+
+def _run_entry(c: _Ctx, guard: Guard, kind: str, e: _Entry) -> Item | None:
+    base = (c.out / ("figures" if kind == "figure" else "tables")) / _safe(e.name)
+    outputs = ([base.with_name(f"{base.name}.{x}") for x in c.formats] if kind == "figure"
+               else [base.with_name(base.name + ".md"), base.with_name(base.name + ".tex")])
+    state = {}
+
+    def attempt():
+        if not e.applies(c):
+            return None
+        state["caption"] = caption = e.caption(c) if callable(e.caption) else e.caption
+        made = e.make(c)
+        if kind == "figure":
+            paths, png = _save_figure(made, base, c.formats)
+            return Item(kind, e.name, caption, paths, png=png)
+        if made is None or not len(made):
+            return None
+        paths = write_table(made, base, escape_latex(caption), f"tab:{_safe(e.name)}",
+                            e.floatfmt)
+        return Item(kind, e.name, caption, paths, frame=made, floatfmt=e.floatfmt)
+
+    def failed(failure):
+        _remove(outputs)
+        state["failure"] = failure
+
+    item = guard.run(kind, e.name, attempt, on_failure=failed)
+    if "failure" in state:
+        return Item(kind, e.name, state.get("caption", ""), failure=state["failure"])
+    return item
+
+
+def _items(c: _Ctx, guard: Guard) -> list[Item]:
+    """Every figure (headline first) then every table, each made in isolation."""
+    plan = [("figure", e) for e in FIGURES]
+    plan += [("figure", e) for e in guard.run("figure", "feature maps",
+                                              lambda: _feature_entries(c)) or []]
+    plan += [("table", e) for e in TABLES]
+    plan += [("table", e) for e in guard.run("table", "grad tables",
+                                             lambda: _grad_entries(c)) or []]
+    items = [_run_entry(c, guard, kind, e) for kind, e in plan]
+    return [i for i in items if i is not None]
 
 
 # --------------------------------------------------------------------------- report text
@@ -310,7 +435,8 @@ def _items(run_dir: Path, out: Path, data: dict, formats, look: Look, trained: b
 def _spec_lines(spec: dict) -> list[tuple[str, str]]:
     s = spec.get("spec", {})
     if not s:
-        return [("spec", "spec.json missing: regenerated from the Parquet files alone")]
+        return [("spec", "spec.json missing or unreadable: regenerated from the Parquet "
+                         "files alone")]
     t = s.get("train") or {}
     lines = [("name", str(s.get("name"))), ("mode", str(s.get("mode"))),
              ("families", ", ".join(map(str, s.get("families") or [])) or "—"),
@@ -347,17 +473,16 @@ def _env_lines(spec: dict, trials: pd.DataFrame | None) -> list[tuple[str, str]]
     if trials is not None and "device" in trials:
         devs = trials["device"].dropna().astype(str).value_counts()
         lines.append(("trials ran on", ", ".join(f"{d} ({n})" for d, n in devs.items()) or "—"))
-    return lines or [("environment", "not recorded (no spec.json)")]
+    return lines or [("environment", "not recorded (no usable spec.json)")]
 
 
 def _findings(trials: pd.DataFrame | None, trained: bool) -> list[str]:
     """One sentence per (family, depth): residual minus plain test accuracy, from the numbers."""
     if trials is None or not trained or "final_test_acc" not in trials:
         return []
-    try:
-        d = stats.paired_differences(trials, "final_test_acc")
-    except (KeyError, ValueError):
-        return []
+    # No try: a frame the statistics reject (two trials for one seed) is a failure of
+    # this section, named in the report, not a silent absence of findings.
+    d = stats.paired_differences(trials, "final_test_acc")
     out = []
     for _, r in d.iterrows():
         name = model_label(r["family"], r["model"])
@@ -417,6 +542,129 @@ def _html_table(df: pd.DataFrame, floatfmt="auto") -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+@dataclass
+class _Section:
+    """One part of the report, rendered to both targets."""
+    md: list[str]
+    html: list[str]
+
+
+def _failed_section(title: str | None, failure: ItemFailure) -> _Section:
+    head_md = [f"## {title}", ""] if title else []
+    head_html = [f"<h2>{html.escape(title)}</h2>"] if title else []
+    return _Section(head_md + [f"- **{failure.entry}**", ""],
+                    head_html + [f'<p class="failed">{html.escape(failure.entry)}</p>'])
+
+
+def _section(guard: Guard, name: str, title: str | None, render) -> _Section:
+    """``render()`` -> ``_Section`` in isolation; on failure the section keeps its
+    heading and says what went wrong."""
+    state = {}
+    out = guard.run("section", name, render, on_failure=lambda f: state.setdefault("f", f))
+    return _failed_section(title, state["f"]) if "f" in state else out
+
+
+def _pairs_section(title: str, pairs: list[tuple[str, str]]) -> _Section:
+    esc = html.escape
+    return _Section([f"## {title}", ""] + [f"- **{k}**: {v}" for k, v in pairs] + [""],
+                    [f"<h2>{esc(title)}</h2><dl>"
+                     + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in pairs)
+                     + "</dl>"])
+
+
+def _list_section(title: str, lines: list[str]) -> _Section:
+    esc = html.escape
+    return _Section([f"## {title}", ""] + [f"- {w}" for w in lines] + [""],
+                    [f"<h2>{esc(title)}</h2><ul>"
+                     + "".join(f"<li>{esc(w)}</li>" for w in lines) + "</ul>"])
+
+
+def _totals(trials: pd.DataFrame | None) -> _Section:
+    if trials is None or not len(trials):
+        return _Section([], [])
+    c = trials["status"].value_counts()
+    text = (f"{len(trials)} trials: {int(c.get('completed', 0))} completed, "
+            f"{int(c.get('diverged', 0))} diverged, {int(c.get('error', 0))} errored"
+            + (f", {int(c.get('pending', 0))} pending" if c.get("pending", 0) else ""))
+    return _Section([f"**{text}.**", ""], [f"<p><strong>{html.escape(text)}.</strong></p>"])
+
+
+def _findings_section(trials, trained) -> _Section:
+    found = _findings(trials, trained)
+    if not found:
+        return _Section([], [])
+    return _list_section("Findings (residual minus plain, paired by seed)", found)
+
+
+def _status_section(trials) -> _Section:
+    status = _status_frame(trials)
+    if status is None:
+        return _Section([], [])
+    return _Section(["## Plan and status", "", to_markdown(status)],
+                    ["<h2>Plan and status</h2>" + _html_table(status)])
+
+
+def _problems_section(failures: list[ItemFailure]) -> _Section:
+    """Near the top: what is missing from this report and where the tracebacks are."""
+    if not failures:
+        return _Section([], [])
+    lead = (f"{len(failures)} item(s) could not be built; the rest of the report is complete. "
+            f"Tracebacks: {ERRORS_LOG}.")
+    esc = html.escape
+    return _Section(["## Problems", "", lead, ""] + [f"- {f.entry}" for f in failures] + [""],
+                    [f"<h2>Problems</h2><p>{esc(lead)}</p><ul>"
+                     + "".join(f'<li class="failed">{esc(f.entry)}</li>' for f in failures)
+                     + "</ul>"])
+
+
+def _table_section(t: Item, rel) -> _Section:
+    esc = html.escape
+    if t.failure is not None:
+        return _Section([f"### {t.name}", "", f"- **{t.failure.entry}**", ""],
+                        [f'<h3 id="{esc(_safe(t.name))}">{esc(t.name)}</h3>'
+                         f'<p class="failed">{esc(t.failure.entry)}</p>'])
+    files = [rel(p) for p in t.paths]
+    return _Section([f"### {t.name}", "", t.caption, "", to_markdown(t.frame, t.floatfmt),
+                     "Files: " + ", ".join(f"`{p}`" for p in files), ""],
+                    [f'<h3 id="{esc(_safe(t.name))}">{esc(t.name)}</h3><p>{esc(t.caption)}</p>'
+                     + _html_table(t.frame, t.floatfmt)
+                     + f'<p class="files">{esc(", ".join(files))}</p>'])
+
+
+def _figure_section(f: Item, rel) -> _Section:
+    esc = html.escape
+    if f.failure is not None:
+        return _Section([f"### {f.name}", "", f"- **{f.failure.entry}**", ""],
+                        [f'<figure id="{esc(_safe(f.name))}" class="failed">'
+                         f"<figcaption><strong>{esc(f.name)}.</strong> "
+                         f"{esc(f.failure.entry)}</figcaption></figure>"])
+    files = [rel(p) for p in f.paths]
+    shown = next((p for p in files if p.endswith(".png")), None) or \
+        next((p for p in files if p.endswith(".svg")), files[0])
+    data_uri = "data:image/png;base64," + base64.b64encode(f.png).decode("ascii")
+    return _Section([f"### {f.name}", "", f"![{f.name}]({shown})", "", f.caption, "",
+                     "Files: " + ", ".join(f"`{p}`" for p in files), ""],
+                    [f'<figure id="{esc(_safe(f.name))}"><img alt="{esc(f.name)}" '
+                     f'src="{data_uri}"><figcaption><strong>{esc(f.name)}.</strong> '
+                     f'{esc(f.caption)}</figcaption>'
+                     f'<p class="files">{esc(", ".join(files))}</p></figure>'])
+
+
+def _item_sections(guard: Guard, title: str, items: list[Item], render, rel) -> _Section:
+    """A heading and one isolated sub-section per item; a table whose frame cannot be
+    rendered becomes that table's failure (its files may already be fine)."""
+    out = _Section([f"## {title}", ""], [f"<h2>{html.escape(title)}</h2>"])
+    for item in items:
+        state = {}
+        part = guard.run(item.kind, item.name, lambda: render(item, rel),
+                         on_failure=lambda f: state.setdefault("f", f))
+        if "f" in state:
+            part = render(Item(item.kind, item.name, item.caption, failure=state["f"]), rel)
+        out.md += part.md
+        out.html += part.html
+    return out
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1100px;
 margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
@@ -427,87 +675,51 @@ th{border-bottom:2px solid #999}td.num{text-align:right;font-variant-numeric:tab
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em}dt{font-weight:600}dd{margin:0}
 figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.9em;color:#444}code{background:#f4f4f4;padding:0 .2em}
-.files{font-size:.8em;color:#777}
+.files{font-size:.8em;color:#777}.failed{color:#a40000}
 """
 
 
 def _write_reports(out: Path, run_dir: Path, spec: dict, data: dict, items: list[Item],
-                   where: dict, trained: bool) -> list[str]:
+                   where: dict, trained: bool, guard: Guard) -> list[str]:
+    """report.md and report.html, every section in isolation; a section that raises
+    keeps its heading and names the failure. A "Problems" section near the top
+    lists every failure of the build, the sections' own included."""
     trials = data.get("trials")
-    title = f"resablate sweep {spec.get('spec', {}).get('name') or run_dir.name}"
-    if where:
-        title += f" (view: {where_slug(where)})"
     stamp = _dt.datetime.now().isoformat(timespec="seconds")
-    status = _status_frame(trials)
-    findings = _findings(trials, trained)
-    figs = [i for i in items if i.kind == "figure"]
-    tabs = [i for i in items if i.kind == "table"]
-    totals = ""
-    if trials is not None and len(trials):
-        c = trials["status"].value_counts()
-        totals = (f"{len(trials)} trials: {int(c.get('completed', 0))} completed, "
-                  f"{int(c.get('diverged', 0))} diverged, {int(c.get('error', 0))} errored"
-                  + (f", {int(c.get('pending', 0))} pending" if c.get("pending", 0) else ""))
+    title = guard.run("section", "title",
+                      lambda: str(spec.get("spec", {}).get("name") or run_dir.name)) or run_dir.name
+    title = f"resablate sweep {title}" + (f" (view: {where_slug(where)})" if where else "")
 
     def rel(p):
         return str(Path(p).relative_to(out))
 
-    # ---- Markdown
-    md = [f"# {title}", "", f"Generated {stamp} by `python -m analysis {run_dir}` from the stored "
-          "results alone.", ""]
-    if totals:
-        md += [f"**{totals}.**", ""]
-    if findings:
-        md += ["## Findings (residual minus plain, paired by seed)", ""]
-        md += [f"- {f}" for f in findings] + [""]
-    md += ["## Spec", ""] + [f"- **{k}**: {v}" for k, v in _spec_lines(spec)] + [""]
-    md += ["## Environment", ""] + [f"- **{k}**: {v}" for k, v in _env_lines(spec, trials)] + [""]
-    if status is not None:
-        md += ["## Plan and status", "", to_markdown(status)]
-    md += ["## Tables", ""]
-    for t in tabs:
-        md += [f"### {t.name}", "", t.caption, "", to_markdown(t.frame, t.floatfmt),
-               "Files: " + ", ".join(f"`{rel(p)}`" for p in t.paths), ""]
-    md += ["## Figures", ""]
-    for f in figs:
-        shown = next((p for p in f.paths if p.endswith(".png")), None) or \
-            next((p for p in f.paths if p.endswith(".svg")), f.paths[0])
-        md += [f"### {f.name}", "", f"![{f.name}]({rel(shown)})", "", f.caption, "",
-               "Files: " + ", ".join(f"`{rel(p)}`" for p in f.paths), ""]
-    md += ["## Weights & Biases", ""] + [f"- {w}" for w in _wandb_lines(run_dir, trials)] + [""]
-
-    # ---- HTML
     esc = html.escape
+    head = _Section([f"# {title}", "", f"Generated {stamp} by `python -m analysis {run_dir}` "
+                     "from the stored results alone.", ""],
+                    [f"<h1>{esc(title)}</h1>",
+                     f"<p>Generated {esc(stamp)} by <code>python -m analysis "
+                     f"{esc(str(run_dir))}</code> from the stored results alone.</p>"])
+    body = [
+        _section(guard, "status totals", None, lambda: _totals(trials)),
+        _section(guard, "findings", "Findings (residual minus plain, paired by seed)",
+                 lambda: _findings_section(trials, trained)),
+        _section(guard, "spec", "Spec", lambda: _pairs_section("Spec", _spec_lines(spec))),
+        _section(guard, "environment", "Environment",
+                 lambda: _pairs_section("Environment", _env_lines(spec, trials))),
+        _section(guard, "plan and status", "Plan and status", lambda: _status_section(trials)),
+        _item_sections(guard, "Tables", [i for i in items if i.kind == "table"],
+                       _table_section, rel),
+        _item_sections(guard, "Figures", [i for i in items if i.kind == "figure"],
+                       _figure_section, rel),
+        _section(guard, "W&B runs", "Weights & Biases",
+                 lambda: _list_section("Weights & Biases", _wandb_lines(run_dir, trials))),
+    ]
+    # Last, so that it also names the failures of the sections above.
+    sections = [head, _problems_section(guard.failures), *body]
+    md = [line for s in sections for line in s.md]
     h = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-         f"<title>{esc(title)}</title>", f"<style>{_CSS}</style></head><body>",
-         f"<h1>{esc(title)}</h1>",
-         f"<p>Generated {esc(stamp)} by <code>python -m analysis {esc(str(run_dir))}</code> from "
-         "the stored results alone.</p>"]
-    if totals:
-        h.append(f"<p><strong>{esc(totals)}.</strong></p>")
-    if findings:
-        h.append("<h2>Findings (residual minus plain, paired by seed)</h2><ul>"
-                 + "".join(f"<li>{esc(f)}</li>" for f in findings) + "</ul>")
-    h.append("<h2>Spec</h2><dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>"
-                                           for k, v in _spec_lines(spec)) + "</dl>")
-    h.append("<h2>Environment</h2><dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>"
-                                                  for k, v in _env_lines(spec, trials)) + "</dl>")
-    if status is not None:
-        h.append("<h2>Plan and status</h2>" + _html_table(status))
-    h.append("<h2>Tables</h2>")
-    for t in tabs:
-        h.append(f'<h3 id="{esc(_safe(t.name))}">{esc(t.name)}</h3><p>{esc(t.caption)}</p>'
-                 + _html_table(t.frame, t.floatfmt)
-                 + f'<p class="files">{esc(", ".join(rel(p) for p in t.paths))}</p>')
-    h.append("<h2>Figures</h2>")
-    for f in figs:
-        data_uri = "data:image/png;base64," + base64.b64encode(f.png).decode("ascii")
-        h.append(f'<figure id="{esc(_safe(f.name))}"><img alt="{esc(f.name)}" src="{data_uri}">'
-                 f"<figcaption><strong>{esc(f.name)}.</strong> {esc(f.caption)}</figcaption>"
-                 f'<p class="files">{esc(", ".join(rel(p) for p in f.paths))}</p></figure>')
-    h.append("<h2>Weights &amp; Biases</h2><ul>"
-             + "".join(f"<li>{esc(w)}</li>" for w in _wandb_lines(run_dir, trials)) + "</ul>")
-    h.append("</body></html>")
+         f"<title>{esc(title)}</title>", f"<style>{_CSS}</style></head><body>"]
+    h += [part for s in sections for part in s.html] + ["</body></html>"]
     return [write_text(out / "report.md", "\n".join(md)),
             write_text(out / "report.html", "\n".join(h) + "\n")]
 
@@ -515,30 +727,47 @@ def _write_reports(out: Path, run_dir: Path, spec: dict, data: dict, items: list
 # --------------------------------------------------------------------------- entry point
 
 def build(run_dir, formats=("pdf", "png"), look: Look = DEFAULT_LOOK, where=None,
-          out_dir=None) -> list[str]:
-    """Write every figure and table the folder's results allow, and the reports;
-    return the written paths (figures, tables, then ``report.md`` and ``report.html``).
+          out_dir=None) -> BuildResult:
+    """Write every figure and table the folder's results allow, and the reports.
+
+    Returns ``BuildResult(written, failures, log)``: ``written`` = the paths
+    written (figures, tables, then ``report.md`` and ``report.html``);
+    ``failures`` = one ``ItemFailure`` per item that raised; ``log`` = the
+    path of ``report_errors.log`` (every failure's traceback) or None.
+
+    Each figure, table and report section is made in isolation (see
+    ``analysis.failures``): one that raises is named in both reports and on
+    stderr, its files are removed, and everything else is still written. A
+    damaged ``layers.parquet`` or ``epochs.parquet`` beside a readable
+    ``trials.parquet`` is such a failure too (kind "input").
 
     ``where``: ``{factor: [values]}`` (see ``parse_where``) restricts every
     output; its files go to ``out_dir`` or, by default, ``run_dir/views/<slug>``.
     Without ``where`` they go to ``out_dir`` or ``run_dir``.
 
-    Raises ``ResultsError`` for a missing folder, no results, an unreadable
-    file, an unknown format or a ``where`` that matches nothing.
+    Raises ``ResultsError`` (bad input, before anything is written) for a
+    missing folder, no results, an unreadable ``trials.parquet`` (or no
+    readable file at all), an unknown format or a ``where`` that matches nothing.
     """
     formats = tuple(formats)
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ResultsError(f"unknown format(s) {', '.join(bad) or '(none)'}; valid: {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
-    data = load_results(run_dir)
+    guard = Guard()
+    data = load_results(run_dir, guard)
     where = dict(where or {})
     data = apply_where(data, where)
     out = Path(out_dir) if out_dir else (run_dir / "views" / where_slug(where) if where else run_dir)
-    spec = load_spec(run_dir)
+    spec = load_spec(run_dir, guard)
     trials = data.get("trials")
     trained = trials is not None and "final_test_acc" in trials
-    items = _items(run_dir, out, data, formats, look, trained)
+    ctx = _Ctx(run_dir, out, trials, data.get("layers"), data.get("epochs"), formats, look,
+               trained)
+    items = _items(ctx, guard)
     written = [p for i in items for p in i.paths]
-    written += _write_reports(out, run_dir, spec, data, items, where, trained)
-    return written
+    written += _write_reports(out, run_dir, spec, data, items, where, trained, guard)
+    log = write_error_log(out, guard.failures,
+                          f"python -m analysis {run_dir}: {_dt.datetime.now().isoformat(timespec='seconds')}",
+                          write_text)
+    return BuildResult(written, list(guard.failures), log)

@@ -145,15 +145,30 @@ METRICS = {"final_train_loss": ("train loss", 1.0, 3),
            "final_test_error": ("test error (%)", 100.0, 1)}
 
 
-def fmt_ci(mean: float, lo: float, hi: float, decimals: int, scale: float = 1.0) -> str:
+BIG = 1e6  # from here on, fixed point is a wall of digits
+
+
+def fmt_ci(mean: float, lo: float, hi: float, decimals: int, scale: float = 1.0,
+           small: str = "zero") -> str:
     """"m ± h" with the t interval's half width h; just "m" when there is no interval
-    (one value), "—" when there is no value. ``scale`` converts (100: to percent)."""
+    (one value), "—" when there is no value. ``scale`` converts (100: to percent).
+
+    Fixed point with ``decimals``, except in scientific notation with 3
+    significant digits (both numbers alike) when the mean or the half width
+    reaches ``BIG`` (a diverging loss of 1e30 would print 31 digits), and, with
+    ``small="sci"``, when a non-zero mean would read as zero: a converged
+    train loss of 4e-05 is not "0.000". Differences keep the default
+    ``small="zero"``: a residual-minus-plain gap of 1e-5 pp *is* no gap.
+    """
     if mean is None or not np.isfinite(mean):
         return "—"
-    text = f"{mean * scale:.{decimals}f}"
-    if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
-        text += f" ± {(hi - lo) / 2 * scale:.{decimals}f}"
-    return text
+    m = mean * scale
+    half = ((hi - lo) / 2 * scale if lo is not None and hi is not None
+            and np.isfinite(lo) and np.isfinite(hi) else None)
+    big = max(abs(m), abs(half or 0.0)) >= BIG
+    hidden = small == "sci" and m != 0 and float(f"{m:.{decimals}f}") == 0
+    spec = ".2e" if big or hidden else f".{decimals}f"
+    return f"{m:{spec}}" + (f" ± {half:{spec}}" if half is not None else "")
 
 
 def fmt_p(p: float) -> str:
@@ -197,8 +212,8 @@ def degradation_table(trials: pd.DataFrame) -> pd.DataFrame:
                         "n": [_status_text(r) for _, r in cells.iterrows()]})
     for m in metrics:
         title, scale, decimals = METRICS[m]
-        out[title] = [fmt_ci(r[f"{m}_mean"], r[f"{m}_ci_lo"], r[f"{m}_ci_hi"], decimals, scale)
-                      for _, r in cells.iterrows()]
+        out[title] = [fmt_ci(r[f"{m}_mean"], r[f"{m}_ci_lo"], r[f"{m}_ci_hi"], decimals, scale,
+                             small="sci") for _, r in cells.iterrows()]
     return without_redundant_model(out)
 
 

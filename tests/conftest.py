@@ -5,3 +5,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the property tests import hypothesis themselves and fail loudly there
+    settings = None
+
+if settings is not None:
+    # "ci" (the default): a fixed budget and a derandomized seed, so every run tests the
+    # same examples and a failure reproduces; no deadline, since a report build takes
+    # seconds on a loaded 2-core machine; no example database to keep in the repo.
+    # Tests marked slow ask for more examples with an explicit @settings(max_examples=...).
+    # HYPOTHESIS_PROFILE=dev explores new random examples on each run.
+    _quiet = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("ci", max_examples=25, derandomize=True, deadline=None,
+                              database=None, print_blob=True, suppress_health_check=_quiet)
+    settings.register_profile("dev", max_examples=100, deadline=None,
+                              suppress_health_check=_quiet)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -1,5 +1,6 @@
 """report.build on synthetic results folders, and the ``python -m analysis`` command line."""
 import base64
+from html import escape as html_escape
 import re
 import subprocess
 import sys
@@ -66,7 +67,10 @@ TABLES = ["summary", "paired", "degradation", "grad_mlp-5", "grad_mlp-8"]
 
 def test_build_writes_every_figure_and_table(tmp_path):
     _write_results(tmp_path)
-    written = report.build(tmp_path)
+    result = report.build(tmp_path)
+    assert result.failures == [] and result.log is None
+    assert not (tmp_path / "report_errors.log").exists()
+    written = result.written
     expected = ({f"figures/{f}.{x}" for f in FIGURES for x in ("pdf", "png")}
                 | {f"tables/{t}.{x}" for t in TABLES for x in ("md", "tex")})
     assert _files(tmp_path) == expected  # and no temporary files left behind
@@ -209,3 +213,197 @@ def test_report_imports_neither_ray_nor_wandb():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------- isolation of items
+#
+# A sweep ends with report.build after hours of training: one item that raises
+# must cost that item only. The faults below are injected where a real bug
+# would sit: in a figure function (the ScalarFormatter error of style.log_axis),
+# in a table function, in a report section, and in damaged files on disk.
+
+SCALAR = "This method only works with the ScalarFormatter"
+
+
+def _raise(exc):
+    def fn(*args, **kwargs):
+        raise exc
+    return fn
+
+
+def _rel(paths, root):
+    return {str(Path(p).relative_to(root)) for p in paths}
+
+
+def _entries(md: str) -> list[str]:
+    """The lines of report.md that name a failure."""
+    return [ln for ln in md.splitlines()
+            if re.search(r"could not (draw|make table|write|read) ", ln)]
+
+
+def test_failing_figure_and_table_cost_only_themselves(tmp_path, monkeypatch, capsys):
+    _write_results(tmp_path)
+    report.build(tmp_path, formats=("png",))  # a good build first: its files must not linger
+    assert (tmp_path / "figures" / "gradient_flow.png").exists()
+    capsys.readouterr()
+    monkeypatch.setattr(report.figures, "gradient_flow",
+                        _raise(AttributeError(SCALAR + "\nsecond line of the message")))
+    monkeypatch.setattr(report, "paired_table", _raise(KeyError("final_test_acc")))
+    result = report.build(tmp_path, formats=("png",))
+
+    assert [(f.kind, f.name) for f in result.failures] == [("figure", "gradient_flow"),
+                                                           ("table", "paired")]
+    assert result.failures[0].reason == f"AttributeError: {SCALAR}"
+    assert result.failures[1].reason == "KeyError: 'final_test_acc'"
+    # Everything else is written, and the failed items leave no file (not even the old one).
+    expected = ({f"figures/{f}.png" for f in FIGURES if f != "gradient_flow"}
+                | {f"tables/{t}.{x}" for t in TABLES if t != "paired" for x in ("md", "tex")})
+    assert _files(tmp_path) == expected
+    assert _rel(result.written, tmp_path) == expected | {"report.md", "report.html"}
+    entry_fig = f"could not draw gradient_flow: AttributeError: {SCALAR}"
+    entry_tab = "could not make table paired: KeyError: 'final_test_acc'"
+    md = (tmp_path / "report.md").read_text()
+    page = (tmp_path / "report.html").read_text()
+    # Each failure: once in "Problems" at the top, once where the item would be.
+    assert [e.count(entry_fig) + 2 * e.count(entry_tab) for e in _entries(md)] == [1, 2, 2, 1]
+    assert md.index("## Problems") < md.index("## Spec")
+    assert "second line" not in md and "second line" not in page
+    assert page.count(html_escape(entry_fig)) == 2 and page.count(html_escape(entry_tab)) == 2
+    assert '<figure id="gradient_flow" class="failed">' in page
+    assert len(re.findall(r"<img ", page)) == len(FIGURES) - 1
+    # The other items are intact: the summary table and the findings.
+    assert "| mlp | 8 | plain | 8,000 | 1/2 (1 diverged) | 0.300 | 50.0 |" in md
+    assert "- mlp depth 8: residual minus plain test accuracy +10.0 pp" in md
+    # One warning line per failure on stderr; the full tracebacks in the log.
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"warning: {entry_fig}", f"warning: {entry_tab}"]
+    assert result.log == str(tmp_path / "report_errors.log")
+    log = Path(result.log).read_text()
+    assert log.count("Traceback (most recent call last)") == 2
+    assert "second line of the message" in log and "in fn" in log  # the raising frame
+
+
+def test_error_log_describes_the_latest_build_only(tmp_path, monkeypatch):
+    _write_results(tmp_path, train=False)
+    monkeypatch.setattr(report.figures, "grad_by_layer", _raise(ValueError("first")))
+    first = report.build(tmp_path, formats=("png",))
+    assert "=== figure grad_by_layer: ValueError: first" in Path(first.log).read_text()
+    monkeypatch.setattr(report.figures, "grad_by_layer", _raise(ValueError("second")))
+    monkeypatch.setattr(report.figures, "act_by_layer", _raise(ValueError("third")))
+    log = Path(report.build(tmp_path, formats=("png",)).log).read_text()
+    assert "first" not in log and "2 item(s) failed" in log
+    monkeypatch.undo()
+    clean = report.build(tmp_path, formats=("png",))
+    assert clean.failures == [] and clean.log is None
+    assert not (tmp_path / "report_errors.log").exists()
+    assert "## Problems" not in (tmp_path / "report.md").read_text()
+
+
+def test_failing_section_keeps_the_others(tmp_path, monkeypatch):
+    _write_results(tmp_path)
+    monkeypatch.setattr(report, "_env_lines", _raise(TypeError("bad environment record")))
+    result = report.build(tmp_path, formats=("png",))
+    assert [(f.kind, f.name) for f in result.failures] == [("section", "environment")]
+    md = (tmp_path / "report.md").read_text()
+    entry = "could not write environment: TypeError: bad environment record"
+    assert f"## Environment\n\n- **{entry}**" in md
+    for heading in ("## Findings", "## Spec", "## Plan and status", "## Tables", "## Figures",
+                    "## Weights & Biases"):
+        assert heading in md
+    assert f'<p class="failed">{entry}</p>' in (tmp_path / "report.html").read_text()
+
+
+def test_duplicate_trials_fail_the_paired_items_not_the_report(tmp_path):
+    """A frame the statistics reject (two trials of one cell and seed) is a real
+    fault, not an injected one: findings and the paired table name it, the rest stands."""
+    _write_results(tmp_path)
+    trials = pd.read_parquet(tmp_path / "trials.parquet")
+    dup = trials.iloc[[0]].assign(trial_id="mlp-5-plain-s0-again")
+    pd.concat([trials, dup]).to_parquet(tmp_path / "trials.parquet")
+    result = report.build(tmp_path, formats=("png",))
+    assert {(f.kind, f.name) for f in result.failures} == {("section", "findings"),
+                                                          ("table", "paired")}
+    assert all(f.reason.startswith("ValueError: more than one trial per (cell, seed)")
+               for f in result.failures)
+    assert (tmp_path / "tables" / "summary.md").exists()
+    assert "| mlp | 5 | plain | 5,000 | 3 |" in (tmp_path / "tables" / "summary.md").read_text()
+
+
+def test_corrupt_feature_file_costs_its_figure_only(tmp_path):
+    _write_results(tmp_path)
+    (tmp_path / "features" / "mlp-5-residual-s0.npz").write_bytes(b"PK\x03\x04 truncated")
+    result = report.build(tmp_path, formats=("png",))
+    assert [(f.kind, f.name) for f in result.failures] == [("figure", "features_mlp-5-residual-s0")]
+    assert result.failures[0].reason.startswith("BadZipFile: ")
+    assert _files(tmp_path) == {f"figures/{f}.png" for f in FIGURES[:-1]} | {
+        f"tables/{t}.{x}" for t in TABLES for x in ("md", "tex")}
+    assert "could not draw features_mlp-5-residual-s0: BadZipFile" in \
+        (tmp_path / "report.md").read_text()
+
+
+def test_damaged_epochs_beside_good_trials_is_an_entry_not_a_crash(tmp_path):
+    _write_results(tmp_path)
+    (tmp_path / "epochs.parquet").write_bytes(b"PAR1 not really parquet")
+    result = report.build(tmp_path, formats=("png",))
+    assert [(f.kind, f.name) for f in result.failures] == [("input", "epochs.parquet")]
+    # Only the epoch figures are missing; the trials and layers items are all there.
+    epoch_figs = {"training_curves", "training_curves_by_depth"}
+    assert _files(tmp_path) == {f"figures/{f}.png" for f in FIGURES if f not in epoch_figs} | {
+        f"tables/{t}.{x}" for t in TABLES for x in ("md", "tex")}
+    md = (tmp_path / "report.md").read_text()
+    assert [ln for ln in _entries(md)] == [f"- {result.failures[0].entry}"]
+    assert result.failures[0].entry.startswith("could not read epochs.parquet: ")
+    assert "ArrowInvalid" in Path(result.log).read_text()
+
+
+def test_damaged_trials_is_still_bad_input(tmp_path):
+    """Without trials.parquet every count would be wrong: that is exit 2, not a report."""
+    _write_results(tmp_path)
+    (tmp_path / "trials.parquet").write_bytes(b"not parquet")
+    with pytest.raises(report.ResultsError, match=r"cannot read .*trials\.parquet"):
+        report.build(tmp_path)
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_main_exits_1_after_writing_the_rest(tmp_path, monkeypatch, capsys):
+    _write_results(tmp_path, train=False)
+    monkeypatch.setattr(report.figures, "act_by_layer", _raise(AttributeError(SCALAR)))
+    assert main([str(tmp_path), "--format", "png"]) == 1
+    out, err = capsys.readouterr()
+    assert out.split()[-1] == str(tmp_path / "report.html")
+    assert str(tmp_path / "figures" / "grad_by_layer.png") in out.split()
+    err = err.strip().splitlines()
+    assert err[0] == f"warning: could not draw act_by_layer: AttributeError: {SCALAR}"
+    assert err[-1].startswith("python -m analysis: 1 item(s) failed")
+    assert err[-1].endswith(f"tracebacks in {tmp_path / 'report_errors.log'}")
+
+
+def test_cli_exits_1_on_a_damaged_optional_file(tmp_path):
+    """The real process, no monkeypatch: a damaged layers.parquet beside good trials."""
+    _write_results(tmp_path, train=False)
+    (tmp_path / "layers.parquet").write_bytes(b"garbage")
+    proc = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path), "--format", "png"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.split()[-1] == str(tmp_path / "report.html")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "1 item(s) failed" in last and str(tmp_path / "report_errors.log") in last
+    assert "could not read layers.parquet" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "tables" / "summary.md").exists()
+
+
+@pytest.mark.parametrize("text,reason", [
+    ('{"spec": {"name": "cut', "JSONDecodeError: Unterminated string"),
+    ("[1, 2]", "ValueError: expected a JSON object, found list"),
+    ('{"spec": "train"}', "ValueError: 'spec' is not an object"),
+])
+def test_damaged_spec_json_is_named_and_the_report_built(tmp_path, text, reason):
+    _write_results(tmp_path, train=False)
+    (tmp_path / "spec.json").write_text(text)
+    result = report.build(tmp_path, formats=("png",))
+    assert [(f.kind, f.name) for f in result.failures] == [("input", "spec.json")]
+    assert result.failures[0].reason.startswith(reason)
+    md = (tmp_path / "report.md").read_text()
+    assert f"- could not read spec.json: {reason}" in md
+    assert "- **spec**: spec.json missing or unreadable" in md
+    assert (tmp_path / "figures" / "grad_by_layer.png").exists()

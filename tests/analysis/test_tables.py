@@ -180,6 +180,19 @@ def test_fmt_ci_and_p():
     assert (fmt_p(0.0004), fmt_p(0.0312), fmt_p(float("nan"))) == ("< 0.001", "0.031", "—")
 
 
+def test_fmt_ci_switches_to_scientific_only_where_fixed_point_misleads():
+    # A diverging loss: 31 digits in fixed point; both numbers switch together.
+    assert fmt_ci(1e30, 0.0, 2e30, 3) == "1.00e+30 ± 1.00e+30"
+    assert fmt_ci(0.3, -1e7, 1e7, 3) == "3.00e-01 ± 1.00e+07"
+    assert fmt_ci(999_999.0, 999_998.0, 1_000_000.0, 3) == "999999.000 ± 1.000"
+    # A mean that fixed point rounds to zero: scientific when asked (summary means) ...
+    assert fmt_ci(4e-5, 3e-5, 5e-5, 3, small="sci") == "4.00e-05 ± 1.00e-05"
+    assert fmt_ci(0.0, 0.0, 0.0, 3, small="sci") == "0.000 ± 0.000"  # a true zero stays
+    assert fmt_ci(0.0006, 0.0005, 0.0007, 3, small="sci") == "0.001 ± 0.000"
+    # ... while a difference of 1e-5 pp stays "no difference".
+    assert fmt_ci(1e-7, 0.0, 2e-7, 1, 100) == "0.0 ± 0.0"
+
+
 def test_snapshot_rows_init_and_late():
     layers = _layers()
     init = snapshot_rows(layers, "grad_mean_abs", "init")
