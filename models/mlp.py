@@ -6,59 +6,128 @@ A hidden layer whose input width differs from its output width (the first one
 when ``in_features != width``) is a projection and never has a shortcut.
 Initialization is PyTorch's default ``nn.Linear`` init, as in the seed: this is
 what makes the plain network's gradients vanish and the comparison faithful.
+
+Factor levels (``models.layers``), defaults first (the seed's network):
+
+- ``norm`` none | layer | batch: a LayerNorm / BatchNorm1d inside every norm-ReLU.
+- ``block`` post | pre. post: ``relu(norm(W x)) + x`` (the seed's block when norm is
+  none). pre (He et al. 2016b): ``x + W relu(norm(x))``, nothing after the addition;
+  the projection layer (the "stem", only when ``in_features != width``) is a bare
+  ``W x`` and the head gets a final norm-ReLU, ``W_out relu(norm(x))``, as the
+  pre-activation ResNet's conv stem and its norm-ReLU before the pool.
+- ``branch_scale`` one | invsqrt | zero: the branch (everything but ``+ x``) is
+  multiplied by 1, by 1/sqrt(number of residual blocks), or by a learnable scalar
+  initialized at 0 (every residual block is then exactly the identity at init).
+  A plain network has no branch to scale and ignores it.
+
+Every Linear keeps its bias (the ``bias`` field) at every norm level: the norm is
+the one thing a norm level changes. Norm and scale modules draw no random numbers,
+so one seed gives the same Linear weights at every level.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layers import (BLOCK_LEVELS, BRANCH_SCALE_LEVELS, check_level, check_levels,
+                     get_norm_layer, level_suffix, make_branch_scale, norm_levels)
 from .registry import register_family, register_model
+
+# Where each layer applies its norm-ReLU, per block order: "after" its weight (post),
+# "before" it (pre), or None (a bare nn.Linear). Roles: "projection" is a hidden layer
+# that changes width (never a shortcut), "block" any other hidden layer (residual or
+# plain: the plain network is the same minus the shortcut), "head" the output layer.
+ACTIVATION_SITES = {
+    "post": {"projection": "after", "block": "after", "head": None},
+    "pre": {"projection": None, "block": "before", "head": "before"},
+}
 
 
 class DenseBlock(nn.Linear):
-    """Linear layer + ReLU, plus an identity shortcut when ``shortcut``.
+    """Linear layer with a norm-ReLU after (post) or before (pre) it, plus an identity
+    shortcut when ``shortcut``, the branch multiplied by ``branch_scale`` (a module).
 
     Subclassing ``nn.Linear`` keeps the parameter names of the seed
     (``layers.0.weight``) and its initialization order, so the same seed gives
-    the same weights as the article's network.
+    the same weights as the article's network. At the defaults (no norm, no scale)
+    the block has no submodule at all, exactly the seed's layer.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool, shortcut: bool):
+    def __init__(self, in_features: int, out_features: int, *, bias: bool, shortcut: bool,
+                 norm: str = "none", site: str = "after",
+                 branch_scale: nn.Module | None = None):
         super().__init__(in_features, out_features, bias=bias)
         if shortcut and in_features != out_features:
             raise ValueError("an identity shortcut needs in_features == out_features")
         self.shortcut = shortcut
+        self.site = check_level("site", site, ("after", "before"))
+        make_norm = get_norm_layer(norm, 1)
+        self.norm = None if make_norm is None else make_norm(
+            in_features if site == "before" else out_features)
+        self.branch_scale = branch_scale if shortcut else None
 
-    def combine(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Block output from the linear output ``z`` and the block input ``x``.
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        """norm (if any), then ReLU."""
+        return F.relu(h if self.norm is None else self.norm(h))
 
-        Shared by ``forward`` and the seed-batched probe (ablations.probe), so
-        the two cannot disagree on what a block is.
-        """
-        h = F.relu(z)
-        return h + x if self.shortcut else h
+    def combine(self, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Block output from the branch output and the block input ``x``."""
+        if not self.shortcut:
+            return branch
+        if self.branch_scale is not None:
+            branch = self.branch_scale(branch)
+        return branch + x
+
+    def run(self, x: torch.Tensor, linear: Callable[[torch.Tensor], torch.Tensor]
+            ) -> torch.Tensor:
+        """The block on ``x`` with its weights applied by ``linear``: this module's own
+        for ``forward``, a per-seed stack of them in the batched probe
+        (ablations.probe), so the two cannot disagree on what a block is."""
+        h = self.activate(x) if self.site == "before" else x
+        branch = linear(h)
+        if self.site == "after":
+            branch = self.activate(branch)
+        return self.combine(branch, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.combine(super().forward(x), x)
+        return self.run(x, super().forward)
+
+
+def dense_layer(in_features: int, out_features: int, *, bias: bool, site: str | None,
+                shortcut: bool, norm: str, branch_scale: nn.Module | None) -> nn.Linear:
+    """A bare nn.Linear when the layer has neither norm-ReLU nor shortcut, else a DenseBlock."""
+    if site is None and not shortcut:
+        return nn.Linear(in_features, out_features, bias=bias)
+    return DenseBlock(in_features, out_features, bias=bias, shortcut=shortcut, norm=norm,
+                      site=site or "after", branch_scale=branch_scale)
 
 
 class MLP(nn.Module):
     def __init__(self, *, depth: int, width: int, in_features: int, num_classes: int,
-                 bias: bool, residual: bool):
+                 bias: bool, residual: bool, norm: str = "none", block: str = "post",
+                 branch_scale: str = "one"):
         super().__init__()
         if depth < 2:
             raise ValueError(f"mlp depth must be >= 2 (got {depth})")
+        sites = ACTIVATION_SITES[check_level("block", block, BLOCK_LEVELS)]
+        check_level("branch_scale", branch_scale, BRANCH_SCALE_LEVELS)
         dims = [in_features] + [width] * (depth - 1)
-        blocks: list[nn.Module] = [
-            DenseBlock(dims[i], dims[i + 1], bias=bias,
-                       shortcut=residual and dims[i] == dims[i + 1])
+        shortcut = [residual and dims[i] == dims[i + 1] for i in range(depth - 1)]
+        n_res = sum(shortcut)
+        layers: list[nn.Module] = [
+            dense_layer(dims[i], dims[i + 1], bias=bias, shortcut=shortcut[i], norm=norm,
+                        site=sites["block" if dims[i] == dims[i + 1] else "projection"],
+                        branch_scale=make_branch_scale(branch_scale, n_res) if shortcut[i]
+                        else None)
             for i in range(depth - 1)]
-        blocks.append(nn.Linear(width, num_classes, bias=bias))  # output head, no ReLU
-        self.layers = nn.ModuleList(blocks)
+        layers.append(dense_layer(width, num_classes, bias=bias, shortcut=False, norm=norm,
+                                  site=sites["head"], branch_scale=None))  # output head
+        self.layers = nn.ModuleList(layers)
         self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,8 +140,14 @@ class MLP(nn.Module):
         """Modules whose outputs the statistics recorder reads, in network order."""
         return [(f"layers.{i}", m) for i, m in enumerate(self.layers)]
 
+    def blocks(self) -> list[tuple[str, DenseBlock]]:
+        """The residual blocks (those with a shortcut), in network order. Each has
+        ``shortcut``, ``branch_scale`` and ``run``/``combine``."""
+        return [(n, m) for n, m in self.tap_points()
+                if isinstance(m, DenseBlock) and m.shortcut]
+
     def num_shortcuts(self) -> int:
-        return sum(bool(getattr(m, "shortcut", False)) for m in self.layers)
+        return len(self.blocks())
 
 
 @dataclass(frozen=True)
@@ -83,16 +158,28 @@ class MLPConfig:
     num_classes: int = 10
     bias: bool = True
     residual: bool = True
+    norm: str = "none"
+    block: str = "post"
+    branch_scale: str = "one"
     family: str = "mlp"
+
+    # factor field -> levels, default first (models.layers)
+    FACTORS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "norm": norm_levels("none", "layer", "batch"), "block": BLOCK_LEVELS,
+        "branch_scale": BRANCH_SCALE_LEVELS}
+
+    def __post_init__(self):
+        check_levels(self)
 
     def build(self) -> MLP:
         return MLP(depth=self.depth, width=self.width, in_features=self.in_features,
-                   num_classes=self.num_classes, bias=self.bias, residual=self.residual)
+                   num_classes=self.num_classes, bias=self.bias, residual=self.residual,
+                   norm=self.norm, block=self.block, branch_scale=self.branch_scale)
 
     def layout(self) -> str:
         hidden = f"{self.width} x{self.depth - 1}"
         return (f"{self.in_features} -> {hidden} -> {self.num_classes}, "
-                f"{'bias' if self.bias else 'no bias'}, ReLU")
+                f"{'bias' if self.bias else 'no bias'}, ReLU{level_suffix(self)}")
 
     def with_input(self, in_features: int, num_classes: int) -> "MLPConfig":
         return dataclasses.replace(self, in_features=in_features, num_classes=num_classes)

@@ -10,6 +10,7 @@ import dataclasses
 import fnmatch
 from typing import Any, Callable
 
+import torch
 import torch.nn as nn
 
 # name -> (kind, builder). kind is "family" (needs depth) or "preset".
@@ -86,8 +87,31 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def variant_params(cfg) -> dict[bool, int]:
+    """``{residual: parameter count}`` for the plain and residual variants of a config,
+    built on the meta device (no memory, no init, no random numbers)."""
+    with torch.device("meta"):
+        return {r: count_params(dataclasses.replace(cfg, residual=r).build())
+                for r in (False, True)}
+
+
+def level_params(cfg) -> list[tuple[str, str, dict[bool, int]]]:
+    """``(field, level, variant_params)`` for each factor level (``cfg.FACTORS``), one
+    field changed at a time, where the counts differ from ``cfg``'s own."""
+    base = variant_params(cfg)
+    rows = []
+    for field, levels in cfg.FACTORS.items():
+        for level in levels:
+            if level != getattr(cfg, field):
+                counts = variant_params(dataclasses.replace(cfg, **{field: level}))
+                if counts != base:
+                    rows.append((field, level, counts))
+    return rows
+
+
 def describe(names: list[str] | None = None, depths: list[int] | None = None) -> str:
-    """Human-readable layout and parameter counts, plain and residual, per model."""
+    """Human-readable layout and parameter counts, plain and residual, per model, then
+    the counts at each factor level that changes them (one factor at a time)."""
     lines = []
     for name in names or list_models():
         kind, _ = _lookup(name)
@@ -99,8 +123,10 @@ def describe(names: list[str] | None = None, depths: list[int] | None = None) ->
             except ValueError as e:
                 lines.append(f"{label:<20} cannot build: {e}")
                 continue
-            counts = {r: count_params(dataclasses.replace(cfg, residual=r).build())
-                      for r in (False, True)}
+            counts = variant_params(cfg)
             lines.append(f"{label:<20} {cfg.layout()}")
             lines.append(f"{'':<20} params plain {counts[False]:,}  residual {counts[True]:,}")
+            for field, level, c in level_params(cfg):
+                lines.append(f"{'':<22}{field + '=' + level:<20}plain {c[False]:,}  "
+                             f"residual {c[True]:,}")
     return "\n".join(lines)
