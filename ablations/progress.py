@@ -127,13 +127,13 @@ class SweepProgress:
         eta = self.eta()
         for tid in u.trial_ids:
             self.done += 1
-            tail = f" | ETA {duration(eta)}" if self.done < self.total else ""
+            tail = f" | ETA {duration(eta)}" if self.done < self.total and eta is not None else ""
             lines.append(f"[{self.done}/{self.total}] {tid} {_fmt_row(self.read_row(tid))}{tail}")
         if len(lines) > 3:  # a probe cell of many seeds: one line, not one per seed
             rows = [self.read_row(t) for t in u.trial_ids]
             statuses = [r.get("status", "?") if r else "no result" for r in rows]
             counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
-            tail = f" | ETA {duration(eta)}" if self.done < self.total else ""
+            tail = f" | ETA {duration(eta)}" if self.done < self.total and eta is not None else ""
             lines = [f"[{self.done}/{self.total}] {u.label} ({len(rows)} trials): {counts}{tail}"]
         for line in lines:
             self._write(line)

@@ -35,7 +35,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-FACTORS = ["trial_id", "family", "model", "depth", "residual", "seed"]
+def factor_columns() -> list[str]:
+    """The key columns of every results row: trial, family, model, depth, each registered
+    factor (``ablations.factors``; residual first), seed."""
+    from .factors import names
+    return ["trial_id", "family", "model", "depth", *names(), "seed"]
+
+
+FACTORS = factor_columns()  # the registry at import; factor_columns() sees later entries
 PACKAGES = ["torch", "torchvision", "ray", "optuna", "wandb", "seaborn", "pandas", "pyarrow",
             "numpy", "matplotlib"]
 

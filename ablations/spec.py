@@ -130,6 +130,10 @@ def validate(spec: AblationSpec, resuming: bool = False) -> None:
         factors.validate_requested(dict(spec.factors), families)
     except (ValueError, KeyError) as e:
         raise SpecError(str(e).strip("'\"")) from None
+    if spec.mode == "probe" and "batch" in dict(spec.factors).get("norm", ()) and \
+            spec.probe_batch < 2 and "mlp" in families:
+        raise SpecError(f"--norm batch with --probe-batch {spec.probe_batch}: an MLP's batch "
+                        "norm has no statistics over one example; use --probe-batch 2 or more")
     _choices([spec.mode], MODE_CHOICES, "mode")
     _choices([spec.wandb], WANDB_CHOICES, "--wandb mode")
     if spec.seeds < 1:

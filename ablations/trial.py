@@ -5,6 +5,7 @@ can call ``run_group`` directly.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -12,11 +13,10 @@ import pandas as pd
 import torch
 
 import models
-from models.mlp import MLPConfig
 
 from . import results
 from .plan import model_label
-from .probe import probe_mlp_variants, probe_one
+from .probe import can_batch, probe_mlp_variants, probe_one
 
 
 def layer_frame(trial, stats, phase: str, step: int = 0, epoch: int = 0) -> pd.DataFrame:
@@ -25,7 +25,7 @@ def layer_frame(trial, stats, phase: str, step: int = 0, epoch: int = 0) -> pd.D
     for k, v in trial.factors().items():
         df[k] = v
     df["phase"], df["step"], df["epoch"] = phase, step, epoch
-    return df[results.FACTORS + ["phase", "step", "epoch", "layer", "layer_index",
+    return df[results.factor_columns() + ["phase", "step", "epoch", "layer", "layer_index",
                                  "stat", "value"]]
 
 
@@ -36,17 +36,25 @@ def run_probe_group(trials, spec, run_dir, reporter=None) -> list[str]:
     milliseconds and thousands of runs would swamp the tracker.
     """
     from . import tracking
-    cfg = trials[0].model_cfg
-    if isinstance(cfg, MLPConfig):
-        seeds = sorted({t.seed for t in trials})
-        by_variant = probe_mlp_variants(cfg, seeds, spec.probe_batch,
-                                        sorted({t.residual for t in trials}))
-        outcomes = [by_variant[t.residual][seeds.index(t.seed)] for t in trials]
-    else:
-        outcomes = [probe_one(t.model_cfg, t.seed, spec.probe_batch) for t in trials]
-    first_of_variant = {t.residual: t for t in reversed(trials)}
-    params = {r: models.count_params(t.model_cfg.build())  # once per variant, not per seed
-              for r, t in first_of_variant.items()}
+    outcomes = {}
+    # Trials whose networks differ only in the shortcut share each seed's draws (one
+    # batched pass for plain and residual); other factor levels are their own pass.
+    by_net: dict = {}
+    for t in trials:
+        by_net.setdefault(dataclasses.replace(t.model_cfg, residual=True), []).append(t)
+    for ts in by_net.values():
+        if can_batch(ts[0].model_cfg):
+            seeds = sorted({t.seed for t in ts})
+            got = probe_mlp_variants(ts[0].model_cfg, seeds, spec.probe_batch,
+                                     sorted({t.residual for t in ts}))
+            outcomes.update({t.trial_id: got[t.residual][seeds.index(t.seed)] for t in ts})
+        else:
+            outcomes.update({t.trial_id: probe_one(t.model_cfg, t.seed, spec.probe_batch)
+                             for t in ts})
+    outcomes = [outcomes[t.trial_id] for t in trials]
+    first_of_variant = {t.model_cfg: t for t in reversed(trials)}
+    params = {c: models.count_params(t.model_cfg.build())  # once per variant, not per seed
+              for c, t in first_of_variant.items()}
     statuses, frames = [], []
     where = reporter.where() if reporter else {}
     first = trials[0]
@@ -59,7 +67,7 @@ def run_probe_group(trials, spec, run_dir, reporter=None) -> list[str]:
         job_type="probe")
     for trial, (stats, loss) in zip(trials, outcomes):
         status = "completed" if math.isfinite(loss) else "diverged"
-        row = {**trial.factors(), "params": params[trial.residual], "status": status,
+        row = {**trial.factors(), "params": params[trial.model_cfg], "status": status,
                "probe_loss": loss, "attempts": 1, **where, "finished_at": time.time()}
         frame = layer_frame(trial, stats, "init")
         results.write_fragment(run_dir, trial.trial_id, row, {"layers": frame})
