@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--milestones", type=_list(int, "--milestones", "15,25", allow_empty=True),
                    default=None, help="epochs after which the lr is multiplied by 0.1 ('' for "
                    "none; default: the seed article's 15,25 of 30, scaled to --epochs)")
+    t.add_argument("--warmup-epochs", type=int, default=0,
+                   help="linear learning-rate warmup from lr/steps to lr over the first N "
+                   "epochs, per step (Goyal et al. 2017); 0 keeps the seed article's recipe")
     t.add_argument("--stats-every", type=int, default=50,
                    help="record per-layer statistics every k training steps")
     t.add_argument("--threads", type=int, default=None,
@@ -166,6 +169,7 @@ def spec_from_args(args) -> AblationSpec:
         weight_decay=args.weight_decay, batch_size=args.batch_size,
         milestones=default_milestones(args.epochs) if args.milestones is None
         else tuple(args.milestones), stats_every=args.stats_every, threads=args.threads,
+        warmup_epochs=args.warmup_epochs,
         device=args.device, compile=args.compile)
     spec = AblationSpec(
         families=tuple(args.families), depths=tuple(args.depths), residual=args.residual,

@@ -107,3 +107,12 @@ class StepSchedule:
         """Loads this class's or ``MultiStepLR``'s state dict (the learning rate itself
         lives in the optimizer's state)."""
         self.last_epoch = int(state_dict["last_epoch"])
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Linear warmup (Goyal et al. 2017, arXiv 1706.02677): the scheduled learning rate
+    times ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` steps, then 1.
+    Step 0 trains at lr / warmup_steps, step ``warmup_steps - 1`` at the full lr."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return 1.0
+    return (step + 1) / warmup_steps

@@ -44,6 +44,7 @@ class TrainSettings:
     threads: int | None = None
     device: str = "auto"
     compile: bool = False
+    warmup_epochs: int = 0  # linear lr warmup over the first N epochs (Goyal et al. 2017)
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,9 @@ def validate_train(t: TrainSettings) -> None:
         raise SpecError(f"--subset must be >= 10, one image per class (got {t.subset})")
     if not 0 <= t.val_fraction < 1:
         raise SpecError(f"--val-fraction must be in [0, 1) (got {t.val_fraction})")
+    if not 0 <= t.warmup_epochs < t.epochs:
+        raise SpecError(f"--warmup-epochs must be in 0..{t.epochs - 1} (less than --epochs "
+                        f"{t.epochs}; got {t.warmup_epochs})")
     if t.stats_every < 1:
         raise SpecError(f"--stats-every must be >= 1 (got {t.stats_every})")
     if t.threads is not None and t.threads < 1:

@@ -29,7 +29,7 @@ from analysis.hooks import LayerStatsRecorder
 
 from . import results
 from .data import load_dataset, pad_images, random_crop_flip
-from .optim import SGD, StepSchedule
+from .optim import SGD, StepSchedule, warmup_factor
 
 EVAL_BATCH = 1000
 
@@ -208,6 +208,7 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     n = len(data.train_y)
     step = (start_epoch - 1) * math.ceil(n / t.batch_size)
     status, diverged_epoch = "completed", None
+    warm_steps = getattr(t, "warmup_epochs", 0) * math.ceil(n / t.batch_size)
     padded = pad_images(data.train_x)  # (N, C, 40, 40), once: batches only crop and flip
     fmt = torch.channels_last if conv else torch.contiguous_format
     wall0 = time.perf_counter()
@@ -224,6 +225,8 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
                 idx = perm[k:k + t.batch_size]
                 xb = random_crop_flip(padded[idx], gen).contiguous(memory_format=fmt)
                 yb = data.train_y[idx]
+                if step < warm_steps:  # the scheduled lr is restored after the epoch
+                    opt.param_groups[0]["lr"] = lr * warmup_factor(step, warm_steps)
                 sample = step % t.stats_every == 0 and not tuning
                 with recorder.capture() if sample else contextlib.nullcontext():
                     with autocast(device, precision):
@@ -238,6 +241,7 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
                 loss_sum += loss.detach() * len(yb)
                 correct += (out.argmax(1) == yb).sum()
                 step += 1
+            opt.param_groups[0]["lr"] = lr  # the schedule's own lr (warmup only scaled it)
             sched.step()
             train_loss = loss_sum.item() / n  # the one host sync of the epoch
             seconds = time.perf_counter() - t0

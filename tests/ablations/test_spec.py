@@ -90,6 +90,14 @@ def test_out_that_is_a_file_and_existing_results_are_refused(tmp_path):
     (["--tune-range", "lr=1:0.1", "--tune", "lr", "--mode", "train"], "0 < low < high"),
     (["--max-failures", "-1"], "--max-failures must be >= 0"),
     (["--mode", "fit"], "invalid choice: 'fit'"),
+    (["--warmup-epochs", "30", "--mode", "train"], "--warmup-epochs must be in 0..29"),
+    (["--norm", "group"], "--norm: unknown level 'group'; valid levels: batch, layer, none"),
+    (["--branch-scale", "one,half"], "--branch-scale: unknown level 'half'; valid levels: one, "
+                                     "invsqrt, zero"),
+    (["--families", "mlp", "--shortcut", "pad"], "--shortcut applies to resnet only; this sweep "
+                                                 "has mlp"),
+    (["--block", ","], "--block is empty; e.g. post,pre"),
+    (["--families", "mlp", "--norm", "batch"], "--norm batch with --probe-batch 1"),
 ])
 def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, argv, needle):
     out = tmp_path / "results"

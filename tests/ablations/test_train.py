@@ -127,3 +127,28 @@ def test_a_checkpoint_of_another_model_is_set_aside_not_half_loaded(tmp_path, ca
     assert (ckpt.parent / f"{mlp.trial_id}.pt.corrupt").exists()
     err = capsys.readouterr().err
     assert f"checkpoint {ckpt} is unusable" in err
+
+
+def test_warmup_ramps_the_lr_linearly_per_step_then_follows_the_schedule(tmp_path,
+                                                                         monkeypatch):
+    from ablations import optim
+    seen = []
+    real_step = optim.SGD.step
+
+    def spy(self):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self)
+    monkeypatch.setattr(optim.SGD, "step", spy)
+    # 240 training images at batch 64: 4 steps per epoch; warmup over 1 epoch = 4 steps
+    spec = small_spec(tmp_path, warmup_epochs=1)
+    mlp = [t for t in expand(spec)[0] if t.family == "mlp"][0]
+    assert run_train_trial(mlp, spec, spec.run_dir, Recorder()) == "completed"
+    assert seen == pytest.approx([0.05 * k / 4 for k in (1, 2, 3, 4)] + [0.05] * 4 + [0.005] * 4)
+    ep = pd.read_parquet(results.trial_dir(spec.run_dir, mlp.trial_id) / "epochs.parquet")
+    assert list(ep.lr) == pytest.approx([0.05, 0.05, 0.005])  # the schedule's lr per epoch
+
+
+def test_warmup_factor():
+    from ablations.optim import warmup_factor
+    assert [warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
