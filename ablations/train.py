@@ -145,7 +145,7 @@ def tracker_config(trial, spec, hp: dict, params: int) -> dict:
     return {**trial.record(), **hp, "params": params,
             "sweep": spec.name, "mode": spec.mode, "dataset": t.dataset, "subset": t.subset,
             "epochs": t.epochs, "batch_size": t.batch_size, "momentum": t.momentum,
-            "milestones": list(t.milestones)}
+            "milestones": list(t.milestones), "warmup_epochs": getattr(t, "warmup_epochs", 0)}
 
 
 def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -> str:

@@ -62,7 +62,10 @@ def run_probe_group(trials, spec, run_dir, reporter=None) -> list[str]:
     tracker = tracking.TrialTracker(
         spec.wandb, run_dir, spec.name, name,
         {"family": first.family, "model": first.model, "depth": first.depth,
-         "residual": sorted({t.residual for t in trials}), "seeds": len({t.seed for t in trials}),
+         # every factor's levels in this cell (residual: [False, True], norm: [...])
+         **{k: sorted({t.factors()[k] for t in trials}, key=str)
+            for k in results.factor_columns()[4:-1]},
+         "seeds": len({t.seed for t in trials}),
          "probe_batch": spec.probe_batch, "mode": "probe", "sweep": spec.name},
         job_type="probe")
     for trial, (stats, loss) in zip(trials, outcomes):
