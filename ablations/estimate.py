@@ -60,13 +60,13 @@ def epoch_seconds(step_s: float, n_train: int, n_eval: int, batch: int) -> float
 
 def estimate_epochs(trials, spec, n_train: int, n_eval: int, in_features, num_classes: int,
                     device: str = "cpu", budget_s: float = BUDGET_S) -> dict:
-    """``{(model, depth, residual): seconds per epoch}`` for the trials' models, timed here
-    in order of first appearance; models left when ``budget_s`` has run out are absent."""
+    """``{trial.cell: seconds per epoch}`` for the trials' models, timed here in order of
+    first appearance; models left when ``budget_s`` has run out are absent."""
     t = spec.train
     threads = int(t.threads or spec.cpus_per_trial or 1)
     out, t0 = {}, time.perf_counter()
     for trial in trials:
-        key = (trial.model, trial.depth, trial.residual)
+        key = trial.cell
         if key in out:
             continue
         if time.perf_counter() - t0 > budget_s:

@@ -104,3 +104,15 @@ def test_step_seconds_times_a_real_step_of_each_family():
     for name in ("mlp", "resnet"):
         cfg = models.get_config(name, depth=4, residual=True)
         assert 0 < estimate.step_seconds(cfg, 16, 3072, 10, threads=1) < 30
+
+
+def test_estimate_is_keyed_by_cell_with_factor_levels():
+    import sweep
+    from ablations.plan import expand
+    spec = sweep.spec_from_args(sweep.build_parser().parse_args(
+        ["--families", "mlp", "--depths", "4", "--norm", "none,layer", "--dataset",
+         "synthetic", "--batch-size", "16", "--threads", "1"]))
+    trials, _ = expand(spec)
+    per_epoch = estimate.estimate_epochs(trials, spec, 100, 50, 3072, 10)
+    assert set(per_epoch) == {t.cell for t in trials} and len(per_epoch) == 4
+    assert all(s > 0 for s in per_epoch.values())
