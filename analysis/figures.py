@@ -5,11 +5,16 @@ Figures are built on ``Figure`` directly (no pyplot), inside ``look.context()``
 look the same whoever calls them; ``analysis.style.save_figure``
 writes them. Non-finite values (a diverged trial) are dropped before any
 median, and log axes drop values <= 0, so no figure fails on a bad trial: a
-panel with nothing left says so instead of staying blank.
+panel with nothing left says so instead of staying blank. Panels that share
+an axis share one log-or-linear decision, made over all their data
+(``analysis.style.log_axis``). Per-layer panels name their layers on the x
+axis (``analysis.style.layer_ticks``), and a "late in training" panel names
+the step it shows and exists only when a trial was sampled after step 0.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import matplotlib as mpl
 import numpy as np
@@ -18,13 +23,14 @@ import pandas as pd
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from analysis import stats
 from analysis.style import (DEFAULT_LOOK, MARKERS, PALETTE, VARIANT_ORDER, Look,
-                            depth_linestyles, log_axis, message_figure, model_label,
-                            variant_handles, with_variant)
+                            depth_linestyles, layer_tick_inches, layer_ticks, log_axis,
+                            message_figure, model_label, variant_handles, with_variant)
 from analysis.tables import network_order, snapshot_rows, stat_rows
 
 MAX_LR_MARKS = 5      # more drops than this is a smooth schedule, not milestones
@@ -53,16 +59,67 @@ def _line_band(ax, agg: pd.DataFrame, x: str, color, band: bool = True, **line_k
                         alpha=0.2, linewidth=0)
 
 
-def _no_data(ax, text: str = "no finite data") -> None:
+def _fits(text: str, width_in: float, size="axes.titlesize") -> bool:
+    """Whether one line of ``text`` fits over a panel of a column ``width_in`` wide, less
+    its y tick labels (~0.55 em a character): text does not wrap itself, and a title
+    that overruns its neighbour's is unreadable. ``size``: an rcParams key or a size."""
+    size = FontProperties(size=mpl.rcParams.get(size, size)).get_size_in_points()
+    return len(text) * 0.55 * size <= (width_in - 0.3) * 72
+
+
+def _wrap(text: str, width_in: float, size="axes.titlesize") -> list[str]:
+    """``text`` as lines that fit the panel, broken at the strongest separator first
+    ("; " then ", " then ": " then spaces): "resnet: small_resnet18, plain" in a
+    narrow panel is "resnet:", "small_resnet18", "plain". A word wider than the
+    panel stays whole."""
+    if _fits(text, width_in, size):
+        return [text]
+    sep = next((s for s in ("; ", ", ", ": ", " ") if s in text), None)
+    if sep is None:
+        return [text]
+    parts = text.split(sep)
+    pieces = [p + sep.strip() for p in parts[:-1]] + [parts[-1]]
+    lines: list[str] = []
+    for piece in pieces:
+        if lines and _fits(f"{lines[-1]} {piece}", width_in, size):
+            lines[-1] = f"{lines[-1]} {piece}"
+        else:
+            lines.append(piece)
+    return [w.removesuffix(",") for line in lines for w in _wrap(line, width_in, size)]
+
+
+def _fit_title(text: str, width_in: float) -> str:
+    return "\n".join(_wrap(text, width_in))
+
+
+def _no_data(ax, text: str = "no finite data", width_in: float | None = None) -> None:
+    if width_in is not None:
+        text = "\n".join(w for line in text.split("\n") for w in _wrap(line, width_in, "font.size"))
     ax.text(0.5, 0.5, text, ha="center", va="center", color="0.4", transform=ax.transAxes)
     # tick_params, not set_xticks([]): locators are shared with sibling panels.
     ax.tick_params(left=False, labelleft=False, bottom=False, labelbottom=False)
 
 
-def _positions(rows: pd.DataFrame) -> pd.Series:
-    """x = position in the merged network order, so same-named layers of both variants align."""
-    pos = {name: i for i, name in enumerate(network_order(rows))}
+def _positions(rows: pd.DataFrame, order: list[str]) -> pd.Series:
+    """x = position in ``order``, a merged network order (``network_order``) over every
+    line of a panel, so same-named layers of both variants, and of all depths, align
+    and each tick's name is true of every line through it."""
+    pos = {name: i for i, name in enumerate(order)}
     return rows["layer"].map(pos)
+
+
+def _tick_name(layer: str) -> str:
+    # "layers.3.weight" -> "layers.3": the panel's y label already says weight.
+    return layer.removesuffix(".weight")
+
+
+def _layer_axis(ax, order: list[str]) -> None:
+    layer_ticks(ax, [_tick_name(n) for n in order])
+
+
+def _tick_room(rows: pd.DataFrame) -> float:
+    """Extra inches per row for the rotated layer names of ``rows``."""
+    return layer_tick_inches([_tick_name(n) for n in rows["layer"].unique()]) if len(rows) else 0.0
 
 
 def _label_edges(axes, xlabels, ylabel: str) -> None:
@@ -94,13 +151,15 @@ def _layer_profile(layers: pd.DataFrame, stat: str, phase: str, ylabel: str,
     ncols = look.columns(len(panels))
     nrows = math.ceil(len(panels) / ncols)
     with look.context():
-        fig = Figure(figsize=(look.inches, 0.3 + look.row_height(ncols, 0.85) * nrows),
+        fig = Figure(figsize=(look.inches, 0.3 + (look.row_height(ncols, 0.85)
+                                                  + _tick_room(rows)) * nrows),
                      layout="constrained")
         axes = fig.subplots(nrows, ncols, squeeze=False)
         for i, (ax, (family, model)) in enumerate(zip(axes.flat, panels)):
             sub = rows[(rows["family"] == family) & (rows["model"] == model)]
+            order = network_order(sub)
             for depth, dsub in sub.groupby("depth"):
-                dsub = dsub.assign(x=_positions(dsub))
+                dsub = dsub.assign(x=_positions(dsub, order))
                 for variant in VARIANT_ORDER:
                     vsub = dsub[dsub["variant"] == variant]
                     if len(vsub):
@@ -114,8 +173,8 @@ def _layer_profile(layers: pd.DataFrame, stat: str, phase: str, ylabel: str,
                                      markeredgewidth=0, legend=False)
             log_axis(ax)
             ax.set_title(model)
-            ax.set_xlabel("layer (network order)")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("layer")
+            _layer_axis(ax, order)
             ax.set_ylabel(ylabel if i % ncols == 0 else "")  # seaborn labels every panel
         for ax in axes.flat[len(panels):]:
             ax.set_visible(False)
@@ -129,9 +188,10 @@ def grad_by_layer(layers: pd.DataFrame, phase: str = "init", look: Look = DEFAUL
     """Mean |dL/dW| per weight layer, log y; one panel per model, hue = variant, style = depth.
 
     Line = median over seeds, band = interquartile range over seeds (none with
-    one seed). x is the position in network order, merged over variants so a
-    layer sits at the same x in both (the plain ResNet lacks projection
-    shortcuts). A multi-step phase ("train") uses each trial's last sample.
+    one seed). x is the position in network order, merged over variants and
+    depths so a layer sits at the same x in every line (the plain ResNet lacks
+    projection shortcuts), labelled with the layer names (thinned to fit). A
+    multi-step phase ("train") uses each trial's last sample.
     """
     return _layer_profile(layers, "grad_mean_abs", phase, r"mean $|\partial L / \partial W|$", look)
 
@@ -167,16 +227,24 @@ def _curve(ax, sub: pd.DataFrame, col: str, variant: str, bold: bool, scale: flo
     _line_band(ax, agg, "epoch", PALETTE[variant], band=bold, **style)
 
 
-def _mark_diverged(ax, sub: pd.DataFrame) -> None:
+def _mark_diverged(ax, sub: pd.DataFrame, width_in: float, name_variant: bool = True) -> None:
     """Say which variant's trials diverged, and when: a diverged run has no finite
-    points to draw, and must not silently vanish from the figure."""
+    points to draw, and must not silently vanish from the figure. Notes stack up
+    from the bottom left, on two lines where one is wider than the panel."""
     loss = pd.to_numeric(sub["train_loss"], errors="coerce").to_numpy(dtype=float)
     bad = sub[~np.isfinite(loss)]
-    for k, (variant, vbad) in enumerate(bad.groupby("variant")):
+    size = FontProperties(size="small").get_size_in_points()
+    lines = 0
+    for variant, vbad in bad.groupby("variant"):
         n = vbad["trial_id"].nunique() if "trial_id" in vbad else 1
-        ax.text(0.02, 0.04 + 0.12 * k, f"{variant}: {n} diverged (epoch {int(vbad['epoch'].min())})",
-                color=PALETTE[variant], transform=ax.transAxes, ha="left", va="bottom",
-                fontsize="small")
+        text = f"{variant + ': ' if name_variant else ''}{n} diverged (epoch {int(vbad['epoch'].min())})"
+        text = "\n".join(_wrap(text, width_in, size))
+        note = ax.annotate(text, xy=(0.02, 0.04), xycoords="axes fraction",
+                           xytext=(0, 1.2 * size * lines), textcoords="offset points",
+                           color=PALETTE[variant], ha="left", va="bottom", fontsize=size)
+        # a note that overruns the panel must not make the layout squeeze the panel to nothing
+        note.set_in_layout(False)
+        lines += text.count("\n") + 1
 
 
 def training_curves(epochs: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
@@ -210,15 +278,15 @@ def training_curves(epochs: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
                     drops.setdefault(e, []).append(variant)
             if ax_loss.lines:
                 log_axis(ax_loss)
-            _mark_diverged(ax_loss, sub)
+            _mark_diverged(ax_loss, sub, look.panel_width(ncols))
             for ax in (ax_loss, ax_acc):
                 if not ax.lines:
-                    _no_data(ax)
+                    _no_data(ax, width_in=look.panel_width(ncols))
                     continue
                 for e, vs in drops.items():
                     color = "0.5" if len(vs) == sub["variant"].nunique() else PALETTE[vs[0]]
                     ax.axvline(e, color=color, linestyle=":", linewidth=0.8, zorder=0)
-            ax_loss.set_title(f"{model}, depth {depth}")
+            ax_loss.set_title(_fit_title(f"{model}, depth {depth}", look.panel_width(ncols)))
             if ax_loss.lines:
                 ax_loss.tick_params(labelbottom=False)
             ax_acc.set_xlabel("epoch")
@@ -259,29 +327,36 @@ def act_through_training(layers: pd.DataFrame, progress: str = "step",
     combos = _panels(rows, ["family", "model", "depth"])
     variants = [v for v in VARIANT_ORDER if (rows["variant"] == v).any()]
     with look.context():
-        fig = Figure(figsize=(look.inches, 0.4 + look.row_height(len(variants), 0.65) * len(combos)),
+        fig = Figure(figsize=(look.inches, 0.4 + (look.row_height(len(variants), 0.65)
+                                                  + _tick_room(rows)) * len(combos)),
                      layout="constrained")
         axes = fig.subplots(len(combos), len(variants), squeeze=False, sharey="row")
         for r, (family, model, depth) in enumerate(combos):
             sub = rows[(rows["family"] == family) & (rows["model"] == model) & (rows["depth"] == depth)]
-            sub = sub.assign(x=_positions(sub))
+            order = network_order(sub)
+            sub = sub.assign(x=_positions(sub, order))
             for c, variant in enumerate(variants):
                 ax = axes[r, c]
                 vsub = sub[(sub["variant"] == variant) & sub[progress].isin(ticks)]
                 for t, tsub in vsub.groupby(progress):
                     agg = _median_iqr(tsub, "x")
                     ax.plot(agg["x"], agg["median"], color=cmap(norm(t)), linewidth=1.0,
-                            marker=MARKERS[variant], markersize=2)
+                            marker=MARKERS[variant], markersize=2,
+                            markevery=max(1, round(len(agg) / 12)))
                 if not ax.lines:
-                    _no_data(ax)
-                ax.set_title(f"{model}, depth {depth}: {variant}", color=PALETTE[variant])
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            for ax in axes[r]:  # after the whole row: the panels share y
-                if ax.lines:
-                    log_axis(ax)
-        _label_edges(axes, "layer (network order)", "mean |activation|")
-        fig.colorbar(ScalarMappable(norm, cmap), ax=axes, label=f"training {progress}",
-                     aspect=40, shrink=min(1.0, 4.0 / fig.get_size_inches()[1]))
+                    _no_data(ax, width_in=look.panel_width(len(variants)))
+                ax.set_title(_fit_title(f"{model}, depth {depth}: {variant}",
+                                        look.panel_width(len(variants))), color=PALETTE[variant])
+                _layer_axis(ax, order)
+            log_axis(axes[r, 0])  # once the whole row is drawn: its panels share y
+        _label_edges(axes, "layer", "mean |activation|")
+        bar = fig.colorbar(ScalarMappable(norm, cmap), ax=axes, label=f"training {progress}",
+                           aspect=40, shrink=min(1.0, 4.0 / fig.get_size_inches()[1]))
+        # the sampled steps themselves when few (one sample: just its step, not a 0..1 scale)
+        if len(ticks) <= 6:
+            bar.set_ticks([float(t) for t in ticks], labels=[str(int(t)) for t in ticks])
+        else:
+            bar.locator = MaxNLocator(integer=True)
     return fig
 
 
@@ -405,9 +480,12 @@ def degradation_vs_depth(trials: pd.DataFrame, look: Look = DEFAULT_LOOK,
                     hi = vc[f"{metric}_ci_hi"].to_numpy(dtype=float) * scale
                     err = np.vstack([mean - lo, hi - mean])
                     err = np.where(np.isfinite(err), err, 0.0)
-                    ax.errorbar(x, mean, yerr=err, color=PALETTE[variant],
-                                marker=MARKERS[variant], capsize=2, linewidth=1.2,
-                                markersize=4, label=variant, zorder=3)
+                    # No finite mean (every completed seed's metric NaN): no line at all,
+                    # so the panel's "no completed trials" note below sees it as empty.
+                    if np.isfinite(mean).any():
+                        ax.errorbar(x, mean, yerr=err, color=PALETTE[variant],
+                                    marker=MARKERS[variant], capsize=2, linewidth=1.2,
+                                    markersize=4, label=variant, zorder=3)
                     vr = runs[runs["variant"] == variant]
                     vals = pd.to_numeric(vr[metric], errors="coerce").to_numpy(dtype=float)
                     ok = np.isfinite(vals)
@@ -443,9 +521,11 @@ def degradation_vs_depth(trials: pd.DataFrame, look: Look = DEFAULT_LOOK,
                 ax.set_xticks(range(len(depths)), [str(d) for d in depths])
                 ax.set_xlim(-0.5, len(depths) - 0.5)
                 if not any(ln.get_visible() for ln in ax.lines):
-                    _no_data(ax, "no completed trials")
+                    _no_data(ax, "no completed trials",
+                             look.panel_width(ncols) if ncols > 1 else width)
                 if r == 0:
-                    ax.set_title(model_label(family, model))
+                    ax.set_title(_fit_title(model_label(family, model),
+                                            look.panel_width(ncols) if ncols > 1 else width))
                 if i % ncols == 0:
                     ax.set_ylabel(f"final {ylabel}" if look.width == "double" else ylabel)
         for j in range(len(panels), blocks * ncols):
@@ -492,10 +572,11 @@ def training_curves_by_depth(epochs: pd.DataFrame, look: Look = DEFAULT_LOOK) ->
                                 linewidth=1.8 if bold else 0.8, alpha=1.0 if bold else 0.75,
                                 linestyle="-" if bold else "--")
                 if "train_loss" in vsub:
-                    _mark_diverged(ax, vsub)
+                    _mark_diverged(ax, vsub, look.panel_width(len(variants)), name_variant=False)
                 if not ax.lines:
-                    _no_data(ax)
-                ax.set_title(f"{model_label(family, model)}, {variant}", color=PALETTE[variant])
+                    _no_data(ax, width_in=look.panel_width(len(variants)))
+                ax.set_title(_fit_title(f"{model_label(family, model)}, {variant}",
+                                        look.panel_width(len(variants))), color=PALETTE[variant])
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _label_edges(axes, "epoch", "error (%)")
         handles = [Line2D([], [], color=colors[d], linewidth=1.8, label=f"depth {d}")
@@ -506,59 +587,111 @@ def training_curves_by_depth(epochs: pd.DataFrame, look: Look = DEFAULT_LOOK) ->
     return fig
 
 
-def _late_rows(rows: pd.DataFrame, trials: pd.DataFrame | None) -> tuple[pd.DataFrame, dict]:
-    """``rows`` of completed trials only, and per (family, model) a note naming the rest.
+class _Column(NamedTuple):
+    """One column of a ``_profile_grid``: a moment's rows and how to draw and title them."""
+    title: str
+    rows: pd.DataFrame
+    sort: bool = False      # each line's values sorted by magnitude, x = rank (He et al. Fig. 7)
+    moment: bool = False    # name each panel's sampled step(s) under its title
+    subtitle: str = ""      # a line under every panel's title
+    notes: dict = {}        # (family, model) -> why some trials are not shown
+    missing: str = "no finite data"  # what a panel of this column with no rows says
 
-    A diverged trial's last sample is its state just before it blew up (and
-    for one that diverged in its first epoch, the initial network): drawn as
-    "late in training" it would be a false picture of a trained network.
+
+def _span(values: pd.Series, word: str) -> str:
+    lo, hi = int(values.min()), int(values.max())
+    return f"{word} {lo}" if lo == hi else f"{word}s {lo}-{hi}"
+
+
+def _moment(rows: pd.DataFrame) -> str:
+    """"step 120 (epoch 3)"; a range when the trials' last samples differ."""
+    text = _span(rows["step"], "step")
+    return f"{text} ({_span(rows['epoch'], 'epoch')})" if "epoch" in rows else text
+
+
+def _late_rows(late: pd.DataFrame, init: pd.DataFrame,
+               trials: pd.DataFrame | None) -> tuple[pd.DataFrame, dict, bool]:
+    """The ``late`` rows fit to be called late in training, a note per (family, model)
+    naming the trials left out, and whether any trial was sampled after initialization.
+
+    Left out: a trial whose last sample is no later than its ``init`` snapshot
+    (a smoke run samples only step 0: drawn as "late" that is the initial
+    network under a false name) and, with ``trials``, a trial that did not
+    complete (a diverged trial's last sample is its state just before it blew
+    up, or for one that diverged in its first epoch, the initial network).
     """
-    if trials is None or "status" not in trials:
-        return rows, {}
-    t = with_variant(trials if "family" in trials else trials.assign(family=trials["model"]))
-    bad = t[t["status"] != "completed"]
+    start = init.groupby("trial_id")["step"].max()
+    after = late["step"].to_numpy(dtype=float) > \
+        late["trial_id"].map(start).to_numpy(dtype=float, na_value=-np.inf)
+    later = bool(after.any())
+    cols = ["trial_id", "family", "model", "residual"]
+    out = late[~after].drop_duplicates("trial_id")[cols].assign(reason="sampled only at init")
+    if trials is not None and "status" in trials:
+        t = trials if "family" in trials else trials.assign(family=trials["model"])
+        bad = t.loc[t["status"] != "completed", cols + ["status"]].rename(columns={"status": "reason"})
+        out = pd.concat([bad, out]).drop_duplicates("trial_id")  # a failure is the reason given
+    out = with_variant(out)
     notes = {}
-    for (family, model), g in bad.groupby(["family", "model"]):
-        parts = [f"{v}: {len(gv)} {'/'.join(sorted(set(gv['status'])))}"
+    for (family, model), g in out.groupby(["family", "model"]):
+        parts = [f"{v}: " + ", ".join(f"{n} {reason}" for reason, n in
+                                      gv["reason"].astype(str).value_counts(sort=False).items())
                  for v, gv in g.groupby("variant")]
         notes[(family, model)] = "not shown: " + "; ".join(parts)
-    return rows[~rows["trial_id"].isin(set(bad["trial_id"]))], notes
+    return late[after & ~late["trial_id"].isin(set(out["trial_id"]))], notes, later
 
 
-def _profile_grid(columns: list[tuple[str, pd.DataFrame]], ylabel: str, look: Look,
-                  sort: list[bool] | None = None, empty: str = "no rows",
-                  notes: list[dict] | None = None) -> Figure:
-    """Rows = models, columns = the given (title, rows) moments; per panel one line per
-    variant x depth (colour = variant, line style = depth), median over seeds, log y.
+def _title(label: str, col: _Column, rows: pd.DataFrame, key: tuple, width_in: float) -> str:
+    lines = [f"{label}: {col.title}"]
+    if col.moment and len(rows):
+        lines.append(_moment(rows))
+    if col.subtitle:
+        lines.append(col.subtitle)
+    if key in col.notes:
+        lines.append(f"({col.notes[key]})")
+    return "\n".join(_fit_title(line, width_in) for line in lines)
 
-    A column with ``sort`` True draws each line's values sorted by magnitude
-    (descending) instead of in network order, as He et al. Fig. 7 (bottom).
+
+def _profile_grid(columns: list[_Column], ylabel: str, look: Look, empty: str = "no rows") -> Figure:
+    """Rows = models, one column per ``_Column``; per panel one line per variant x depth
+    (colour = variant, line style = depth), median over seeds, log y; x = layer names
+    in network order, or the rank for a sorted column.
     """
-    sort = sort or [False] * len(columns)
-    notes = notes or [{}] * len(columns)
-    cols = [(t, with_variant(_finite(r, positive=True))) for t, r in columns]
-    cols = [(t, r, s, n) for (t, r), s, n in zip(cols, sort, notes) if not r.empty]
-    if not cols:
+    cols = [c._replace(rows=with_variant(_finite(c.rows, positive=True))) for c in columns]
+    cols = [c for c in cols if not c.rows.empty or c.notes or c.moment]
+    if all(c.rows.empty for c in cols):
         return message_figure(empty, look)
-    allrows = pd.concat([r for _, r, _, _ in cols])
+    allrows = pd.concat([c.rows for c in cols if not c.rows.empty])
     panels = _model_panels(allrows)
     styles = depth_linestyles(allrows["depth"])
+    handles = variant_handles(allrows["variant"]) + [
+        Line2D([], [], color="0.3", linestyle=ls, label=f"depth {d}") for d, ls in styles.items()]
     with look.context():
-        fig = Figure(figsize=(look.inches, 0.35 + look.row_height(len(cols), 0.75) * len(panels)),
+        width = look.panel_width(len(cols))
+        subs = {(r, c): col.rows[(col.rows["family"] == family) & (col.rows["model"] == model)]
+                for r, (family, model) in enumerate(panels) for c, col in enumerate(cols)}
+        titles = {(r, c): _title(model_label(*panels[r]), cols[c], sub, panels[r], width)
+                  for (r, c), sub in subs.items()}
+        # Rows grow with their titles' extra lines (a step, a note) rather than squeezing
+        # the panels, and the figure with a legend set above the panels.
+        extra = sum(max(titles[r, c].count("\n") for c in range(len(cols)))
+                    for r in range(len(panels)))
+        fig = Figure(figsize=(look.inches, 0.35 + look.legend_inches(len(handles))
+                              + extra * look.title_line_inches
+                              + (look.row_height(len(cols), 0.75) + _tick_room(allrows)) * len(panels)),
                      layout="constrained")
         axes = fig.subplots(len(panels), len(cols), squeeze=False, sharey="row")
         for r, (family, model) in enumerate(panels):
-            for c, (title, rows, sorted_, note) in enumerate(cols):
-                ax = axes[r, c]
-                sub = rows[(rows["family"] == family) & (rows["model"] == model)]
+            for c, col in enumerate(cols):
+                ax, sub = axes[r, c], subs[r, c]
+                order = network_order(sub) if len(sub) else []
                 for depth, dsub in sub.groupby("depth"):
-                    dsub = dsub.assign(x=_positions(dsub))
+                    dsub = dsub.assign(x=_positions(dsub, order))
                     for variant in VARIANT_ORDER:
                         vsub = dsub[dsub["variant"] == variant]
                         if vsub.empty:
                             continue
                         agg = _median_iqr(vsub, "x")
-                        if sorted_:
+                        if col.sort:
                             y = np.sort(agg["median"].to_numpy())[::-1]
                             ax.plot(np.arange(1, len(y) + 1), y, color=PALETTE[variant],
                                     linestyle=styles[depth], marker=MARKERS[variant],
@@ -567,21 +700,21 @@ def _profile_grid(columns: list[tuple[str, pd.DataFrame]], ylabel: str, look: Lo
                             _line_band(ax, agg, "x", PALETTE[variant], linestyle=styles[depth],
                                        marker=MARKERS[variant],
                                        markevery=max(1, len(agg) // 8), markersize=2.5)
-                # a note goes in the title: there it never covers a line
-                ax.set_title(f"{model_label(family, model)}: {title}" + (f"\n({note[(family, model)]})"
-                                                     if (family, model) in note else ""))
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.set_title(titles[r, c])
+                if col.sort:
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                else:
+                    _layer_axis(ax, order)
                 if not ax.lines:
-                    _no_data(ax)
-            for ax in axes[r]:  # after the whole row: the panels share y
-                if ax.lines:
-                    log_axis(ax)
-        _label_edges(axes, ["layer index (sorted by magnitude)" if sorted_
-                            else "layer (network order)" for _, _, sorted_, _ in cols], ylabel)
-        handles = variant_handles(allrows["variant"]) + [
-            Line2D([], [], color="0.3", linestyle=ls, label=f"depth {d}") for d, ls in styles.items()]
+                    _no_data(ax, col.missing, width)
+            log_axis(axes[r, 0])  # once the whole row is drawn: its panels share y
+        _label_edges(axes, ["rank by magnitude" if c.sort else "layer" for c in cols], ylabel)
         look.legend(fig, handles)
     return fig
+
+
+NO_LATER_SAMPLE = "no sample after initialization"
+NO_LATE_PANEL = "no completed trial\nsampled after initialization"
 
 
 def layer_response_std(layers: pd.DataFrame, look: Look = DEFAULT_LOOK,
@@ -592,29 +725,45 @@ def layer_response_std(layers: pd.DataFrame, look: Look = DEFAULT_LOOK,
     He et al. take the 3x3 convolutions' outputs after BN, before the
     nonlinearity; here the responses are the model's tap points (block
     outputs, ``analysis.hooks.default_taps``), over the whole batch. ``when``
-    "late" (default: the trained network, like the paper) or "init". With
-    ``trials``, "late" shows completed trials only and names the others.
+    "late" (default: the trained network, like the paper, titled with the step
+    it was sampled at) or "init". With ``trials``, "late" shows completed
+    trials only and names the others. A run sampled only at initialization
+    (a smoke run) has no late moment: its init is shown and titled so.
     """
-    rows, note = snapshot_rows(layers, "act_std", when), {}
+    init = snapshot_rows(layers, "act_std", "init")
+    kw: dict = {}
     if when == "late":
-        rows, note = _late_rows(rows, trials)
-    return _profile_grid([("in network order", rows), ("sorted", rows)],
-                         "std of layer response", look, sort=[False, True],
-                         empty=f"no act_std rows at {when!r}", notes=[note, note])
+        rows, note, later = _late_rows(snapshot_rows(layers, "act_std", "late"), init, trials)
+        if later:
+            kw = dict(moment=True, notes=note, missing=NO_LATE_PANEL)
+        elif len(rows := init):
+            kw = dict(subtitle="at init: no later sample")
+    else:
+        rows = snapshot_rows(layers, "act_std", when)
+    return _profile_grid([_Column("in network order", rows, **kw),
+                          _Column("sorted", rows, sort=True, **kw)],
+                         "std of layer response", look, empty=f"no act_std rows at {when!r}")
 
 
 def gradient_flow(layers: pd.DataFrame, look: Look = DEFAULT_LOOK,
                   trials: pd.DataFrame | None = None) -> Figure:
     """Mean |dL/dW| per weight layer at initialization and late in training, log y.
 
-    Columns: "init" (the probe, or each trial's first training step) and
-    "late" (each trial's last sampled step); a probe-only sweep has only the
-    first. Median over seeds with the interquartile band. With ``trials``,
-    "late" shows completed trials only and names the others (a diverged
-    trial's last finite sample is not a trained network).
+    Columns: "at init" (the probe, or each trial's first training step) and
+    "late in training" (each trial's last sampled step, named in the title); a
+    probe-only sweep has only the first, and so has a run sampled only at
+    step 0 (a smoke run), which says so. Median over seeds with the
+    interquartile band. With ``trials``, "late" shows completed trials only
+    and names the others (a diverged trial's last finite sample is not a
+    trained network).
     """
-    late, note = _late_rows(snapshot_rows(layers, "grad_mean_abs", "late"), trials)
-    cols = [("at init", snapshot_rows(layers, "grad_mean_abs", "init")),
-            ("late in training", late)]
+    init = snapshot_rows(layers, "grad_mean_abs", "init")
+    late = snapshot_rows(layers, "grad_mean_abs", "late")
+    shown, note, later = _late_rows(late, init, trials)
+    if later:
+        cols = [_Column("at init", init),
+                _Column("late in training", shown, moment=True, notes=note, missing=NO_LATE_PANEL)]
+    else:  # a probe has no late moment; a trained run sampled only at step 0 says so
+        cols = [_Column("at init", init, subtitle=f"({NO_LATER_SAMPLE})" if len(late) else "")]
     return _profile_grid(cols, r"mean $|\partial L / \partial W|$", look,
-                         empty="no grad_mean_abs rows", notes=[{}, note])
+                         empty="no grad_mean_abs rows")

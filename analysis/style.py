@@ -11,6 +11,7 @@ directly, which needs no GUI backend and leaves no global figure registry.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -22,8 +23,9 @@ import pandas as pd
 from tueplots import figsizes as _tp_figsizes
 from tueplots import fontsizes as _tp_fontsizes
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
-from matplotlib.ticker import LogFormatter
+from matplotlib.ticker import FuncFormatter, Locator, LogFormatter, NullLocator, ScalarFormatter
 
 VARIANT_ORDER = ("plain", "residual")
 
@@ -76,6 +78,10 @@ PAPER_RC = {
     "savefig.bbox": "tight",
     "savefig.pad_inches": 0.02,
     "image.cmap": "viridis",
+    # A nearly constant curve (an error stuck at 99.99999%) reads "99.99999", not
+    # "1e-10+9.999999e1" with ticks 0 and 1; large and small numbers as x10^k.
+    "axes.formatter.useoffset": False,
+    "axes.formatter.use_mathtext": True,
 }
 
 # Slides are read from across a room: beamer's font sizes (tueplots), thicker
@@ -135,6 +141,19 @@ class Look:
         """Height of one row of panels: ``aspect`` x panel width, never below 1.1 in
         (room for a title, ticks and a label at this look's font size)."""
         return max(1.1 if self.style == "paper" else 1.5, aspect * self.panel_width(ncols))
+
+    def legend_inches(self, n_handles: int) -> float:
+        """Height a legend of ``n_handles`` entries adds to a figure: none across a page
+        (it sits right of the panels), its rows of three in a column (it sits above)."""
+        if self.width == "double" or not n_handles:
+            return 0.0
+        size = FontProperties(size=self.rc["legend.fontsize"]).get_size_in_points()
+        return (math.ceil(n_handles / 3) * 1.4 * size + 6) / 72
+
+    @property
+    def title_line_inches(self) -> float:
+        """Height of one more line of a panel title."""
+        return 1.25 * FontProperties(size=self.rc["axes.titlesize"]).get_size_in_points() / 72
 
     def legend(self, fig, handles) -> None:
         """The figure legend: right of the panels across a page, above them in a column."""
@@ -197,20 +216,109 @@ class _PlainLogFormatter(LogFormatter):
 
 
 def log_axis(ax) -> None:
-    """Log y; within two decades ticks read 0.3, 2 rather than 3x10^-1, 2x10^0.
+    """Log y, or linear for a narrow range, decided once over every panel sharing ``ax``'s y.
 
+    Within two decades log ticks read 0.3, 2 rather than 3x10^-1, 2x10^0.
     Data spanning less than a factor 1.5 (a loss stuck at 2.302..2.303) stays
-    linear with plain ticks: a log axis there only repeats "2.3" at every tick.
+    linear without an offset: a log axis there only repeats "2.3" at every tick.
+
+    Panels made with ``sharey`` share one scale and one formatter, so a choice
+    made per panel from that panel's data alone would let the last panel undo
+    (or, with the formatter, break) what an earlier one chose. Call it after
+    every panel of the group is drawn; calling it again on a sibling is a no-op.
     """
-    lo, hi = ax.dataLim.intervaly
-    if lo > 0 and hi / lo < 1.5:
-        ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+    group = [a for a in ax.get_shared_y_axes().get_siblings(ax) if a.has_data()]
+    if not group:
         return
-    ax.set_yscale("log")
+    lo = min(a.dataLim.intervaly[0] for a in group)
+    hi = max(a.dataLim.intervaly[1] for a in group)
+    if lo > 0 and hi / lo < 1.5:
+        for a in group:
+            a.set_yscale("linear")
+        # Not ticklabel_format(style="plain"): that writes 1e-30 as forty zeros.
+        # Scientific notation outside 1e-3..1e4, but never an offset.
+        ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False, useMathText=True))
+        ax.yaxis.get_major_formatter().set_powerlimits((-3, 4))
+        return
+    for a in group:
+        a.set_yscale("log")
     lo, hi = ax.get_ylim()
     if lo > 0 and hi / lo < 100:
         ax.yaxis.set_major_formatter(_PlainLogFormatter())
         ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+
+
+# Layer-name tick labels: rotated, one per LAYER_TICK_SPACING font heights
+# (across the slanted lines) of the panel's drawn width, never more than
+# MAX_LAYER_TICKS: a 110-layer network gets every ~8th name.
+MAX_LAYER_TICKS = 16
+LAYER_TICK_ROTATION = 45
+LAYER_TICK_SPACING = 1.5
+
+
+def _tick_points() -> float:
+    return FontProperties(size="x-small").get_size_in_points()
+
+
+def layer_tick_stride(n: int, width_pt: float, fontsize: float) -> int:
+    """Every how many of ``n`` evenly spread layers a panel ``width_pt`` wide can name."""
+    # Parallel labels rotated by a, d apart, are d*sin(a) apart across their
+    # lines: that must exceed a line of text.
+    need = LAYER_TICK_SPACING * fontsize / math.sin(math.radians(LAYER_TICK_ROTATION))
+    fit = math.ceil(need * n / max(width_pt, 1e-9))
+    cap = math.ceil((n - 1) / (MAX_LAYER_TICKS - 1)) if n > 1 else 1
+    return max(1, fit, cap)
+
+
+class LayerLocator(Locator):
+    """Ticks at layer positions 0..n-1, as many as the axes' width at draw time fits:
+    every k-th layer, the last one in place of the k-th before it, so no two
+    ticks are closer than k and both ends are named. Decided when drawn, after
+    the layout has given the panel its real width (legend, colour bar and
+    neighbours' labels included), not from a guess made before."""
+
+    def __init__(self, n: int, fontsize: float):
+        self.n, self.fontsize = n, fontsize
+
+    def __call__(self):
+        return self.tick_values(*self.axis.get_view_interval())
+
+    def tick_values(self, vmin, vmax):
+        ax = self.axis.axes
+        span = abs(vmax - vmin) or 1.0
+        width_pt = ax.bbox.width * 72 / ax.figure.dpi * self.n / span
+        k = layer_tick_stride(self.n, width_pt, self.fontsize)
+        ticks = list(range(0, self.n, k))
+        if len(ticks) > 1 and ticks[-1] != self.n - 1:
+            ticks[-1] = self.n - 1
+        return ticks
+
+
+def layer_ticks(ax, names) -> None:
+    """Name x positions 0..len(names)-1 with ``names``: small rotated labels, thinned at
+    draw time to what the panel's width holds (``LayerLocator``)."""
+    names = [str(n) for n in names]
+    if not names:
+        return
+    size = _tick_points()
+    ax.set_xlim(-0.5, len(names) - 0.5)
+    ax.xaxis.set_major_locator(LayerLocator(len(names), size))
+    ax.xaxis.set_major_formatter(FuncFormatter(
+        lambda x, pos: names[int(round(x))] if 0 <= round(x) < len(names) else ""))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.tick_params(axis="x", labelrotation=LAYER_TICK_ROTATION, labelsize=size)
+    # Right-aligned, each label ends at its tick. Ticks made later copy the first's
+    # alignment (tick_params has no key for it before matplotlib 3.10).
+    for tick in ax.xaxis.get_major_ticks():
+        tick.label1.set_horizontalalignment("right")
+
+
+def layer_tick_inches(names) -> float:
+    """Height the rotated names take below a panel beyond an ordinary tick label: what
+    a figure adds to each row so that the panels keep their height."""
+    longest = max((len(str(n)) for n in names), default=0)
+    # ~0.6 em per character of a sans-serif name
+    return 0.6 * _tick_points() * longest * math.sin(math.radians(LAYER_TICK_ROTATION)) / 72
 
 
 def message_figure(text: str, look: Look = DEFAULT_LOOK) -> Figure:

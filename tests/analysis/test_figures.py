@@ -71,7 +71,7 @@ def test_layer_profiles(fn, layers):
     (ax,) = _visible_axes(fig)  # one model -> one panel
     assert ax.get_yscale() == "log"
     assert len(ax.lines) == len(DEPTHS) * 2  # depth x variant
-    assert "layer (network order)" == ax.get_xlabel()
+    assert ax.get_xlabel() == "layer"  # the tick labels name the layers
     colours = {mpl.colors.to_hex(line.get_color()) for line in ax.lines}
     assert colours == {mpl.colors.to_hex(PALETTE[v]) for v in VARIANT_ORDER}
 
@@ -248,7 +248,7 @@ def test_layer_response_std_sorted_panel_is_descending():
 def test_gradient_flow_has_init_and_late_columns():
     fig = figures.gradient_flow(_layers())
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
-    assert titles == ["mlp: at init", "mlp: late in training"]
+    assert titles == ["mlp: at init", "mlp: late in training\nstep 300 (epoch 3)"]
     probe_only = _layers()[lambda d: d.phase == "init"]
     titles = [ax.get_title() for ax in figures.gradient_flow(probe_only).axes]
     assert titles == ["mlp: at init"]
@@ -278,8 +278,165 @@ def test_late_panels_leave_out_failed_trials_and_name_them():
     trials = _trials()
     fig = figures.gradient_flow(_layers(), trials=trials)
     late = [ax for ax in fig.axes if ax.get_title().startswith("mlp: late in training")][0]
-    assert late.get_title() == ("mlp: late in training\n"
-                                "(not shown: plain: 1 diverged; residual: 1 error)")
+    assert late.get_title() == ("mlp: late in training\nstep 300 (epoch 3)\n"
+                                "(not shown: plain: 1 diverged;\nresidual: 1 error)")
     # the diverged plain depth-8 seed 1 is gone: plain depth 8 is seed 0 alone (no band)
     init = [ax for ax in fig.axes if ax.get_title() == "mlp: at init"][0]
     assert init.get_title() == "mlp: at init"
+
+
+# --------------------------------------------------------------------------- regressions (issue 13)
+
+def _row_frame(values: dict, phase: str = "train", step: int = 0) -> pd.DataFrame:
+    """act_mean_abs rows of one MLP depth, one seed, per variant ``values[residual]``."""
+    rows = []
+    for residual, vals in values.items():
+        for i, v in enumerate(vals):
+            rows.append(dict(trial_id=f"mlp-{len(vals)}-{residual}-s0", family="mlp", model="mlp",
+                             depth=len(vals), residual=residual, seed=0, phase=phase, step=step,
+                             epoch=1, layer=f"layers.{i}", layer_index=i, stat="act_mean_abs",
+                             value=v))
+    return pd.DataFrame(rows)
+
+
+# The real 3-epoch synthetic sweep's depth-3 activations at step 0: plain spans a
+# factor 2.5 (log), residual only 1.4 (linear on its own), in one shared-y row.
+WIDE_THEN_NARROW = {False: [0.2315, 0.0957, 0.0940], True: [0.2315, 0.3272, 0.2546]}
+
+
+@pytest.mark.parametrize("values", [WIDE_THEN_NARROW, {False: [1.0, 1.1, 1.2], True: [1.0, 5.0, 9.0]}])
+def test_act_through_training_decides_log_once_per_shared_row(values, tmp_path):
+    fig = figures.act_through_training(_row_frame(values))  # raised AttributeError (ScalarFormatter)
+    axes = _visible_axes(fig)
+    assert len(axes) == 2
+    assert {ax.get_yscale() for ax in axes} == {"log"}  # the row's range, not a panel's, decides
+    save_figure(fig, tmp_path / "act")
+
+
+def test_shared_row_with_only_narrow_data_stays_linear_without_offset():
+    fig = figures.act_through_training(_row_frame({False: [2.302, 2.3025, 2.303],
+                                                   True: [2.3021, 2.3022, 2.3023]}))
+    axes = _visible_axes(fig)
+    assert {ax.get_yscale() for ax in axes} == {"linear"}
+    fig.canvas.draw()
+    assert axes[0].yaxis.get_offset_text().get_text() == ""  # no "+2.3" offset to decode
+
+
+def test_log_axis_group_decision_in_either_order():
+    from analysis.style import log_axis
+    for first, second in (((0.1, 0.3), (1.0, 1.1)), ((1.0, 1.1), (0.1, 0.3))):
+        fig = Figure()
+        a, b = fig.subplots(1, 2, sharey=True)
+        a.plot([0, 1], first)
+        b.plot([0, 1], second)
+        log_axis(a)
+        log_axis(b)  # a second call on a sibling changes nothing and never raises
+        assert a.get_yscale() == b.get_yscale() == "log"
+
+
+def test_gradient_flow_init_wide_late_narrow_row_does_not_crash():
+    # _profile_grid's twin of the bug: the init panel makes the shared row log, then
+    # the late panel's narrow range asked for a ScalarFormatter on it.
+    init = _row_frame(WIDE_THEN_NARROW, phase="init").assign(stat="grad_mean_abs",
+                                                             layer=lambda d: d["layer"] + ".weight")
+    late = _row_frame({False: [1.0, 1.01, 1.02], True: [1.0, 1.02, 1.03]}, step=300) \
+        .assign(stat="grad_mean_abs", epoch=3, layer=lambda d: d["layer"] + ".weight")
+    fig = figures.gradient_flow(pd.concat([init, late], ignore_index=True))
+    axes = _visible_axes(fig)
+    assert [ax.get_title() for ax in axes] == ["mlp: at init",
+                                               "mlp: late in training\nstep 300 (epoch 3)"]
+    assert {ax.get_yscale() for ax in axes} == {"log"}
+
+
+def test_without_a_sample_after_step_0_there_is_no_late_panel():
+    # A smoke run: the only training sample is step 0, the initial network.
+    smoke = _layers()[lambda d: (d.phase == "train") & (d.step == 0)]
+    titles = [ax.get_title() for ax in _visible_axes(figures.gradient_flow(smoke))]
+    assert titles == ["mlp: at init\n(no sample after initialization)"]
+    titles = [ax.get_title() for ax in _visible_axes(figures.layer_response_std(smoke))]
+    assert titles == ["mlp: in network order\nat init: no later sample",
+                      "mlp: sorted\nat init: no later sample"]
+    # with a probe at init, a train sample at step 0 is no later either
+    probe = _layers()[lambda d: (d.phase == "init") | (d.step == 0)]
+    titles = [ax.get_title() for ax in _visible_axes(figures.gradient_flow(probe))]
+    assert titles == ["mlp: at init\n(no sample after initialization)"]
+
+
+def test_late_panels_are_titled_with_their_step():
+    titles = [ax.get_title() for ax in _visible_axes(figures.layer_response_std(_layers()))]
+    assert titles == ["mlp: in network order\nstep 300 (epoch 3)", "mlp: sorted\nstep 300 (epoch 3)"]
+    # trials stopped at different steps: the title gives the range
+    uneven = _layers()[lambda d: ~((d.depth == 5) & (d.step == 300))]
+    titles = [ax.get_title() for ax in _visible_axes(figures.gradient_flow(uneven))]
+    assert titles[1] == "mlp: late in training\nsteps 200-300 (epochs 2-3)"
+
+
+def test_a_panel_whose_trials_were_only_sampled_at_init_says_so():
+    # the resnet trials have only step 0; the mlp ones were trained on
+    resnet = _layers()[lambda d: d.step == 0].assign(family="resnet", model="resnet",
+                                                     trial_id=lambda d: "r" + d["trial_id"])
+    fig = figures.gradient_flow(pd.concat([_layers(), resnet], ignore_index=True))
+    late = [ax for ax in _visible_axes(fig) if ax.get_title().startswith("resnet: late")][0]
+    assert not late.lines
+    assert "no completed trial\nsampled after initialization" in [t.get_text() for t in late.texts]
+    assert "plain: 4 sampled only at init" in " ".join(late.get_title().split())  # wrapped
+
+
+def _deep_layers(n: int = 110) -> pd.DataFrame:
+    """One ResNet-like network with ``n`` tapped layers, both variants, act and grad rows."""
+    names = ["stem"] + [f"layer{s}.{j}" for s in (1, 2, 3) for j in range((n - 2) // 3)] + ["fc"]
+    names = names[:n]
+    rows = []
+    for residual in (False, True):
+        for phase, step in (("init", 0), ("train", 500)):
+            for i, name in enumerate(names):
+                for layer, stat in ((f"{name}.weight", "grad_mean_abs"), (name, "act_mean_abs"),
+                                    (name, "act_std")):
+                    rows.append(dict(trial_id=f"r-{residual}", family="resnet", model="resnet",
+                                     depth=n, residual=residual, seed=0, phase=phase, step=step,
+                                     epoch=step // 100, layer=layer, layer_index=i, stat=stat,
+                                     value=1e-3 * (1 + i) * (2 if residual else 1)))
+    return pd.DataFrame(rows), names
+
+
+def _tick_texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_layer_names_are_the_x_tick_labels(layers):
+    ax = _visible_axes(figures.grad_by_layer(layers))[0]
+    assert _tick_texts(ax) == [f"layers.{i}" for i in range(max(DEPTHS))]
+    for fig in (figures.act_through_training(layers), figures.gradient_flow(layers)):
+        for ax in _visible_axes(fig):
+            assert set(_tick_texts(ax)) <= {f"layers.{i}" for i in range(max(DEPTHS))}
+            assert _tick_texts(ax)[0] == "layers.0"
+    network, ranked = _visible_axes(figures.layer_response_std(layers))
+    assert _tick_texts(network)[0] == "layers.0"
+    # rank stays the x: integer ticks, no names
+    assert not set(_tick_texts(ranked)) & {f"layers.{i}" for i in range(max(DEPTHS))}
+    assert all(float(x).is_integer() for x in ranked.get_xticks())
+
+
+@pytest.mark.parametrize("look", [Look("paper", "single"), Look("paper", "double"),
+                                  Look("slides", "double")])
+@pytest.mark.parametrize("fn", [figures.grad_by_layer, figures.act_by_layer,
+                                figures.gradient_flow, figures.layer_response_std,
+                                figures.act_through_training])
+def test_deep_network_tick_labels_are_thinned_and_never_overlap(fn, look):
+    frame, names = _deep_layers(110)
+    fig = fn(frame, look=look)
+    fig.canvas.draw()  # constrained layout: the panels' real widths
+    for ax in _visible_axes(fig):
+        if ax.get_xlabel() == "rank by magnitude":
+            continue
+        labels = [t for t in ax.get_xticklabels() if t.get_text()]
+        texts = [t.get_text() for t in labels]
+        assert 2 <= len(texts) <= 16, texts
+        assert set(texts) <= set(names) and texts[0] == "stem" and texts[-1] == "fc"
+        # Parallel labels rotated by a degrees and d points apart are d*sin(a) apart
+        # across their lines; that must exceed the line height of their font.
+        x = np.sort([ax.transData.transform((tick, 0))[0] for tick in ax.get_xticks()])
+        d = np.diff(x).min() * 72 / fig.dpi
+        a = np.radians(labels[0].get_rotation())
+        assert 0 < a < np.pi / 2 + 1e-9
+        assert d * np.sin(a) >= 1.2 * labels[0].get_fontsize(), (d, labels[0].get_fontsize())
