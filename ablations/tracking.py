@@ -467,8 +467,12 @@ class TrialTracker:
             warn(f"W&B: {self._name}: uploads not done after {FINISH_TIMEOUT:g} s; the run "
                  f"stays in {self._path}; upload later with: wandb sync {self._path}")
         except Exception as e:
-            warn(f"W&B: {self._name}: finishing its run failed ({brief(e)}); what was logged "
-                 f"is in {self._path}")
+            # A trial that ends by an exception (a pruned tuning sample that Tune stops, a
+            # crash that is reported anyway) often interrupts wandb mid-finish; what was
+            # logged is on disk and the trial's own end is what the user needs to hear.
+            if not failed:
+                warn(f"W&B: {self._name}: finishing its run failed ({brief(e)}); what was "
+                     f"logged is in {self._path}")
         if self.mode == "offline":
             _wait_until_written(self._path)
         if failed:
