@@ -47,9 +47,12 @@ def main(argv=None) -> int:
                         help="single: one column (3.25 in, ICML); double: the full text width "
                              "(6.75 in) (default double)")
     parser.add_argument("--where", action="append", default=[], metavar="FACTOR=V[,V]",
-                        help="keep only these factor values (family, model, depth, residual, "
-                             "seed), e.g. --where family=resnet --where depth=18,34; the view "
-                             "goes to RESULTS_DIR/views/<filter> unless --out is given")
+                        help="keep only these values of family, model, depth, seed or any "
+                             "factor (residual=residual/plain, norm=batch,layer,none, "
+                             "block=post/pre, branch_scale=one/invsqrt/zero, "
+                             "shortcut=projection/pad; rows where a factor is n/a are kept), "
+                             "e.g. --where family=resnet --where branch_scale=zero,invsqrt; the "
+                             "view goes to RESULTS_DIR/views/<filter> unless --out is given")
     parser.add_argument("--out", default=None,
                         help="write here instead (default: RESULTS_DIR, or its views/ folder "
                              "with --where)")

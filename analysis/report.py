@@ -7,8 +7,13 @@ or features) and writes, each file atomically:
 * ``figures/<name>.{pdf,png,...}``: one file per figure function of
   ``analysis.figures`` that the data allows;
 * ``tables/<name>.{md,tex}``: Markdown and booktabs LaTeX;
-* ``report.md`` and ``report.html``: the spec, environment, plan, status
-  counts, tables and figures with one-line captions, and the W&B runs. The
+* ``report.md`` and ``report.html``: status counts, the findings
+  (``analysis.findings``: each factor level minus its baseline with raw and
+  Holm-adjusted p; for each cell that diverged or stayed at chance, the
+  mechanism measured at init and the levels that trained at that depth; a
+  ``--warmup-epochs`` suggestion where the first epoch starts above chance),
+  the spec, environment, plan, tables and figures with one-line captions, and
+  the W&B runs. The
   HTML is self-contained: figures are embedded as base64 PNG, styles inline,
   no script, so it can be mailed or opened from a laptop;
 * ``report_errors.log``: only when something failed (see below).
@@ -25,10 +30,12 @@ unknown format, a filter that matches nothing) still raises ``ResultsError``.
 
 Needs only pandas, pyarrow, scipy and matplotlib/seaborn: no ray, wandb or
 torch, so results copied off a cluster rebuild anywhere, in seconds.
-``where`` restricts everything to some factor values
-(``{"family": ["resnet"]}``); such a view is written to its own folder
-(``views/family=resnet`` by default) so the full report is never replaced
-by a partial one.
+``where`` restricts everything to some values of family, model, depth, seed or
+any factor (``analysis.where``: ``{"family": ["resnet"], "norm": ["none"]}``);
+such a view is written to its own folder (``views/family=resnet_norm=none`` by
+default) so the full report is never replaced by a partial one. Tables and
+findings show a factor other than residual only when it varies, so a sweep that
+crosses only residual reads as it always did (plus the adjusted p column).
 """
 from __future__ import annotations
 
@@ -37,7 +44,6 @@ import datetime as _dt
 import html
 import io
 import json
-import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,29 +53,24 @@ import matplotlib as mpl
 import numpy as np
 import pandas as pd
 
-from analysis import figures, stats
+from ablations import factors as _factors
+from analysis import figures, findings, levels, stats
 from analysis.failures import (ERRORS_LOG, BuildResult, Guard, ItemFailure, one_line,
                                write_error_log)
-from analysis.style import DEFAULT_LOOK, PAPER_RC, Look, model_label, save_figure
-from analysis.tables import (GRAD_TABLE_FORMAT, _cell, _numeric, _specs, degradation_index_table,
-                             degradation_table, escape_latex, grad_table, paired_table,
-                             snapshot_rows, to_markdown, without_redundant_model, write_table,
-                             write_text)
+from analysis.style import DEFAULT_LOOK, PAPER_RC, Look, save_figure
+from analysis.tables import (GRAD_TABLE_FORMAT, _cell, _numeric, _specs, contrast_table,
+                             degradation_index_table, degradation_table, escape_latex,
+                             grad_table, shown_factors, snapshot_rows, to_markdown,
+                             without_redundant_model, write_table, write_text)
+from analysis.where import (ResultsError, apply_where, parse_where, safe_name as _safe,  # noqa: F401
+                            where_keys, where_slug)
 
 RESULT_FILES = ("trials", "layers", "epochs")
 FORMATS = ("pdf", "png", "svg")
 MAX_FEATURE_TRIALS = 4
-WHERE_KEYS = ("family", "model", "depth", "residual", "seed")
 CHANCE_ERROR = 0.9  # both datasets (CIFAR-10, synthetic) have 10 balanced classes
 
 
-class ResultsError(ValueError):
-    """The folder is missing, holds no results, a file cannot be read, or a filter is bad."""
-
-
-def _safe(name: str) -> str:
-    """A file-name-safe version of a trial or model name."""
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", str(name))
 
 
 # --------------------------------------------------------------------------- loading, filtering
@@ -128,76 +129,6 @@ def load_spec(run_dir, guard: Guard | None = None) -> dict:
     return spec
 
 
-_BOOL = {"residual": True, "true": True, "on": True, "yes": True, "1": True,
-         "plain": False, "false": False, "off": False, "no": False, "0": False}
-
-
-def parse_where(items) -> dict[str, list]:
-    """``["family=resnet", "depth=18,34"]`` -> ``{"family": ["resnet"], "depth": [18, 34]}``.
-
-    Keys: ``WHERE_KEYS``. ``depth`` and ``seed`` take integers, ``residual``
-    takes residual/plain (or true/false, on/off). A repeated key widens
-    (``depth=18 depth=34`` is ``depth=18,34``). Raises ``ResultsError``.
-    """
-    out: dict[str, list] = {}
-    for item in items or ():
-        key, sep, values = str(item).partition("=")
-        key = key.strip()
-        if not sep or not values.strip():
-            raise ResultsError(f"--where {item!r}: expected FACTOR=VALUE[,VALUE...], "
-                               f"factors: {', '.join(WHERE_KEYS)}")
-        if key not in WHERE_KEYS:
-            raise ResultsError(f"--where {item!r}: unknown factor {key!r}; "
-                               f"valid: {', '.join(WHERE_KEYS)}")
-        for v in (v.strip() for v in values.split(",") if v.strip()):
-            if key in ("depth", "seed"):
-                try:
-                    v = int(v)
-                except ValueError:
-                    raise ResultsError(f"--where {item!r}: {key} takes integers, got {v!r}") from None
-            elif key == "residual":
-                if v.lower() not in _BOOL:
-                    raise ResultsError(f"--where {item!r}: residual takes residual or plain, "
-                                       f"got {v!r}")
-                v = _BOOL[v.lower()]
-            out.setdefault(key, []).append(v)
-    return out
-
-
-def apply_where(data: dict[str, pd.DataFrame], where: dict[str, list]) -> dict[str, pd.DataFrame]:
-    """The frames restricted to ``where``; a value that matches no trial is an error
-    naming the values present (a typo must not give an empty report)."""
-    if not where:
-        return data
-    trials = data.get("trials")
-    ref = trials if trials is not None else next(iter(data.values()))
-    for key, values in where.items():
-        if key not in ref:
-            raise ResultsError(f"--where {key}: the results have no {key!r} column")
-        present = set(ref[key].dropna().tolist())
-        missing = [v for v in values if v not in present]
-        if missing:
-            shown = sorted(("residual" if v else "plain") if key == "residual" else v
-                           for v in present)
-            raise ResultsError(f"--where {key}={','.join(map(str, missing))}: no such trials; "
-                               f"present: {', '.join(map(str, shown))}")
-    out = {}
-    for name, df in data.items():
-        keep = pd.Series(True, index=df.index)
-        for key, values in where.items():
-            if key in df:
-                keep &= df[key].isin(values)
-        out[name] = df[keep].reset_index(drop=True)
-    return out
-
-
-def where_slug(where: dict[str, list]) -> str:
-    """``{"family": ["resnet"], "depth": [18, 34]}`` -> ``family=resnet_depth=18,34``."""
-    def text(k, v):
-        return ("residual" if v else "plain") if k == "residual" else str(v)
-    return _safe("_".join(f"{k}=" + ",".join(text(k, v) for v in vs) for k, vs in where.items()))
-
-
 def _feature_files(run_dir: Path, trials: pd.DataFrame | None) -> list[Path]:
     """Up to ``MAX_FEATURE_TRIALS`` feature files, one per (model, depth, variant) cell first.
 
@@ -209,9 +140,9 @@ def _feature_files(run_dir: Path, trials: pd.DataFrame | None) -> list[Path]:
     cols = {"trial_id", "family", "model", "depth", "residual", "seed"}
     if trials is None or not cols <= set(trials.columns):
         return list(files.values())[:MAX_FEATURE_TRIALS]
-    known = trials[trials["trial_id"].isin(files)].sort_values(
-        ["seed", "family", "model", "depth", "residual"], kind="stable")
-    firsts = known.drop_duplicates(["family", "model", "depth", "residual"])
+    keys = [*levels.BASE_KEYS, *levels.present(trials)]  # one file per cell first
+    known = levels.sort_cells(trials[trials["trial_id"].isin(files)], ["seed", *keys])
+    firsts = known.drop_duplicates(keys)
     order = list(firsts["trial_id"]) + [t for t in known["trial_id"] if t not in set(firsts["trial_id"])]
     return [files[t] for t in order[:MAX_FEATURE_TRIALS]]
 
@@ -332,15 +263,37 @@ def _both_variants(trials: pd.DataFrame) -> bool:
     return bool(trials.groupby(keys)["residual"].nunique().max() > 1)
 
 
+def _has_contrasts(trials: pd.DataFrame) -> bool:
+    """Residual and plain in one cell, or another factor at two levels."""
+    return _both_variants(trials) or bool(shown_factors(trials))
+
+
+def _multi(trials: pd.DataFrame | None) -> bool:
+    """Whether a factor other than residual varies (the tables and findings then
+    name factors and levels)."""
+    return trials is not None and bool(shown_factors(trials))
+
+
+def _paired_caption(c: "_Ctx") -> str:
+    adj = ("p (t, Holm): the paired t p adjusted with Holm's step-down method over the "
+           "table's contrasts of each metric (family-wise error).")
+    if not _multi(c.trials):
+        return ("Residual minus plain, paired by seed: mean ± 95% t half width, two-sided "
+                "paired t and exact Wilcoxon signed-rank p values; " + adj)
+    return ("Each factor level minus its baseline (residual minus plain; norm, block, branch "
+            "scale, shortcut against batch, post, one, projection), within equal levels of "
+            "the other factors (every residual level against the same plain cell), paired by "
+            "seed: mean ± 95% t half width, two-sided paired t and exact Wilcoxon signed-rank "
+            "p values; " + adj)
+
+
 TABLES = (
     _Entry("summary", lambda c: _rows(c.trials), lambda c: degradation_table(c.trials),
            "Per family, depth and variant: parameters, completed/planned trials (failures "
            "named), final train loss and test accuracy as mean ± 95% t half width over "
            "completed seeds."),
-    _Entry("paired", lambda c: c.trained and _rows(c.trials) and _both_variants(c.trials),
-           lambda c: paired_table(c.trials),
-           "Residual minus plain, paired by seed: mean ± 95% t half width, two-sided paired t "
-           "and exact Wilcoxon signed-rank p values."),
+    _Entry("paired", lambda c: c.trained and _rows(c.trials) and _has_contrasts(c.trials),
+           lambda c: contrast_table(c.trials), _paired_caption),
     _Entry("degradation", lambda c: c.trained and _rows(c.trials),
            lambda c: degradation_index_table(c.trials),
            "Degradation index: change from the shallowest depth of each variant, mean ± 95% "
@@ -364,20 +317,40 @@ def _feature_entries(c: _Ctx) -> list[_Entry]:
 
 
 def _grad_entries(c: _Ctx) -> list[_Entry]:
-    """The seed article's table for every (model, depth) that has both variants at init."""
+    """The seed article's table for every (model, depth) that has both variants at init;
+    with other factors varying, one per residual cell (its levels in the name, as in
+    trial ids: ``grad_resnet-20-norm=none-scale=zero``) against the plain cell that
+    matches it."""
     if not _has(c.layers, "grad_mean_abs"):
         return []
     grads = snapshot_rows(c.layers, "grad_mean_abs", "init")
+    pinned = [n for n in levels.present(grads) if n != "residual"]
     out = []
     for (model, depth), g in grads.groupby(["model", "depth"], sort=True):
         if g["residual"].nunique() < 2:
             continue
-        out.append(_Entry(
-            f"grad_{model}-{depth}", lambda _: True,
-            lambda _, m=model, d=depth: grad_table(c.layers, m, d, when="init"),
-            f"Mean |dL/dW| per weight layer at initialization, {model}, depth {depth}: median "
-            "over seeds without (plain) and with (residual) shortcuts; ratio = median over "
-            "seeds of residual/plain.", GRAD_TABLE_FORMAT))
+        res = g[g["residual"] == True]  # noqa: E712
+        combos = ([{n: v for n, v in zip(pinned, k)} for k in
+                   levels.sort_cells(res[pinned].drop_duplicates(), pinned).itertuples(
+                       index=False, name=None)] if pinned else [{}])
+        for lv in combos:
+            plain = g[g["residual"] == False]  # noqa: E712
+            for n, v in lv.items():
+                plain = plain[(plain[n] == v) | (plain[n] == levels.NA)]
+            if not len(plain):
+                continue
+            family = str(g["family"].iloc[0]) if "family" in g else str(model)
+            names = {n: levels.level_of(n, v) for n, v in lv.items()}
+            tags = _factors.id_parts(family, {**names, "residual": "residual"})[1:]
+            where = levels.describe(names, [n for n in pinned if n in shown_factors(grads)])
+            out.append(_Entry(
+                "-".join([f"grad_{model}-{depth}", *tags]), lambda _: True,
+                lambda _, m=model, d=depth, lv=lv: grad_table(c.layers, m, d, when="init",
+                                                              levels=lv),
+                f"Mean |dL/dW| per weight layer at initialization, {model}, depth {depth}"
+                + (f" ({where})" if where else "") + ": median over seeds without (plain) and "
+                "with (residual) shortcuts; ratio = median over seeds of residual/plain.",
+                GRAD_TABLE_FORMAT))
     return out
 
 
@@ -476,34 +449,6 @@ def _env_lines(spec: dict, trials: pd.DataFrame | None) -> list[tuple[str, str]]
     return lines or [("environment", "not recorded (no usable spec.json)")]
 
 
-def _findings(trials: pd.DataFrame | None, trained: bool) -> list[str]:
-    """One sentence per (family, depth): residual minus plain test accuracy, from the numbers."""
-    if trials is None or not trained or "final_test_acc" not in trials:
-        return []
-    # No try: a frame the statistics reject (two trials for one seed) is a failure of
-    # this section, named in the report, not a silent absence of findings.
-    d = stats.paired_differences(trials, "final_test_acc")
-    out = []
-    for _, r in d.iterrows():
-        name = model_label(r["family"], r["model"])
-        if r["n_pairs"] == 0:
-            cell = trials[(trials["model"] == r["model"]) & (trials["depth"] == r["depth"])
-                          & (trials["status"] != "completed")]
-            why = "; ".join(f"{'residual' if res else 'plain'}: "
-                            + ", ".join(f"{n} {st}" for st, n in g["status"].value_counts().items())
-                            for res, g in cell.groupby("residual"))
-            out.append(f"{name} depth {r['depth']}: no seed with both variants completed"
-                       + (f" ({why})." if why else "."))
-            continue
-        ci = (f" [{100 * r['ci_lo']:+.1f}, {100 * r['ci_hi']:+.1f}]"
-              if np.isfinite(r["ci_lo"]) else "")
-        p = f", paired t p = {r['p_value']:.2g}" if np.isfinite(r["p_value"]) else ""
-        out.append(f"{name} depth {r['depth']}: residual minus plain test accuracy "
-                   f"{100 * r['mean_diff']:+.1f} pp{ci} over {r['n_pairs']} seed(s){p}"
-                   + (f"; {r['n_unpaired']} seed(s) unpaired" if r["n_unpaired"] else "") + ".")
-    return out
-
-
 def _wandb_lines(run_dir: Path, trials: pd.DataFrame | None) -> list[str]:
     lines = []
     if trials is not None and "wandb" in trials:
@@ -523,7 +468,9 @@ def _status_frame(trials: pd.DataFrame | None) -> pd.DataFrame | None:
         return None
     s = stats.status_counts(trials)
     s.insert(3, "variant", s["residual"].map({True: "residual", False: "plain"}).fillna(""))
-    s = without_redundant_model(s.drop(columns="residual"))
+    hidden = [n for n in levels.present(trials) if n != "residual"
+              and n not in shown_factors(trials)]  # one level throughout: not shown
+    s = without_redundant_model(s.drop(columns=["residual", *hidden]))
     if not s["n_pending"].any():
         s = s.drop(columns="n_pending")
     return s.rename(columns=lambda c: c.removeprefix("n_"))
@@ -589,11 +536,47 @@ def _totals(trials: pd.DataFrame | None) -> _Section:
     return _Section([f"**{text}.**", ""], [f"<p><strong>{html.escape(text)}.</strong></p>"])
 
 
-def _findings_section(trials, trained) -> _Section:
-    found = _findings(trials, trained)
-    if not found:
+def _findings_title(trials) -> str:
+    return ("Findings (each level minus its factor's baseline, paired by seed)"
+            if _multi(trials) else "Findings (residual minus plain, paired by seed)")
+
+
+def _findings_section(guard: Guard, data: dict, spec: dict, trained: bool) -> _Section:
+    """Contrast findings, then what explains each failed cell and each cell that starts
+    above chance. Each part runs in isolation: a failure is an entry in the list."""
+    trials, layers, epochs = data.get("trials"), data.get("layers"), data.get("epochs")
+    title = _findings_title(trials)
+    lines: list[str] = []
+    failed: list[str] = []
+
+    def part(name, fn):
+        got = guard.run("section", name, fn,
+                        on_failure=lambda f: failed.append(f.entry))
+        lines.extend(got or [])
+
+    notes: list[str] = []
+
+    def contrast_part():
+        found, note = findings.contrast_findings(trials) if trained else ([], "")
+        notes.append(note)
+        return found
+    part("findings", contrast_part)
+    note = notes[0] if notes else ""
+    if not lines:  # a probe sweep: no contrasts, only what explains its failures
+        title = "Findings"
+    part("failure findings", lambda: findings.failure_findings(trials, layers))
+    warm = (spec.get("spec") or {}).get("train") or {}
+    part("warmup findings", lambda: findings.warmup_findings(
+        trials, epochs, int(warm.get("warmup_epochs") or 0) if isinstance(warm, dict) else 0))
+    if not lines and not failed:
         return _Section([], [])
-    return _list_section("Findings (residual minus plain, paired by seed)", found)
+    esc = html.escape
+    md = [f"## {title}", ""] + ([note, ""] if note else []) + [f"- {w}" for w in lines] \
+        + [f"- **{e}**" for e in failed] + [""]
+    page = ([f"<h2>{esc(title)}</h2>"] + ([f"<p>{esc(note)}</p>"] if note else [])
+            + ["<ul>" + "".join(f"<li>{esc(w)}</li>" for w in lines)
+               + "".join(f'<li class="failed">{esc(e)}</li>' for e in failed) + "</ul>"])
+    return _Section(md, page)
 
 
 def _status_section(trials) -> _Section:
@@ -701,8 +684,10 @@ def _write_reports(out: Path, run_dir: Path, spec: dict, data: dict, items: list
                      f"{esc(str(run_dir))}</code> from the stored results alone.</p>"])
     body = [
         _section(guard, "status totals", None, lambda: _totals(trials)),
-        _section(guard, "findings", "Findings (residual minus plain, paired by seed)",
-                 lambda: _findings_section(trials, trained)),
+        _section(guard, "findings section",
+                 guard.run("section", "findings title", lambda: _findings_title(trials))
+                 or "Findings",
+                 lambda: _findings_section(guard, data, spec, trained)),
         _section(guard, "spec", "Spec", lambda: _pairs_section("Spec", _spec_lines(spec))),
         _section(guard, "environment", "Environment",
                  lambda: _pairs_section("Environment", _env_lines(spec, trials))),

@@ -11,10 +11,10 @@ Statistical choices (the same in every function):
   carries the counts (``n_planned``, ``n_completed``, ``n_diverged``,
   ``n_error``, ``n_pending``, ``n_unpaired``) next to the statistic, and ``n`` columns count
   the values the statistic actually used. +-inf counts as not finite.
-* **Residual vs plain is paired by seed** (``paired_differences``): the
-  difference is *residual minus plain* within one seed, and the interval and
-  the test are on those per-seed differences. A seed with only one usable
-  side is counted in ``n_unpaired``.
+* **Contrasts are paired by seed** (``analysis.contrasts``): the difference is
+  e.g. *residual minus plain* within one seed, and the interval and the test are
+  on those per-seed differences. A seed with only one usable side is counted in
+  ``n_unpaired``.
 * **Tests are two-sided.** The paired t test (equivalent to
   ``scipy.stats.ttest_rel``) and an exact Wilcoxon signed-rank test.
 * **Depth degradation uses Welch** (``degradation_index``): different depths
@@ -30,11 +30,23 @@ Statistical choices (the same in every function):
   up to rounding, relative spread <= ``ZERO_SD_RTOL``, count as constant).
 
 Input frame: one row per trial with ``family`` (``model`` is used when the
-column is missing, as in a preset-only sweep), ``model``,
-``depth``, ``residual``, ``seed`` and ``status`` in {"completed",
-"diverged", "error", "pending"} (pending: not finished yet, in a sweep still running); any other status raises ValueError rather than being
-miscounted. Output rows are sorted by family, model, depth, then residual
-(plain before residual, like ``analysis.style.VARIANT_ORDER``).
+column is missing, as in a preset-only sweep), ``model``, ``depth``, ``residual``,
+``seed``, ``status`` in {"completed", "diverged", "error", "pending"} (pending: not
+finished yet, in a sweep still running; any other status raises ValueError rather than
+being miscounted) and, in folders written since the factor registry, one column per
+other factor (``norm``, ``block``, ``branch_scale``, ``shortcut``: level strings,
+"n/a" where the factor does not apply).
+
+**Cells are keyed by the factors present** (``cell_keys``): family, model, depth and
+every factor column the frame has, in registry order. A folder from before the
+registry has only ``residual``, so its keys are today's (family, model, depth,
+residual) and its outputs are unchanged. A missing value in a present factor column
+(old rows concatenated with new ones) is the family's default level
+(``analysis.levels.with_levels``). Output rows are sorted by family, model, depth,
+then the factors in their registry level order (plain before residual, batch before
+layer before none). Contrasts between levels (residual minus plain, and every other
+factor's levels against its baseline) and the multiple-comparison adjustment are in
+``analysis.contrasts``.
 """
 from __future__ import annotations
 
@@ -45,11 +57,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
+from analysis import levels as _levels
+
 STATUSES = ("completed", "diverged", "error", "pending")  # pending: a sweep still running
 # Relative spread below which paired differences count as constant (floating-point noise).
 ZERO_SD_RTOL = 1e-9
+# Today's keys (a frame with no factor column but residual); ``cell_keys(frame)`` and
+# ``degradation_keys(frame)`` add the factor columns a frame has.
 CELL_KEYS = ("family", "model", "depth", "residual")
-PAIR_KEYS = ("family", "model", "depth")
+PAIR_KEYS = _levels.BASE_KEYS
 DEGRADATION_KEYS = ("family", "model", "residual")
 # Derived error columns: name -> the accuracy column it is 1 - of.
 DERIVED = {"final_train_error": "final_train_acc",
@@ -81,19 +97,32 @@ def t_quantile(level: float, df: float) -> float:
     return float(_st.t.ppf(0.5 + level / 2.0, df))
 
 
+def cell_keys(trials: pd.DataFrame) -> list[str]:
+    """family, model, depth and every factor column of ``trials`` (registry order):
+    ``["family", "model", "depth", "residual"]`` for a folder from before the registry,
+    ``[..., "residual", "norm", "block", "branch_scale", "shortcut"]`` after it."""
+    return [*_levels.BASE_KEYS, *_levels.present(trials)]
+
+
+def degradation_keys(trials: pd.DataFrame) -> list[str]:
+    """``cell_keys`` without depth: the groups whose depths are compared."""
+    return [k for k in cell_keys(trials) if k != "depth"]
+
+
 def _prepare(trials: pd.DataFrame) -> pd.DataFrame:
-    """Check the columns and statuses; add ``family`` (= model) when it is missing."""
+    """Check the columns and statuses; add ``family`` (= model) when it is missing; a
+    missing value in a factor column becomes the family's default level."""
     need = {"model", "depth", "residual", "status"}
     missing = sorted(need - set(trials.columns))
     if missing:
         raise KeyError(f"trials frame lacks column(s) {missing}; has {sorted(trials.columns)}")
-    t = trials.copy()
+    t = trials.reset_index(drop=True)  # a concatenated frame may repeat index labels
     if "family" not in t:
         t["family"] = t["model"]
     bad = sorted(set(map(str, t["status"][~t["status"].isin(STATUSES)])))
     if bad:
         raise ValueError(f"unknown trial status(es) {bad}; expected one of {STATUSES}")
-    return t
+    return _levels.with_levels(t, _levels.present(t))
 
 
 def _require_metric(t: pd.DataFrame, metric: str) -> None:
@@ -248,15 +277,16 @@ def with_derived(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _sorted(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    return df.sort_values(list(keys), kind="stable").reset_index(drop=True)
+    return _levels.sort_cells(df, keys)
 
 
 def cell_summary(trials: pd.DataFrame,
                  metrics: Sequence[str] = ("final_train_loss", "final_test_error"),
                  level: float = 0.95) -> pd.DataFrame:
-    """One row per (family, model, depth, residual): counts, params and metric intervals.
+    """One row per cell (``cell_keys``: family, model, depth, residual and any other
+    factor columns): counts, params and metric intervals.
 
-    Columns: ``family, model, depth, residual, n_planned, n_completed,
+    Columns: the cell keys, then ``n_planned, n_completed,
     n_diverged, n_error, params``, then for each metric ``<metric>_mean``,
     ``<metric>_ci_lo``, ``<metric>_ci_hi``, ``<metric>_n`` (``mean_ci`` over
     the completed trials with a finite value; ``<metric>_n`` can be below
@@ -272,9 +302,10 @@ def cell_summary(trials: pd.DataFrame,
     t = with_derived(_prepare(trials))
     for m in metrics:
         _require_metric(t, m)
+    keys = cell_keys(t)
     rows = []
-    for key, g in t.groupby(list(CELL_KEYS), sort=False, dropna=False):
-        row = dict(zip(CELL_KEYS, key), **_status_counts(g))
+    for key, g in t.groupby(keys, sort=False, dropna=False):
+        row = dict(zip(keys, key), **_status_counts(g))
         params = g["params"].dropna() if "params" in g else pd.Series(dtype=float)
         row["params"] = int(params.iloc[0]) if len(params) else pd.NA
         done = g[g["status"] == "completed"]
@@ -282,62 +313,19 @@ def cell_summary(trials: pd.DataFrame,
             mean, lo, hi, n = mean_ci(done[m], level)
             row.update({f"{m}_mean": mean, f"{m}_ci_lo": lo, f"{m}_ci_hi": hi, f"{m}_n": n})
         rows.append(row)
-    cols = list(CELL_KEYS) + ["n_planned", "n_completed", "n_diverged", "n_error", "n_pending",
-                              "params"] + \
+    cols = keys + ["n_planned", "n_completed", "n_diverged", "n_error", "n_pending",
+                   "params"] + \
         [f"{m}_{s}" for m in metrics for s in ("mean", "ci_lo", "ci_hi", "n")]
     out = pd.DataFrame(rows, columns=cols)
     out["params"] = out["params"].astype("Int64")
-    return _sorted(out, CELL_KEYS)
-
-
-def paired_differences(trials: pd.DataFrame, metric: str, level: float = 0.95,
-                       wilcoxon: bool = True) -> pd.DataFrame:
-    """Residual minus plain, paired by seed, per (family, model, depth).
-
-    A seed is a pair when both its residual and its plain trial are completed
-    with a finite ``metric``. Columns: ``family, model, depth, n_seeds`` (seeds
-    seen on either side), ``n_pairs, n_unpaired`` (``n_seeds - n_pairs``: one
-    side missing, diverged, errored or without a finite value), ``mean_diff,
-    ci_lo, ci_hi`` (``mean_ci`` of the per-seed differences),
-    ``p_value`` (``paired_t_pvalue``: two-sided; NaN if ``n_pairs < 2`` or the
-    differences have zero variance) and, with ``wilcoxon``, ``p_wilcoxon``
-    (``wilcoxon_exact_pvalue``: exact, two-sided; defined from one pair on,
-    where it is 1.0, NaN with no pair).
-
-    Raises ValueError if a (cell, seed) has more than one trial (the pairing
-    would be ambiguous); KeyError if ``metric`` (after ``with_derived``) or
-    ``seed`` is not a column.
-    """
-    t = with_derived(_prepare(trials))
-    _require_metric(t, metric)
-    _require_metric(t, "seed")
-    dup = t.duplicated(list(CELL_KEYS) + ["seed"], keep=False)
-    if dup.any():
-        ids = t.loc[dup, "trial_id"].tolist() if "trial_id" in t else t.index[dup].tolist()
-        raise ValueError(f"more than one trial per (cell, seed): {ids}")
-    rows = []
-    for key, g in t.groupby(list(PAIR_KEYS), sort=False, dropna=False):
-        use = _usable(g, metric)
-        vals = use.pivot(index="seed", columns="residual", values=metric)
-        vals = vals.reindex(columns=[False, True])
-        paired = vals.dropna()
-        diffs = (paired[True] - paired[False]).to_numpy(dtype=float)
-        mean, lo, hi, n = mean_ci(diffs, level)
-        n_seeds = int(g["seed"].nunique())
-        row = dict(zip(PAIR_KEYS, key), n_seeds=n_seeds, n_pairs=n, n_unpaired=n_seeds - n,
-                   mean_diff=mean, ci_lo=lo, ci_hi=hi, p_value=paired_t_pvalue(diffs))
-        if wilcoxon:
-            row["p_wilcoxon"] = wilcoxon_exact_pvalue(diffs)
-        rows.append(row)
-    cols = list(PAIR_KEYS) + ["n_seeds", "n_pairs", "n_unpaired", "mean_diff", "ci_lo",
-                              "ci_hi", "p_value"] + (["p_wilcoxon"] if wilcoxon else [])
-    return _sorted(pd.DataFrame(rows, columns=cols), PAIR_KEYS)
+    return _sorted(out, keys)
 
 
 def degradation_index(trials: pd.DataFrame, metric: str, level: float = 0.95) -> pd.DataFrame:
     """Increase of ``metric`` with depth, relative to the shallowest depth of each variant.
 
-    Per (family, model, residual) and each depth d present in the frame:
+    Per combination of levels (``degradation_keys``: family, model, residual and any
+    other factor columns) and each depth d present in the frame:
     ``delta = depth_mean - base_mean = mean(metric at d) - mean(metric at the
     shallowest depth)``,
     over completed trials with a finite value, with a Welch t interval
@@ -347,7 +335,8 @@ def degradation_index(trials: pd.DataFrame, metric: str, level: float = 0.95) ->
     family/model/variant, whatever its statuses: if every run there diverged,
     every delta of the group is NaN rather than silently re-based.
 
-    Columns: ``family, model, residual, depth, base_depth, n_planned,
+    Columns: ``family, model``, the factor columns (``residual, ...``), ``depth,
+    base_depth, n_planned,
     n_completed, n_diverged, n_error`` (at depth d), ``n`` and ``n_base``
     (values used at d and at the base), ``depth_mean, base_mean, delta, ci_lo,
     ci_hi, df`` (Welch df; ``depth_mean``, not ``mean``, so that ``row.depth_mean``
@@ -358,8 +347,9 @@ def degradation_index(trials: pd.DataFrame, metric: str, level: float = 0.95) ->
     """
     t = with_derived(_prepare(trials))
     _require_metric(t, metric)
+    keys = degradation_keys(t)
     rows = []
-    for key, g in t.groupby(list(DEGRADATION_KEYS), sort=False, dropna=False):
+    for key, g in t.groupby(keys, sort=False, dropna=False):
         depths = sorted(g["depth"].unique())
         base_depth = depths[0]
         base = _usable(g[g["depth"] == base_depth], metric)[metric].to_numpy(dtype=float)
@@ -367,7 +357,7 @@ def degradation_index(trials: pd.DataFrame, metric: str, level: float = 0.95) ->
         for d in depths:
             gd = g[g["depth"] == d]
             vals = _usable(gd, metric)[metric].to_numpy(dtype=float)
-            row = dict(zip(DEGRADATION_KEYS, key), depth=d, base_depth=base_depth,
+            row = dict(zip(keys, key), depth=d, base_depth=base_depth,
                        **_status_counts(gd), n=int(vals.size), n_base=int(base.size),
                        depth_mean=float(vals.mean()) if vals.size else math.nan,
                        base_mean=base_mean)
@@ -378,27 +368,29 @@ def degradation_index(trials: pd.DataFrame, metric: str, level: float = 0.95) ->
                 w = welch_ci(vals, base, level)
                 row.update(delta=w["diff"], ci_lo=w["ci_lo"], ci_hi=w["ci_hi"], df=w["df"])
             rows.append(row)
-    cols = list(DEGRADATION_KEYS) + ["depth", "base_depth", "n_planned", "n_completed",
-                                     "n_diverged", "n_error", "n_pending", "n", "n_base", "depth_mean",
-                                     "base_mean", "delta", "ci_lo", "ci_hi", "df"]
-    return _sorted(pd.DataFrame(rows, columns=cols), ["family", "model", "residual", "depth"])
+    cols = keys + ["depth", "base_depth", "n_planned", "n_completed", "n_diverged", "n_error",
+                   "n_pending", "n", "n_base", "depth_mean", "base_mean", "delta", "ci_lo",
+                   "ci_hi", "df"]
+    return _sorted(pd.DataFrame(rows, columns=cols), keys + ["depth"])
 
 
 def status_counts(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trials per status per (family, model, depth, residual), then a total row.
+    """Trials per status per cell (``cell_keys``), then a total row.
 
-    Columns: ``family, model, depth, residual, n_planned, n_completed,
-    n_diverged, n_error`` (``n_planned`` = all rows of the cell = the sum of
-    the three). The last row has ``family = "total"``, ``model = ""`` and
-    ``<NA>`` depth and residual, with the column sums; so ``depth`` is
-    ``Int64`` and ``residual`` is ``boolean``.
+    Columns: the cell keys (``family, model, depth, residual``, then any other factor
+    columns), ``n_planned, n_completed, n_diverged, n_error, n_pending``
+    (``n_planned`` = all rows of the cell = the sum of the others). The last row has
+    ``family = "total"``, ``model = ""`` (and ``""`` for the other factors), ``<NA>``
+    depth and residual, with the column sums; so ``depth`` is ``Int64`` and
+    ``residual`` is ``boolean``.
     """
     t = _prepare(trials)
-    rows = [dict(zip(CELL_KEYS, key), **_status_counts(g))
-            for key, g in t.groupby(list(CELL_KEYS), sort=False, dropna=False)]
+    keys = cell_keys(t)
+    rows = [dict(zip(keys, key), **_status_counts(g))
+            for key, g in t.groupby(keys, sort=False, dropna=False)]
     counts = ["n_planned", "n_completed", "n_diverged", "n_error", "n_pending"]
-    out = _sorted(pd.DataFrame(rows, columns=list(CELL_KEYS) + counts), CELL_KEYS)
-    total = {"family": "total", "model": "", "depth": pd.NA, "residual": pd.NA,
+    out = _sorted(pd.DataFrame(rows, columns=keys + counts), keys)
+    total = {**{k: "" for k in keys}, "family": "total", "depth": pd.NA, "residual": pd.NA,
              **{c: int(out[c].sum()) for c in counts}}
     out = pd.concat([out.astype({"depth": "Int64", "residual": "boolean"}),
                      pd.DataFrame([total]).astype({"depth": "Int64", "residual": "boolean"})],

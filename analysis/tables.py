@@ -2,8 +2,16 @@
 
 ``grad_table`` reproduces the seed article's table (mean |dL/dW| per layer
 with and without shortcuts, and their ratio); ``degradation_table``,
-``paired_table`` and ``degradation_index_table`` put ``analysis.stats`` in
-paper form (mean ± 95% interval, counts of failed trials, p values).
+``contrast_table`` and ``degradation_index_table`` put ``analysis.stats`` and
+``analysis.contrasts`` in paper form (mean ± 95% interval, counts of failed
+trials, raw and Holm-adjusted p values).
+
+Factor columns: ``variant`` (plain/residual) always, as before the factor registry,
+then one column per other factor that *varies* in the trials (``norm``, ``block``,
+``branch_scale``, ``shortcut``; "n/a" where it does not apply). A factor at one level
+throughout is not shown, so a sweep that crosses only residual gives the tables it
+always did.
+
 ``to_markdown``/``to_latex`` are written by hand so that the report needs
 neither tabulate nor jinja2.
 """
@@ -18,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis import contrasts as _contrasts
+from analysis import levels as _levels
 from analysis import stats
 from analysis.style import VARIANT_ORDER, variant_of, with_variant
 
@@ -94,7 +104,7 @@ GRAD_TABLE_FORMAT = {"plain": "sci", "residual": "sci", "ratio": "sig"}
 
 
 def grad_table(layers: pd.DataFrame, model: str, depth: int, phase: str = "init",
-               when: str | None = None) -> pd.DataFrame:
+               when: str | None = None, levels: dict | None = None) -> pd.DataFrame:
     """Mean |dL/dW| per weight layer without (``plain``) and with (``residual``) shortcuts.
 
     ``plain`` and ``residual`` are medians over seeds of ``grad_mean_abs``;
@@ -108,12 +118,21 @@ def grad_table(layers: pd.DataFrame, model: str, depth: int, phase: str = "init"
     trained sweep has no "init" phase, and its first training step is the
     seed article's measurement at initialization.
 
+    ``levels``: ``{factor: column value}`` to compare plain and residual at, e.g.
+    ``{"norm": "none", "branch_scale": "zero"}``; a row whose factor is "n/a" (a plain
+    network's branch scale) counts as matching. Without it, rows of every level are
+    pooled, so pin every factor that varies.
+
     Raises ValueError if either variant has no rows for this model and depth.
     """
     rows = (snapshot_rows(layers, "grad_mean_abs", when) if when
             else stat_rows(layers, "grad_mean_abs", phase))
     phase = when or phase
-    rows = with_variant(rows[(rows["model"] == model) & (rows["depth"] == depth)])
+    rows = rows[(rows["model"] == model) & (rows["depth"] == depth)]
+    for k, v in (levels or {}).items():
+        if k in rows:
+            rows = rows[(rows[k] == v) | (rows[k] == _levels.NA)]
+    rows = with_variant(rows)
     missing = [v for v in VARIANT_ORDER if not (rows["variant"] == v).any()]
     if missing:
         raise ValueError(f"no {phase!r} grad_mean_abs rows for model {model!r} depth {depth} "
@@ -200,14 +219,29 @@ def _status_text(row) -> str:
     return str(done) if done == planned else f"{done}/{planned} ({', '.join(parts)})"
 
 
+def shown_factors(trials: pd.DataFrame) -> list[str]:
+    """The factors other than residual that vary in ``trials`` (registry order): the
+    factor columns a table shows after ``variant``."""
+    return [n for n in _levels.varying(trials) if n != "residual"]
+
+
+def _factor_cells(frame: pd.DataFrame, shown: list[str]) -> dict[str, list]:
+    """``variant`` and each shown factor's level, per row of a stats frame."""
+    out = {"variant": list(variant_of(frame["residual"]))}
+    for n in shown:
+        out[n] = [_levels.level_of(n, v) for v in frame[n]] if n in frame else [_levels.NA] * len(frame)
+    return out
+
+
 def degradation_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per family x depth x variant: params, completed/planned with the failures named,
-    final train loss and test accuracy as mean ± 95% t half width over completed seeds."""
+    """Per family x depth x variant (x each other factor that varies): params,
+    completed/planned with the failures named, final train loss and test accuracy as
+    mean ± 95% t half width over completed seeds."""
     metrics = [m for m in ("final_train_loss", "final_test_acc") if m in trials]
     cells = stats.cell_summary(trials, metrics=metrics)
     out = pd.DataFrame({"family": cells["family"], "model": cells["model"],
                         "depth": cells["depth"].astype("int64"),
-                        "variant": variant_of(cells["residual"]),
+                        **_factor_cells(cells, shown_factors(trials)),
                         "params": cells["params"],
                         "n": [_status_text(r) for _, r in cells.iterrows()]})
     for m in metrics:
@@ -217,33 +251,67 @@ def degradation_table(trials: pd.DataFrame) -> pd.DataFrame:
     return without_redundant_model(out)
 
 
-def paired_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Residual minus plain, paired by seed, per family x depth and metric:
-    mean difference ± 95% t half width, pairs used, unpaired seeds, p values
-    (paired t and exact Wilcoxon signed-rank, two-sided)."""
-    rows = []
-    for m in ("final_test_acc", "final_train_loss"):
+def p_adjusted_title(method: str = _contrasts.ADJUSTMENT) -> str:
+    """Column title of the adjusted paired-t p value: "p (t, Holm)"."""
+    return f"p (t, {_contrasts.ADJUSTMENT_LABEL[method]})"
+
+
+CONTRAST_METRICS = ("final_test_acc", "final_train_loss")
+
+
+def contrast_table(trials: pd.DataFrame, method: str = _contrasts.ADJUSTMENT) -> pd.DataFrame:
+    """Each factor level minus its baseline, paired by seed, per family x depth and metric
+    (``analysis.contrasts.contrasts``): mean difference ± 95% t half width, pairs used,
+    unpaired seeds, p values (paired t and exact Wilcoxon signed-rank, two-sided) and
+    the paired-t p adjusted over the table's contrasts of that metric (Holm by default).
+
+    A sweep that varies only residual keeps the layout it always had: ``family, model,
+    depth, metric, residual - plain, pairs, unpaired, p (t), p (Wilcoxon)`` plus
+    ``p (t, Holm)``. Otherwise: ``family, model, depth, factor, contrast`` ("zero - one";
+    "batch only" for a baseline cell without a counterpart), ``within`` (the levels of the
+    other varying factors, e.g. "residual, norm=none"), ``metric, difference, pairs,
+    unpaired, p (t), p (Wilcoxon), p (t, Holm)``. ``model`` is dropped when it only
+    repeats ``family``.
+    """
+    factors = _contrasts.contrasted_factors(trials) if "residual" in trials else []
+    varying = _levels.varying(trials)
+    simple = factors == ["residual"]
+    adj = p_adjusted_title(method)
+    parts = []
+    for k, m in enumerate(CONTRAST_METRICS):
         if m not in trials:
             continue
         _, scale, decimals = METRICS[m]
-        d = stats.paired_differences(trials, m)
-        for _, r in d.iterrows():
-            rows.append({"family": r["family"], "model": r["model"], "depth": int(r["depth"]),
-                         "metric": _diff_title(m),
-                         "residual - plain": fmt_ci(r["mean_diff"], r["ci_lo"], r["ci_hi"],
-                                                    decimals, scale),
-                         "pairs": int(r["n_pairs"]), "unpaired": int(r["n_unpaired"]),
-                         "p (t)": fmt_p(r["p_value"]), "p (Wilcoxon)": fmt_p(r["p_wilcoxon"])})
-    out = pd.DataFrame(rows, columns=["family", "model", "depth", "metric", "residual - plain",
-                                      "pairs", "unpaired", "p (t)", "p (Wilcoxon)"])
-    out = out.sort_values(["family", "model", "depth"], kind="stable").reset_index(drop=True)
-    return without_redundant_model(out)
+        d = _contrasts.contrasts(trials, m, factors=factors, method=method)
+        for i, r in d.iterrows():
+            diff = fmt_ci(r["mean_diff"], r["ci_lo"], r["ci_hi"], decimals, scale)
+            row = {"_row": i, "_metric": k, "family": r["family"], "model": r["model"],
+                   "depth": int(r["depth"])}
+            if simple:
+                row.update({"metric": _diff_title(m), "residual - plain": diff})
+            else:
+                within = _levels.describe(r, [n for n in varying if n != r["factor"]])
+                row.update({"factor": r["factor"],
+                            "contrast": (f"{r['level']} - {r['baseline']}" if pd.notna(r["level"])
+                                         else f"{r['baseline']} only"),
+                            "within": within or "—", "metric": _diff_title(m),
+                            "difference": diff})
+            row.update({"pairs": int(r["n_pairs"]), "unpaired": int(r["n_unpaired"]),
+                        "p (t)": fmt_p(r["p_value"]), "p (Wilcoxon)": fmt_p(r["p_wilcoxon"]),
+                        adj: fmt_p(r["p_adjusted"])})
+            parts.append(row)
+    head = (["family", "model", "depth", "metric", "residual - plain"] if simple else
+            ["family", "model", "depth", "factor", "contrast", "within", "metric", "difference"])
+    cols = head + ["pairs", "unpaired", "p (t)", "p (Wilcoxon)", adj]
+    out = pd.DataFrame(parts, columns=["_row", "_metric"] + cols)
+    out = out.sort_values(["_row", "_metric"], kind="stable").drop(columns=["_row", "_metric"])
+    return without_redundant_model(out.reset_index(drop=True))
 
 
 def degradation_index_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """How much worse each deeper network is than the shallowest of its variant:
-    change in final train loss and test error (pp) vs the base depth, mean ± 95%
-    Welch half width; a positive change is degradation."""
+    """How much worse each deeper network is than the shallowest of its combination of
+    levels: change in final train loss and test error (pp) vs the base depth, mean ±
+    95% Welch half width; a positive change is degradation."""
     parts = {}
     for m in ("final_train_loss", "final_test_error"):
         acc = stats.DERIVED.get(m, m)
@@ -253,7 +321,7 @@ def degradation_index_table(trials: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     base = next(iter(parts.values()))
     out = pd.DataFrame({"family": base["family"], "model": base["model"],
-                        "variant": variant_of(base["residual"]),
+                        **_factor_cells(base, shown_factors(trials)),
                         "depth": base["depth"].astype("int64"),
                         "vs depth": base["base_depth"].astype("int64"),
                         "n": [_status_text(r) for _, r in base.iterrows()],

@@ -22,6 +22,16 @@ absent) with the columns of
   diverged trial's last epoch has only train_loss (non-finite), lr and the
   timings.
 
+Factor columns (``factors``): "old" frames have only ``residual``, like a folder
+written before the factor registry; "defaults" frames carry every factor column at the
+family's default level ("n/a" where it does not apply: plain rows' branch_scale and
+shortcut, MLP shortcut), like a residual-only sweep today; "crossed" frames cross up to
+two other factors at up to two levels each (``ablations.factors.variants``: one plain
+cell shared by every residual level), with trial ids naming non-default levels like
+``ablations.plan.trial_id``; "mixed" frames have some cells written the old way and
+the others with columns (a folder resumed across the change: old rows read NaN there).
+``factors=None`` draws one of the four.
+
 What varies: families (mlp, resnet) and presets (seed_mlp5, small_resnet18),
 depths, variants (plain, residual or both), seeds, 1 to ``max_layers``
 layers, every status (completed, diverged, error, pending), metric scales
@@ -49,10 +59,14 @@ import numpy as np
 import pandas as pd
 from hypothesis import strategies as st
 
+from ablations import factors as _factors
+
 STATUSES = ("completed", "diverged", "error", "pending")
 GRAD_STATS = ("grad_mean_abs", "grad_norm")
 ACT_STATS = ("act_mean_abs", "act_std", "act_zero_frac")
-FACTORS = ["trial_id", "family", "model", "depth", "residual", "seed"]  # ablations.results
+FACTORS = ["trial_id", "family", "model", "depth", "residual", "seed"]  # before the registry
+ALL_FACTORS = ["trial_id", "family", "model", "depth", *_factors.names(), "seed"]  # today
+FACTOR_MODES = ("old", "defaults", "crossed", "mixed")
 LAYER_COLUMNS = FACTORS + ["phase", "step", "epoch", "layer", "layer_index", "stat", "value"]
 EPOCH_COLUMNS = FACTORS + ["epoch", "train_loss", "train_acc", "val_loss", "val_acc",
                            "test_loss", "test_acc", "lr", "epoch_seconds", "train_images_per_s"]
@@ -73,10 +87,33 @@ SPREADS = (0.0, 1e-9, 3e-7, 0.05, 3.0)
 SPECIAL = (math.nan, math.inf, -math.inf)
 
 
-def _trial_id(model, depth, residual, seed, preset) -> str:
-    """``ablations.plan.trial_id``: ``resnet-34-plain-s2``, ``seed_mlp5-residual-s0``."""
+def _trial_id(model, depth, residual, seed, preset, family=None, levels=None) -> str:
+    """``ablations.plan.trial_id``: ``resnet-34-plain-s2``, ``seed_mlp5-residual-s0``,
+    ``mlp-8-residual-scale=zero-s1`` (non-default levels named)."""
     label = model if preset else f"{model}-{depth}"
-    return f"{label}-{'residual' if residual else 'plain'}-s{seed}"
+    if levels is None:
+        return f"{label}-{'residual' if residual else 'plain'}-s{seed}"
+    return "-".join([label, *_factors.id_parts(family, levels)]) + f"-s{seed}"
+
+
+@st.composite
+def _requested(draw) -> dict[str, tuple[str, ...]]:
+    """Levels of up to two factors other than residual, one or two levels each."""
+    others = [f for f in _factors.all_factors() if f.name != "residual"]
+    names = draw(st.lists(st.sampled_from([f.name for f in others]), min_size=1,
+                          max_size=2, unique=True))
+    out = {}
+    for n in names:
+        levels = _factors.get(n).level_names
+        out[n] = tuple(draw(st.lists(st.sampled_from(levels), min_size=1, max_size=2,
+                                     unique=True)))
+    return out
+
+
+def _variants(family: str, residuals, requested) -> list[dict[str, str]]:
+    """Level dicts of one cell, plain/residual as drawn (``ablations.factors.variants``)."""
+    wanted = {"residual": tuple("residual" if r else "plain" for r in residuals), **requested}
+    return _factors.variants(family, wanted)
 
 
 @st.composite
@@ -128,15 +165,19 @@ def _cells(draw, max_cells: int):
 @st.composite
 def results_frames(draw, mode: str | None = None, max_cells: int = 3, max_seeds: int = 3,
                    max_layers: int = 4, max_epochs: int = 3, max_samples: int = 2,
-                   optional_trials: bool = False) -> dict[str, pd.DataFrame]:
+                   optional_trials: bool = False,
+                   factors: str | None = None) -> dict[str, pd.DataFrame]:
     """A results dict ``{"trials", "layers", "epochs"}`` of DataFrames (see the module doc).
 
     ``mode``: "train", "probe" or None (either). ``max_*`` bound the size
     (cells, seeds per cell, layers per network, epochs, statistics samples
     per train trial). ``optional_trials``: trials.parquet may be missing too
-    (a folder holding only layers or epochs); never all three.
+    (a folder holding only layers or epochs); never all three. ``factors``: one of
+    ``FACTOR_MODES`` or None (drawn).
     """
     mode = mode or draw(st.sampled_from(("train", "probe")))
+    factors = factors or draw(st.sampled_from(FACTOR_MODES))
+    requested = draw(_requested()) if factors in ("crossed", "mixed") else {}
     train = mode == "train"
     cells = draw(_cells(max_cells))
     variants = draw(st.sampled_from(((False, True), (False, True), (False,), (True,))))
@@ -157,17 +198,25 @@ def results_frames(draw, mode: str | None = None, max_cells: int = 3, max_seeds:
     val_split = draw(st.booleans())  # False: an empty validation split (val_* NaN)
     hp_source = draw(st.sampled_from(("fixed", "tuned")))
     trials, layers, epochs = [], [], []
+    with_columns = False
     for family, model, depth in cells:
         preset = model != family
         n_layers = draw(_size(max_layers))
         params = draw(st.integers(1, 10 ** 8))  # a count: never NaN, same for every seed
-        for residual in variants:
+        old = factors == "old" or (factors == "mixed" and draw(st.booleans()))
+        with_columns = with_columns or not old
+        cell_levels = _variants(family, variants, {} if old else requested)
+        for levels in cell_levels:
+            residual = levels["residual"] == "residual"
+            columns = {} if old else _factors.columns(levels)
             for seed in range(n_seeds):
                 status = draw(status_of)
-                factors = {"trial_id": _trial_id(model, depth, residual, seed, preset),
-                           "family": family, "model": model, "depth": depth,
-                           "residual": residual, "seed": seed}
-                record = {**factors, "lr": 0.1, "weight_decay": 5e-4, "hp_source": hp_source}
+                factors_ = {"trial_id": _trial_id(model, depth, residual, seed, preset,
+                                                  None if old else family,
+                                                  None if old else levels),
+                            "family": family, "model": model, "depth": depth,
+                            **columns, "residual": residual, "seed": seed}
+                record = {**factors_, "lr": 0.1, "weight_decay": 5e-4, "hp_source": hp_source}
                 if status == "pending":
                     trials.append({**record, "status": "pending"})
                     continue
@@ -179,7 +228,7 @@ def results_frames(draw, mode: str | None = None, max_cells: int = 3, max_seeds:
                     continue
                 diverged = status == "diverged"
                 if train:
-                    row, ep = _train_trial(draw, factors, record, metric, n_epochs, diverged,
+                    row, ep = _train_trial(draw, factors_, record, metric, n_epochs, diverged,
                                            val_split)
                     epochs += ep
                     steps = [s for s in range(0, steps_per_epoch * max(1, len(ep)), stats_every)]
@@ -189,13 +238,14 @@ def results_frames(draw, mode: str | None = None, max_cells: int = 3, max_seeds:
                     loss = _value(draw, metric["probe_loss"])
                     if diverged:
                         loss = draw(st.sampled_from(SPECIAL))
-                    row = {**factors, "status": status, "probe_loss": loss, "attempts": 1,
+                    row = {**factors_, "status": status, "probe_loss": loss, "attempts": 1,
                            "node_id": "n0", "hostname": "host", "worker_preloaded": False,
                            "finished_at": 1.7e9}
                     samples = [("init", 0, 0)]
                 row["params"] = params + int(residual)
                 trials.append(row)
-                weights, taps = _layer_names(family, n_layers, residual)
+                weights, taps = _layer_names(family, n_layers,
+                                             residual and levels.get("shortcut") != "pad")
                 for phase, step, epoch in samples:
                     last = diverged and (phase, step, epoch) == samples[-1]
                     for names, stat_names in ((weights, GRAD_STATS), (taps, ACT_STATS)):
@@ -204,12 +254,13 @@ def results_frames(draw, mode: str | None = None, max_cells: int = 3, max_seeds:
                                 v = _value(draw, stat[s])
                                 if last and draw(st.booleans()):
                                     v = draw(st.sampled_from(SPECIAL))
-                                layers.append({**factors, "phase": phase, "step": step,
+                                layers.append({**factors_, "phase": phase, "step": step,
                                                "epoch": epoch, "layer": name, "layer_index": i,
                                                "stat": s, "value": v})
     frames = {"trials": pd.DataFrame(trials)}
     if layers:
-        frames["layers"] = pd.DataFrame(layers, columns=LAYER_COLUMNS)
+        keys = ALL_FACTORS if with_columns else FACTORS
+        frames["layers"] = pd.DataFrame(layers, columns=keys + LAYER_COLUMNS[len(FACTORS):])
     if epochs:
         frames["epochs"] = pd.DataFrame(epochs)
     # An optional file may be missing whatever the data (deleted, or an older sweep).

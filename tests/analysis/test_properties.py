@@ -20,9 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis import report, stats
+from analysis import contrasts, levels, report, stats
 from analysis.tables import (degradation_index_table, degradation_table, grad_table,
-                             network_order, paired_table, snapshot_rows, to_latex, to_markdown)
+                             network_order, contrast_table, snapshot_rows, to_latex, to_markdown)
 from tests.analysis.strategies import (ACT_STATS, DAMAGED_SPEC, GRAD_STATS, results_frames,
                                        spec_records, write_results_folder)
 
@@ -104,7 +104,8 @@ def _check_cell_summary(frames):
     trials = frames["trials"]
     metrics = _metrics(trials)
     cells = stats.cell_summary(trials, metrics=metrics)
-    assert len(cells) == len(trials.drop_duplicates(list(stats.CELL_KEYS)))
+    assert list(cells.columns[:len(stats.cell_keys(trials))]) == stats.cell_keys(trials)
+    assert len(cells) == len(trials.drop_duplicates(stats.cell_keys(trials)))
     assert (cells["n_planned"] == cells[COUNTS].sum(axis=1)).all()
     assert cells["n_planned"].sum() == len(trials)
     for m in metrics:
@@ -115,25 +116,66 @@ def _check_cell_summary(frames):
                 assert lo <= mean <= hi
 
 
+def _plain_cell(t: pd.DataFrame, row) -> pd.DataFrame:
+    """The plain trials a residual cell is contrasted with: same family, model and depth,
+    and the same level of every factor that applies to plain (not "n/a" there)."""
+    plain = t[(~t["residual"].astype(bool)) & (t["family"] == row["family"])
+              & (t["model"] == row["model"]) & (t["depth"] == row["depth"])]
+    for k in levels.present(t):
+        if k != "residual":
+            plain = plain[(plain[k] == levels.NA) | (plain[k] == row[k])]
+    return plain
+
+
 @given(results_frames(mode="train"))
-def test_paired_differences_account_for_every_seed(frames):
+def test_contrasts_account_for_every_seed(frames):
     trials = frames["trials"]
+    t = levels.with_levels(trials, levels.present(trials))
+    keys = stats.cell_keys(trials)
     for metric in ("final_test_acc", "final_train_loss"):
         if metric not in trials:
             continue
-        d = stats.paired_differences(trials, metric)
-        assert len(d) == len(trials.drop_duplicates(list(stats.PAIR_KEYS)))
+        d = contrasts.contrasts(trials, metric)
         assert (d["n_pairs"] + d["n_unpaired"] == d["n_seeds"]).all()
-        seeds = trials.groupby(list(stats.PAIR_KEYS))["seed"].nunique()
-        assert d.set_index(list(stats.PAIR_KEYS))["n_seeds"].sort_index().tolist() == \
-            seeds.sort_index().tolist()
         for r in d.itertuples(index=False):
-            for p in (r.p_value, r.p_wilcoxon):
+            for p in (r.p_value, r.p_wilcoxon, r.p_adjusted):
                 assert math.isnan(p) or 0.0 <= p <= 1.0
+            assert math.isnan(r.p_adjusted) == math.isnan(r.p_value)
+            if math.isfinite(r.p_value):
+                assert r.p_adjusted >= r.p_value
             assert math.isnan(r.p_wilcoxon) == (r.n_pairs == 0)
             assert math.isfinite(r.mean_diff) == (r.n_pairs > 0)
             if math.isfinite(r.ci_lo):
                 assert r.ci_lo <= r.mean_diff <= r.ci_hi
+        # residual: one row per residual cell, against the plain cell that matches it
+        res = d[(d["factor"] == "residual") & (d["level"] == "residual")]
+        res_cells = t[t["residual"].astype(bool)].drop_duplicates(keys)
+        assert len(res) == len(res_cells)
+        for _, r in res.iterrows():
+            cell = t[(t[keys] == r[keys]).all(axis=1)]
+            plain = _plain_cell(t, r)
+            assert r["n_seeds"] == len(set(cell["seed"]) | set(plain["seed"]))
+        # every other contrasted factor varies; residual rows only where residual exists
+        assert set(d["factor"]) <= set(contrasts.contrasted_factors(trials))
+        if not [n for n in levels.present(trials) if n != "residual"]:
+            # a folder from before the registry: today's one row per (family, model, depth)
+            p = contrasts.paired_differences(trials, metric)
+            assert len(p) == len(trials.drop_duplicates(list(stats.PAIR_KEYS)))
+            seeds = trials.groupby(list(stats.PAIR_KEYS))["seed"].nunique()
+            assert p.set_index(list(stats.PAIR_KEYS))["n_seeds"].sort_index().tolist() == \
+                seeds.sort_index().tolist()
+
+
+@given(st.lists(st.one_of(st.floats(0, 1), st.just(math.nan)), max_size=12))
+def test_adjusted_p_values_bound_the_raw_ones(p):
+    raw = np.array(p, dtype=float)
+    holm, bh = contrasts.holm(raw), contrasts.benjamini_hochberg(raw)
+    ok = np.isfinite(raw)
+    assert (np.isnan(holm) == ~ok).all() and (np.isnan(bh) == ~ok).all()
+    assert (holm[ok] <= 1).all() and (holm[ok] >= raw[ok] - 1e-15).all()
+    assert (bh[ok] >= raw[ok] - 1e-15).all() and (bh[ok] <= holm[ok] + 1e-15).all()
+    order = np.argsort(raw[ok], kind="stable")  # monotone: a smaller p never adjusts higher
+    assert (np.diff(holm[ok][order]) >= -1e-15).all() and (np.diff(bh[ok][order]) >= -1e-15).all()
 
 
 @given(results_frames(mode="train"))
@@ -146,8 +188,9 @@ def test_degradation_index_is_relative_to_the_shallowest_depth(frames):
         assert (d["n"] <= d["n_completed"]).all()
         base = d[d["depth"] == d["base_depth"]]
         assert ((base["delta"] == 0) | (base["delta"].isna() & (base["n_base"] == 0))).all()
-        mins = trials.groupby(list(stats.DEGRADATION_KEYS))["depth"].min()
-        assert set(map(tuple, base[list(stats.DEGRADATION_KEYS) + ["depth"]].to_numpy())) == \
+        keys = stats.degradation_keys(trials)
+        mins = levels.with_levels(trials, levels.present(trials)).groupby(keys)["depth"].min()
+        assert set(map(tuple, base[keys + ["depth"]].to_numpy())) == \
             {(*k, v) for k, v in mins.items()}
 
 
@@ -190,17 +233,19 @@ def test_tables_count_every_planned_trial(frames):
 def _check_tables(frames):
     trials = frames["trials"]
     summary = degradation_table(trials)
-    assert len(summary) == len(trials.drop_duplicates(list(stats.CELL_KEYS)))
+    assert len(summary) == len(trials.drop_duplicates(stats.cell_keys(trials)))
     assert sum(_planned(n) for n in summary["n"]) == len(trials)
+    shown = [n for n in levels.varying(trials) if n != "residual"]
+    assert [c for c in summary.columns if c in levels.present(trials)] == shown
     _renders(summary)
     if "final_test_acc" not in trials:
         return
-    paired = paired_table(trials)
-    seeds = trials.groupby(list(stats.PAIR_KEYS))["seed"].nunique()
-    for r in paired.itertuples(index=False):
-        model = r.model if "model" in paired else r.family
-        assert r.pairs + r.unpaired == seeds[(r.family, model, r.depth)]
-    assert len(paired) == 2 * len(seeds)  # test accuracy and train loss for every cell
+    paired = contrast_table(trials)
+    d = contrasts.contrasts(trials, "final_test_acc")
+    assert len(paired) == 2 * len(d)  # test accuracy and train loss for every contrast
+    acc = paired[paired["metric"] == "test acc (pp)"]
+    assert (acc["pairs"] + acc["unpaired"]).tolist() == d["n_seeds"].tolist()
+    assert ("residual - plain" in paired) == (not shown)  # today's layout without factors
     _renders(paired)
     deg = degradation_index_table(trials)
     if len(deg):
@@ -230,6 +275,21 @@ def test_summary_cells_are_short_and_never_hide_a_value(frames):
             assert re.fullmatch(f"{NUMBER}(?: ± {NUMBER})?", text), text
             assert len(text) <= 24, text  # "-999999.999 ± 999999.999": the widest fixed cell
             assert (float(text.split(" ")[0]) == 0) == (mean == 0), (text, mean)
+
+
+@given(results_frames(factors="old"))
+def test_factor_columns_at_defaults_change_no_table(frames):
+    """A residual-only sweep written today (every factor column at its default, n/a where
+    it does not apply) gives exactly the tables of the same sweep written before the
+    factor registry."""
+    old = frames["trials"]
+    new = levels.with_levels(old)
+    assert set(levels.present(new)) == set(levels.present(old)) | {"norm", "block",
+                                                                     "branch_scale", "shortcut"}
+    for table in (degradation_table, contrast_table, degradation_index_table):
+        if table is not degradation_table and "final_test_acc" not in old:
+            continue
+        pd.testing.assert_frame_equal(table(new), table(old))
 
 
 @given(results_frames())

@@ -147,8 +147,15 @@ def test_where_writes_a_view_and_leaves_the_full_report(tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--where", "family=cnn"], "present: mlp"),
     (["--where", "depth=x"], "integers"),
-    (["--where", "colour=red"], "valid: family, model, depth, residual, seed"),
+    (["--where", "colour=red"],
+     "valid: family, model, depth, residual, norm, block, branch_scale, shortcut, seed"),
     (["--where", "depth"], "FACTOR=VALUE"),
+    (["--where", "norm=group"], "norm takes batch, layer, none, n/a; got 'group'"),
+    (["--where", "branch_scale=half"], "branch_scale takes one, invsqrt, zero, n/a"),
+    (["--where", "residual=maybe"], "residual takes residual or plain"),
+    # an old folder (no norm column) is the family default: mlp has no norm
+    (["--where", "norm=batch"], "--where norm=batch: no such trials; present: none"),
+    (["--where", "shortcut=pad"], "present: n/a"),
     (["--style", "poster"], "paper"),
     (["--width", "triple"], "single"),
 ])
@@ -208,7 +215,7 @@ def test_cli_bad_path_exits_2(tmp_path):
 
 def test_report_imports_neither_ray_nor_wandb():
     code = ("import sys, analysis.report, analysis.__main__; "
-            "bad = [m for m in ('ray', 'wandb') if m in sys.modules]; "
+            "bad = [m for m in ('ray', 'wandb', 'torch') if m in sys.modules]; "
             "sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
@@ -248,7 +255,7 @@ def test_failing_figure_and_table_cost_only_themselves(tmp_path, monkeypatch, ca
     capsys.readouterr()
     monkeypatch.setattr(report.figures, "gradient_flow",
                         _raise(AttributeError(SCALAR + "\nsecond line of the message")))
-    monkeypatch.setattr(report, "paired_table", _raise(KeyError("final_test_acc")))
+    monkeypatch.setattr(report, "contrast_table", _raise(KeyError("final_test_acc")))
     result = report.build(tmp_path, formats=("png",))
 
     assert [(f.kind, f.name) for f in result.failures] == [("figure", "gradient_flow"),
@@ -407,3 +414,89 @@ def test_damaged_spec_json_is_named_and_the_report_built(tmp_path, text, reason)
     assert f"- could not read spec.json: {reason}" in md
     assert "- **spec**: spec.json missing or unreadable" in md
     assert (tmp_path / "figures" / "grad_by_layer.png").exists()
+
+
+# --------------------------------------------------------------------------- factors
+
+def _with_default_factor_columns(src: Path, dst: Path) -> None:
+    """``src`` as a folder written today: every row carries every factor's column at the
+    family's default level ("n/a" where it does not apply)."""
+    import shutil
+
+    from analysis import levels
+    shutil.copytree(src, dst)
+    for name in ("trials", "layers", "epochs"):
+        path = dst / f"{name}.parquet"
+        if path.exists():
+            levels.with_levels(pd.read_parquet(path)).to_parquet(path)
+
+
+def _body(md: str) -> str:
+    """report.md without its title and generation lines (folder name and time)."""
+    return "\n".join(md.splitlines()[3:])
+
+
+def test_residual_only_report_is_the_same_with_or_without_factor_columns(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    _write_results(old)
+    _with_error_trial(old)
+    _with_default_factor_columns(old, new)
+    assert "branch_scale" in pd.read_parquet(new / "layers.parquet")
+    for run in (old, new):
+        assert report.build(run, formats=("png",)).failures == []
+    assert _body((new / "report.md").read_text()) == _body((old / "report.md").read_text())
+    assert _files(new) == _files(old)
+    for table in sorted((old / "tables").glob("*")):
+        assert (new / "tables" / table.name).read_text() == table.read_text(), table.name
+    md = (old / "report.md").read_text()
+    assert "## Findings (residual minus plain, paired by seed)" in md
+    assert "| family | depth | variant | params |" in md  # no factor columns in the summary
+    assert ("| family | depth | metric | residual - plain | pairs | unpaired | p (t) | "
+            "p (Wilcoxon) | p (t, Holm) |") in md
+
+
+def test_multi_factor_report(tmp_path):
+    from tests.analysis.test_findings import ONE, PLAIN, write_folder
+    run = write_folder(tmp_path / "run")
+    result = report.build(run, formats=("png",))
+    assert [(f.kind, f.name) for f in result.failures if f.kind != "figure"] == []
+    tables = {p.name for p in (run / "tables").glob("*.md")}
+    # one seed-article table per residual cell, named like trial ids (non-default levels)
+    assert tables == {"summary.md", "paired.md", "grad_resnet-32-norm=none.md",
+                      "grad_resnet-32-norm=none-scale=zero.md"}
+    summary = (run / "tables" / "summary.md").read_text().splitlines()
+    # norm is "none" throughout and shortcut one level or n/a: neither is shown
+    assert summary[0] == ("| family | depth | variant | branch_scale | params | n | train loss "
+                          "| test acc (%) |")
+    assert summary[2].startswith("| resnet | 32 | plain | n/a | 470,000 | 0/2 (2 diverged) |")
+    paired = (run / "tables" / "paired.md").read_text().splitlines()
+    assert paired[0].startswith("| family | depth | factor | contrast | within | metric |")
+    assert ("| resnet | 32 | branch_scale | zero - one | residual | test acc (pp) | 50.0 ± 0.0 "
+            "| 2 | 0 | — | 0.5 | — |") in paired
+    md = (run / "report.md").read_text()
+    assert "| family | depth | variant | branch_scale | planned | completed | diverged |" in md
+    assert f"- {PLAIN}" in md and f"- {ONE}" in md
+    grad = (run / "tables" / "grad_resnet-32-norm=none-scale=zero.md").read_text()
+    assert "| conv1.weight | 1.00e-03 | 1.00e-03 | 1.00 |" in grad
+    assert "(branch_scale=zero)" in md  # the caption names the levels
+
+
+@pytest.mark.parametrize("where,trials", [
+    (["norm=none"], 6), (["branch_scale=zero,one"], 6), (["branch_scale=one"], 4),
+    (["residual=plain"], 2), (["block=post", "shortcut=projection"], 6),
+])
+def test_where_accepts_every_factor(tmp_path, where, trials):
+    from tests.analysis.test_findings import write_folder
+    run = write_folder(tmp_path / "run")
+    out = tmp_path / "view"
+    assert main([str(run), "--format", "png", "--out", str(out),
+                 *[a for w in where for a in ("--where", w)]]) == 0
+    assert f"**{trials} trials:" in (out / "report.md").read_text()
+
+
+def test_where_factor_on_an_old_folder_uses_the_default_level(tmp_path):
+    _write_results(tmp_path, train=False)  # mlp: norm none, block post by default
+    report.build(tmp_path, formats=("png",), where=report.parse_where(["norm=none",
+                                                                       "block=post"]))
+    md = (tmp_path / "views" / "norm=none_block=post" / "report.md").read_text()
+    assert "**8 trials: 8 completed, 0 diverged, 0 errored.**" in md

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from scipy import special, stats
 
-from analysis.stats import (cell_summary, degradation_index, mean_ci, paired_differences,
+from analysis.contrasts import paired_differences
+from analysis.stats import (cell_summary, degradation_index, mean_ci,
                             paired_t_pvalue, status_counts, t_quantile, welch_ci,
                             wilcoxon_exact_pvalue, with_derived)
 

@@ -7,8 +7,11 @@ import pytest
 
 from analysis.tables import (GRAD_TABLE_FORMAT, escape_latex, grad_table, network_order,
                              stat_rows, to_latex, to_markdown, write_table, degradation_table,
-                             degradation_index_table, paired_table, fmt_ci, fmt_p,
+                             degradation_index_table, contrast_table, fmt_ci, fmt_p,
                              snapshot_rows)
+from analysis import contrasts, levels
+from analysis.contrasts import holm
+from tests.analysis.test_contrasts import _crossed
 
 # (variant, seed) -> mean |grad| of layers.0, layers.1, fc (network order).
 GRADS = {
@@ -148,11 +151,11 @@ def test_degradation_table_without_train_metrics():
     assert list(s.columns) == ["family", "depth", "variant", "params", "n"]
 
 
-def test_paired_table_exact():
+def test_contrast_table_exact():
     t = _trials()
     res5 = (t.depth == 5) & t.residual
     t.loc[res5, "final_test_acc"] = t.loc[res5, "seed"].map({0: 0.95, 1: 0.9})
-    s = paired_table(t)
+    s = contrast_table(t)
     row = s[(s.depth == 5) & (s.metric == "test acc (pp)")].iloc[0]
     # per-seed differences (pp): seed 0: 95 - 80 = 15, seed 1: 90 - 90 = 0; mean 7.5;
     # sd = 15 / sqrt(2), half width = t(0.975, 1) * sd / sqrt(2) = 12.7062 * 7.5 = 95.3
@@ -213,3 +216,69 @@ def test_write_table_is_atomic_and_complete(tmp_path):
     assert paths == [str(tmp_path / "t" / "grad_mlp-5.md"), str(tmp_path / "t" / "grad_mlp-5.tex")]
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["grad_mlp-5.md", "grad_mlp-5.tex"]
     assert (tmp_path / "t" / "grad_mlp-5.tex").read_text().count(r"\\") == 1 + 3
+
+
+# --------------------------------------------------------------------------- factor columns
+
+RESIDUAL_ONLY_CONTRASTS = ["family", "depth", "metric", "residual - plain", "pairs", "unpaired",
+                           "p (t)", "p (Wilcoxon)", "p (t, Holm)"]
+
+
+def test_residual_only_tables_keep_their_columns_with_factor_columns_at_defaults():
+    old = _trials()
+    new = levels.with_levels(old)  # today's rows: norm none, block post, branch_scale one/n/a
+    assert set(levels.present(new)) == {"residual", "norm", "block", "branch_scale", "shortcut"}
+    assert list(contrast_table(old).columns) == RESIDUAL_ONLY_CONTRASTS
+    assert list(degradation_table(old).columns) == ["family", "depth", "variant", "params", "n",
+                                                    "train loss", "test acc (%)"]
+    for table in (degradation_table, contrast_table, degradation_index_table):
+        pd.testing.assert_frame_equal(table(new), table(old))
+    # Holm over each metric's contrasts: one finite p (test acc, depth 5: 0.5, see
+    # test_contrast_table_exact) is its own adjustment; constant or single pairs have none
+    res5 = (old.depth == 5) & old.residual
+    old.loc[res5, "final_test_acc"] = old.loc[res5, "seed"].map({0: 0.95, 1: 0.9})
+    assert contrast_table(old)["p (t, Holm)"].tolist() == ["0.5", "—", "—", "—"]
+
+
+def test_multi_factor_tables_name_factors_levels_and_within():
+    t = _crossed()
+    s = degradation_table(t)
+    # block and shortcut are one level (or n/a) throughout: not shown
+    assert list(s.columns) == ["family", "depth", "variant", "norm", "branch_scale", "params",
+                               "n", "train loss", "test acc (%)"]
+    assert s[["variant", "norm", "branch_scale"]].values.tolist()[:3] == [
+        ["plain", "batch", "n/a"], ["plain", "none", "n/a"], ["residual", "batch", "one"]]
+    c = contrast_table(t)
+    assert list(c.columns) == ["family", "depth", "factor", "contrast", "within", "metric",
+                               "difference", "pairs", "unpaired", "p (t)", "p (Wilcoxon)",
+                               "p (t, Holm)"]
+    assert len(c) == 2 * 9  # 4 residual + 3 norm + 2 branch_scale contrasts, two metrics
+    first = c.iloc[0]
+    assert (first["factor"], first["contrast"], first["within"], first["metric"]) == (
+        "residual", "residual - plain", "norm=batch, branch_scale=one", "test acc (pp)")
+    # diffs 10, 20, 0 pp: 10 +- 4.30265 * 10 / sqrt 3 = 24.8; t = sqrt 3 on 2 df: p = 0.2254
+    assert (first["difference"], first["pairs"], first["p (t)"]) == ("10.0 ± 24.8", 3, "0.23")
+    d = contrasts.contrasts(t, "final_test_acc")
+    acc = c[c["metric"] == "test acc (pp)"]
+    assert acc["p (t, Holm)"].tolist() == [fmt_p(p) for p in holm(d["p_value"])]
+    norm = acc[acc["factor"] == "norm"]
+    assert norm[["contrast", "within"]].values.tolist() == [
+        ["none - batch", "plain"], ["none - batch", "residual, branch_scale=one"],
+        ["none - batch", "residual, branch_scale=zero"]]
+    scale = acc[acc["factor"] == "branch_scale"]
+    assert scale[["contrast", "within", "difference"]].values.tolist() == [
+        ["zero - one", "residual, norm=batch", "6.7 ± 37.9"],
+        ["zero - one", "residual, norm=none", "40.0 ± 12.4"]]   # 45, 40, 35 pp
+    # a plain cell without a residual counterpart keeps its row
+    lone = contrast_table(_crossed({(False, "batch", "n/a"): [0.5, 0.6],
+                                    (True, "none", "one"): [0.2, 0.3],
+                                    (True, "none", "zero"): [0.4, 0.3]}))
+    assert "batch only" in set(lone["contrast"])
+
+
+def test_multi_factor_degradation_index_table():
+    t = pd.concat([_crossed(), _crossed(depth=8)], ignore_index=True)
+    s = degradation_index_table(t)
+    assert list(s.columns[:5]) == ["family", "variant", "norm", "branch_scale", "depth"]
+    assert len(s) == 12  # six combinations of levels x two depths, each vs its own depth 4
+    assert set(s[s["depth"] == 4]["change in test error (pp)"]) == {"0 (base)"}

@@ -1,0 +1,343 @@
+"""The report's findings: one sentence per contrast, and sentences that explain a failure.
+
+Pure functions, frames in, sentences out (``analysis.report`` renders them):
+
+* ``contrast_findings``: each level minus its factor's baseline on final test accuracy,
+  paired by seed (``analysis.contrasts``), with the raw paired-t p and the p adjusted
+  over all these findings (Holm: family-wise error under any dependence).
+* ``failure_findings``: a cell where a trial diverged or stayed at chance (final test
+  error >= ``AT_CHANCE_ERROR`` or final train loss within ``LOSS_TOL`` of ln 10, with
+  10 balanced classes) names the mechanism measured at initialization in
+  ``layers.parquet`` (``init_ratios``: activation growth from the first block to the
+  last, and first-layer over last-layer gradient), and the cells of the same model
+  and depth that trained, by the levels in which they differ.
+* ``warmup_findings``: a cell whose first-epoch train loss is above chance (ln 10)
+  suggests ``--warmup-epochs`` (and, for a residual network not already at it,
+  ``--branch-scale zero``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from analysis import contrasts as _contrasts
+from analysis import levels as _levels
+from analysis import stats
+from analysis.tables import snapshot_rows
+
+N_CLASSES = 10                  # CIFAR-10 and the synthetic data set
+CHANCE_LOSS = math.log(N_CLASSES)  # cross-entropy of the uniform prediction: 2.3026
+AT_CHANCE_ERROR = 0.85          # a test error this high with 10 classes (chance: 0.9)
+LOSS_TOL = 0.05                 # a final train loss >= ln 10 - 0.05 has learnt nothing
+NOTABLE = 10.0                  # a ratio beyond 10x (or below 1/10) is called a mechanism
+MAX_AVOIDERS = 4
+
+
+def _label(family, model) -> str:
+    """"mlp" for a family's own network, "resnet: small_resnet18" for a preset."""
+    return str(model) if model == family else f"{family}: {model}"
+
+
+def _head(row, names) -> str:
+    within = _levels.describe(row, names)
+    return f"{_label(row['family'], row['model'])} depth {row['depth']}" + (
+        f" ({within})" if within else "")
+
+
+def _times(r: float) -> str:
+    """1,900 / 12 / 1.3 / 3.4e+06; "non-finite" for inf or NaN."""
+    if not np.isfinite(r):
+        return "non-finite"
+    if r >= 1e6:
+        return f"{r:.1e}"
+    if r >= 10:
+        return f"{r:,.0f}"
+    return f"{r:.2g}"
+
+
+def _ratio(r: float) -> str:
+    """A ratio as "1,900x" or "0.8x", and as "1/67" below one half (not "0.015x")."""
+    if not np.isfinite(r):
+        return "non-finite"
+    return f"{_times(r)}x" if r >= 0.5 or r <= 0 else f"1/{_times(1 / r)}"
+
+
+# --------------------------------------------------------------------------- contrasts
+
+def _status_why(t: pd.DataFrame, r) -> str:
+    """"plain: 1 diverged": the unfinished trials of the two cells a contrast compares."""
+    same = (t["family"] == r["family"]) & (t["model"] == r["model"]) & (t["depth"] == r["depth"])
+    name = r["factor"]
+    lv = t[name].map(lambda v: _levels.level_of(name, v))
+    base = same & (lv == r["baseline"])
+    for k in _levels.present(t):
+        if k != name:
+            base &= (t[k] == r[k]) | (t[k] == _levels.NA)
+    sides = [(r["baseline"], base)]
+    if pd.notna(r["level"]):
+        treat = same & (lv == r["level"])
+        for k in _levels.present(t):
+            if k != name:
+                treat &= t[k] == r[k]
+        sides.append((r["level"], treat))
+    parts = []
+    for level, mask in sorted(sides, key=lambda s: _levels.rank(name, s[0])):
+        g = t[mask & (t["status"] != "completed")]
+        if len(g):
+            parts.append(f"{level}: " + ", ".join(f"{n} {st}" for st, n
+                                                  in g["status"].value_counts().items()))
+    return "; ".join(parts)
+
+
+def contrast_findings(trials: pd.DataFrame | None,
+                      method: str = _contrasts.ADJUSTMENT) -> tuple[list[str], str]:
+    """One sentence per contrast of final test accuracy (``contrasts``), and the sentence
+    that says how their p values were adjusted ("" when none has a p value), e.g.
+
+    "resnet depth 56 (branch_scale=zero): residual minus plain test accuracy +21.3 pp
+    [+15.0, +27.6] over 3 seed(s), paired t p = 0.0031 (Holm 0.019)."
+
+    The p in parentheses is adjusted with ``method`` over every finding of the list.
+    A contrast without a pair says which trials did not complete. No sentences
+    without ``final_test_acc``.
+    """
+    if trials is None or "final_test_acc" not in trials or "residual" not in trials:
+        return [], ""
+    # No try: a frame the statistics reject (two trials for one seed) is a failure of
+    # this section, named in the report, not a silent absence of findings.
+    d = _contrasts.contrasts(trials, "final_test_acc", method=method)
+    t = stats._prepare(trials)
+    varying = _levels.varying(trials)
+    label = _contrasts.ADJUSTMENT_LABEL[method]
+    out = []
+    for _, r in d.iterrows():
+        head = _head(r, [n for n in varying if n != r["factor"]])
+        residual = r["factor"] == "residual"
+        if r["n_pairs"] == 0:
+            why = _status_why(t, r)
+            out.append(f"{head}: no seed with both {'variants' if residual else 'levels'} "
+                       "completed" + (f" ({why})." if why else "."))
+            continue
+        what = ("residual minus plain" if residual
+                else f"{r['factor']} {r['level']} minus {r['baseline']}")
+        ci = (f" [{100 * r['ci_lo']:+.1f}, {100 * r['ci_hi']:+.1f}]"
+              if np.isfinite(r["ci_lo"]) else "")
+        p = (f", paired t p = {r['p_value']:.2g} ({label} {r['p_adjusted']:.2g})"
+             if np.isfinite(r["p_value"]) else "")
+        out.append(f"{head}: {what} test accuracy {100 * r['mean_diff']:+.1f} pp{ci} over "
+                   f"{r['n_pairs']} seed(s){p}"
+                   + (f"; {r['n_unpaired']} seed(s) unpaired" if r["n_unpaired"] else "") + ".")
+    m = int(np.isfinite(d["p_value"]).sum())
+    how = ("Holm's step-down method (family-wise error rate, valid under any dependence)"
+           if method == "holm" else "the Benjamini-Hochberg method (false discovery rate)")
+    note = (f"p: two-sided paired t test; in parentheses, adjusted with {how} over the "
+            f"{m} finding(s) with a p value." if m else "")
+    return out, note
+
+
+# --------------------------------------------------------------------------- mechanisms
+
+def _ends(rows: pd.DataFrame, interior: bool) -> tuple[float, float, int]:
+    """(first, last, count) of one trial's values in network order; ``interior`` drops
+    the first and last tap (the stem or input layer, and the head) when at least four."""
+    v = rows.sort_values("layer_index", kind="stable")["value"].to_numpy(dtype=float)
+    if interior and v.size >= 4:
+        v = v[1:-1]
+    return (float(v[0]), float(v[-1]), int(v.size)) if v.size else (math.nan, math.nan, 0)
+
+
+def _divide(num: float, den: float) -> float:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.float64(num) / np.float64(den))
+
+
+def init_ratios(layers: pd.DataFrame | None) -> pd.DataFrame:
+    """Per trial, at initialization (``snapshot_rows(..., "init")``: the probe's init
+    phase, or a trained trial's first sample):
+
+    * ``act_ratio``: ``act_std`` (``act_mean_abs`` when the folder has no act_std) of
+      the last block over the first, over ``n_blocks`` blocks (the tap points without
+      the first and last, i.e. stem/input layer and head, when there are at least four);
+    * ``grad_ratio``: ``grad_mean_abs`` of the first weight layer over the last one
+      (below 1: gradients vanish toward the input).
+
+    Columns ``trial_id, act_stat, n_blocks, act_ratio, grad_ratio``; NaN where the rows
+    are missing, inf for x/0.
+    """
+    cols = ["trial_id", "act_stat", "n_blocks", "act_ratio", "grad_ratio"]
+    if layers is None or not len(layers):
+        return pd.DataFrame(columns=cols)
+    out: dict[str, dict] = {}
+    act_stat = "act_std" if (layers["stat"] == "act_std").any() else "act_mean_abs"
+    for tid, g in snapshot_rows(layers, act_stat, "init").groupby("trial_id", sort=True):
+        first, last, n = _ends(g, interior=True)
+        out.setdefault(tid, {})
+        out[tid].update(act_stat=act_stat, n_blocks=n, act_ratio=_divide(last, first))
+    for tid, g in snapshot_rows(layers, "grad_mean_abs", "init").groupby("trial_id", sort=True):
+        first, last, _ = _ends(g, interior=False)
+        out.setdefault(tid, {})["grad_ratio"] = _divide(first, last)
+    rows = [{"trial_id": tid, **v} for tid, v in out.items()]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _cell_ratio(values: pd.Series) -> float:
+    """Median over the finite per-trial ratios; inf when every one is inf; else NaN."""
+    v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    if np.isfinite(v).any():
+        return float(np.median(v[np.isfinite(v)]))
+    return math.inf if np.isinf(v).any() else math.nan
+
+
+def mechanism(act_ratio: float, n_blocks: int, act_stat: str, grad_ratio: float) -> tuple[str, str]:
+    """(sentence, which) for a cell's init ratios; ``which`` is "act", "grad" or ""."""
+    if np.isinf(act_ratio) or (n_blocks and np.isnan(act_ratio)
+                               and not np.isfinite(grad_ratio)):
+        return "activations are already non-finite at init", ""
+    if np.isfinite(act_ratio) and act_ratio >= NOTABLE:
+        return (f"activations grow {_times(act_ratio)}x over {n_blocks} blocks at init "
+                f"({act_stat}, last block / first)", "act")
+    if np.isfinite(act_ratio) and 0 < act_ratio <= 1 / NOTABLE:
+        return (f"activations shrink {_times(1 / act_ratio)}x over {n_blocks} blocks at init "
+                f"({act_stat}, last block / first)", "act")
+    if np.isfinite(grad_ratio) and 0 < grad_ratio <= 1 / NOTABLE:
+        return (f"gradients vanish toward the input: the first layer's mean |dL/dW| is "
+                f"1/{_times(1 / grad_ratio)} of the last layer's at init", "grad")
+    if np.isfinite(grad_ratio) and grad_ratio >= NOTABLE:
+        return (f"gradients grow toward the input: the first layer's mean |dL/dW| is "
+                f"{_times(grad_ratio)}x the last layer's at init", "grad")
+    if np.isnan(act_ratio) and np.isnan(grad_ratio):
+        return "no layer statistics at init for this cell", ""
+    parts = []
+    if np.isfinite(act_ratio):
+        parts.append(f"activations {_ratio(act_ratio)} over {n_blocks} blocks")
+    if np.isfinite(grad_ratio):
+        parts.append(f"first/last-layer gradient {_ratio(grad_ratio)}")
+    return "no activation growth or vanishing gradient at init (" + ", ".join(parts) + ")", ""
+
+
+# --------------------------------------------------------------------------- failures
+
+def trial_outcomes(trials: pd.DataFrame) -> pd.Series:
+    """Per trial: "trained" (completed, above chance), "chance" (completed with final
+    test error >= AT_CHANCE_ERROR or final train loss >= ln 10 - LOSS_TOL), "diverged",
+    or None (errored or pending: says nothing about the network)."""
+    t = stats.with_derived(trials)
+    err = pd.to_numeric(t.get("final_test_error", pd.Series(np.nan, index=t.index)),
+                        errors="coerce")
+    loss = pd.to_numeric(t.get("final_train_loss", pd.Series(np.nan, index=t.index)),
+                         errors="coerce")
+    chance = (err >= AT_CHANCE_ERROR) | (loss >= CHANCE_LOSS - LOSS_TOL)
+    out = [("diverged" if st == "diverged" else ("chance" if c else "trained")
+            if st == "completed" else None) for st, c in zip(t["status"], chance)]
+    return pd.Series(out, index=t.index, dtype=object)
+
+
+def failure_findings(trials: pd.DataFrame | None, layers: pd.DataFrame | None = None) -> list[str]:
+    """One sentence per cell with a diverged or at-chance trial, e.g.
+
+    "resnet depth 56 (plain): 3/3 seed(s) diverged; activations grow 1,900x over 27
+    blocks at init (act_std, last block / first); trained at this depth: residual
+    branch_scale=zero (1x); residual norm=layer (1.3x)."
+
+    The mechanism is the cell's median ``init_ratios``; the cells named after it are
+    those of the same model and depth whose finished trials all trained, nearest first,
+    described by the levels (of residual and the factors that vary) in which they
+    differ, with the same ratio in parentheses (at most ``MAX_AVOIDERS``).
+    """
+    if trials is None or not len(trials) or "residual" not in trials:
+        return []
+    t = stats._prepare(trials)
+    t["_outcome"] = trial_outcomes(t).to_numpy()
+    trained_word = "trained" if "final_test_acc" in t or "final_train_loss" in t else "stayed finite"
+    keys = stats.cell_keys(t)
+    shown = ["residual"] + [n for n in _levels.varying(t) if n != "residual"]
+    ratios = init_ratios(layers)
+    t = t.merge(ratios, on="trial_id", how="left") if "trial_id" in t and len(ratios) else \
+        t.assign(act_stat=None, n_blocks=np.nan, act_ratio=np.nan, grad_ratio=np.nan)
+    cells = []
+    for key, g in t.groupby(keys, sort=False, dropna=False):
+        o = g["_outcome"]
+        cells.append({**dict(zip(keys, key)), "n": int(o.notna().sum()),
+                      "diverged": int((o == "diverged").sum()),
+                      "chance": int((o == "chance").sum()),
+                      "trained": int((o == "trained").sum()),
+                      "act_ratio": _cell_ratio(g["act_ratio"]),
+                      "grad_ratio": _cell_ratio(g["grad_ratio"]),
+                      "n_blocks": int(g["n_blocks"].max()) if g["n_blocks"].notna().any() else 0,
+                      "act_stat": next((s for s in g["act_stat"] if isinstance(s, str)), "act_std")})
+    cells = _levels.sort_cells(pd.DataFrame(cells), keys)
+    out = []
+    for _, c in cells.iterrows():
+        if not (c["diverged"] or c["chance"]):
+            continue
+        what = [f"{c[k]}/{c['n']} seed(s) {w}" for k, w in
+                (("diverged", "diverged"), ("chance", "stayed at chance")) if c[k]]
+        text, which = mechanism(c["act_ratio"], c["n_blocks"], c["act_stat"], c["grad_ratio"])
+        peers = cells[(cells["family"] == c["family"]) & (cells["model"] == c["model"])
+                      & (cells["depth"] == c["depth"]) & (cells["trained"] > 0)
+                      & (cells["diverged"] == 0) & (cells["chance"] == 0)]
+        names = []
+        # nearest first: the cells that differ from this one in the fewest factors
+        peers = peers.assign(_d=[sum(p[n] != c[n] for n in shown) for _, p in peers.iterrows()])
+        for _, p in peers.sort_values("_d", kind="stable").iterrows():
+            diff = [n for n in shown if p[n] != c[n]]
+            desc = _levels.describe(p, diff, sep=" ")
+            if not desc:
+                continue
+            ratio = p["act_ratio"] if which == "act" else p["grad_ratio"] if which == "grad" else None
+            names.append(desc + (f" ({_ratio(ratio)})" if ratio is not None and np.isfinite(ratio)
+                                 else ""))
+        if len(names) > MAX_AVOIDERS:
+            names = names[:MAX_AVOIDERS] + [f"{len(names) - MAX_AVOIDERS} more"]
+        avoid = (f"{trained_word} at this depth: {'; '.join(names)}" if names
+                 else f"no other cell of this sweep {trained_word} at this depth")
+        out.append(f"{_head(c, shown)}: {' and '.join(what)}; {text}; {avoid}.")
+    return out
+
+
+# --------------------------------------------------------------------------- warmup
+
+def warmup_findings(trials: pd.DataFrame | None, epochs: pd.DataFrame | None,
+                    warmup_epochs: int = 0) -> list[str]:
+    """One sentence per cell whose median first-epoch train loss is above chance (more
+    than ``LOSS_TOL`` above ln 10: a cell stuck at 2.31 is at chance, not overshooting;
+    a non-finite loss counts as above), e.g.
+
+    "resnet depth 56 (residual): first-epoch train loss above chance (ln 10 = 2.30) in
+    3/3 seed(s) (median 4.12): the first steps overshoot; try --warmup-epochs N or
+    --branch-scale zero."
+
+    ``--branch-scale zero`` is suggested for residual cells not already at zero; a sweep
+    that already warmed up (``warmup_epochs`` > 0) is told to warm up longer.
+    """
+    if trials is None or epochs is None or not len(epochs) or "train_loss" not in epochs \
+            or "trial_id" not in epochs or "trial_id" not in trials or "residual" not in trials:
+        return []
+    t = stats._prepare(trials)
+    e = epochs[["trial_id", "epoch", "train_loss"]].dropna(subset=["epoch"])
+    first = e[e["epoch"] == e.groupby("trial_id")["epoch"].transform("min")]
+    first = first.drop_duplicates("trial_id")
+    keys = stats.cell_keys(t)
+    m = t[["trial_id", *keys]].merge(first, on="trial_id", how="inner")
+    shown = ["residual"] + [n for n in _levels.varying(t) if n != "residual"]
+    out = []
+    for key, g in _levels.sort_cells(m, keys).groupby(keys, sort=False, dropna=False):
+        loss = pd.to_numeric(g["train_loss"], errors="coerce").to_numpy(dtype=float)
+        loss = np.where(np.isfinite(loss), loss, math.inf)  # NaN or inf: the loss blew up
+        if not loss.size or not np.median(loss) > CHANCE_LOSS + LOSS_TOL:
+            continue
+        c = dict(zip(keys, key))
+        med = float(np.median(loss))
+        above = int((loss > CHANCE_LOSS + LOSS_TOL).sum())
+        shown_loss = ("non-finite: diverged" if not np.isfinite(med)
+                      else f"{med:.2f}" if med < 100 else f"{med:.3g}")
+        try_ = (f"a longer --warmup-epochs (this sweep used {warmup_epochs})" if warmup_epochs
+                else "--warmup-epochs N")
+        if bool(c["residual"]) and c.get("branch_scale", "one") not in ("zero", _levels.NA):
+            try_ += " or --branch-scale zero"
+        out.append(f"{_head(c, shown)}: first-epoch train loss above chance (ln {N_CLASSES} = "
+                   f"{CHANCE_LOSS:.2f}) in {above}/{loss.size} seed(s) (median {shown_loss}): "
+                   f"the first steps overshoot; try {try_}.")
+    return out
