@@ -87,7 +87,7 @@ def test_failing_trial_is_retried_recorded_as_error_then_retry_failed(tmp_path):
 
     before = rows(run_dir)
     p = run("--out", "res", "--retry-failed", "f", "--wandb", "disabled", cwd=tmp_path)
-    assert "retrying 1 errored trial(s): mlp-4-plain-s0" in p.stdout
+    assert "retrying 1 errored or unfinished trial(s): mlp-4-plain-s0" in p.stdout
     assert "2 trials: 2 completed, 0 diverged, 0 errored" in p.stdout
     after = rows(run_dir)
     assert after["mlp-4-residual-s0"] == before["mlp-4-residual-s0"]  # untouched
