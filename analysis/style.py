@@ -1,7 +1,8 @@
 """One look for every figure: variant colours and markers, paper sizes, saving.
 
 Every figure colours and marks a variant the same way (``PALETTE``,
-``MARKERS``), so "residual" is the same blue in the gradient plot, the
+``MARKERS`` here for plain/residual; ``analysis.variants`` for every factor's
+levels), so "residual" is the same blue in the gradient plot, the
 training curves and the slides. Colours come from seaborn's "colorblind"
 palette (Okabe-Ito-like, safe for the common colour-vision deficiencies),
 and each variant also has its own marker so the plots survive greyscale.
@@ -24,17 +25,19 @@ from tueplots import figsizes as _tp_figsizes
 from tueplots import fontsizes as _tp_fontsizes
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
-from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, Locator, LogFormatter, NullLocator, ScalarFormatter
+
+from ablations import factors as _factors
 
 VARIANT_ORDER = ("plain", "residual")
 
-# seaborn's "colorblind" palette, entries 0 (blue) and 1 (orange), written out so
-# that importing this module does not import seaborn (and with it pyplot).
-# Fixed by name, not by order of appearance, so a figure with only one
-# variant keeps that variant's colour.
-PALETTE = {"plain": "#de8f05", "residual": "#0173b2"}
-MARKERS = {"plain": "s", "residual": "o"}
+# The residual factor's registry levels: seaborn's "colorblind" orange squares (plain)
+# and blue circles (residual). Fixed by name, not by order of appearance, so a figure
+# with only one variant keeps that variant's colour. The other factors' levels are
+# styled by ``analysis.variants`` from the same registry.
+_RESIDUAL = _factors.get("residual")
+PALETTE = {lv.name: lv.color for lv in _RESIDUAL.levels}
+MARKERS = {lv.name: lv.marker for lv in _RESIDUAL.levels}
 
 # Depths are the "style" factor; cycle these in sorted depth order.
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
@@ -91,6 +94,12 @@ _SLIDES_EXTRA = {"axes.linewidth": 0.8, "lines.linewidth": 1.6, "lines.markersiz
                  "legend.title_fontsize": 9, "figure.titlesize": 11}
 
 
+# A legend entry beside its text, in em: handle 1.8 + handletextpad 0.8 (+ border
+# slack); columns 1.0 em apart.
+_LEGEND_EM = 2.8
+_COLUMN_SPACING = 1.0
+
+
 @dataclass(frozen=True)
 class Look:
     """How figures are sized and lettered: ``style`` paper|slides, ``width`` single|double.
@@ -142,13 +151,32 @@ class Look:
         (room for a title, ticks and a label at this look's font size)."""
         return max(1.1 if self.style == "paper" else 1.5, aspect * self.panel_width(ncols))
 
-    def legend_inches(self, n_handles: int) -> float:
-        """Height a legend of ``n_handles`` entries adds to a figure: none across a page
-        (it sits right of the panels), its rows of three in a column (it sits above)."""
-        if self.width == "double" or not n_handles:
+    def legend_inches(self, handles) -> float:
+        """Height a legend adds to a figure: none across a page (it sits right of the
+        panels), its rows in a column (it sits above). ``handles``: the legend's
+        handles (rows of ``legend_columns``), or their count (rows of three)."""
+        n = handles if isinstance(handles, int) else len(handles)
+        if self.width == "double" or not n:
             return 0.0
+        ncols = 3 if isinstance(handles, int) else self.legend_columns(handles)
         size = FontProperties(size=self.rc["legend.fontsize"]).get_size_in_points()
-        return (math.ceil(n_handles / 3) * 1.4 * size + 6) / 72
+        return (math.ceil(n / ncols) * 1.4 * size + 6) / 72
+
+    def legend_columns(self, handles) -> int:
+        """Columns of a legend set above the panels: up to three, as many as the
+        figure's width holds. Matplotlib fills columns top to bottom, each as wide as
+        its longest label (~0.6 em a character) plus the handle and spacing."""
+        labels = [str(h.get_label()) for h in handles]
+        size = FontProperties(size=self.rc["legend.fontsize"]).get_size_in_points()
+        for ncols in range(min(len(labels), 3), 1, -1):
+            rows, large = divmod(len(labels), ncols)
+            heights = [rows + 1] * large + [rows] * (ncols - large)
+            starts = [sum(heights[:i]) for i in range(ncols)]
+            widths = [max((len(t) for t in labels[a:a + h]), default=0) * 0.6 + _LEGEND_EM
+                      for a, h in zip(starts, heights)]
+            if (sum(widths) + _COLUMN_SPACING * (ncols - 1)) * size / 72 <= self.inches:
+                return ncols
+        return 1
 
     @property
     def title_line_inches(self) -> float:
@@ -161,7 +189,8 @@ class Look:
             fig.legend(handles=handles, loc="outside right upper")
         else:
             fig.legend(handles=handles, loc="outside upper center",
-                       ncols=min(len(handles), 3), columnspacing=1.0, handlelength=1.8)
+                       ncols=self.legend_columns(handles), columnspacing=_COLUMN_SPACING,
+                       handlelength=1.8)
 
 
 DEFAULT_LOOK = Look()
@@ -199,13 +228,6 @@ def model_label(family: str, model: str) -> str:
 def depth_linestyles(depths) -> dict:
     """Depth -> line style, assigned in sorted order so the mapping is stable across figures."""
     return {d: LINESTYLES[i % len(LINESTYLES)] for i, d in enumerate(sorted(set(depths)))}
-
-
-def variant_handles(variants) -> list[Line2D]:
-    """Legend entries (colour + marker) for the variants present, in ``VARIANT_ORDER``."""
-    present = set(variants)
-    return [Line2D([], [], color=PALETTE[v], marker=MARKERS[v], label=v)
-            for v in VARIANT_ORDER if v in present]
 
 
 class _PlainLogFormatter(LogFormatter):

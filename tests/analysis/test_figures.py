@@ -440,3 +440,216 @@ def test_deep_network_tick_labels_are_thinned_and_never_overlap(fn, look):
         a = np.radians(labels[0].get_rotation())
         assert 0 < a < np.pi / 2 + 1e-9
         assert d * np.sin(a) >= 1.2 * labels[0].get_fontsize(), (d, labels[0].get_fontsize())
+
+
+# --------------------------------------------------------------------------- factors (issue 14)
+
+from ablations import factors as _factors  # noqa: E402
+from analysis.variants import keyed, level_style  # noqa: E402
+
+ORANGE, BLUE = PALETTE["plain"], PALETTE["residual"]
+
+
+def _default_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` (MLP rows) with every factor column at the MLP's default level, as a
+    residual-only sweep writes them today: n/a where a factor does not apply."""
+    return df.assign(norm="none", block="post",
+                     branch_scale=np.where(df["residual"], "one", _factors.NA),
+                     shortcut=_factors.NA)
+
+
+def _structure(fig) -> dict:
+    """What a reader sees of a figure, colours and markers included (not the data)."""
+    axes = _visible_axes(fig)
+    return {"titles": [ax.get_title() for ax in axes],
+            "lines": [len(ax.lines) for ax in axes],
+            "styles": [sorted({(mpl.colors.to_hex(ln.get_color()), str(ln.get_marker()))
+                               for ln in ax.lines}) for ax in axes],
+            "legend": [[t.get_text() for t in lg.get_texts()] for lg in fig.legends],
+            "size": tuple(np.round(fig.get_size_inches(), 3))}
+
+
+FIGURES = {
+    "degradation_vs_depth": (lambda f: figures.degradation_vs_depth(f, chance_error=0.9), _trials),
+    "training_curves": (figures.training_curves, _epochs),
+    "training_curves_by_depth": (figures.training_curves_by_depth, _epochs),
+    "layer_response_std": (figures.layer_response_std, _layers),
+    "gradient_flow": (figures.gradient_flow, _layers),
+    "grad_by_layer": (figures.grad_by_layer, _layers),
+    "act_by_layer": (figures.act_by_layer, _layers),
+    "act_through_training": (figures.act_through_training, _layers),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_residual_only_sweep_with_factor_columns_looks_as_before(name):
+    """Default-level factor columns (a residual-only sweep today) change nothing: same
+    panels, titles, line counts, colours, markers and legend as the same frame written
+    before the registry."""
+    fn, frame = FIGURES[name]
+    old, new = _structure(fn(frame())), _structure(fn(_default_columns(frame())))
+    assert new == old
+    said = " ".join([t for lg in old["legend"] for t in lg] + old["titles"])
+    assert "plain" in said and "residual" in said
+
+
+def test_residual_only_sweep_keeps_blue_circles_and_orange_squares():
+    ax = _visible_axes(figures.grad_by_layer(_default_columns(_layers())))[0]
+    assert {(mpl.colors.to_hex(ln.get_color()), ln.get_marker()) for ln in ax.lines} == \
+        {(ORANGE, "s"), (BLUE, "o")}
+
+
+# An MLP sweep crossing norm none/layer with branch scale one/invsqrt: one plain cell per
+# norm, shared by both branch scales (ablations.factors.variants).
+CROSSED = [("none", False, "n/a"), ("none", True, "one"), ("none", True, "invsqrt"),
+           ("layer", False, "n/a"), ("layer", True, "one"), ("layer", True, "invsqrt")]
+
+
+def _crossed_trials() -> pd.DataFrame:
+    """Final train loss = a value per cell (so a mixed mean is detectable) + 0.01 x seed."""
+    rows = []
+    for k, (norm, residual, scale) in enumerate(CROSSED):
+        for depth in DEPTHS:
+            for seed in SEEDS:
+                rows.append(dict(trial_id=f"mlp-{depth}-{k}-s{seed}", family="mlp", model="mlp",
+                                 depth=depth, residual=residual, norm=norm, block="post",
+                                 branch_scale=scale, shortcut="n/a", seed=seed, params=10,
+                                 status="completed", final_train_loss=1.0 + k + 0.01 * seed,
+                                 final_test_acc=0.5))
+    return pd.DataFrame(rows)
+
+
+def _crossed_layers() -> pd.DataFrame:
+    """grad_mean_abs at init = 10^-k per cell k of ``CROSSED``, every layer and seed."""
+    rows = []
+    for k, (norm, residual, scale) in enumerate(CROSSED):
+        for depth in DEPTHS:
+            for seed in SEEDS:
+                for i in range(depth):
+                    rows.append(dict(trial_id=f"mlp-{depth}-{k}-s{seed}", family="mlp",
+                                     model="mlp", depth=depth, residual=residual, norm=norm,
+                                     block="post", branch_scale=scale, shortcut="n/a", seed=seed,
+                                     phase="init", step=0, epoch=0, layer=f"layers.{i}.weight",
+                                     layer_index=i, stat="grad_mean_abs", value=10.0 ** -k))
+    return pd.DataFrame(rows)
+
+
+def _legend(fig) -> list[str]:
+    return [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+
+
+def _mean_lines(ax) -> list:
+    """The errorbar mean lines of a headline panel (not caps, seeds or the chance line)."""
+    return [ln for ln in ax.lines if ln.get_linestyle() == "-" and ln.get_marker() not in ("_", "None")]
+
+
+def test_headline_facets_by_shared_factors_and_draws_residual_levels_as_lines():
+    fig = figures.degradation_vs_depth(_crossed_trials())
+    loss_axes = [ax for ax in _visible_axes(fig) if ax.get_title()]
+    assert [ax.get_title() for ax in loss_axes] == ["mlp, layer norm", "mlp, no norm"]  # registry order
+    assert _legend(fig) == ["plain", "residual, x1", "residual, x1/sqrt(blocks)", "one seed"]
+    pink_diamond = level_style("branch_scale", "invsqrt")
+    assert pink_diamond[0] not in (ORANGE, BLUE) and pink_diamond[1] not in ("s", "o")
+    styles = {"plain": (ORANGE, "s"), "one": (BLUE, "o"), "invsqrt": pink_diamond}
+    for ax, norm in zip(loss_axes, ("layer", "none")):
+        lines = _mean_lines(ax)
+        assert len(lines) == 3  # plain, x1, x1/sqrt(blocks): nothing pooled, nothing lost
+        for ln in lines:
+            scale = next(s for s, st in styles.items()
+                         if (mpl.colors.to_hex(ln.get_color()), ln.get_marker()) == st)
+            k = next(k for k, (n, r, s) in enumerate(CROSSED)
+                     if n == norm and (s == scale or (scale == "plain" and not r)))
+            assert np.allclose(ln.get_ydata(), 1.0 + k + 0.005)  # this cell's seeds only
+
+
+def test_per_layer_figure_never_takes_a_median_over_two_variants():
+    fig = figures.grad_by_layer(_crossed_layers())
+    axes = _visible_axes(fig)
+    assert [ax.get_title() for ax in axes] == ["mlp, layer norm", "mlp, no norm"]
+    for ax, norm in zip(axes, ("layer", "none")):
+        assert len(ax.lines) == len(DEPTHS) * 3
+        expected = {10.0 ** -k for k, (n, _, _) in enumerate(CROSSED) if n == norm}
+        for ln in ax.lines:
+            y = np.unique(ln.get_ydata())
+            assert len(y) == 1 and np.isclose(y[0], list(expected), rtol=1e-9).any()
+    assert "residual, x1/sqrt(blocks)" in _legend(fig)
+
+
+def test_a_level_has_the_same_colour_and_marker_in_every_figure():
+    trials, layers = _crossed_trials(), _crossed_layers()
+    epochs = layers[["trial_id", "family", "model", "depth", "residual", "norm", "block",
+                     "branch_scale", "shortcut", "seed"]].drop_duplicates()
+    epochs = pd.concat([epochs.assign(epoch=e, train_loss=1.0 / e, train_acc=0.1 * e,
+                                      test_loss=1.0 / e, test_acc=0.1 * e, lr=0.1)
+                        for e in (1, 2, 3)], ignore_index=True)
+
+    def handles(fig):
+        return {t.get_text(): (mpl.colors.to_hex(h.get_color()), h.get_marker())
+                for lg in fig.legends for t, h in zip(lg.get_texts(), lg.legend_handles)
+                if t.get_text().startswith(("plain", "residual"))}
+    seen = [handles(figures.degradation_vs_depth(trials)), handles(figures.grad_by_layer(layers)),
+            handles(figures.gradient_flow(layers)), handles(figures.training_curves(epochs))]
+    assert all(s == seen[0] for s in seen) and len(seen[0]) == 3
+    assert len(set(seen[0].values())) == 3
+
+
+@pytest.fixture
+def toy_factor(request):
+    """A factor registered at test time: ``act`` relu/gelu for every variant, or with
+    ``needs`` residual (a residual-only factor). Unregistered afterwards, pass or fail."""
+    needs = request.param
+    _factors.register(_factors.Factor(
+        name="act", label="activation", tag="act",
+        levels=(_factors.Level("relu", "ReLU", "#0173b2", "o"),
+                _factors.Level("gelu", "GELU", "#de8f05", "s")),
+        baseline="relu", default={"mlp": "relu", "resnet": "relu"}, families=("mlp", "resnet"),
+        needs=needs))
+    yield needs
+    _factors.unregister("act")
+
+
+def _toy_frame(base: pd.DataFrame, residual_only: bool) -> pd.DataFrame:
+    """``base`` at act relu and again at gelu (trial ids kept apart); with a residual-only
+    ``act`` the plain rows appear once, at n/a."""
+    relu = base.assign(act="relu")
+    gelu = base.assign(act="gelu", trial_id=base["trial_id"] + "-gelu")
+    if residual_only:
+        relu.loc[~relu["residual"], "act"] = _factors.NA
+        gelu = gelu[gelu["residual"]]
+    return pd.concat([relu, gelu], ignore_index=True)
+
+
+@pytest.mark.parametrize("toy_factor", [{}, {"residual": "residual"}], indirect=True)
+def test_a_factor_registered_at_test_time_shows_up_without_figure_code(toy_factor):
+    residual_only = bool(toy_factor)
+    fig = figures.degradation_vs_depth(_toy_frame(_trials(), residual_only), chance_error=0.9)
+    titles = [ax.get_title() for ax in _visible_axes(fig) if ax.get_title()]
+    if residual_only:  # lines: plain + one per level, kept apart from plain's colour
+        assert titles == ["mlp"]
+        assert _legend(fig) == ["plain", "residual, ReLU", "residual, GELU", "one seed"]
+        gelu = fig.legends[0].legend_handles[2]
+        assert mpl.colors.to_hex(gelu.get_color()) != ORANGE and gelu.get_marker() != "s"
+    else:  # panels: one per level, each with plain and residual
+        assert titles == ["mlp, ReLU", "mlp, GELU"]
+        assert _legend(fig) == ["plain", "residual", "one seed"]
+    for fn in (figures.gradient_flow, figures.grad_by_layer, figures.act_through_training):
+        fig = fn(_toy_frame(_layers(), residual_only))
+        said = " ".join(_legend(fig) + [ax.get_title() for ax in fig.axes])
+        assert "ReLU" in said and "GELU" in said, fn.__name__
+    fig = figures.training_curves(_toy_frame(_epochs(), residual_only))
+    said = " ".join(_legend(fig) + [ax.get_title() for ax in fig.axes])
+    assert "ReLU" in said and "GELU" in said
+
+
+def test_keyed_reads_an_old_folder_as_default_levels():
+    """Rows written before the registry (no columns, or NaN in a concatenated frame) read
+    as their family's default level: no spurious facet, no extra variant."""
+    old = _trials()
+    new = _default_columns(_trials()).assign(trial_id=lambda d: d["trial_id"] + "n")
+    rows, key = keyed(pd.concat([old, new], ignore_index=True))
+    assert key.facet_factors == () and key.hue_factors == ()
+    assert list(key.styles) == ["plain", "residual"]
+    assert set(rows["facet"]) == {""}
+    rows, key = keyed(pd.concat([old, new.assign(norm="layer")], ignore_index=True))
+    assert key.facets == ("layer norm", "no norm")
+    assert (rows.loc[rows["trial_id"].isin(old["trial_id"]), "facet"] == "no norm").all()

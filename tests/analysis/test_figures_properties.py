@@ -26,10 +26,12 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+import matplotlib as mpl
 from matplotlib.figure import Figure
 
-from analysis import figures
+from analysis import figures, levels, stats
 from analysis.style import LayerLocator, Look, log_axis, save_figure
+from analysis.variants import keyed
 from tests.analysis.strategies import FACTORS, results_frames
 
 # Each example renders its figure and saves it as PDF (fonts embedded) and PNG at
@@ -136,6 +138,50 @@ def test_training_curves_by_depth(frames, look):
 @given(results_frames(mode="train", max_cells=SMALL), LOOKS)
 def test_training_curves(frames, look):
     _check(figures.training_curves(_epochs(frames), look=look))
+
+
+# --------------------------------------------------------------------------- variants (issue 14)
+
+def _one_cell_per_variant(frame: pd.DataFrame) -> None:
+    """Every (family, model, depth, facet, variant) group that a figure draws as one line
+    holds one combination of factor levels (missing values read as the family default):
+    no median or mean pools two variants."""
+    rows, _ = keyed(frame)
+    names = levels.present(rows)
+    filled = levels.with_levels(rows, names)
+    for _, g in filled.groupby(["family", "model", "depth", "facet", "variant"]):
+        combos = {tuple(levels.level_of(n, v) for n, v in zip(names, row))
+                  for row in g[names].itertuples(index=False, name=None)}
+        assert len(combos) == 1, combos
+
+
+@QUICK
+@given(results_frames(mode="train", max_cells=SMALL, factors="crossed"), LOOKS)
+def test_headline_variants_are_kept_apart_and_told_apart(frames, look):
+    """Crossed factors: one line per variant, each with its own label and its own
+    (colour, marker), the same as the figure's key gives every other figure."""
+    for frame in frames.values():
+        _one_cell_per_variant(frame)
+    fig = figures.degradation_vs_depth(frames["trials"], look=look, chance_error=0.9)
+    _check(fig)
+    if not fig.legends:
+        return  # no trained trial: the figure says so
+    entries = [(t.get_text(), mpl.colors.to_hex(h.get_color()), h.get_marker())
+               for t, h in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)
+               if t.get_text() != "one seed"]
+    cells, key = keyed(stats.cell_summary(frames["trials"], ("final_train_loss", "final_test_error")))
+    assert [e[0] for e in entries] == list(key.styles)  # unique labels, in the key's order
+    # Within a panel no two variants look alike. (Across families they may: an MLP has
+    # no shortcut type, so its "residual" is drawn like resnet's "residual, projection".)
+    for _, g in cells.groupby(["family", "model", "facet"]):
+        looks = [(key.color(v), key.marker(v)) for v in set(g["variant"])]
+        assert len(set(looks)) == len(looks), looks
+    for ax in _axes(fig):
+        for line in ax.lines:
+            if line.get_marker() in ("_", "None", "") or line.get_linestyle() != "-":
+                continue  # caps, seed dots, the chance line
+            style = (mpl.colors.to_hex(line.get_color()), line.get_marker())
+            assert style in {e[1:] for e in entries}, (ax.get_title(), style)
 
 
 # --------------------------------------------------------------------------- per-layer figures
