@@ -274,3 +274,26 @@ def test_resume_with_a_changed_flag_exits_2_and_changes_nothing(tmp_path):
     assert "--tune-range was" in p.stderr
     assert (tmp_path / "x" / "spec.json").read_text() == before
     assert sorted(os.listdir(tmp_path / "x")) == ["spec.json"]
+
+
+def test_plan_does_not_cross_a_factor_where_it_does_not_apply():
+    s = spec_of(["--families", "mlp,resnet", "--depths", "8", "--branch-scale",
+                 "one,invsqrt,zero", "--shortcut", "projection,pad", "--mode", "probe"])
+    trials, skipped = expand(s)
+    assert not skipped
+    cells = sorted(t.trial_id[:-3] for t in trials)
+    # mlp: 1 plain + 3 scales (no shortcut type); resnet: 1 plain + 3 scales x 2 shortcuts
+    assert cells == sorted(
+        ["mlp-8-plain", "mlp-8-residual", "mlp-8-residual-scale=invsqrt",
+         "mlp-8-residual-scale=zero", "resnet-8-plain", "resnet-8-residual",
+         "resnet-8-residual-sc=pad", "resnet-8-residual-scale=invsqrt",
+         "resnet-8-residual-scale=invsqrt-sc=pad", "resnet-8-residual-scale=zero",
+         "resnet-8-residual-scale=zero-sc=pad"])
+    plain = [t for t in trials if not t.residual]
+    assert all(t.factors()["branch_scale"] == "n/a" for t in plain)
+    pad = next(t for t in trials if t.trial_id == "resnet-8-residual-sc=pad-s0")
+    assert pad.model_cfg.shortcut == "pad" and pad.model_cfg.branch_scale == "one"
+    # defaults: the same trials, ids and configs as before the factor flags existed
+    base = spec_of(["--families", "mlp,resnet", "--depths", "8", "--mode", "probe"])
+    assert [t.trial_id for t in expand(base)[0]] == ["mlp-8-plain-s0", "mlp-8-residual-s0",
+                                                     "resnet-8-plain-s0", "resnet-8-residual-s0"]

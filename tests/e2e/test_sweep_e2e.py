@@ -118,3 +118,36 @@ def test_existing_results_are_not_overwritten(tmp_path):
                        cwd=tmp_path, timeout=120)
     assert p.returncode == 2 and "results already exist" in p.stderr
     assert (run / "spec.json").read_text() == "{}"
+
+
+def test_probe_sweep_with_two_extra_factors_through_ray(tmp_path):
+    """norm x branch_scale crossed with residual and depth, for real through Ray: one plain
+    cell per norm level shared by both branch scales, factor columns in every file, and
+    contrasts of each level against its baseline in the report."""
+    p = sweep("--families", "mlp,resnet", "--depths", "4", "--norm", "batch,none",
+              "--branch-scale", "one,zero", "--mode", "probe", "--seeds", "2",
+              "--probe-batch", "2", "--out", "res", "--name", "fx", cwd=tmp_path,
+              env={"RESABLATE_PREWARM": "0"})
+    run = tmp_path / "res" / "fx"
+    # per family: 2 plain cells (norm) + 4 residual cells (norm x scale), 2 seeds each
+    assert "24 trials: 24 completed, 0 diverged, 0 errored" in p.stdout
+    trials = pd.read_parquet(run / "trials.parquet")
+    cells = trials.drop_duplicates(["family", "residual", "norm", "branch_scale"])
+    assert len(cells) == 12
+    assert set(trials[~trials.residual].branch_scale) == {"n/a"}
+    assert set(trials[trials.residual].branch_scale) == {"one", "zero"}
+    assert set(trials[trials.family == "mlp"].shortcut) == {"n/a"}
+    assert "resnet-4-residual-norm=none-scale=zero-s1" in set(trials.trial_id)
+    layers = pd.read_parquet(run / "layers.parquet")
+    assert {"norm", "branch_scale", "shortcut"} <= set(layers.columns)
+    spec = json.loads((run / "spec.json").read_text())
+    assert dict(map(tuple, spec["spec"]["factors"]))["norm"] == ["batch", "none"]
+    # a probe has no final metrics to contrast: one gradient table per residual cell
+    # against its plain twin, named like the cells, and every item written
+    tables = {f.name for f in (run / "tables").glob("grad_*.md")}
+    assert {"grad_mlp-4.md", "grad_mlp-4-norm=batch-scale=zero.md",
+            "grad_resnet-4-norm=none-scale=zero.md", "grad_resnet-4-scale=zero.md"} <= tables
+    assert len(tables) == 8
+    assert (run / "figures" / "act_by_layer.png").stat().st_size > 0
+    assert "could not" not in (run / "report.md").read_text()
+    assert p.stdout.rstrip().endswith("report: every item written")
