@@ -523,8 +523,12 @@ def log_figures(mode: str, run_dir: str, group: str, paths: list[str],
 
 
 def offline_run_dirs(run_dir) -> list[Path]:
-    """``<run_dir>/wandb/offline-run-*`` folders, sorted (by start time, then id)."""
-    return sorted(p for p in (Path(run_dir) / "wandb").glob("offline-run-*") if p.is_dir())
+    """``<run_dir>/wandb/offline-run-*`` folders that hold a run log, sorted (by start
+    time, then id). A folder without a ``run-*.wandb`` log is an attempt whose process
+    was killed (Ray ends a failed trial's actor) before wandb wrote anything: nothing in
+    it can be read or synced, and the retried attempt has its own folder."""
+    return sorted(p for p in (Path(run_dir) / "wandb").glob("offline-run-*")
+                  if p.is_dir() and any(p.glob("run-*.wandb")))
 
 
 def sync_command(run_dir) -> str | None:

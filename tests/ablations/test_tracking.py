@@ -522,3 +522,14 @@ def test_exit_hook_is_quiet_when_wandb_core_was_killed(monkeypatch):
 
     monkeypatch.setattr(wandb, "teardown", killed_service)
     tracking._teardown_quietly()  # raises SystemExit without the fix
+
+
+def test_offline_run_dirs_skip_a_folder_without_a_run_log(tmp_path):
+    """A killed attempt can leave an empty offline-run folder: it is not a run."""
+    from ablations import tracking
+    good = tmp_path / "wandb" / "offline-run-20260101_000001-abc"
+    empty = tmp_path / "wandb" / "offline-run-20260101_000000-abc"
+    for d in (good, empty):
+        (d / "files").mkdir(parents=True)
+    (good / "run-abc.wandb").write_bytes(b"x")
+    assert tracking.offline_run_dirs(tmp_path) == [good]
