@@ -26,7 +26,7 @@ def toy():
 
 def test_a_toy_factor_flows_from_the_flag_to_a_figure(toy, tmp_path):
     argv = ["--families", "mlp", "--depths", "3", "--width-mult", "x1,x2", "--mode", "probe",
-            "--seeds", "3", "--out", str(tmp_path), "--name", "toy"]
+            "--seeds", "3", "--out", str(tmp_path), "--name", "toy", "--wandb", "disabled"]
     spec = sweep.spec_from_args(sweep.build_parser().parse_args(argv))
     trials, skipped = expand(spec)
     assert not skipped
