@@ -97,6 +97,34 @@ class DenseBlock(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x, super().forward)
 
+    # The block as branch and skip (measurements); ``join(*split(x)) == forward(x)``.
+    @property
+    def keeps_shape(self) -> bool:
+        return self.in_features == self.out_features
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(branch, skip) just before the addition: the branch after its scale, the
+        skip ``x``; skip is None without a shortcut."""
+        h = self.activate(x) if self.site == "before" else x
+        branch = super().forward(h)
+        if self.site == "after":
+            branch = self.activate(branch)
+        if not self.shortcut:
+            return branch, None
+        if self.branch_scale is not None:
+            branch = self.branch_scale(branch)
+        return branch, x
+
+    def join(self, branch: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        return branch if skip is None else branch + skip
+
+    def lesioned(self, x: torch.Tensor) -> torch.Tensor:
+        """The block with its branch deleted: ``x`` (residual, or plain of equal widths);
+        ValueError for a layer that changes width."""
+        if not self.keeps_shape:
+            raise ValueError("a layer that changes width has no identity to fall back to")
+        return x
+
 
 def dense_layer(in_features: int, out_features: int, *, bias: bool, site: str | None,
                 shortcut: bool, norm: str, branch_scale: nn.Module | None) -> nn.Linear:
@@ -139,6 +167,18 @@ class MLP(nn.Module):
     def tap_points(self) -> list[tuple[str, nn.Module]]:
         """Modules whose outputs the statistics recorder reads, in network order."""
         return [(f"layers.{i}", m) for i, m in enumerate(self.layers)]
+
+    def units(self) -> list[tuple[str, nn.Module]]:
+        """Every hidden layer, residual or plain, in network order (``models.units``
+        reads each: split, join, lesioned, keeps_shape); ``forward`` is ``stem``, the
+        units in order, then ``head``."""
+        return self.tap_points()[:-1]
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers[-1](x)
 
     def blocks(self) -> list[tuple[str, DenseBlock]]:
         """The residual blocks (those with a shortcut), in network order. Each has

@@ -94,6 +94,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=bias)
         self.bn2 = make_norm(out_ch)
         self.residual = residual
+        self.keeps_shape = stride == 1 and in_ch == out_ch
         self.shortcut: nn.Module | None = None
         if residual:
             self.shortcut = make_shortcut(shortcut, in_ch, out_ch, stride, norm=norm,
@@ -108,6 +109,37 @@ class BasicBlock(nn.Module):
                 out = self.branch_scale(out)
             out = out + self.shortcut(x)
         return F.relu(out)
+
+    # The block as branch and skip (measurements: signal propagation, lesion study).
+    # ``join(*split(x))`` is ``forward(x)``, the same operations in the same order.
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(branch, skip) just before the addition: the branch after its scale, the
+        skip ``shortcut(x)``; skip is None for a plain block (no addition)."""
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        if self.shortcut is None:
+            return out, None
+        if self.branch_scale is not None:
+            out = self.branch_scale(out)
+        return out, self.shortcut(x)
+
+    def join(self, branch: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        """What the block does after the addition: ``relu(branch + skip)``."""
+        return F.relu(branch if skip is None else branch + skip)
+
+    def lesioned(self, x: torch.Tensor) -> torch.Tensor:
+        """The block with its branch deleted (Veit et al. 2016): ``relu(shortcut(x))``,
+        exactly the block with a zero branch. A plain block becomes the identity where
+        its input and output shapes match; ValueError where they do not."""
+        return _lesioned(self, x)
+
+
+def _lesioned(block, x: torch.Tensor) -> torch.Tensor:
+    if block.shortcut is not None:
+        skip = block.shortcut(block.preact_input(x) if block.preact else x)
+        return block.join(torch.zeros_like(skip), skip)
+    if not block.keeps_shape:
+        raise ValueError("a plain block that changes shape has no identity to fall back to")
+    return x
 
 
 class PreActBlock(nn.Module):
@@ -127,6 +159,7 @@ class PreActBlock(nn.Module):
         self.bn2 = make_norm(out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=bias)
         self.residual = residual
+        self.keeps_shape = stride == 1 and in_ch == out_ch
         self.share_preact = stage_start
         self.shortcut: nn.Module | None = None
         if residual:  # the shortcut input is pre-activated already: no norm after a projection
@@ -142,6 +175,29 @@ class PreActBlock(nn.Module):
         if self.branch_scale is not None:
             out = self.branch_scale(out)
         return out + self.shortcut(a if self.share_preact else x)
+
+    def preact_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the shortcut reads: ``relu(norm x)`` for a stage's first block, else x."""
+        return F.relu(self.bn1(x)) if self.share_preact else x
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(branch, skip) just before the addition (see ``BasicBlock.split``)."""
+        a = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(a))))
+        if self.shortcut is None:
+            return out, None
+        if self.branch_scale is not None:
+            out = self.branch_scale(out)
+        return out, self.shortcut(a if self.share_preact else x)
+
+    def join(self, branch: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        """Nothing after the addition: ``branch + skip``."""
+        return branch if skip is None else branch + skip
+
+    def lesioned(self, x: torch.Tensor) -> torch.Tensor:
+        """The block with its branch deleted: ``shortcut(x)`` (``shortcut(relu(norm x))``
+        for a stage's first block); a plain block: identity where shapes match."""
+        return _lesioned(self, x)
 
 
 BLOCKS = {"post": BasicBlock, "pre": PreActBlock}  # keys: models.layers.BLOCK_LEVELS
@@ -207,7 +263,19 @@ class ResNet(nn.Module):
     def blocks(self) -> list[tuple[str, nn.Module]]:
         """The residual blocks (those with a shortcut), in network order. Each has
         ``shortcut`` (a module) and ``branch_scale`` (a module or None)."""
-        return [(n, b) for n, b in self.tap_points()[1:-1] if b.shortcut is not None]
+        return [(n, b) for n, b in self.units() if b.shortcut is not None]
+
+    def units(self) -> list[tuple[str, nn.Module]]:
+        """Every block, residual or plain, in network order: what a lesion study deletes
+        and signal propagation measures. Each has ``split``, ``join``, ``lesioned`` and
+        ``keeps_shape``; ``forward`` is ``stem``, the units in order, then ``head``."""
+        return self.tap_points()[1:-1]
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything after the last unit: (final norm-ReLU), pool, fc."""
+        if self.final is not None:
+            x = self.final(x)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
     def first_block(self) -> nn.Module:
         return self.stages()[0][0]
