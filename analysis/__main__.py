@@ -1,10 +1,19 @@
 """``python -m analysis RESULTS_DIR``: rebuild a results folder's figures, tables and report.
 
-Reads only the stored Parquet files (no Ray, W&B, torch or GPU) and prints
+Reads only the stored Parquet files (no Ray, torch or GPU) and prints
 each written path on its own line; ``report.html`` is the last. Bad input
 (a missing or empty folder, an unreadable trials.parquet, an unknown format,
-style, width or factor, a filter that matches nothing) is one line on stderr
-and exit code 2, before anything is written.
+style, width or factor, a filter that matches nothing, a ``--wandb-report``
+target that is not ENTITY/PROJECT) is one line on stderr and exit code 2,
+before anything is written.
+
+The W&B report: every run also writes ``RESULTS_DIR/wandb_report.json``, the
+spec of the sweep's W&B Report (``analysis.wandb_report``: the whole sweep,
+whatever ``--where`` says; written without network); a failure there is one
+warning line on stderr. ``--wandb-report ENTITY/PROJECT`` then publishes it
+(``analysis.wandb_publish``): one line on stderr with the URL, or with what to
+run later when there are no credentials or no server; it never changes the
+exit code.
 
 A figure, table or report section that fails does not stop the others
 (``analysis.report.build``): each failure is one warning line on stderr as
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from analysis.cli import OneLineParser
 from analysis.style import STYLES, WIDTHS
@@ -31,6 +41,34 @@ def _formats(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(
             f"unknown format(s) {', '.join(bad) or '(none)'}; valid: {', '.join(FORMATS)}")
     return parts
+
+
+def _target(text: str) -> str:
+    from analysis.wandb_report import parse_target
+    try:
+        return "/".join(parse_target(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _wandb_spec(prog: str, run_dir, findings) -> list[str]:
+    """Write the W&B report's spec; [its path], or [] after one warning line."""
+    try:
+        from analysis.wandb_report import write_spec
+        return [str(write_spec(run_dir, findings=findings))]
+    except Exception as exc:  # the report is written: this must not cost it
+        from analysis.failures import one_line
+        print(f"{prog}: warning: W&B report spec not written: {one_line(exc)}",
+              file=sys.stderr, flush=True)
+        return []
+
+
+def _with_spec(written: list[str], spec: list[str]) -> list[str]:
+    """The spec's path before the trailing report.md/report.html (report.html stays last)."""
+    tail = 0
+    while tail < len(written) and Path(written[-1 - tail]).name in ("report.md", "report.html"):
+        tail += 1
+    return written[:len(written) - tail] + spec + written[len(written) - tail:]
 
 
 def main(argv=None) -> int:
@@ -56,6 +94,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None,
                         help="write here instead (default: RESULTS_DIR, or its views/ folder "
                              "with --where)")
+    parser.add_argument("--wandb-report", type=_target, default=None, metavar="ENTITY/PROJECT",
+                        help="publish the sweep's W&B report there: sync its offline runs, "
+                             "save the report, print its URL and record it in spec.json (needs "
+                             "W&B credentials; without them or a server: one line saying what "
+                             "to run later; the exit code is unchanged)")
     args = parser.parse_args(argv)
 
     # Headless: no display on a cluster node, and the figures never need one.
@@ -70,8 +113,15 @@ def main(argv=None) -> int:
     except ResultsError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    for path in result.written:
+    out = Path(args.out or args.run_dir)
+    findings = out / "report.md" if not args.where else None
+    spec = _wandb_spec(parser.prog, args.run_dir, findings)
+    for path in _with_spec(list(result.written), spec):
         print(path, flush=True)
+    if args.wandb_report:
+        from analysis.wandb_publish import publish
+        _, message = publish(args.run_dir, args.wandb_report, findings=findings)
+        print(message, file=sys.stderr, flush=True)
     if result.failures:
         print(f"{parser.prog}: {len(result.failures)} item(s) failed (named in the report); "
               f"everything else was written; tracebacks in {result.log}", file=sys.stderr)

@@ -14,6 +14,9 @@ Pure functions, frames in, sentences out (``analysis.report`` renders them):
 * ``warmup_findings``: a cell whose first-epoch train loss is above chance (ln 10)
   suggests ``--warmup-epochs`` (and, for a residual network not already at it,
   ``--branch-scale zero``).
+* ``tuning_findings``: a cell of a ``--tune`` sweep whose selected hyperparameter lies
+  within 10% (log scale) of a bound of its search range (``analysis.tuning.bound_side``:
+  the tuning playbook's boundary check) is told to widen the range.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import pandas as pd
 from analysis import contrasts as _contrasts
 from analysis import levels as _levels
 from analysis import stats
+from analysis import tuning as _tuning
 from analysis.tables import snapshot_rows
 
 N_CLASSES = 10                  # CIFAR-10 and the synthetic data set
@@ -340,4 +344,33 @@ def warmup_findings(trials: pd.DataFrame | None, epochs: pd.DataFrame | None,
         out.append(f"{_head(c, shown)}: first-epoch train loss above chance (ln {N_CLASSES} = "
                    f"{CHANCE_LOSS:.2f}) in {above}/{loss.size} seed(s) (median {shown_loss}): "
                    f"the first steps overshoot; try {try_}.")
+    return out
+
+
+# --------------------------------------------------------------------------- tuning
+
+def tuning_findings(tuning: pd.DataFrame | None, ranges: dict | None) -> list[str]:
+    """One warning per (cell, tuned hyperparameter) whose selected value is at a bound of
+    its search range (``analysis.tuning.boundary_rows``), e.g.
+
+    "resnet-20-plain: selected lr 0.93 is within 10% (log scale) of the upper bound 1 of
+    its range [0.001, 1]: the range was likely too narrow; widen it with --tune-range
+    lr=LOW:HIGH, e.g. lr=0.001:10."
+
+    The example moves the flagged bound one decade out. ``tuning``: the samples of
+    tuning.parquet (``analysis.tuning.load_tuning``), ``ranges``: the spec's search
+    ranges (``analysis.tuning.search_ranges``); nothing without either.
+    """
+    out = []
+    for _, r in _tuning.boundary_rows(tuning, ranges).iterrows():
+        lo, hi, v, name = r["lo"], r["hi"], r["value"], r["name"]
+        bound = lo if r["side"] == "lower" else hi
+        wide = (lo / 10, hi) if r["side"] == "lower" else (lo, hi * 10)
+        where = ("below" if v < lo else "above") if not lo <= v <= hi else None
+        what = (f"lies {where} its range" if where else
+                f"is within {_tuning.MARGIN:.0%} (log scale) of the {r['side']} bound "
+                f"{bound:g} of its range")
+        out.append(f"{r['cell']}: selected {name} {v:.3g} {what} "
+                   f"{_tuning.fmt_range(lo, hi)}: the range was likely too narrow; widen it "
+                   f"with --tune-range {name}=LOW:HIGH, e.g. {name}={wide[0]:g}:{wide[1]:g}.")
     return out
