@@ -24,9 +24,9 @@ from ablations import factors
 from analysis.cli import OneLineParser
 from ablations.plan import expand, format_plan, group_by_cell
 from ablations.progress import duration
-from ablations.spec import (DATASET_CHOICES, DEVICE_CHOICES, MODE_CHOICES, RESIDUAL_CHOICES,
-                            TUNE_SPACE, WANDB_CHOICES, AblationSpec, SpecError, TrainSettings,
-                            spec_from_dict, validate)
+from ablations.spec import (DATASET_CHOICES, DEVICE_CHOICES, KEEP_WEIGHTS_CHOICES, MODE_CHOICES,
+                            RESIDUAL_CHOICES, TUNE_SPACE, WANDB_CHOICES, AblationSpec, SpecError,
+                            TrainSettings, resolve_measure, spec_from_dict, validate)
 
 # May be given again with --resume/--retry-failed; every other flag comes from spec.json.
 EXECUTION_FLAGS = {"out", "resume", "retry_failed", "address", "storage", "cpus_per_trial",
@@ -48,6 +48,22 @@ def _list(kind, name, example, allow_empty=False):
     return parse
 
 
+def _measurement_names() -> str:
+    """The registered measurements, for the help (the built-in module names if one of
+    them fails to import: the help must not depend on it)."""
+    from ablations import measurements
+    try:
+        return ", ".join(measurements.names())
+    except Exception:  # noqa: BLE001  a broken measurement module is reported when used
+        return ", ".join(measurements.BUILTINS)
+
+
+def _measure(text: str):
+    """``--measure``: a comma list of names, or ``none``."""
+    names = _list(str, "--measure", "lesion,signal (or none)")(text)
+    return () if names == ("none",) else names
+
+
 def _ranges(text: str):
     out = []
     for item in [s.strip() for s in text.split(",") if s.strip()]:
@@ -61,6 +77,14 @@ def _ranges(text: str):
             raise argparse.ArgumentTypeError(
                 f"{item!r} is not NAME=LOW:HIGH; e.g. lr=1e-3:0.5") from None
     return tuple(out)
+
+
+def _wandb_target(text: str) -> str:
+    from analysis.wandb_report import parse_target
+    try:
+        return "/".join(parse_target(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="W&B tracking, one run per trial: auto = online when credentials are "
                    "configured and the server answers within 3 s, else offline under "
                    "OUT/NAME/wandb")
+    o.add_argument("--wandb-report", metavar="ENTITY/PROJECT", default=None, type=_wandb_target,
+                   help="after the report, publish the sweep's W&B report to ENTITY/PROJECT (its "
+                   "offline runs are synced there first); OUT/NAME/wandb_report.json is written "
+                   "either way; without credentials or a server: one line saying what to run "
+                   "later, the exit code is unchanged")
     o.add_argument("--resume", metavar="NAME", default=None,
                    help="continue the interrupted sweep OUT/NAME: finished trials are kept, "
                    "unfinished ones continue from their last checkpoint")
@@ -152,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads per trial (default: its CPU share)")
     t.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     t.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    m = p.add_argument_group("measurements and kept weights (--mode train)")
+    m.add_argument("--measure", type=_measure, default=None, metavar="NAMES",
+                   help="measurements run on each trial's networks as it ends, comma list: "
+                   + _measurement_names() + "; 'none' for none (default: the cheap "
+                   "default set, named in the plan); more later from the kept weights: "
+                   "python -m ablations.measure OUT/NAME --measure NAMES")
+    m.add_argument("--keep-weights", choices=KEEP_WEIGHTS_CHOICES, default="final",
+                   help="kept networks in OUT/NAME/weights/<trial>/: final = final.pt of every "
+                   "completed trial (+ init.pt where a measurement runs at init); all = "
+                   "init.pt and final.pt; none = nothing (no measuring after the fact)")
     return p
 
 
@@ -179,7 +218,8 @@ def spec_from_args(args) -> AblationSpec:
         gpus_per_trial=args.gpus_per_trial, address=args.address,
         storage=os.path.abspath(args.storage) if args.storage else None,
         max_failures=args.max_failures, tune=tuple(args.tune), samples=args.samples,
-        tune_ranges=tuple(args.tune_range), train=train,
+        tune_ranges=tuple(args.tune_range), train=train, measure=args.measure,
+        keep_weights=args.keep_weights,
         factors=tuple((f.name, tuple(getattr(args, f.name))) for f in factors.all_factors()
                       if f.name != "residual" and getattr(args, f.name, None) is not None))
     if spec.smoke:
@@ -353,7 +393,7 @@ def main(argv=None) -> int:
             if args.resume or args.retry_failed:
                 spec, kind = stored_spec(args, parser, argv)
             else:
-                spec, kind = spec_from_args(args), "start"
+                spec, kind = resolve_measure(spec_from_args(args)), "start"
             trials, skipped, sizes = prepare(spec, resuming=kind != "start")
             wandb_mode, why = tracking.resolve_mode(spec.wandb, spec.run_dir)
             print(f"W&B: {wandb_mode} ({why})", flush=True)
@@ -366,7 +406,8 @@ def main(argv=None) -> int:
         except SpecError as e:
             print(f"sweep.py: error: {e}", file=sys.stderr)
             return 2
-        return execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock, sizes)
+        return execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock, sizes,
+                       wandb_report=args.wandb_report)
     finally:
         runner.disconnect()
 
@@ -426,13 +467,19 @@ def concurrent_slots(spec, cluster: dict, units: int) -> int:
     return max(1, min(units, slots))
 
 
-def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock, sizes=None) -> int:
+def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock, sizes=None,
+            wandb_report: str | None = None) -> int:
     from ablations import results, tracking
     run_dir = spec.run_dir
     # workers run in Tune's trial folders: every path they get is absolute
     worker_spec = dataclasses.replace(spec, wandb=wandb_mode, out=os.path.abspath(spec.out),
                                       storage=os.path.abspath(spec.storage_dir))
     print(format_plan(trials, skipped, spec.mode), flush=True)
+    if spec.mode == "train":
+        from ablations import measure_run, weights
+        for line in weights.plan_lines(spec.keep_weights, measure_run.requested(spec.measure),
+                                       trials, run_dir):
+            print(line, flush=True)
     info = {"wandb_mode": wandb_mode, "cluster": runner.cluster_info(),
             "cpus_per_trial": spec.cpus_per_trial, "gpus_per_trial": spec.gpus_per_trial}
     if kind == "start":
@@ -504,11 +551,12 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock, sizes=
         return 130
     tables = results.merge(run_dir, trials)
     record_timing(run_dir, clock)
-    report_note = write_report(run_dir)
+    report_note = results.build_report(run_dir)
     figures = sorted(str(p) for p in Path(run_dir, "figures").glob("*.png"))
     status = tables["trials"]["status"].value_counts()
     counts = {k: int(status.get(k, 0)) for k in ("completed", "diverged", "error")}
     tracking.log_figures(wandb_mode, run_dir, spec.name, figures, counts)
+    write_wandb_report(run_dir, wandb_report)  # after log_figures: its run is synced too
     sync = tracking.sync_command(run_dir)  # online trials that fell back wrote offline runs too
     if sync:
         print(f"W&B offline runs in {run_dir}/wandb; upload with: {sync}")
@@ -519,22 +567,17 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock, sizes=
     return 1 if counts["error"] else 0
 
 
-def write_report(run_dir) -> str:
-    """Figures, tables and the report, each item in isolation (``analysis.report.build``);
-    never raises: the trials are done and kept whatever happens here. Returns how the
-    report went, for the sweep's last line."""
+def write_wandb_report(run_dir, target: str | None) -> None:
+    """``RESULTS/wandb_report.json`` always, and the published report when ``target``
+    (ENTITY/PROJECT) is given; neither can change the sweep's exit code."""
     try:
-        from analysis.report import build
-        built = build(run_dir)
-    except Exception as e:  # noqa: BLE001  a report fault must not turn results into a crash
-        print(f"warning: the report could not be built ({type(e).__name__}: {e}); rebuild it "
-              f"with: python -m analysis {run_dir}", file=sys.stderr)
-        return "report not built"
-    print(f"wrote {len(built.written)} figure/table/report files; report: {run_dir}/report.html")
-    if built.failures:
-        return (f"report: {len(built.failures)} item(s) failed (see {run_dir}/report.html and "
-                f"{built.log})")
-    return "report: every item written"
+        from analysis.wandb_report import write_spec
+        write_spec(run_dir)
+    except Exception as e:  # noqa: BLE001  results and report are written: keep them
+        results.warn(f"W&B report spec not written ({results.brief(e)})")
+    if target:
+        from analysis.wandb_publish import publish
+        print(publish(run_dir, target)[1], flush=True)
 
 
 if __name__ == "__main__":

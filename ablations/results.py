@@ -6,7 +6,10 @@ Layout of ``<out>/<name>/``::
     trials.parquet     one row per planned trial (a trial with no result is an error row)
     layers.parquet     tidy per-layer statistics
     epochs.parquet     per-epoch metrics (train mode)
-    trials/<trial_id>/ each trial's own fragment (row.json, layers.parquet, ...)
+    trials/<trial_id>/ each trial's own fragment (row.json, layers.parquet, ...,
+                       measure-<name>.parquet: its rows of each measurement)
+    measurements/      <name>.parquet: a measurement's rows of every trial (merged)
+    weights/           kept networks (ablations.weights)
     figures/ tables/   written by analysis.report
 
 Every file is written to a temporary name in the same folder and renamed, so a
@@ -18,6 +21,8 @@ a ``*.parquet`` whose footer does not, or one that fails to load in ``merge``)
 is moved aside, every file of it renamed ``<name>.corrupt`` (``.corrupt-2``, ...
 when that exists; never deleted, never overwritten), a one-line warning names
 it on stderr, and the trial counts as not finished, so ``--resume`` reruns it.
+A damaged measurement fragment costs only itself: it is moved aside with one
+warning line and ``python -m ablations.measure`` measures it again.
 """
 from __future__ import annotations
 
@@ -144,6 +149,16 @@ def trial_dir(run_dir, trial_id: str) -> Path:
     return Path(run_dir) / "trials" / trial_id
 
 
+MEASURE_PREFIX = "measure-"  # trials/<id>/measure-<name>.parquet (ablations.measure_run)
+
+
+def frame_files(run_dir, trial_id: str) -> list[Path]:
+    """A fragment's own Parquet files (not its measurement fragments, which are
+    merged into measurements/ and cost only themselves when damaged)."""
+    return [p for p in sorted(trial_dir(run_dir, trial_id).glob("*.parquet"))
+            if not p.name.startswith(MEASURE_PREFIX)]
+
+
 def write_fragment(run_dir, trial_id: str, row: dict, frames: dict[str, pd.DataFrame]) -> None:
     """A trial's results; ``row.json`` is written last, so its presence means complete."""
     d = trial_dir(run_dir, trial_id)
@@ -172,7 +187,7 @@ def read_fragment_row(run_dir, trial_id: str) -> dict | None:
         quarantine_fragment(run_dir, trial_id, p, e)
         return None
     import pyarrow.parquet as pq
-    for f in sorted(d.glob("*.parquet")):
+    for f in frame_files(run_dir, trial_id):
         try:
             pq.read_metadata(f)
         except Exception as e:  # pyarrow's errors: ArrowInvalid, OSError, ...
@@ -182,11 +197,12 @@ def read_fragment_row(run_dir, trial_id: str) -> dict | None:
 
 
 def quarantine_fragment(run_dir, trial_id: str, bad, error: BaseException) -> None:
-    """Move a damaged fragment aside (``row.json`` and every ``*.parquet`` of it:
-    a rerun must not merge stale frames, e.g. when it ends in an error row that has
-    none) and say so in one line."""
+    """Move a damaged fragment aside (``row.json`` and every ``frame_files`` Parquet of
+    it: a rerun must not merge stale frames, e.g. when it ends in an error row that has
+    none) and say so in one line. Its measurement fragments stay: the rerun rewrites
+    them, and an error row's are not merged."""
     d = trial_dir(run_dir, trial_id)
-    moved = [move_aside(p) for p in [d / "row.json", *sorted(d.glob("*.parquet"))]
+    moved = [move_aside(p) for p in [d / "row.json", *frame_files(run_dir, trial_id)]
              if p.exists()]
     moved = [m.name for m in moved if m is not None]
     if moved:
@@ -219,6 +235,31 @@ def merge(run_dir, trials, final: bool = True) -> dict[str, pd.DataFrame]:
         out[name] = pd.concat(parts, ignore_index=True)
     for name, df in out.items():
         write_parquet(Path(run_dir) / f"{name}.parquet", df)
+    if final:
+        merge_measurements(run_dir, [r["trial_id"] for r in rows
+                                     if r.get("status") in ("completed", "diverged")])
+    return out
+
+
+def merge_measurements(run_dir, trial_ids) -> dict[str, pd.DataFrame]:
+    """``measurements/<name>.parquet`` for each measurement with fragments among
+    ``trial_ids`` (the concatenation, in their order). A fragment that does not load is
+    moved aside with one warning line and left out: it costs only itself."""
+    parts: dict[str, list[pd.DataFrame]] = {}
+    for tid in trial_ids:
+        for p in sorted(trial_dir(run_dir, tid).glob(f"{MEASURE_PREFIX}*.parquet")):
+            try:
+                df = pd.read_parquet(p)
+            except Exception as e:  # pyarrow: ArrowInvalid, OSError, ...
+                moved = move_aside(p)
+                if moved is not None:
+                    warn(f"{p} is unreadable ({brief(e)}); moved aside to {moved.name}; "
+                         f"`python -m ablations.measure {run_dir}` measures it again")
+                continue
+            parts.setdefault(p.stem.removeprefix(MEASURE_PREFIX), []).append(df)
+    out = {name: pd.concat(dfs, ignore_index=True) for name, dfs in parts.items()}
+    for name, df in out.items():
+        write_parquet(Path(run_dir) / "measurements" / f"{name}.parquet", df)
     return out
 
 
@@ -226,7 +267,7 @@ def _read_frames(run_dir, trial_id: str) -> dict[str, pd.DataFrame] | None:
     """Every ``*.parquet`` of a fragment by name, or None (then moved aside) when one
     does not load: all of a trial's frames or none of them."""
     out = {}
-    for p in sorted(trial_dir(run_dir, trial_id).glob("*.parquet")):
+    for p in frame_files(run_dir, trial_id):
         try:
             out[p.stem] = pd.read_parquet(p)
         except Exception as e:  # pyarrow: ArrowInvalid, OSError ("Corrupt snappy ..."), ...
@@ -259,6 +300,24 @@ def archive_error(run_dir, trial_id: str) -> None:
     n = len(list((d / "errors").glob("*.json"))) + 1 if (d / "errors").exists() else 1
     (d / "errors").mkdir(parents=True, exist_ok=True)
     os.replace(d / "row.json", d / "errors" / f"{n}.json")
+
+
+def build_report(run_dir) -> str:
+    """Figures, tables and the report, each item in isolation (``analysis.report.build``);
+    never raises: the results are kept whatever happens here. Returns how the report
+    went, for the caller's last line."""
+    try:
+        from analysis.report import build
+        built = build(run_dir)
+    except Exception as e:  # noqa: BLE001  a report fault must not turn results into a crash
+        print(f"warning: the report could not be built ({type(e).__name__}: {e}); rebuild it "
+              f"with: python -m analysis {run_dir}", file=sys.stderr)
+        return "report not built"
+    print(f"wrote {len(built.written)} figure/table/report files; report: {run_dir}/report.html")
+    if built.failures:
+        return (f"report: {len(built.failures)} item(s) failed (see {run_dir}/report.html and "
+                f"{built.log})")
+    return "report: every item written"
 
 
 def git_commit() -> str:

@@ -7,6 +7,7 @@ line naming the problem and the valid choices.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ MODE_CHOICES = ("probe", "train")
 WANDB_CHOICES = ("auto", "online", "offline", "disabled")
 DATASET_CHOICES = ("cifar10", "synthetic")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+KEEP_WEIGHTS_CHOICES = ("final", "all", "none")  # ablations.weights
 
 
 # Tunable hyperparameters: log-uniform ranges searched per cell (override: --tune-range).
@@ -71,6 +73,10 @@ class AblationSpec:
     # levels of the factors other than residual (ablations.factors), e.g.
     # (("norm", ("batch", "none")),); a factor left out takes each family's default
     factors: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # measurements run at the end of each trial (ablations.measurements); None: the
+    # registry's default set in train mode (resolve_measure), () in probe mode
+    measure: tuple[str, ...] | None = None
+    keep_weights: str = "final"          # "final" | "all" | "none" (ablations.weights)
     train: TrainSettings = field(default_factory=TrainSettings)
 
     @property
@@ -153,6 +159,7 @@ def validate(spec: AblationSpec, resuming: bool = False) -> None:
     if spec.max_failures < 0:
         raise SpecError(f"--max-failures must be >= 0 (got {spec.max_failures})")
     validate_tune(spec)
+    validate_measure(spec)
     if os.path.exists(spec.out) and not os.path.isdir(spec.out):
         raise SpecError(f"--out {spec.out} is a file, not a directory; choose a directory path")
     if not resuming and os.path.exists(os.path.join(spec.run_dir, "spec.json")):
@@ -178,6 +185,34 @@ def validate_tune(spec: AblationSpec) -> None:
     if spec.tune and spec.train.val_fraction <= 0:
         raise SpecError("--tune selects on the validation split: --val-fraction must be > 0 "
                         f"(got {spec.train.val_fraction})")
+
+
+def resolve_measure(spec: AblationSpec) -> AblationSpec:
+    """``spec`` with ``measure`` resolved: None becomes the registry's default set
+    (train mode) or none (probe mode), so spec.json records the names that ran."""
+    if spec.measure is not None:
+        return spec
+    from . import measurements
+    names = tuple(measurements.defaults()) if spec.mode == "train" else ()
+    return dataclasses.replace(spec, measure=names)
+
+
+def validate_measure(spec: AblationSpec) -> None:
+    _choices([spec.keep_weights], KEEP_WEIGHTS_CHOICES, "--keep-weights value")
+    if not spec.measure:
+        return
+    if spec.mode != "train":
+        raise SpecError(f"--measure {','.join(spec.measure)} needs --mode train (a probe "
+                        "keeps no networks to measure); leave --measure out or use --measure none")
+    check_measurements(spec.measure)
+
+
+def check_measurements(names) -> None:
+    """SpecError for an unknown or repeated measurement name (``--measure``)."""
+    if len(set(names)) != len(names):
+        raise SpecError(f"--measure names a measurement twice: {','.join(names)}")
+    from . import measurements
+    _choices(names, tuple(measurements.names()), "measurement")
 
 
 def validate_train(t: TrainSettings) -> None:
@@ -222,6 +257,9 @@ def spec_from_dict(d: dict) -> AblationSpec:
     """Inverse of ``dataclasses.asdict`` (spec.json stores lists where the spec has tuples)."""
     fields = {k: _tuples(v) for k, v in d.items() if k != "train"}
     known = set(AblationSpec.__dataclass_fields__)
+    # a sweep recorded before measurements existed measured and kept nothing
+    fields.setdefault("measure", ())
+    fields.setdefault("keep_weights", "none")
     train = TrainSettings(**{k: _tuples(v) for k, v in d.get("train", {}).items()
                              if k in TrainSettings.__dataclass_fields__})
     return AblationSpec(**{k: v for k, v in fields.items() if k in known}, train=train)

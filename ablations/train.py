@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import models
 from analysis.hooks import LayerStatsRecorder
 
-from . import results
+from . import measure_run, results, weights
 from .data import load_dataset, pad_images, random_crop_flip
 from .optim import SGD, StepSchedule, warmup_factor
 
@@ -169,16 +169,17 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
 
     def fresh():
         """Model, optimizer, schedule and data generator as at epoch 1 (seeded)."""
-        torch.manual_seed(trial.seed)
-        model = cfg.build().to(device)
-        if hasattr(model, "stages"):
-            model = model.to(memory_format=torch.channels_last)
+        model = weights.initial(cfg, trial.seed, device)  # channels_last for conv nets
         opt = SGD(model.parameters(), lr=hp["lr"], momentum=t.momentum,
                   weight_decay=hp["weight_decay"])
         return (model, opt, StepSchedule(opt, t.milestones, gamma=0.1),
                 torch.Generator(device=device).manual_seed(trial.seed))
 
     model, opt, sched, gen = fresh()
+    # the network before its first step, for --keep-weights and measurements at init
+    # (taken before a checkpoint is loaded: a resumed trial has it too, bit for bit)
+    init_state = weights.snapshot(model) if not tuning and measure_run.needs_init(spec) \
+        else None
     params = models.count_params(model)
     conv = hasattr(model, "stages")
     history: list[dict] = []
@@ -295,10 +296,14 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     if maps is not None:
         results.write_npz(f"{run_dir}/features/{trial.trial_id}.npz", maps)
     row["wandb"] = tracker.url or tracker.run_path
+    # kept weights and measurement fragments first: a trial with a row has them
+    row.update(measure_run.finish_trial(trial, spec, run_dir, cfg, model, init_state, data,
+                                        device, status, row.get("epochs_run", 0),
+                                        row.get("final_test_acc")))
     results.write_fragment(run_dir, trial.trial_id, row, frames)
     tracker.finish({k: v for k, v in row.items() if k != "trial_id"})
     if os.path.exists(ckpt):
-        os.unlink(ckpt)  # the fragment has everything; the final weights are not kept
+        os.unlink(ckpt)  # the fragment has everything; weights/ keeps what --keep-weights asks
     return status
 
 

@@ -1,8 +1,8 @@
 """Every figure, table and the report of one results folder: ``build(run_dir) -> BuildResult``.
 
 Reads whichever of ``trials.parquet``, ``layers.parquet``, ``epochs.parquet``,
-``features/*.npz`` and ``spec.json`` exist (a probe-only sweep has no epochs
-or features) and writes, each file atomically:
+``features/*.npz``, ``measurements/*.parquet`` and ``spec.json`` exist (a
+probe-only sweep has no epochs or features) and writes, each file atomically:
 
 * ``figures/<name>.{pdf,png,...}``: one file per figure function of
   ``analysis.figures`` that the data allows;
@@ -16,6 +16,8 @@ or features) and writes, each file atomically:
   the W&B runs. The
   HTML is self-contained: figures are embedded as base64 PNG, styles inline,
   no script, so it can be mailed or opened from a laptop;
+* a "Measurements" section: the figures and tables each measurement registers,
+  for every ``measurements/<name>.parquet`` (``analysis.report_measurements``);
 * ``report_errors.log``: only when something failed (see below).
 
 The last mile of a sweep must not be lost to one bug: every figure, table
@@ -46,6 +48,7 @@ import io
 import json
 import shlex
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +57,8 @@ import numpy as np
 import pandas as pd
 
 from ablations import factors as _factors
-from analysis import figures, findings, levels, stats
+from analysis import figures, findings, levels, stats, tuning
+from analysis import report_measurements as measured
 from analysis.failures import (ERRORS_LOG, BuildResult, Guard, ItemFailure, one_line,
                                write_error_log)
 from analysis.style import DEFAULT_LOOK, PAPER_RC, Look, save_figure
@@ -166,6 +170,7 @@ class Item:
     frame: pd.DataFrame | None = None  # table: rendered in the reports
     floatfmt: object = "auto"
     failure: ItemFailure | None = None
+    section: str = ""              # "" = Tables/Figures; measured.SECTION: a measurement's
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,8 @@ class _Ctx:
     formats: tuple
     look: Look
     trained: bool
+    tuning: pd.DataFrame | None = None  # tuning.parquet (analysis.tuning.load_tuning)
+    tune_ranges: dict = field(default_factory=dict)  # analysis.tuning.search_ranges(spec)
 
 
 @dataclass(frozen=True)
@@ -220,6 +227,14 @@ def _std_when(c: _Ctx) -> str:
     return "late" if _has(c.layers, "act_std", "train") else "init"
 
 
+def _response_std(c: _Ctx):
+    """He et al. Fig. 7 from measurements/responses.parquet (the 3x3 convs after BN)
+    when it is there, else from the block outputs in layers.parquet."""
+    rows, when = measured.response_rows(c) if measured.has_responses(c) else \
+        (c.layers, _std_when(c))
+    return figures.layer_response_std(rows, c.look, when=when, trials=c.trials)
+
+
 FIGURES = (
     _Entry("degradation_vs_depth", lambda c: c.trained and _rows(c.trials),
            lambda c: figures.degradation_vs_depth(c.trials, c.look, chance_error=CHANCE_ERROR),
@@ -233,10 +248,10 @@ FIGURES = (
            lambda c: figures.training_curves(c.epochs, c.look),
            "Loss and accuracy per epoch for each model and depth: thin = train, bold = test; "
            "median over seeds with interquartile band; dotted lines = learning-rate drops."),
-    _Entry("layer_response_std", lambda c: _has(c.layers, "act_std"),
-           lambda c: figures.layer_response_std(c.layers, c.look, when=_std_when(c),
-                                                trials=c.trials),
-           lambda c: f"Std of each block's output "
+    _Entry("layer_response_std",
+           lambda c: _has(c.layers, "act_std") or measured.has_responses(c), _response_std,
+           lambda c: measured.responses_caption(c) if measured.has_responses(c) else
+                     f"Std of each block's output "
                      f"({'end of training' if _std_when(c) == 'late' else 'at init'}), in network "
                      "order and sorted by magnitude (He et al. 2016, Fig. 7); median over seeds; "
                      "trials that did not complete are left out and named in the panel."),
@@ -299,6 +314,11 @@ TABLES = (
            "Degradation index: change from the shallowest depth of each variant, mean ± 95% "
            "Welch half width; positive = worse."),
 )
+
+
+# The tuning search (``analysis.tuning``): isolation plots, progress, the selected values.
+FIGURES += tuple(_Entry(*e[1:]) for e in tuning.report_entries() if e.kind == "figure")
+TABLES += tuple(_Entry(*e[1:]) for e in tuning.report_entries() if e.kind == "table")
 
 
 def _feature_entries(c: _Ctx) -> list[_Entry]:
@@ -400,6 +420,9 @@ def _items(c: _Ctx, guard: Guard) -> list[Item]:
     plan += [("table", e) for e in guard.run("table", "grad tables",
                                              lambda: _grad_entries(c)) or []]
     items = [_run_entry(c, guard, kind, e) for kind, e in plan]
+    for kind, e in measured.entries(c, guard):  # the "Measurements" section
+        item = _run_entry(c, guard, kind, e)
+        items.append(item and dataclasses.replace(item, section=measured.SECTION))
     return [i for i in items if i is not None]
 
 
@@ -449,8 +472,15 @@ def _env_lines(spec: dict, trials: pd.DataFrame | None) -> list[tuple[str, str]]
     return lines or [("environment", "not recorded (no usable spec.json)")]
 
 
-def _wandb_lines(run_dir: Path, trials: pd.DataFrame | None) -> list[str]:
+def _wandb_lines(run_dir: Path, trials: pd.DataFrame | None, spec: dict | None = None
+                 ) -> list[str]:
     lines = []
+    url = (spec or {}).get("wandb_report_url")  # recorded by analysis.wandb_publish
+    if url:
+        lines.append(f"W&B report: {url}")
+    elif (run_dir / "wandb_report.json").is_file():
+        lines.append(f"W&B report: not published (its spec: {run_dir / 'wandb_report.json'}); "
+                     f"publish with: python -m analysis {run_dir} --wandb-report ENTITY/PROJECT")
     if trials is not None and "wandb" in trials:
         runs = trials[["trial_id", "wandb"]].dropna()
         runs = runs[runs["wandb"].astype(str).str.len() > 0]
@@ -568,6 +598,8 @@ def _findings_section(guard: Guard, data: dict, spec: dict, trained: bool) -> _S
     warm = (spec.get("spec") or {}).get("train") or {}
     part("warmup findings", lambda: findings.warmup_findings(
         trials, epochs, int(warm.get("warmup_epochs") or 0) if isinstance(warm, dict) else 0))
+    part("tuning findings", lambda: findings.tuning_findings(data.get("tuning"),
+                                                             tuning.search_ranges(spec)))
     if not lines and not failed:
         return _Section([], [])
     esc = html.escape
@@ -692,12 +724,14 @@ def _write_reports(out: Path, run_dir: Path, spec: dict, data: dict, items: list
         _section(guard, "environment", "Environment",
                  lambda: _pairs_section("Environment", _env_lines(spec, trials))),
         _section(guard, "plan and status", "Plan and status", lambda: _status_section(trials)),
-        _item_sections(guard, "Tables", [i for i in items if i.kind == "table"],
+        _item_sections(guard, "Tables", [i for i in items if i.kind == "table" and not i.section],
                        _table_section, rel),
-        _item_sections(guard, "Figures", [i for i in items if i.kind == "figure"],
-                       _figure_section, rel),
+        _item_sections(guard, "Figures", [i for i in items if i.kind == "figure"
+                                          and not i.section], _figure_section, rel),
+        _section(guard, "measurements", measured.SECTION, lambda: measured.section(
+            run_dir, [i for i in items if i.section], guard, rel)),
         _section(guard, "W&B runs", "Weights & Biases",
-                 lambda: _list_section("Weights & Biases", _wandb_lines(run_dir, trials))),
+                 lambda: _list_section("Weights & Biases", _wandb_lines(run_dir, trials, spec))),
     ]
     # Last, so that it also names the failures of the sections above.
     sections = [head, _problems_section(guard.failures), *body]
@@ -741,14 +775,18 @@ def build(run_dir, formats=("pdf", "png"), look: Look = DEFAULT_LOOK, where=None
     run_dir = Path(run_dir)
     guard = Guard()
     data = load_results(run_dir, guard)
+    tuned = tuning.load_tuning(run_dir, guard)  # a damaged file costs the tuning items only
+    if tuned is not None:
+        data["tuning"] = tuned
     where = dict(where or {})
     data = apply_where(data, where)
     out = Path(out_dir) if out_dir else (run_dir / "views" / where_slug(where) if where else run_dir)
     spec = load_spec(run_dir, guard)
     trials = data.get("trials")
     trained = trials is not None and "final_test_acc" in trials
+    ranges = guard.run("input", "spec.json tune_ranges", lambda: tuning.search_ranges(spec))
     ctx = _Ctx(run_dir, out, trials, data.get("layers"), data.get("epochs"), formats, look,
-               trained)
+               trained, data.get("tuning"), ranges or {})
     items = _items(ctx, guard)
     written = [p for i in items for p in i.paths]
     written += _write_reports(out, run_dir, spec, data, items, where, trained, guard)

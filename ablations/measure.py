@@ -1,0 +1,267 @@
+"""``python -m ablations.measure RESULTS``: measure a finished sweep's kept networks.
+
+    python -m ablations.measure results/train-x --measure landscape
+    python -m ablations.measure results/train-x               # the sweep's own --measure set
+    python -m ablations.measure results/train-x --measure lesion --redo
+    python -m ablations.measure results/train-x --address auto --cpus-per-trial 4
+
+Reads ``spec.json`` and ``trials.parquet``, finds the networks kept in
+``weights/`` (``ablations.weights``) and runs every missing (trial, measurement)
+fragment, one Ray task per trial with the sweep's resources (a local Ray bound to
+127.0.0.1, or ``--address`` to join a cluster), through the same code the worker
+runs at the end of a trial (``ablations.measure_run``): the rows are the same
+either way. Resumable: a fragment already there is skipped (``--redo`` computes
+it again), so an interrupted run continues where it stopped. A completed trial is
+measured at init and final, a diverged one at init only (as in the worker); a
+missing ``init.pt`` is rebuilt from the trial's seed (the same bits). Then the
+fragments are merged into ``measurements/<name>.parquet`` and the report is
+rebuilt (a report failure is a warning, as after a sweep).
+
+Bad input (not a sweep folder, an unknown measurement, a sweep that kept no
+weights, unreadable data): one line on stderr naming the problem and the valid
+choices, exit 2, before anything is written or Ray starts. Exit codes: 0 every
+measurement written, 1 some failed (each named in one warning line), 2 bad
+input, 130 interrupted. Importing this module starts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from analysis.cli import OneLineParser
+
+from . import measure_run, results, weights
+from .spec import SpecError, check_measurements, spec_from_dict
+
+PROG = "python -m ablations.measure"
+
+
+@dataclasses.dataclass
+class Job:
+    run_dir: Path
+    spec: object                      # AblationSpec of the sweep
+    names: tuple[str, ...]
+    todo: list                        # [(TrialConfig, status)] with something to measure
+    measured: list                    # trial ids (completed or diverged) whose fragments merge
+    redo: bool = False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog=PROG, description="Measure a finished sweep's kept networks "
+                      "(through Ray), merge into RESULTS/measurements/ and rebuild the report.")
+    p.add_argument("results", help="a sweep's results folder (OUT/NAME: spec.json, "
+                   "trials.parquet, weights/)")
+    p.add_argument("--measure", default=None, metavar="NAMES",
+                   help="comma list of measurements (default: the sweep's own --measure set, "
+                   "or the default set when it had none)")
+    p.add_argument("--redo", action="store_true",
+                   help="measure again where a fragment is already there")
+    p.add_argument("--address", default=None,
+                   help="join a Ray cluster: 'auto' or host:port (default: a local Ray)")
+    p.add_argument("--cpus-per-trial", type=float, default=None,
+                   help="CPUs per trial (default: the cluster's CPUs shared among the trials)")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs per trial (default: a share of the GPUs when there are any)")
+    p.add_argument("--data-root", default=None,
+                   help="where the sweep's CIFAR-10 is on this machine (default: the path "
+                   "the sweep used, from spec.json)")
+    return p
+
+
+def _names(text: str | None, spec) -> tuple[str, ...]:
+    if text is None:
+        from . import measurements
+        names = tuple(spec.measure or ()) or tuple(measurements.defaults())
+    else:
+        names = tuple(s.strip() for s in text.split(",") if s.strip())
+        if names in ((), ("none",)):
+            from . import measurements
+            raise SpecError(f"--measure {text!r}: nothing to measure; valid measurements: "
+                            + ", ".join(measurements.names()))
+    check_measurements(names)
+    return names
+
+
+def _not_a_sweep(run_dir: Path) -> SpecError:
+    inside = sorted(d.name for d in run_dir.iterdir() if (d / "spec.json").is_file()) \
+        if run_dir.is_dir() else []
+    hint = (f"; sweeps in it: {', '.join(inside)}" if inside else
+            "; give the folder sweep.py wrote (OUT/NAME)")
+    return SpecError(f"{run_dir} is not a sweep's results folder (no spec.json and "
+                     f"trials.parquet){hint}")
+
+
+def prepare(args) -> Job:
+    """Every check that can fail, before anything is written and before Ray starts."""
+    import pandas as pd
+    run_dir = Path(args.results)
+    if not (run_dir / "spec.json").is_file() or not (run_dir / "trials.parquet").is_file():
+        raise _not_a_sweep(run_dir)
+    try:
+        spec = spec_from_dict(json.loads((run_dir / "spec.json").read_text())["spec"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise SpecError(f"{run_dir / 'spec.json'} is not a readable sweep spec ({e})") from None
+    if spec.mode != "train":
+        raise SpecError(f"{run_dir} is a {spec.mode} sweep: it trained no networks to measure; "
+                        "measure a --mode train sweep")
+    if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
+        raise SpecError(f"--cpus-per-trial must be > 0 (got {args.cpus_per_trial:g})")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise SpecError(f"--gpus-per-trial must be >= 0 (got {args.gpus_per_trial:g})")
+    if not weights.kept_any(run_dir):
+        raise SpecError(
+            f"no kept weights in {run_dir / 'weights'}: the sweep ran with --keep-weights none; "
+            "rerun it with --keep-weights final" if spec.keep_weights == "none" else
+            f"no kept weights in {run_dir / 'weights'} (the sweep kept {spec.keep_weights}: "
+            "was the folder copied without weights/?)")
+    names = _names(args.measure, spec)
+    try:
+        rows = pd.read_parquet(run_dir / "trials.parquet", columns=["trial_id", "status"])
+    except Exception as e:  # pyarrow's errors
+        raise SpecError(f"cannot read {run_dir / 'trials.parquet'}: {results.brief(e)}") from None
+    if args.data_root:
+        spec = dataclasses.replace(spec, train=dataclasses.replace(
+            spec.train, data_root=os.path.abspath(args.data_root)))
+    if spec.train.dataset == "cifar10":  # SpecError when the sweep's data is not here
+        from .data import cifar_folder
+        cifar_folder(spec.train.data_root, download=False)
+    from .plan import expand
+    plan = {t.trial_id: t for t in expand(spec)[0]}
+    finished = rows[rows["status"].isin(["completed", "diverged"])]
+    unknown = [tid for tid in finished["trial_id"] if tid not in plan]
+    if unknown:
+        results.warn(f"{len(unknown)} trial(s) of trials.parquet are not in the sweep's plan "
+                     f"as this code expands it (e.g. {unknown[0]}); they are not measured")
+    todo = [(plan[tid], status) for tid, status in finished.itertuples(index=False)
+            if tid in plan]
+    if not args.redo:
+        todo = [(t, s) for t, s in todo if _missing(run_dir, t, s, names)]
+    return Job(run_dir, spec, names, todo, list(finished["trial_id"]), args.redo)
+
+
+def _missing(run_dir, trial, status, names) -> bool:
+    """Whether ``trial`` lacks a fragment of one of ``names`` it can have (a diverged
+    trial has none of a final-only measurement)."""
+    points = {"init", "final"} if status == "completed" else {"init"}
+    return any(set(m.when) & points and not measure_run.fragment_done(run_dir, trial.trial_id,
+                                                                       m.name)
+               for m in measure_run.requested(names))
+
+
+def sweep_threads(spec) -> int:
+    """The torch threads of the sweep's trials (``trial.run_group``); measuring with the
+    same count keeps CPU reductions, and so the rows, the same as in the worker."""
+    return max(1, int(spec.train.threads or spec.cpus_per_trial or 1))
+
+
+def _task(trial, status, spec, run_dir, names, redo, threads) -> dict:
+    """One trial on a Ray worker."""
+    import torch
+    torch.set_num_threads(threads)
+    return measure_run.measure_kept(trial, status, spec, run_dir, names, redo)
+
+
+def run_tasks(job: Job, spec) -> dict:
+    """One Ray task per trial of ``job.todo`` (connected already); ``{trial_id: outcome}``,
+    one line per finished trial. A task that fails outright (its worker died) is an
+    outcome with ``measure_errors`` too."""
+    import ray
+    task = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial or 0)(_task)
+    run_dir = str(job.run_dir.resolve())
+    threads = sweep_threads(job.spec)
+    pending = {task.remote(t, s, spec, run_dir, job.names, job.redo, threads): t
+               for t, s in job.todo}
+    outcomes = {}
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        trial = pending.pop(ref)
+        try:
+            out = ray.get(ref)
+        except Exception as e:  # noqa: BLE001  the worker died, or the task raised
+            out = {"measure_errors": f"task: {results.brief(e)}"}
+            results.warn(f"measuring trial {trial.trial_id} failed ({results.brief(e)})")
+        outcomes[trial.trial_id] = out
+        print(f"[{len(outcomes)}/{len(job.todo)}] {trial.trial_id}: {_summary(out)}", flush=True)
+    return outcomes
+
+
+def _summary(out: dict) -> str:
+    done = [f"{k.removeprefix('measure_seconds_')} {v:.1f}s" for k, v in out.items()
+            if k.startswith("measure_seconds_")]
+    parts = [", ".join(done) or "nothing measured"]
+    parts += [f"{n} skipped ({why})" for n, why in (out.get("skipped") or {}).items()]
+    if out.get("measure_errors"):
+        parts.append(f"failed: {out['measure_errors']}")
+    return "; ".join(parts)
+
+
+def record(job: Job, argv, outcomes: dict, started: float) -> None:
+    """``measurements/runs.json``: what each run measured, with the code's commit."""
+    path = job.run_dir / "measurements" / "runs.json"
+    try:
+        runs = json.loads(path.read_text()) if path.exists() else []
+        runs = runs if isinstance(runs, list) else []
+    except (OSError, ValueError):
+        runs = []
+    runs.append({"argv": list(argv), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                 "git_commit": results.git_commit(), "measure": list(job.names),
+                 "redo": job.redo, "seconds": round(time.time() - started, 3),
+                 "trials": outcomes})
+    results.write_json(path, runs)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    started = time.time()
+    try:
+        job = prepare(args)
+    except SpecError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    outcomes: dict = {}
+    if job.todo:
+        ms = measure_run.requested(job.names)
+        print(f"measuring {len(job.todo)} trial(s) of {job.run_dir}: " + "; ".join(
+            f"{m.name} ({', '.join(m.when)})" for m in ms), flush=True)
+        from . import runner
+        try:
+            runner.connect(args.address)
+            spec = runner.resolve_resources(dataclasses.replace(
+                job.spec, cpus_per_trial=args.cpus_per_trial,
+                gpus_per_trial=args.gpus_per_trial), len(job.todo))
+            outcomes = run_tasks(job, spec)
+        except SpecError as e:  # --address: nobody there, or a request no node can meet
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"interrupted: the fragments written are kept; run {PROG} {job.run_dir} "
+                  "again to continue", file=sys.stderr)
+            return 130
+        finally:
+            runner.disconnect()
+        rebuilt = [tid for tid, o in outcomes.items() if o.get("init_rebuilt")]
+        if rebuilt:
+            print(f"init.pt not kept for {len(rebuilt)} trial(s): their initial networks "
+                  "were rebuilt from their seeds (the same bits)", flush=True)
+    else:
+        print(f"nothing to measure in {job.run_dir}: every trial has "
+              f"{', '.join(job.names)} (--redo measures again)", flush=True)
+    merged = results.merge_measurements(job.run_dir, job.measured)
+    if job.todo:
+        record(job, argv, outcomes, started)
+    failed = [tid for tid, o in outcomes.items() if o.get("measure_errors")]
+    note = results.build_report(job.run_dir)
+    print(f"done: {len(outcomes)} trial(s) measured, {len(failed)} with failures; "
+          f"{', '.join(f'{n} ({len(df)} rows)' for n, df in merged.items()) or 'no rows'} "
+          f"in {job.run_dir / 'measurements'}; {note}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

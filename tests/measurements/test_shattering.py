@@ -1,0 +1,190 @@
+"""Shattered gradients (ablations/measurements/shattering.py): the autocorrelation on
+known sequences, exact per-input gradients on tiny networks, and the figures and table
+(with the helpers ``signal`` and ``responses`` share) on generated frames."""
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from matplotlib.figure import Figure
+
+from ablations.measurements import MeasureData, get, seed_for
+from ablations.measurements import shattering as sh
+from ablations.plan import TrialConfig
+from models import create_model
+
+
+def _trial(seed=0):
+    return TrialConfig("resnet-8", "resnet", "resnet", 8, True, seed, None)
+
+
+def _data(n=12):
+    torch.manual_seed(3)
+    x = torch.randn(n, 3, 8, 8)
+    return MeasureData(x, torch.randint(10, (n,)), x, torch.randint(10, (n,)))
+
+
+def _settled(model):
+    """``model`` in eval mode with non-trivial BN running statistics."""
+    torch.manual_seed(1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 3, 8, 8) * 2 + 0.5)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- autocorrelation
+
+def test_constant_sequence_is_one_at_every_lag():
+    r = sh.autocorrelation(np.full((100, 7), -2.5))
+    assert r.shape == (65,) and np.allclose(r, 1.0, rtol=0, atol=1e-12)
+    assert sh.autocorrelation(np.ones(5)).shape == (5,)  # lags stop at T-1
+
+
+def test_white_noise_is_near_zero_beyond_lag_zero():
+    r = sh.autocorrelation(np.random.default_rng(0).standard_normal(4096))
+    assert r[0] == 1.0 and np.abs(r[1:]).max() < 0.1
+
+
+def test_hand_computed_values():
+    # g = 1, 2, 3: r(1) = (1*2 + 2*3) / sqrt((1 + 4) * (4 + 9)), r(2) = 3 / sqrt(1 * 9)
+    r = sh.autocorrelation(np.array([1.0, 2.0, 3.0]))
+    assert r == pytest.approx([1.0, 8 / math.sqrt(65), 1.0], abs=1e-15)
+    # vectors: <(1,0),(0,1)> = 0 at lag 1
+    assert sh.autocorrelation(np.eye(2), 1)[1] == 0.0
+
+
+def test_zero_sequence_is_nan():
+    assert np.isnan(sh.autocorrelation(np.zeros((4, 3)))).all()
+
+
+@given(arrays(np.float64, st.tuples(st.integers(2, 40), st.integers(1, 4)),
+              elements=st.floats(-1e6, 1e6, allow_subnormal=False)))
+def test_lag_zero_is_one_and_bounded(g):
+    r = sh.autocorrelation(g)
+    if not np.any(g):
+        assert np.isnan(r).all()
+        return
+    assert r[0] == 1.0
+    ok = r[np.isfinite(r)]  # NaN: a lag whose overlapping terms are all zero
+    assert (np.abs(ok) <= 1.0).all()
+
+
+# --------------------------------------------------------------------------- gradients on networks
+
+def test_linear_model_gradient_autocorrelation_is_one():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).eval()
+    df = sh.measure(model, _data(), _trial())
+    assert list(df.columns) == sh.COLUMNS
+    assert len(df) == sh.SEGMENTS * (sh.MAX_LAG + 1) and (df["points"] == sh.POINTS).all()
+    assert np.allclose(df["autocorr"], 1.0, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("block", ["post", "pre"])
+def test_batched_gradients_equal_single_input_gradients(block):
+    torch.manual_seed(0)
+    model = _settled(create_model("resnet", depth=8, base_width=4, block=block))
+    a, b = torch.randn(3, 8, 8), torch.randn(3, 8, 8)
+    g = sh.line_gradients(model, a, b, 4, points=9)
+    loop = []
+    for t in torch.linspace(0, 1, 9):
+        x = ((1 - t) * a + t * b).unsqueeze(0).requires_grad_(True)
+        loop.append(torch.autograd.grad(model(x)[0, 4], x)[0].flatten())
+    torch.testing.assert_close(g, torch.stack(loop), rtol=1e-5, atol=1e-7)
+    # with batch statistics (train mode) the same backward couples the points: not per input
+    train = copy.deepcopy(model).train()
+    assert not torch.allclose(sh.line_gradients(train, a, b, 4, points=9), g, atol=1e-4)
+
+
+def test_model_unchanged_and_no_parameter_gradients():
+    torch.manual_seed(0)
+    model = _settled(create_model("resnet", depth=8, base_width=4))
+    before = copy.deepcopy(model.state_dict())
+    with torch.no_grad():  # the measurement turns gradients on itself
+        df = sh.measure(model, _data(), _trial())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and not model.training
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+    assert np.isfinite(df["autocorr"]).all() and (df.loc[df["lag"] == 0, "autocorr"] == 1).all()
+
+
+def test_segments_are_seeded_and_the_same_at_init_and_final():
+    seed = seed_for(5, "shattering")
+    pairs = sh.segment_pairs(12, seed)
+    assert pairs == sh.segment_pairs(12, seed) != sh.segment_pairs(12, seed_for(6, "shattering"))
+    assert len(pairs) == sh.SEGMENTS and all(a != b and 0 <= a < 12 and 0 <= b < 12
+                                             for a, b in pairs)
+    assert all(a != b for a, b in sh.segment_pairs(2, seed))
+    with pytest.raises(ValueError, match="at least 2"):
+        sh.segment_pairs(1, seed)
+
+
+def test_registered_and_no_torch_at_import():
+    m = get("shattering")
+    assert (m.when, m.cost, m.default, m.fn) == (("init", "final"), "cheap", True, sh.measure)
+    assert [f.name for f in m.figures] == ["shattering_acf", "shattering_lag1"]
+    code = ("import sys; import ablations.measurements.shattering, "
+            "ablations.measurements.responses, ablations.measurements.signal; "
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- figures, table
+
+values = st.one_of(st.floats(-1, 1), st.just(math.nan), st.just(math.inf))
+
+
+@st.composite
+def shattering_frames(draw, keys):
+    family = draw(st.sampled_from(["resnet", "mlp"]))
+    depths = draw(st.lists(st.sampled_from([8, 14, 20]), min_size=1, max_size=3, unique=True))
+    variants = draw(st.sampled_from([[True], [False], [True, False]]))
+    whens = draw(st.sampled_from([["init"], ["final"], ["init", "final"]]))
+    seeds, lags = draw(st.integers(1, 3)), draw(st.integers(2, 5))
+    rows = [dict(keys(family, depth, residual, seed, when), segment=s, lag=k, points=256,
+                 autocorr=1.0 if k == 0 else draw(values))
+            for depth in depths for residual in variants for seed in range(seeds)
+            for when in whens for s in range(2) for k in range(lags)]
+    return pd.DataFrame(rows)
+
+
+@settings(max_examples=10)
+@given(data=st.data())
+def test_figures_and_table_render_on_generated_frames(keys, data):
+    df = data.draw(shattering_frames(keys))
+    for fig in (sh.shattering_acf(df), sh.shattering_lag1(df)):
+        assert isinstance(fig, Figure)
+        fig.canvas.draw()
+    table = sh.shattering_table(df)
+    assert len(table) == df.groupby(["depth", "residual"]).ngroups
+    assert {"variant", "seeds", "lag-1 at init", "lag-1 trained"} <= set(table.columns)
+
+
+def test_figures_say_when_there_is_nothing_to_draw(keys):
+    empty = pd.DataFrame(columns=[*keys("resnet", 8, True, 0), *sh.COLUMNS])
+    for f in (sh.shattering_acf, sh.shattering_lag1):
+        assert isinstance(f(empty), Figure)
+    assert sh.shattering_table(empty) is None
+
+
+def test_table_numbers(keys):
+    # per trial: the mean over segments at lag 1; then mean ± t half width over seeds
+    rows = [dict(keys("resnet", 8, False, seed, "final"), segment=s, lag=1, points=256,
+                 autocorr=v)
+            for seed, pair in enumerate([(0.2, 0.4), (0.5, 0.5)]) for s, v in enumerate(pair)]
+    t = sh.shattering_table(pd.DataFrame(rows)).iloc[0]
+    half = 12.706204736 * 0.1414213562 / math.sqrt(2)  # t_{0.975, 1} * sd(0.3, 0.5) / sqrt(2)
+    assert t["lag-1 trained"] == f"0.400 ± {half:.3f}" and t["lag-1 at init"] == "—"
+    assert (t["variant"], t["seeds"], t["depth"]) == ("plain", 2, 8)
