@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measure", default=None, metavar="NAMES",
                    help="comma list of measurements (default: the sweep's own --measure set, "
                    "or the default set when it had none)")
+    p.add_argument("--where", action="append", default=[], metavar="FACTOR=V[,V]",
+                   help="measure only these trials (as python -m analysis --where: family, "
+                   "model, depth, any factor, seed), e.g. --where seed=0 --where depth=8,32; "
+                   "the merged files and the report keep every trial measured so far")
     p.add_argument("--redo", action="store_true",
                    help="measure again where a fragment is already there")
     p.add_argument("--address", default=None,
@@ -121,9 +125,11 @@ def prepare(args) -> Job:
             "was the folder copied without weights/?)")
     names = _names(args.measure, spec)
     try:
-        rows = pd.read_parquet(run_dir / "trials.parquet", columns=["trial_id", "status"])
+        rows = pd.read_parquet(run_dir / "trials.parquet")
     except Exception as e:  # pyarrow's errors
         raise SpecError(f"cannot read {run_dir / 'trials.parquet'}: {results.brief(e)}") from None
+    selected = _where(rows, args.where)
+    rows = rows[["trial_id", "status"]]
     if args.data_root:
         spec = dataclasses.replace(spec, train=dataclasses.replace(
             spec.train, data_root=os.path.abspath(args.data_root)))
@@ -138,10 +144,20 @@ def prepare(args) -> Job:
         results.warn(f"{len(unknown)} trial(s) of trials.parquet are not in the sweep's plan "
                      f"as this code expands it (e.g. {unknown[0]}); they are not measured")
     todo = [(plan[tid], status) for tid, status in finished.itertuples(index=False)
-            if tid in plan]
+            if tid in plan and tid in selected]
     if not args.redo:
         todo = [(t, s) for t, s in todo if _missing(run_dir, t, s, names)]
     return Job(run_dir, spec, names, todo, list(finished["trial_id"]), args.redo)
+
+
+def _where(trials, items) -> set:
+    """The trial ids ``--where`` keeps (all without it); SpecError for a bad filter."""
+    from analysis.where import ResultsError, apply_where, parse_where
+    try:
+        kept = apply_where({"trials": trials}, parse_where(items))["trials"]
+    except ResultsError as e:
+        raise SpecError(str(e)) from None
+    return set(kept["trial_id"])
 
 
 def _missing(run_dir, trial, status, names) -> bool:

@@ -238,6 +238,8 @@ VALID = "valid measurements: lesion, shattering, landscape"
     ("none", ["res/w", "--measure", "none"], "nothing to measure; " + VALID),
     ("cpus", ["res/w", "--cpus-per-trial", "0"], "--cpus-per-trial must be > 0 (got 0)"),
     ("flag", ["res/w", "--keep"], "unrecognized arguments: --keep"),
+    ("where key", ["res/w", "--where", "colour=1"], "unknown factor 'colour'; valid: family"),
+    ("where form", ["res/w", "--where", "depth"], "expected FACTOR=VALUE"),
 ])
 def test_measure_cli_bad_input(tmp_path, case, argv, expected):
     fake_sweep(tmp_path)
@@ -281,3 +283,15 @@ def test_sweep_flags_resolve_to_the_spec():
     assert resolve_measure(probe).measure == ()
     old = spec_from_dict({"mode": "train"})  # spec.json of a sweep before measurements
     assert old.measure == () and old.keep_weights == "none"
+
+
+def test_where_selects_the_trials_to_measure():
+    from ablations.measure import _where
+    from ablations.spec import SpecError
+    rows = pd.DataFrame({"trial_id": ["a", "b", "c"], "family": "mlp", "model": "mlp",
+                         "depth": [4, 4, 8], "residual": [True, False, True], "seed": [0, 1, 0]})
+    assert _where(rows, []) == {"a", "b", "c"}
+    assert _where(rows, ["seed=0"]) == {"a", "c"}
+    assert _where(rows, ["seed=0", "depth=8"]) == {"c"}
+    with pytest.raises(SpecError, match="no such trials; present: 0, 1"):
+        _where(rows, ["seed=5"])
