@@ -101,9 +101,9 @@ def load_builtins() -> None:
     """Import the built-in measurement modules (each registers itself) once."""
     global _loaded
     if not _loaded:
-        _loaded = True
-        for mod in BUILTINS:
+        for mod in BUILTINS:  # an import that fails raises, and the next call tries again
             importlib.import_module(f"{__name__}.{mod}")
+        _loaded = True
 
 
 def names() -> list[str]:
