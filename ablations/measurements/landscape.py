@@ -243,6 +243,11 @@ def landscape_2d(df: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
                 drawn = ax.contour(grid.columns, grid.index, z, levels=levels, cmap="viridis",
                                    norm=LogNorm(lo, hi), linewidths=0.8)
                 ax.plot([0], [0], marker="*", color="black", markersize=6, linestyle="none")
+                zlo, zhi = float(z.min()), float(z.max())
+                if not ((levels >= zlo) & (levels <= zhi)).any():  # no line crosses it
+                    ax.text(0.5, 0.25, f"flat within one level:\nloss {zlo:.4g} to {zhi:.4g}",
+                            transform=ax.transAxes, ha="center", va="center", fontsize="small",
+                            color="0.4")
                 ax.set_aspect("equal")
                 ax.set_xticks([-1, 0, 1])
                 ax.set_yticks([-1, 0, 1])
@@ -303,7 +308,7 @@ register(Measurement(
 register(Measurement(
     name="landscape2d", when=("final",), cost="expensive", fn=measure_2d, default=False,
     summary="train loss on a 21x21 grid over two filter-normalized directions (Li et al. 2018)",
-    figures=(FigureSpec("landscape_2d", landscape_2d,
+    figures=(FigureSpec("landscape2d", landscape_2d,
                         "Training loss on a 2-D grid over two filter-normalized random "
                         "directions (Li et al. 2018), the lowest seed of each cell; the same "
                         "log-spaced contour levels across a row; star: the trained network."),),

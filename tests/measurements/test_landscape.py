@@ -114,7 +114,7 @@ def test_registered():
     assert (one.when, one.cost, one.default, one.fn) == (("final",), "expensive", False, ls.measure)
     assert (two.when, two.cost, two.default, two.fn) == (("final",), "expensive", False,
                                                           ls.measure_2d)
-    assert [f.name for f in one.figures + two.figures] == ["landscape_1d", "landscape_2d"]
+    assert [f.name for f in one.figures + two.figures] == ["landscape_1d", "landscape2d"]
 
 
 # --------------------------------------------------------------------------- roughness
