@@ -254,7 +254,7 @@ def log_axis(ax) -> None:
         return
     lo = min(a.dataLim.intervaly[0] for a in group)
     hi = max(a.dataLim.intervaly[1] for a in group)
-    if lo > 0 and hi / lo < 1.5:
+    if lo > 0 and math.log10(hi) - math.log10(lo) < math.log10(1.5):  # not hi / lo: overflows
         for a in group:
             a.set_yscale("linear")
         # Not ticklabel_format(style="plain"): that writes 1e-30 as forty zeros.
@@ -265,7 +265,7 @@ def log_axis(ax) -> None:
     for a in group:
         a.set_yscale("log")
     lo, hi = ax.get_ylim()
-    if lo > 0 and hi / lo < 100:
+    if lo > 0 and math.log10(hi) - math.log10(lo) < 2:
         ax.yaxis.set_major_formatter(_PlainLogFormatter())
         ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
 
