@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear learning-rate warmup from lr/steps to lr over the first N "
                    "epochs, per step (Goyal et al. 2017); 0 keeps the seed article's recipe")
     t.add_argument("--stats-every", type=int, default=50,
-                   help="record per-layer statistics every k training steps")
+                   help="record per-layer statistics every k training steps (0: none)")
     t.add_argument("--threads", type=int, default=None,
                    help="torch threads per trial (default: its CPU share)")
     t.add_argument("--device", choices=DEVICE_CHOICES, default="auto")

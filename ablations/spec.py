@@ -235,8 +235,9 @@ def validate_train(t: TrainSettings) -> None:
     if not 0 <= t.warmup_epochs < t.epochs:
         raise SpecError(f"--warmup-epochs must be in 0..{t.epochs - 1} (less than --epochs "
                         f"{t.epochs}; got {t.warmup_epochs})")
-    if t.stats_every < 1:
-        raise SpecError(f"--stats-every must be >= 1 (got {t.stats_every})")
+    if t.stats_every < 0:
+        raise SpecError(f"--stats-every must be >= 1, or 0 for no statistics (got "
+                        f"{t.stats_every})")
     if t.threads is not None and t.threads < 1:
         raise SpecError(f"--threads must be >= 1 (got {t.threads})")
     ms = t.milestones

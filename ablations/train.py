@@ -228,7 +228,7 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
                 yb = data.train_y[idx]
                 if step < warm_steps:  # the scheduled lr is restored after the epoch
                     opt.param_groups[0]["lr"] = lr * warmup_factor(step, warm_steps)
-                sample = step % t.stats_every == 0 and not tuning
+                sample = t.stats_every and step % t.stats_every == 0 and not tuning
                 with recorder.capture() if sample else contextlib.nullcontext():
                     with autocast(device, precision):
                         out = step_fn(xb)

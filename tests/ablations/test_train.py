@@ -152,3 +152,16 @@ def test_warmup_factor():
     from ablations.optim import warmup_factor
     assert [warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert warmup_factor(0, 0) == 1.0
+
+
+def test_stats_every_0_records_no_statistics(tmp_path):
+    """``--stats-every 0``: no layer statistics (the statistics benchmark's "off")."""
+    spec = dataclasses.replace(small_spec(tmp_path, stats_every=0, epochs=1, milestones=()),
+                               measure=(), keep_weights="none")
+    mlp = [t for t in expand(spec)[0] if t.family == "mlp"][0]
+    assert run_train_trial(mlp, spec, spec.run_dir) == "completed"
+    assert not (results.trial_dir(spec.run_dir, mlp.trial_id) / "layers.parquet").exists()
+    from ablations.spec import SpecError, validate_train
+    validate_train(spec.train)  # 0 is valid
+    with pytest.raises(SpecError, match="--stats-every must be >= 1, or 0 for no statistics"):
+        validate_train(dataclasses.replace(spec.train, stats_every=-1))
