@@ -4,7 +4,7 @@ Workload (identical for every arm): the 12 training trials of
 
     python sweep.py --families mlp --depths 4,6,8 --residual both --seeds 2 \
         --dataset synthetic --subset 2000 --epochs 8 --milestones '' --lr 0.02 \
-        --cpus-per-trial 1 --wandb disabled
+        --cpus-per-trial 1 --wandb disabled --measure none --keep-weights none
 
 (MLPs at depths 4, 6, 8, plain and residual, seeds 0 and 1, ~2-3 s of compute each
 with 1 thread), 2 at a time on a local Ray with 2 CPUs.
@@ -54,7 +54,10 @@ ARMS = ("plain-default", "plain-reuse", "resablate", "resablate-noprewarm")
 def sweep_args(epochs: int, subset: int) -> list[str]:
     return ["--families", "mlp", "--depths", "4,6,8", "--residual", "both", "--seeds", "2",
             "--dataset", "synthetic", "--subset", str(subset), "--epochs", str(epochs),
-            "--milestones", "", "--lr", "0.02", "--cpus-per-trial", "1", "--wandb", "disabled"]
+            "--milestones", "", "--lr", "0.02", "--cpus-per-trial", "1", "--wandb", "disabled",
+            # the workload is the training: no end-of-trial measurements, no kept weights
+            # (the defaults since issue 15), as the plain-Tuner arms do none
+            "--measure", "none", "--keep-weights", "none"]
 
 
 def run_arm(arm: str, out: str, name: str, args: list[str]) -> dict:
