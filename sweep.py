@@ -25,6 +25,7 @@ from analysis.cli import OneLineParser
 from ablations.plan import expand, format_plan, group_by_cell
 from ablations.progress import duration
 from ablations.spec import (DATASET_CHOICES, DEVICE_CHOICES, KEEP_WEIGHTS_CHOICES, MODE_CHOICES,
+                            PRECISION_CHOICES,
                             RESIDUAL_CHOICES, TUNE_SPACE, WANDB_CHOICES, AblationSpec, SpecError,
                             TrainSettings, resolve_measure, spec_from_dict, validate)
 
@@ -180,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None,
                    help="torch threads per trial (default: its CPU share)")
     t.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    t.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="training arithmetic: auto = bf16 autocast where the hardware computes "
+                   "bf16 natively (CPU AVX512-BF16/AMX, CUDA compute capability >= 8), else fp32")
     t.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     m = p.add_argument_group("measurements and kept weights (--mode train)")
     m.add_argument("--measure", type=_measure, default=None, metavar="NAMES",
@@ -209,7 +213,7 @@ def spec_from_args(args) -> AblationSpec:
         milestones=default_milestones(args.epochs) if args.milestones is None
         else tuple(args.milestones), stats_every=args.stats_every, threads=args.threads,
         warmup_epochs=args.warmup_epochs,
-        device=args.device, compile=args.compile)
+        device=args.device, precision=args.precision, compile=args.compile)
     spec = AblationSpec(
         families=tuple(args.families), depths=tuple(args.depths), residual=args.residual,
         models=tuple(args.models), mode=args.mode, seeds=args.seeds, out=args.out,

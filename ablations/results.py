@@ -333,7 +333,12 @@ def git_commit() -> str:
 
 
 def cpu_has_bf16() -> bool:
-    """Native bfloat16 on this CPU (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+    """Native bfloat16 on this CPU (AVX512-BF16 or AMX), read from /proc/cpuinfo; False
+    when ATen is restricted below AVX512 (``ATEN_CPU_CAPABILITY=avx2``: its kernels then
+    emulate bf16)."""
+    cap = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    if cap and not cap.startswith("avx512"):
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -18,6 +18,7 @@ MODE_CHOICES = ("probe", "train")
 WANDB_CHOICES = ("auto", "online", "offline", "disabled")
 DATASET_CHOICES = ("cifar10", "synthetic")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+PRECISION_CHOICES = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware has it natively
 KEEP_WEIGHTS_CHOICES = ("final", "all", "none")  # ablations.weights
 
 
@@ -45,6 +46,7 @@ class TrainSettings:
     stats_every: int = 50
     threads: int | None = None
     device: str = "auto"
+    precision: str = "auto"
     compile: bool = False
     warmup_epochs: int = 0  # linear lr warmup over the first N epochs (Goyal et al. 2017)
 
@@ -218,6 +220,7 @@ def check_measurements(names) -> None:
 def validate_train(t: TrainSettings) -> None:
     _choices([t.dataset], DATASET_CHOICES, "dataset")
     _choices([t.device], DEVICE_CHOICES, "device")
+    _choices([getattr(t, "precision", "auto")], PRECISION_CHOICES, "precision")
     if t.epochs < 1:
         raise SpecError(f"--epochs must be >= 1 (got {t.epochs})")
     if not t.lr > 0:

@@ -42,8 +42,11 @@ def pick_device(name: str) -> str:
     return name
 
 
-def pick_precision(device: str) -> str:
-    """bf16 autocast only where the hardware computes bf16 natively, else fp32."""
+def pick_precision(device: str, asked: str = "auto") -> str:
+    """``asked`` unless "auto": then bf16 autocast only where the hardware computes bf16
+    natively, else fp32."""
+    if asked != "auto":
+        return asked
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if results.cpu_has_bf16() else "fp32"
@@ -162,7 +165,7 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     started_at = time.time()
     t = spec.train
     device = pick_device(t.device)
-    precision = pick_precision(device)
+    precision = pick_precision(device, getattr(t, "precision", "auto"))
     data = load_dataset(t, device)
     cfg = trial.model_cfg.with_input(data.in_features, data.num_classes)
     hp = {"lr": t.lr, "weight_decay": t.weight_decay, **trial.hp}
@@ -274,7 +277,8 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
         epochs.insert(0, k, v)
     row = {**trial.record(), **hp, "params": params,
            "status": status, "diverged_epoch": diverged_epoch, "device": device,
-           "precision": precision,
+           "precision": precision, "compiled": bool(t.compile),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability() if device == "cpu" else None,
            "train_seconds": float(epochs["epoch_seconds"].sum()) if len(epochs) else 0.0,
            "wall_seconds": wall, "threads": torch.get_num_threads(), "attempts": attempts,
            "resumed_from_epoch": resumed_from, **(reporter.where() if reporter else {}),

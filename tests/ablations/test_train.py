@@ -165,3 +165,32 @@ def test_stats_every_0_records_no_statistics(tmp_path):
     validate_train(spec.train)  # 0 is valid
     with pytest.raises(SpecError, match="--stats-every must be >= 1, or 0 for no statistics"):
         validate_train(dataclasses.replace(spec.train, stats_every=-1))
+
+
+def test_precision_asked_is_used_and_recorded(tmp_path):
+    """``--precision fp32`` forces fp32 even where bf16 is native (the fp32 benchmark);
+    the row records the precision, whether the model was compiled and the ATen ISA."""
+    import torch
+    from ablations.train import pick_precision
+    assert pick_precision("cpu", "fp32") == "fp32" and pick_precision("cpu", "bf16") == "bf16"
+    assert pick_precision("cpu") == ("bf16" if results.cpu_has_bf16() else "fp32")
+    for asked in ("fp32", "bf16"):
+        spec = dataclasses.replace(
+            small_spec(tmp_path / asked, precision=asked, epochs=1, milestones=()),
+            measure=(), keep_weights="none")
+        resnet = [t for t in expand(spec)[0] if t.family == "resnet"][0]
+        assert run_train_trial(resnet, spec, spec.run_dir) == "completed"
+        row = results.read_fragment_row(spec.run_dir, resnet.trial_id)
+        assert row["precision"] == asked and row["compiled"] is False
+        assert row["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
+def test_aten_restricted_below_avx512_has_no_native_bf16(monkeypatch):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert results.cpu_has_bf16() is False
+
+
+def test_bad_precision_is_one_line():
+    from ablations.spec import SpecError, validate_train
+    with pytest.raises(SpecError, match=r"fp16.*auto, fp32, bf16|auto, fp32, bf16.*fp16"):
+        validate_train(TrainSettings(precision="fp16"))
