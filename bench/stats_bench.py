@@ -10,7 +10,7 @@ Configurations are alternated (off, 50, 1, off, 50, 1, ...) so that the machine'
 drift hits each alike; the ratio of each configuration's median to the median of
 "off" is printed.
 
-usage: python bench/stats_bench.py [--epochs 3] [--repeats 3] [--threads 2]
+usage: python bench/stats_bench.py [--epochs 3] [--repeats 3] [--threads 2] [--precision fp32]
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ DATA = os.path.join(ROOT, "..", "shared", "data", "cifar10-subset")
 CONFIGS = {"off": 0, "every 50": 50, "every 1": 1}
 
 
-def one_run(stats_every: int, epochs: int, threads: int, out: str) -> float:
+def one_run(stats_every: int, epochs: int, threads: int, out: str, precision: str) -> float:
     import dataclasses
 
     from ablations import results, train
@@ -37,7 +37,8 @@ def one_run(stats_every: int, epochs: int, threads: int, out: str) -> float:
                         wandb="disabled", measure=(), keep_weights="none",
                         train=TrainSettings(data_root=DATA, subset=5085, val_fraction=0.0,
                                             epochs=epochs, milestones=(), threads=threads,
-                                            stats_every=stats_every, device="cpu"))
+                                            stats_every=stats_every, device="cpu",
+                                            precision=precision))
     trial = expand(spec)[0][0]
     import torch
     torch.set_num_threads(threads)
@@ -52,16 +53,20 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="auto: bf16 where the CPU has it natively; fp32: the AVX2-only case")
     a = ap.parse_args()
     times: dict[str, list[float]] = {k: [] for k in CONFIGS}
     with tempfile.TemporaryDirectory() as out:
         for r in range(a.repeats):
             for name, every in CONFIGS.items():
-                s = one_run(every, a.epochs, a.threads, out)
+                s = one_run(every, a.epochs, a.threads, out, a.precision)
                 times[name].append(s)
                 print(f"repeat {r + 1} {name:>8}: {s:.2f} s", flush=True)
     base = statistics.median(times["off"])
-    print(f"SmallResNet-18, {a.epochs} epochs x 5,085 images, {a.threads} threads, "
+    from ablations.train import pick_precision
+    print(f"SmallResNet-18, {pick_precision('cpu', a.precision)}, {a.epochs} epochs x 5,085 "
+          f"images, {a.threads} threads, "
           f"median of {a.repeats}:")
     for name, ts in times.items():
         m = statistics.median(ts)
