@@ -28,9 +28,9 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from ablations.measurements import FigureSpec, Measurement, TableSpec, register, seed_for
-from ablations.measurements.lesion import cell_table, depth_panels
 from analysis import stats
 from analysis.figure_parts import finite, fit_parts, no_data, panels, where
+from analysis.measure_parts import DEPTH_PANEL_KEYS, cell_table, depth_panels
 from analysis.style import DEFAULT_LOOK, Look, log_axis, message_figure, model_label
 from analysis.tables import fmt_ci
 from analysis.variants import joined, keyed
@@ -211,7 +211,7 @@ def landscape_2d(df: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
     rows, key = _rows(df, "2d")
     if rows.empty:
         return message_figure("landscape: no 2-D grids to draw", look)
-    boxes = panels(rows, ["family", "model", "facet", "depth"], key)
+    boxes = panels(rows, DEPTH_PANEL_KEYS, key)
     cols = key.present(rows["variant"])
     with look.context():
         width = look.inches / (len(cols) + 0.5)  # square panels and a colour bar
@@ -219,7 +219,7 @@ def landscape_2d(df: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
             width + 2 * look.title_line_inches + 0.2)), layout="constrained")
         axes = fig.subplots(len(boxes), len(cols), squeeze=False)
         for r, box in enumerate(boxes):
-            sub = where(rows, ["family", "model", "facet", "depth"], box)
+            sub = where(rows, DEPTH_PANEL_KEYS, box)
             v = sub["loss"].to_numpy(dtype=float)
             v = v[np.isfinite(v) & (v > 0)]
             lo, hi = (v.min(), v.max()) if len(v) else (math.nan, math.nan)

@@ -33,12 +33,12 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from ablations.measurements import FigureSpec, Measurement, TableSpec, register, seed_for
-from analysis import levels, stats
-from analysis.figure_parts import finite, fit_title, line_band, median_iqr, no_data, panels, where
-from analysis.style import DEFAULT_LOOK, Look, layer_tick_inches, layer_ticks, message_figure, \
-    model_label
-from analysis.tables import fmt_ci, shown_factors, without_redundant_model
-from analysis.variants import Variants, joined, keyed
+from analysis import stats
+from analysis.figure_parts import finite, fit_title, line_band, median_iqr, no_data
+from analysis.measure_parts import cell_table, depth_panels
+from analysis.style import DEFAULT_LOOK, Look, layer_tick_inches, layer_ticks, message_figure
+from analysis.tables import fmt_ci
+from analysis.variants import Variants, keyed
 
 CHUNK = 128     # test images per forward (the cache holds every unit's input for one chunk):
                 # on CPU a small chunk stays in cache, 2-3x faster than 512 here (bench/)
@@ -128,34 +128,6 @@ def measure(model, data, trial) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- figures
-
-PANEL_KEYS = ["family", "model", "facet", "depth"]
-
-
-def depth_panels(rows: pd.DataFrame, key: Variants, look: Look, handles: list,
-                 extra_row_in: float = 0.0, aspect: float = 0.62):
-    """A grid of panels, one per (family, model, facet, depth) of ``rows`` (keyed by
-    ``analysis.variants.keyed``, which gave ``key``; facets in registry order), titled, the
-    spare ones hidden, ``handles`` as the figure legend. Call inside ``look.context()``.
-    Returns ``(fig, [(ax, rows of the panel)], panel width in inches)``."""
-    boxes = panels(rows, PANEL_KEYS, key)
-    ncols = look.columns(len(boxes))
-    nrows = math.ceil(len(boxes) / ncols)
-    fig = Figure(figsize=(look.inches, 0.3 + look.legend_inches(handles)
-                          + (look.row_height(ncols, aspect) + extra_row_in) * nrows),
-                 layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    width = look.panel_width(ncols)
-    out = []
-    for ax, box in zip(axes.flat, boxes):
-        family, model, facet, depth = box
-        ax.set_title(fit_title(joined(model_label(family, model), facet, f"depth {depth}"), width))
-        out.append((ax, where(rows, PANEL_KEYS, box)))
-    for ax in axes.flat[len(boxes):]:
-        ax.set_visible(False)
-    look.legend(fig, handles)
-    return fig, out, width
-
 
 def _percent_axis(ax, ylabel: str, first: bool) -> None:
     ax.set_ylim(0, 100)
@@ -254,21 +226,6 @@ def lesion_vs_k(df: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
 
 
 # --------------------------------------------------------------------------- table
-
-def cell_table(df: pd.DataFrame, summarize) -> pd.DataFrame:
-    """One row per cell (family, model, depth, variant and each varying factor, in the
-    registry's level order): the cell's keys, ``seeds`` and ``summarize(rows of the cell)
-    -> dict`` of formatted columns. Factors at one level throughout are not shown, nor a
-    model column that only repeats the family (as ``analysis.tables.degradation_table``)."""
-    keys = ["family", "model", "depth", *levels.present(df)]
-    out = [{**dict(zip(keys, cell)), "seeds": g["seed"].nunique(), **summarize(g)}
-           for cell, g in levels.sort_cells(df, keys).groupby(keys, sort=False, dropna=False)]
-    table = pd.DataFrame(out)
-    table.insert(3, "variant", table.pop("residual").map({True: "residual", False: "plain"}))
-    shown = shown_factors(df)
-    table = table.drop(columns=[c for c in levels.present(df) if c not in shown and c in table])
-    return without_redundant_model(table)
-
 
 def _single_summary(g: pd.DataFrame) -> dict:
     single = g[g["kind"] == "single"]

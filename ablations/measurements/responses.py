@@ -39,6 +39,7 @@ from matplotlib.ticker import MaxNLocator
 from ablations.measurements import FigureSpec, Measurement, TableSpec, register
 from analysis.figure_parts import finite, fit_title, line_band, median_iqr, panels, where
 from analysis.figures_layers import PANEL_KEYS
+from analysis.measure_parts import cell_table, per_trial, when_means
 from analysis.style import (DEFAULT_LOOK, Look, depth_linestyles, log_axis, message_figure,
                             model_label)
 from analysis.variants import joined, keyed
@@ -165,11 +166,9 @@ def responses_table(df: pd.DataFrame) -> pd.DataFrame | None:
     mean ± 95% interval over seeds."""
     if df.empty:
         return None
-    # imported here: at module level it would register ``signal`` before this module
-    from ablations.measurements.signal import cell_table, per_trial
     t = per_trial(df, "std", own=COLUMNS)
-    return cell_table(t, [("mean std trained", "final", "std"),
-                          ("mean std at init", "init", "std")])
+    return cell_table(t, when_means([("mean std trained", "final", "std"),
+                                     ("mean std at init", "init", "std")]))
 
 
 def responses_as_layers(df: pd.DataFrame, layers: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -39,6 +39,7 @@ from ablations.measurements import WHEN, FigureSpec, Measurement, TableSpec, reg
 from analysis import stats
 from analysis.figure_parts import finite, fit_title, label_edges, no_data, panels, where
 from analysis.figures_layers import PANEL_KEYS
+from analysis.measure_parts import WHEN_TITLE, cell_table, per_trial, when_grid, when_means
 from analysis.style import DEFAULT_LOOK, Look, message_figure, model_label
 from analysis.variants import joined, keyed
 
@@ -112,15 +113,11 @@ def measure(model, data, trial) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- figures and table
-# _shared: the figure and table helpers live in ``signal`` and are imported where used:
-# importing a measurement module registers it, and at module level this one would
-# register ``signal`` before itself, out of ``BUILTINS`` order (the report's order).
 
 def shattering_acf(df: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
     """Autocorrelation of the input gradient against lag (as Balduzzi et al.'s ACF plots):
     one row of panels per model, facet and variant, init and trained side by side, one
     line per depth; per trial the mean over segments, then the median over seeds."""
-    from ablations.measurements.signal import per_trial, when_grid  # see _shared
     return when_grid(per_trial(df, "autocorr", by=("lag",), own=COLUMNS), "lag", "autocorr",
                      "lag (points)", "gradient autocorrelation", look,
                      zero_line=True, empty="no shattering rows")
@@ -145,7 +142,6 @@ def shattering_lag1(df: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
     interval, each seed a dot. Dotted: Balduzzi et al.'s rates, 2^-depth (plain) and
     depth^-1/2 (residual), through each variant's shallowest mean, drawn within the
     data's y range (a rate that leaves it decays faster than any measured value)."""
-    from ablations.measurements.signal import WHEN_TITLE, per_trial  # see _shared
     t = per_trial(df[df["lag"] == 1], "autocorr", own=COLUMNS) if len(df) else df
     rows, key = keyed(t) if len(t) else (t, None)
     if rows.empty:
@@ -201,7 +197,6 @@ def shattering_table(df: pd.DataFrame) -> pd.DataFrame | None:
     segments; mean ± 95% interval over seeds)."""
     if df.empty:
         return None
-    from ablations.measurements.signal import cell_table, per_trial  # see _shared
     far = int(df["lag"].max())
     one = per_trial(df[df["lag"] == 1], "autocorr", own=COLUMNS)
     last = per_trial(df[df["lag"] == far], "autocorr", own=COLUMNS).rename(
@@ -210,10 +205,10 @@ def shattering_table(df: pd.DataFrame) -> pd.DataFrame | None:
     t = one.merge(last, on=keys, how="outer")
     # lag 1 on a 256-point segment between two images is close to 1 for every network
     # (neighbouring inputs are 1/255 of the segment apart): the decay shows at long lags
-    return cell_table(t, [("lag-1 at init", "init", "autocorr"),
-                          ("lag-1 trained", "final", "autocorr"),
-                          (f"lag-{far} at init", "init", "autocorr_far"),
-                          (f"lag-{far} trained", "final", "autocorr_far")])
+    return cell_table(t, when_means([("lag-1 at init", "init", "autocorr"),
+                                     ("lag-1 trained", "final", "autocorr"),
+                                     (f"lag-{far} at init", "init", "autocorr_far"),
+                                     (f"lag-{far} trained", "final", "autocorr_far")]))
 
 
 register(Measurement(

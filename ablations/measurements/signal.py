@@ -21,33 +21,21 @@ network runs):
   Brock et al.'s "average squared channel mean"; ``act_var``: the per-channel variance
   (population, over images and positions) averaged over channels, their "average
   channel variance". An MLP layer's features are its channels.
-
-Also here, for every measurement of this kind (one line per depth, init and trained):
-``per_trial``, ``cell_table`` and ``when_grid``; ``shattering`` and ``responses`` use them.
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
 
-from ablations.measurements import WHEN, FigureSpec, Measurement, TableSpec, register
-from analysis import levels, stats
-from analysis.figure_parts import (depth_colors, finite, fit_title, label_edges, line_band,
-                                   median_iqr, no_data, panels, where)
-from analysis.figures_layers import PANEL_KEYS
-from analysis.style import DEFAULT_LOOK, Look, log_axis, message_figure, model_label, variant_of
-from analysis.tables import fmt_ci, shown_factors, without_redundant_model
-from analysis.variants import joined, keyed
+from ablations.measurements import FigureSpec, Measurement, TableSpec, register
+from analysis.measure_parts import cell_table, per_trial, when_grid, when_means
+from analysis.style import DEFAULT_LOOK, Look
 
 IMAGES = 500
 COLUMNS = ["unit", "unit_index", "has_skip", "branch_norm", "skip_norm", "ratio",
            "act_mean_sq", "act_channel_mean_sq", "act_var"]
-WHEN_TITLE = {"init": "at init", "final": "trained"}
 
 
 def walk(model, x):
@@ -98,110 +86,6 @@ def measure(model, data, trial) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-# --------------------------------------------------------------------------- shared: shattering, responses
-
-def per_trial(df: pd.DataFrame, value: str, by=(), own=()) -> pd.DataFrame:
-    """Mean of ``value`` per trial, ``when`` and ``by`` (e.g. over segments): one row each,
-    with the trial's key columns (every column but ``value`` and ``own``, the other
-    measurement columns, which are dropped)."""
-    keys = [c for c in df.columns if c not in {value, *own} or c in by]
-    keys = list(dict.fromkeys(["trial_id", "when", *by] + keys))
-    return df.groupby(keys, sort=False, dropna=False)[value].mean().reset_index()
-
-
-def _decimals(m: float) -> int:
-    """Decimals giving ~3 significant digits (0.734, 0.0521, 1234)."""
-    if not np.isfinite(m) or m == 0:
-        return 3
-    return int(np.clip(2 - math.floor(math.log10(abs(m))), 0, 6))
-
-
-def cell_table(trials: pd.DataFrame, columns: list[tuple[str, str, str]]) -> pd.DataFrame | None:
-    """One row per cell (``stats.cell_keys``: family, model, depth, factor columns) of a
-    one-row-per-trial-and-``when`` frame: for each ``(title, when, col)``, the mean ± 95%
-    t half width over seeds of ``col`` at ``when`` (``stats.mean_ci``; "—" with no
-    finite value); ``seeds``: the trials of the cell."""
-    if trials.empty:
-        return None
-    keys = stats.cell_keys(trials)
-    rows = []
-    for key, g in trials.groupby(keys, sort=False, dropna=False):
-        row = dict(zip(keys, key), seeds=g["trial_id"].nunique())
-        for title, when, col in columns:
-            m, lo, hi, _ = stats.mean_ci(g.loc[g["when"] == when, col])
-            row[title] = fmt_ci(m, lo, hi, _decimals(m), small="sci")
-        rows.append(row)
-    cells = levels.sort_cells(pd.DataFrame(rows), keys)
-    shown = shown_factors(trials)
-    out = pd.DataFrame({"family": cells["family"], "model": cells["model"],
-                        "depth": cells["depth"].astype("int64"),
-                        "variant": variant_of(cells["residual"]),
-                        **{n: [levels.level_of(n, v) for v in cells[n]] for n in shown},
-                        "seeds": cells["seeds"],
-                        **{title: cells[title] for title, _, _ in columns}})
-    return without_redundant_model(out)
-
-
-GRID_KEYS = [*PANEL_KEYS, "variant"]
-
-
-def when_grid(df: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str,
-              look: Look = DEFAULT_LOOK, log: bool = False, zero_line: bool = False,
-              empty: str = "no rows") -> Figure:
-    """One row of panels per model, facet and variant (title in the variant's colour), one
-    column per ``when`` present (init, trained); in a panel one line per depth (colour,
-    light to dark), the median over seeds of ``y`` against ``x`` with the interquartile
-    band. Panels of one model and facet share y, so plain and residual compare directly.
-    ``df``: one row per trial, ``when`` and ``x``. ``log``: log y (positive values only;
-    a panel whose values are all 0 says so)."""
-    rows, key = keyed(df) if len(df) else (df, None)
-    if rows.empty:
-        return message_figure(empty, look)
-    shown = finite(rows, y, positive=log)
-    whens = [w for w in WHEN if (rows["when"] == w).any()]
-    boxes = panels(rows, GRID_KEYS, key)
-    colors = depth_colors(rows["depth"])
-    handles = [Line2D([], [], color=c, label=f"depth {d}") for d, c in colors.items()]
-    with look.context():
-        width = look.panel_width(len(whens))
-        fig = Figure(figsize=(look.inches, 0.35 + look.legend_inches(handles)
-                              + look.row_height(len(whens)) * len(boxes)), layout="constrained")
-        axes = fig.subplots(len(boxes), len(whens), squeeze=False)
-        leads: dict = {}
-        empty = []
-        for r, box in enumerate(boxes):
-            lead = leads.setdefault(box[:3], axes[r, 0])
-            for c, when in enumerate(whens):
-                ax = axes[r, c]
-                if ax is not lead:
-                    ax.sharey(lead)
-                sub = where(shown, GRID_KEYS, box)
-                for depth, dsub in sub[sub["when"] == when].groupby("depth"):
-                    agg = median_iqr(dsub, x, y)
-                    line_band(ax, agg, x, colors[depth], marker=key.marker(box[3]),
-                              markersize=2, markevery=max(1, len(agg) // 8))
-                ax.set_title(fit_title(joined(model_label(*box[:2]), box[2], box[3],
-                                              WHEN_TITLE[when]), width), color=key.color(box[3]))
-                ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
-                if not ax.lines:
-                    had = where(rows, GRID_KEYS, box)
-                    had = pd.to_numeric(had.loc[had["when"] == when, y], errors="coerce")
-                    no_data(ax, "not measured" if had.empty else "all values are 0"
-                            if (had == 0).all() else "no finite values", width)
-                    empty.append(ax)
-                elif zero_line:
-                    ax.axhline(0, color="0.6", linewidth=0.6, zorder=0)
-        if log:
-            for lead in leads.values():
-                log_axis(lead)
-        for ax in empty:  # log_axis labels minor ticks too, on every panel sharing y
-            ax.tick_params(which="both", left=False, labelleft=False)
-        label_edges(axes, xlabel, "")
-        fig.supylabel(ylabel, fontsize="medium")  # one label: a row is too short for it
-        look.legend(fig, handles)
-    return fig
-
-
 # --------------------------------------------------------------------------- figures and table
 
 def _with_skip(df: pd.DataFrame) -> pd.DataFrame:
@@ -234,10 +118,10 @@ def signal_table(df: pd.DataFrame) -> pd.DataFrame | None:
     t = per_trial(last, "act_var", own=COLUMNS)
     ratio = per_trial(_with_skip(df), "ratio", own=COLUMNS)[["trial_id", "when", "ratio"]]
     t = t.merge(ratio, on=["trial_id", "when"], how="left")
-    return cell_table(t, [("branch/skip at init", "init", "ratio"),
-                          ("branch/skip trained", "final", "ratio"),
-                          ("last-unit variance at init", "init", "act_var"),
-                          ("last-unit variance trained", "final", "act_var")])
+    return cell_table(t, when_means([("branch/skip at init", "init", "ratio"),
+                                     ("branch/skip trained", "final", "ratio"),
+                                     ("last-unit variance at init", "init", "act_var"),
+                                     ("last-unit variance trained", "final", "act_var")]))
 
 
 register(Measurement(

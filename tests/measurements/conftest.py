@@ -1,6 +1,8 @@
-"""Shared pieces of the measurement tests, for generated frames: the key columns a
+"""Shared pieces of the measurement tests. For generated frames: the key columns a
 measurement's rows get when they are merged (``ablations.results.factor_columns()`` +
-``when``), and the cells of a sweep that crosses facets and hues."""
+``when``), and the cells of a sweep that crosses facets and hues. For tiny networks: a
+model whose batch norms have left their initial statistics, and the ``MeasureData`` of a
+batch. Torch is imported inside the helpers that need it."""
 from __future__ import annotations
 
 import pytest
@@ -26,6 +28,38 @@ def trial_keys(family: str, depth: int, residual: bool, seed: int, when: str = "
 def keys():
     """``trial_keys`` (a session fixture, so hypothesis tests may use it)."""
     return trial_keys
+
+
+def settle(model, x):
+    """``model`` in eval mode with non-trivial BN running statistics (three train-mode
+    forwards of ``x * 2 + 0.5``, seeded): at their defaults (mean 0, variance 1) eval-mode
+    BN is nearly the identity, and a test could pass that reads the wrong statistics."""
+    import torch
+    torch.manual_seed(1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x * 2 + 0.5)
+    return model.eval()
+
+
+def batch_data(x):
+    """``MeasureData`` with the batch ``x`` as both the training and the test split, no
+    labels (for measurements that read only the test images)."""
+    from ablations.measurements import MeasureData
+    return MeasureData(x, None, x, None)
+
+
+@pytest.fixture(scope="session")
+def settled():
+    """``settle`` (a session fixture, so hypothesis tests may use it)."""
+    return settle
+
+
+@pytest.fixture(scope="session")
+def measure_data():
+    """``batch_data`` (a session fixture, so hypothesis tests may use it)."""
+    return batch_data
 
 
 @st.composite

@@ -16,22 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.figure import Figure
 
-from ablations.measurements import MeasureData, get
+from ablations.measurements import get
 from ablations.measurements import responses as rs
 from analysis.figures_layers import layer_response_std
 from analysis.tables import snapshot_rows
 from models import create_model
 from models.mlp import DenseBlock
-
-
-def _settled(model, x):
-    """``model`` in eval mode with non-trivial BN running statistics."""
-    torch.manual_seed(1)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(x * 2 + 0.5)
-    return model.eval()
 
 
 def _by_hand(model, x) -> list[tuple[str, torch.Tensor]]:
@@ -70,11 +60,11 @@ NETS = [dict(name="resnet", depth=8, base_width=4, norm=n, block=b, residual=r)
 
 
 @pytest.mark.parametrize("cfg", NETS, ids=lambda c: "-".join(map(str, c.values())))
-def test_hook_trace_equals_responses_by_hand(cfg):
+def test_hook_trace_equals_responses_by_hand(cfg, settled):
     torch.manual_seed(0)
     cfg = dict(cfg)
     x = torch.randn(6, 3, 8, 8)
-    model = _settled(create_model(cfg.pop("name"), **cfg), x)
+    model = settled(create_model(cfg.pop("name"), **cfg), x)
     traced = rs.trace(model, x, lambda t: t.clone())
     hand = _by_hand(model, x)
     assert [n for n, _ in traced] == [n for n, _ in hand]  # network order, names
@@ -85,11 +75,11 @@ def test_hook_trace_equals_responses_by_hand(cfg):
     assert (traced[0][1] < 0).any()
 
 
-def test_measure_is_the_std_of_each_tap():
+def test_measure_is_the_std_of_each_tap(settled, measure_data):
     torch.manual_seed(0)
     x = torch.randn(7, 3, 8, 8)
-    model = _settled(create_model("resnet", depth=8, base_width=4), x)
-    df = rs.measure(model, MeasureData(x, None, x, None), None)
+    model = settled(create_model("resnet", depth=8, base_width=4), x)
+    df = rs.measure(model, measure_data(x), None)
     assert list(df.columns) == rs.COLUMNS
     assert list(df["layer_index"]) == list(range(len(df)))
     want = [float(t.double().std()) for _, t in _by_hand(model, x)]
@@ -97,12 +87,12 @@ def test_measure_is_the_std_of_each_tap():
     assert list(df["layer"][:3]) == ["stem.1", "layer1.0.bn1", "layer1.0.bn2"]
 
 
-def test_model_unchanged_and_no_hooks_left():
+def test_model_unchanged_and_no_hooks_left(settled, measure_data):
     torch.manual_seed(0)
     x = torch.randn(7, 3, 8, 8)
-    model = _settled(create_model("resnet", depth=8, base_width=4), x)
+    model = settled(create_model("resnet", depth=8, base_width=4), x)
     before = copy.deepcopy(model.state_dict())
-    rs.measure(model, MeasureData(x, None, x, None), None)
+    rs.measure(model, measure_data(x), None)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before) and not model.training
     assert not any(m._forward_hooks for m in model.modules())

@@ -13,23 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.figure import Figure
 
-from ablations.measurements import MeasureData, get
+from ablations.measurements import get
 from ablations.measurements import signal as sg
 from models import create_model
-
-
-def _settled(model, x):
-    """``model`` in eval mode with non-trivial BN running statistics."""
-    torch.manual_seed(1)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(x * 2 + 0.5)
-    return model.eval()
-
-
-def _data(x):
-    return MeasureData(x, None, x, None)
 
 
 NETS = [dict(name="resnet", depth=8, base_width=4, norm=n, block=b, residual=r)
@@ -40,11 +26,11 @@ NETS = [dict(name="resnet", depth=8, base_width=4, norm=n, block=b, residual=r)
 
 
 @pytest.mark.parametrize("cfg", NETS, ids=lambda c: "-".join(map(str, c.values())))
-def test_join_is_the_next_units_input(cfg):
+def test_join_is_the_next_units_input(cfg, settled):
     torch.manual_seed(0)
     cfg = dict(cfg)
     x = torch.randn(6, 3, 8, 8)
-    model = _settled(create_model(cfg.pop("name"), **cfg), x)
+    model = settled(create_model(cfg.pop("name"), **cfg), x)
     inputs = []
     hooks = [u.register_forward_pre_hook(lambda m, a: inputs.append(a[0].clone()))
              for _, u in model.units()]
@@ -62,34 +48,34 @@ def test_join_is_the_next_units_input(cfg):
         assert torch.equal(model.head(walked[-1][5]), logits)
 
 
-def test_zero_branch_scale_ratio_is_exactly_zero_at_init():
+def test_zero_branch_scale_ratio_is_exactly_zero_at_init(settled, measure_data):
     torch.manual_seed(0)
     x = torch.randn(6, 3, 8, 8)
-    model = _settled(create_model("resnet", depth=14, base_width=4, branch_scale="zero"), x)
-    df = sg.measure(model, _data(x), None)
+    model = settled(create_model("resnet", depth=14, base_width=4, branch_scale="zero"), x)
+    df = sg.measure(model, measure_data(x), None)
     assert df["has_skip"].all() and (df["ratio"] == 0).all() and (df["branch_norm"] == 0).all()
     assert (df["skip_norm"] > 0).all()
 
 
-def test_plain_units_have_no_skip():
+def test_plain_units_have_no_skip(settled, measure_data):
     torch.manual_seed(0)
     x = torch.randn(6, 3, 8, 8)
-    df = sg.measure(_settled(create_model("resnet", depth=8, base_width=4, residual=False), x),
-                    _data(x), None)
+    df = sg.measure(settled(create_model("resnet", depth=8, base_width=4, residual=False), x),
+                    measure_data(x), None)
     assert not df["has_skip"].any() and df["skip_norm"].isna().all() and df["ratio"].isna().all()
     mlp = sg.measure(create_model("mlp", depth=4, width=16, in_features=3 * 8 * 8).eval(),
-                     _data(x), None)
+                     measure_data(x), None)
     assert list(mlp["has_skip"]) == [False, True, True]  # the projection has no skip
 
 
 @pytest.mark.parametrize("family", ["resnet", "mlp"])
-def test_statistics_by_hand(family):
+def test_statistics_by_hand(family, settled, measure_data):
     torch.manual_seed(0)
     x = torch.randn(9, 3, 8, 8)
     kw = dict(depth=8, base_width=4) if family == "resnet" else dict(depth=4, width=16,
                                                                      in_features=3 * 8 * 8)
-    model = _settled(create_model(family, **kw), x)
-    df = sg.measure(model, _data(x), None)
+    model = settled(create_model(family, **kw), x)
+    df = sg.measure(model, measure_data(x), None)
     assert list(df.columns) == sg.COLUMNS and list(df["unit_index"]) == list(range(len(df)))
     with torch.no_grad():
         walked = list(sg.walk(model, x))
@@ -107,12 +93,12 @@ def test_statistics_by_hand(family):
             assert getattr(row, col) == (v if col == "unit" else pytest.approx(v, rel=1e-5)), col
 
 
-def test_model_unchanged():
+def test_model_unchanged(settled, measure_data):
     torch.manual_seed(0)
     x = torch.randn(6, 3, 8, 8)
-    model = _settled(create_model("resnet", depth=8, base_width=4), x)
+    model = settled(create_model("resnet", depth=8, base_width=4), x)
     before = copy.deepcopy(model.state_dict())
-    sg.measure(model, _data(x), None)
+    sg.measure(model, measure_data(x), None)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before) and not model.training
     assert all(p.grad is None for p in model.parameters())
