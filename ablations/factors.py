@@ -21,6 +21,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+# Nuisance hyperparameters searched per cell (``--tune``; Optuna TPE): log-uniform ranges,
+# overridden by ``--tune-range``. Here, torch-free, so the report (analysis.tuning) reads
+# the same ranges as the search (ablations.spec) without a copy.
+TUNE_SPACE = {"lr": (1e-3, 1.0), "weight_decay": (1e-6, 1e-2)}
+
 NA = "n/a"  # the column value of a factor that does not apply to a row (plain + branch_scale)
 
 # Okabe-Ito-like colour-blind palette (seaborn "colorblind"), markers for greyscale.

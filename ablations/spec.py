@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import models
 
+from .factors import TUNE_SPACE  # noqa: F401  (re-exported: sweep.py, tests)
+
 RESIDUAL_CHOICES = ("on", "off", "both")
 MODE_CHOICES = ("probe", "train")
 WANDB_CHOICES = ("auto", "online", "offline", "disabled")
@@ -22,8 +24,8 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware ha
 KEEP_WEIGHTS_CHOICES = ("final", "all", "none")  # ablations.weights
 
 
-# Tunable hyperparameters: log-uniform ranges searched per cell (override: --tune-range).
-TUNE_SPACE = {"lr": (1e-3, 1.0), "weight_decay": (1e-6, 1e-2)}
+# Tunable hyperparameters, TUNE_SPACE: log-uniform ranges searched per cell (override:
+# --tune-range); defined in ablations.factors, where the torch-free report reads it too.
 
 
 class SpecError(ValueError):

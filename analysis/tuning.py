@@ -19,10 +19,9 @@ search samples, it lies within ``MARGIN`` (10%) of the range's width from a boun
 beyond the bound counts too).
 
 Ranges are read from ``spec.json`` (``spec.tune``, ``spec.tune_ranges``) over the
-default ranges ``TUNE_SPACE``: a copy of ``ablations.spec.TUNE_SPACE``, which cannot
-be imported here (``ablations.spec`` imports ``models`` and so torch, and the report
-must rebuild without torch); tests/analysis/test_tuning.py checks that the two agree
-and that ``search_ranges`` resolves like ``AblationSpec.search_space``. Without a
+default ranges ``TUNE_SPACE`` (``ablations.factors``: torch-free, the very ranges the
+search uses); tests/analysis/test_tuning.py checks that ``search_ranges`` resolves like
+``AblationSpec.search_space``. Without a
 usable spec.json the ranges are unknown: no bounds are drawn and nothing is flagged
 (a default range guessed for a sweep run with ``--tune-range`` would be wrong).
 
@@ -39,11 +38,11 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from ablations.factors import TUNE_SPACE
 from analysis import levels as _levels
 from analysis.failures import Guard, one_line
 from analysis.where import ResultsError
 
-TUNE_SPACE = {"lr": (1e-3, 1.0), "weight_decay": (1e-6, 1e-2)}  # = ablations.spec.TUNE_SPACE
 MARGIN = 0.1            # "at a bound": within 10% of the range's log width from it
 REL_TOL = 1e-9          # a value at exactly 10% in floating point counts as inside
 REQUIRED = ("cell", "number", "state", "value")

@@ -52,9 +52,9 @@ def real_frame(plain_pick_lr=0.091591) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- ranges and copies
 
-def test_tune_space_is_ablations_spec_copy_and_ranges_resolve_alike():
+def test_tune_space_is_the_searchs_own_and_ranges_resolve_alike():
     from ablations import spec as aspec  # imports torch: the analysis modules must not
-    assert tuning.TUNE_SPACE == aspec.TUNE_SPACE
+    assert tuning.TUNE_SPACE is aspec.TUNE_SPACE  # one definition, no copy
     for tune, over in ((["lr"], []), (["weight_decay", "lr"], [["lr", 1e-4, 0.5]]),
                        ([], [["lr", 1e-4, 0.5]])):
         d = json.loads(json.dumps({"tune": tune, "tune_ranges": over, "samples": 4}))
