@@ -116,3 +116,16 @@ def test_estimate_is_keyed_by_cell_with_factor_levels():
     per_epoch = estimate.estimate_epochs(trials, spec, 100, 50, 3072, 10)
     assert set(per_epoch) == {t.cell for t in trials} and len(per_epoch) == 4
     assert all(s > 0 for s in per_epoch.values())
+
+
+def test_tuning_sample_lines():
+    from ablations.runner import sample_line
+    c = {"cell": "mlp-8-plain", "sample": 2, "hp": {"lr": 0.012345}}
+    assert sample_line(c, {"tune_final": 1, "status": "completed", "val_acc": 0.4123}, 8) == \
+        "tuning mlp-8-plain sample 3/8 (lr=0.0123): val acc 41.2%"
+    assert sample_line(c, {"tune_final": 1, "status": "diverged", "val_acc": 0.0}, 8) == \
+        "tuning mlp-8-plain sample 3/8 (lr=0.0123): diverged"
+    assert sample_line(c, {"epoch": 2, "val_acc": 0.1}, 8) == \
+        "tuning mlp-8-plain sample 3/8 (lr=0.0123): pruned after epoch 2 (val acc 10.0%)"
+    assert sample_line({"cell": "x", "sample": 0}, None, 1) == \
+        "tuning x sample 1/1: ended without a result"

@@ -3,6 +3,7 @@ W&B offline runs, per-cell Optuna tuning, a two-node Ray cluster. All for real: 
 in a subprocess through Ray Tune, on the synthetic dataset."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -182,6 +183,12 @@ def test_tune_lr_per_cell_then_train_every_seed(tmp_path):
     hist = pd.read_parquet(run_dir / "tuning.parquet")
     assert sorted(hist.cell.unique()) == ["mlp-4-plain", "mlp-4-residual"]
     assert hist.groupby("cell").size().tolist() == [4, 4]  # its own search per cell
+    # one progress line per ended sample, as training trials get
+    lines = re.findall(r"^tuning (mlp-4-\w+) sample (\d)/4 \(lr=[0-9.e-]+\): (.+)$",
+                       p.stdout, re.M)
+    assert sorted((c, int(n)) for c, n, _ in lines) == \
+        [(c, n) for c in ("mlp-4-plain", "mlp-4-residual") for n in range(1, 5)], p.stdout
+    assert all(w.startswith(("val acc", "pruned after epoch", "diverged")) for *_, w in lines)
     assert hist.lr.between(1e-3, 1.0).all()
     assert set(hist.state) <= {"COMPLETE", "PRUNED", "FAIL"}
     trials = pd.read_parquet(run_dir / "trials.parquet")
