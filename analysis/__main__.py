@@ -20,7 +20,11 @@ A figure, table or report section that fails does not stop the others
 it happens, the rest is written, and the exit code is 1; the last line on
 stderr counts the failures and names ``report_errors.log``, which holds
 their tracebacks. Exit codes: 0 everything written, 1 written with failures,
-2 bad input.
+2 bad input (``--jobs`` included: ``auto`` or a whole number >= 1).
+
+``--jobs N`` (default ``auto``: one per CPU) draws the figures and makes the
+tables in N forked processes, each figure laid out once for all its formats
+(``analysis.report.build``); ``--jobs 1`` is the serial build as it was.
 """
 from __future__ import annotations
 
@@ -43,6 +47,20 @@ def _formats(text: str) -> tuple[str, ...]:
     return parts
 
 
+def _jobs(text: str) -> int | None:
+    """``auto`` (one process per CPU) -> None, or a whole number >= 1."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}; valid: auto or a whole number >= 1")
+    return jobs
+
+
 def _target(text: str) -> str:
     from analysis.wandb_report import parse_target
     try:
@@ -51,7 +69,7 @@ def _target(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _wandb_spec(prog: str, run_dir, findings) -> list[str]:
+def _wandb_spec(prog: str, run_dir, findings, stream=None) -> list[str]:
     """Write the W&B report's spec; [its path], or [] after one warning line."""
     try:
         from analysis.wandb_report import write_spec
@@ -59,8 +77,66 @@ def _wandb_spec(prog: str, run_dir, findings) -> list[str]:
     except Exception as exc:  # the report is written: this must not cost it
         from analysis.failures import one_line
         print(f"{prog}: warning: W&B report spec not written: {one_line(exc)}",
-              file=sys.stderr, flush=True)
+              file=stream or sys.stderr, flush=True)
         return []
+
+
+def _spec_child(conn, prog: str) -> None:
+    """Import what the W&B report spec needs, wait for the build, write the spec."""
+    try:
+        import wandb_workspaces.reports.v2  # noqa: F401  the ~0.7 s this process is for
+        import analysis.wandb_report  # noqa: F401
+    except Exception:  # noqa: BLE001  write_spec raises it again, and that is reported
+        pass
+    try:
+        job = conn.recv()
+    except EOFError:
+        return
+    if job is not None:
+        from io import StringIO
+        err = StringIO()
+        written = _wandb_spec(prog, *job, stream=err)
+        conn.send((written, err.getvalue()))
+
+
+class _SpecWriter:
+    """The W&B report spec, written by a forked process that imports wandb_workspaces
+    (and wandb: ~0.7 s) while this one builds the report, on the CPU that the imports
+    of this one leave idle. Used with more than one job; with ``--jobs 1`` the spec is
+    written here after the build, as before. If the process is gone, so is nothing:
+    the spec is then written here."""
+
+    def __init__(self, prog: str):
+        import multiprocessing as mp
+        self.prog = prog
+        ctx = mp.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_spec_child, args=(child, prog), daemon=True)
+        self.proc.start()
+        child.close()
+
+    def write(self, run_dir, findings) -> list[str]:
+        try:
+            self.conn.send((run_dir, findings))
+            written, err = self.conn.recv()
+        except (EOFError, OSError):
+            return _wandb_spec(self.prog, run_dir, findings)
+        finally:
+            self.close()
+        if err:
+            print(err, end="", file=sys.stderr, flush=True)
+        return written
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join()
+        self.conn.close()
 
 
 def _with_spec(written: list[str], spec: list[str]) -> list[str]:
@@ -94,13 +170,27 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None,
                         help="write here instead (default: RESULTS_DIR, or its views/ folder "
                              "with --where)")
+    parser.add_argument("--jobs", type=_jobs, default=None, metavar="N|auto",
+                        help="processes that draw the figures and make the tables (default "
+                             "auto: one per CPU); 1: this process alone, item after item, each "
+                             "format of a figure laid out on its own, as before parallel builds")
     parser.add_argument("--wandb-report", type=_target, default=None, metavar="ENTITY/PROJECT",
                         help="publish the sweep's W&B report there: sync its offline runs, "
                              "save the report, print its URL and record it in spec.json (needs "
                              "W&B credentials; without them or a server: one line saying what "
                              "to run later; the exit code is unchanged)")
     args = parser.parse_args(argv)
+    import multiprocessing as mp
+    speccer = (_SpecWriter(parser.prog) if args.jobs != 1 and "fork" in mp.get_all_start_methods()
+               else None)
+    try:
+        return _run(parser, args, speccer)
+    finally:
+        if speccer is not None and speccer.proc.is_alive():
+            speccer.close()
 
+
+def _run(parser, args, speccer) -> int:
     # Headless: no display on a cluster node, and the figures never need one.
     import matplotlib
     matplotlib.use("Agg")
@@ -109,13 +199,14 @@ def main(argv=None) -> int:
 
     try:
         result = build(args.run_dir, args.format, look=Look(args.style, args.width),
-                       where=parse_where(args.where), out_dir=args.out)
+                       where=parse_where(args.where), out_dir=args.out, jobs=args.jobs)
     except ResultsError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out or args.run_dir)
     findings = out / "report.md" if not args.where else None
-    spec = _wandb_spec(parser.prog, args.run_dir, findings)
+    spec = (speccer.write(args.run_dir, findings) if speccer is not None
+            else _wandb_spec(parser.prog, args.run_dir, findings))
     for path in _with_spec(list(result.written), spec):
         print(path, flush=True)
     if args.wandb_report:

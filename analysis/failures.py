@@ -12,6 +12,7 @@ No pandas or matplotlib here: what a failure is does not depend on what failed.
 """
 from __future__ import annotations
 
+import io
 import sys
 import traceback as _tb
 from dataclasses import dataclass, field
@@ -75,12 +76,24 @@ class Guard:
         self.failures: list[ItemFailure] = []
         self._stream = stream  # None: sys.stderr at the time of writing (pytest swaps it)
 
+    @classmethod
+    def quiet(cls) -> "Guard":
+        """A guard that records without a warning line: its failures are ``adopt``-ed
+        by the build's guard, in the build's order."""
+        return cls(stream=io.StringIO())
+
     def record(self, kind: str, name: str, exc: BaseException) -> ItemFailure:
         failure = ItemFailure(name, kind, one_line(exc),
                               "".join(_tb.format_exception(type(exc), exc, exc.__traceback__)))
-        self.failures.append(failure)
-        print(f"warning: {failure.entry}", file=self._stream or sys.stderr, flush=True)
+        self.adopt([failure])
         return failure
+
+    def adopt(self, failures) -> None:
+        """Add failures recorded elsewhere (a quiet ``Guard`` in a worker process), in
+        order, each with its warning line, as if recorded here."""
+        for failure in failures:
+            self.failures.append(failure)
+            print(f"warning: {failure.entry}", file=self._stream or sys.stderr, flush=True)
 
     def run(self, kind: str, name: str, fn, on_failure=None):
         """``fn()``, or None when it raises (then the failure is recorded and
