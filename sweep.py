@@ -423,8 +423,8 @@ def estimate_line(spec, trials, sizes, slots: int, tuning_cells: int = 0) -> tup
         return "", {}
     from ablations import estimate
     from ablations.train import pick_device
-    device = pick_device(spec.train.device)
     try:
+        device = pick_device(spec.train.device)  # raises for cuda without CUDA in the driver
         per_epoch = estimate.estimate_epochs(trials, spec, sizes["train"],
                                              sizes["val"] + sizes["test"], 3 * 32 * 32, 10,
                                              device)

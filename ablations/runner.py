@@ -303,7 +303,19 @@ def resolve_resources(spec, n_units: int):
         max((n.get("CPU", 0.0) for n in nodes), default=0.0),
         max((n.get("GPU", 0.0) for n in nodes), default=0.0),
         n_units, spec.cpus_per_trial, spec.gpus_per_trial)
+    if spec.mode == "train":
+        check_device(spec.train.device, total.get("GPU", 0.0), gpt)
     return dataclasses.replace(spec, cpus_per_trial=cpt, gpus_per_trial=gpt)
+
+
+def check_device(device: str, gpus: float, gpt: float) -> None:
+    """``--device cuda`` needs a GPU for each trial: without one every trial would fail
+    in its worker; said here, before anything is written, in one line."""
+    if device == "cuda" and not gpt:
+        raise SpecError("--device cuda: " + (
+            "the Ray cluster has no GPU; valid: --device auto or cpu" if not gpus else
+            "--gpus-per-trial 0 gives the trials no GPU; valid: --gpus-per-trial > 0, or "
+            "--device auto or cpu"))
 
 
 def plan_resources(cpus: float, gpus: float, node_cpu: float, node_gpu: float, n_units: int,

@@ -234,7 +234,9 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
                 sample = t.stats_every and step % t.stats_every == 0 and not tuning
                 with recorder.capture() if sample else contextlib.nullcontext():
                     with autocast(device, precision):
-                        out = step_fn(xb)
+                        # sampled steps run eagerly: the recorder's hooks would make a
+                        # compiled step recompile (same modules, same weights)
+                        out = (model if sample else step_fn)(xb)
                     loss = F.cross_entropy(out.float(), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

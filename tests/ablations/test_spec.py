@@ -297,3 +297,15 @@ def test_plan_does_not_cross_a_factor_where_it_does_not_apply():
     base = spec_of(["--families", "mlp,resnet", "--depths", "8", "--mode", "probe"])
     assert [t.trial_id for t in expand(base)[0]] == ["mlp-8-plain-s0", "mlp-8-residual-s0",
                                                      "resnet-8-plain-s0", "resnet-8-residual-s0"]
+
+
+def test_device_cuda_without_a_gpu_per_trial_is_one_line():
+    from ablations.runner import check_device
+    check_device("cuda", 1.0, 0.25)
+    check_device("cpu", 0.0, 0.0)
+    check_device("auto", 0.0, 0.0)
+    with pytest.raises(SpecError, match=r"^--device cuda: the Ray cluster has no GPU; valid: "
+                                        r"--device auto or cpu$"):
+        check_device("cuda", 0.0, 0.0)
+    with pytest.raises(SpecError, match=r"--gpus-per-trial 0 gives the trials no GPU"):
+        check_device("cuda", 2.0, 0.0)

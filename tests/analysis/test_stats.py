@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 import pandas as pd
+import hypothesis as hyp
+import hypothesis.strategies as hst
 import pytest
 from scipy import special, stats
 
@@ -379,3 +381,13 @@ def test_pending_trials_are_counted_not_rejected():
     assert s.final_train_loss_n[0] == 1
     with pytest.raises(ValueError, match="unknown trial status"):
         cell_summary(frame([trial(2, True, 0, "running")]))
+
+
+@hyp.settings(max_examples=200, deadline=None)
+@hyp.given(hst.lists(hst.sampled_from([0.0, 0.5, 1.0, 2.0, -3.0, 7.25]) | hst.floats(-5, 5),
+                     max_size=30))
+def test_mid_ranks_equal_scipys_average_ranks(values):
+    """The report's own ranks (no scipy.stats import) are scipy's "average" ranks."""
+    from analysis.stats import mid_ranks
+    np.testing.assert_array_equal(mid_ranks(np.array(values, dtype=float)),
+                                  stats.rankdata(values))
