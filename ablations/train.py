@@ -70,8 +70,9 @@ def keep_freed_memory() -> bool:
     batch 128, ~8-15% of an fp32 step on 2 cores (bench/README.md). Serving every
     block up to 32 MiB from the heap and trimming only above 1 GiB free makes the
     next step reuse the same pages. The process keeps its peak memory, which it
-    needs again every step anyway. Returns whether both settings were accepted."""
-    if not sys.platform.startswith("linux"):
+    needs again every step anyway. Returns whether both settings were accepted.
+    ``RESABLATE_KEEP_HEAP=0`` leaves glibc's defaults (for benchmarks)."""
+    if not sys.platform.startswith("linux") or os.environ.get("RESABLATE_KEEP_HEAP") == "0":
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
