@@ -555,6 +555,9 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock, sizes=
         return 130
     tables = results.merge(run_dir, trials)
     record_timing(run_dir, clock)
+    # Ray is done: leave it before the report forks its figure workers (a fork of a
+    # process with Ray's threads running could inherit a held lock)
+    runner.disconnect()
     report_note = results.build_report(run_dir)
     figures = sorted(str(p) for p in Path(run_dir, "figures").glob("*.png"))
     status = tables["trials"]["status"].value_counts()

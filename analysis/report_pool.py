@@ -21,6 +21,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -70,6 +71,12 @@ def _serve(conn, run) -> None:
                                f"{type(exc).__name__}: {exc}")))
 
 
+# A task that has not answered after this long is lost and its worker killed: a forked
+# child can deadlock on a lock some thread of the parent held at the fork (a report
+# built in a process that ran other threads), and a report must end.
+TASK_TIMEOUT_S = 600.0
+
+
 class _Worker:
     def __init__(self, ctx, run):
         self.conn, child = ctx.Pipe()
@@ -77,11 +84,14 @@ class _Worker:
         self.proc.start()
         child.close()
         self.task: int | None = None
+        self.started = 0.0
+        self.timed_out = False
 
     def give(self, task: int | None) -> None:
         """Send a task (None: stop). A worker that has just died cannot take it; its
         sentinel reports it, and ``task`` as lost, on the next wait."""
         self.task = task
+        self.started = time.monotonic()
         try:
             self.conn.send(task)
         except OSError:
@@ -89,13 +99,16 @@ class _Worker:
 
 
 def run_tasks(order: Iterable[int], run: Callable[[int], object], jobs: int,
-              on_result: Callable[[int, object], None]) -> None:
+              on_result: Callable[[int, object], None],
+              task_timeout: float | None = None) -> None:
     """``on_result(i, run(i))`` for every ``i`` in ``order``, ``run`` in up to ``jobs``
     forked workers; ``on_result(i, Lost(...))`` for a task whose worker died.
 
     ``on_result`` runs in the parent as each result arrives (in completion
-    order). ``KeyboardInterrupt`` stops every worker.
+    order). ``KeyboardInterrupt`` stops every worker. A task running longer than
+    ``task_timeout`` seconds (default ``TASK_TIMEOUT_S``) is lost, its worker killed.
     """
+    limit = TASK_TIMEOUT_S if task_timeout is None else task_timeout
     todo = list(order)[::-1]  # pop() from the end: the first task first
     ctx = mp.get_context("fork")
     workers: list[_Worker] = []
@@ -106,10 +119,15 @@ def run_tasks(order: Iterable[int], run: Callable[[int], object], jobs: int,
             w.give(todo.pop())
         while any(w.task is not None for w in workers):
             busy = [w for w in workers if w.task is not None]
-            ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy])
+            left = min(w.started for w in busy) + limit - time.monotonic()
+            ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy],
+                         timeout=max(0.0, left))
             for w in busy:
                 if w.conn not in ready and w.proc.sentinel not in ready:
-                    continue
+                    if time.monotonic() - w.started < limit:
+                        continue
+                    w.proc.kill()  # hung: its task is lost like a dead worker's
+                    w.timed_out = True
                 task, w.task = w.task, None
                 try:
                     if w.conn not in ready:
@@ -117,7 +135,8 @@ def run_tasks(order: Iterable[int], run: Callable[[int], object], jobs: int,
                     i, result = w.conn.recv()
                 except (EOFError, OSError):  # died before or while answering
                     w.proc.join()
-                    on_result(task, Lost(_died(w.proc.exitcode)))
+                    on_result(task, Lost(f"worker process timed out after {limit:g} s"
+                                         if w.timed_out else _died(w.proc.exitcode)))
                     workers.remove(w)
                     if todo:
                         w = _Worker(ctx, run)

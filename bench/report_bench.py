@@ -59,11 +59,13 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def command(run: Path, out: Path, jobs: str) -> tuple[float, float]:
-    """(wall, CPU) seconds of the whole command."""
+def command(run: Path, out: Path, jobs: str | None, cwd: Path = ROOT) -> tuple[float, float]:
+    """(wall, CPU) seconds of the whole command (``jobs`` None: an old checkout's
+    command, which has no --jobs)."""
     c, t = _cpu(), time.perf_counter()
-    subprocess.run([sys.executable, "-m", "analysis", str(run), "--out", str(out),
-                    "--jobs", jobs], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "analysis", str(run), "--out", str(out)]
+                   + (["--jobs", jobs] if jobs else []), cwd=cwd, check=True,
+                   stdout=subprocess.DEVNULL)
     return time.perf_counter() - t, _cpu() - c
 
 
@@ -103,6 +105,9 @@ def main(argv=None) -> int:
                         help="results folder to report on (default: make the workload's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jobs", default="auto", help="the parallel arm's --jobs (default auto)")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="a checkout of the project before this change (e.g. `git worktree "
+                        "add /tmp/before 3ab771a`): its whole command is a third arm")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
@@ -127,6 +132,12 @@ def main(argv=None) -> int:
                     print(f"  repeat {r + 1} {arm:7s} --jobs {j:4s} {wall:6.2f} s"
                           + (f" (CPU {used:5.2f} s)" if used is not None else "")
                           + f"   [load average before: {load:.2f}]", flush=True)
+            if args.before:
+                load = os.getloadavg()[0]
+                wall, used = command(run, tmp / "before", None, cwd=args.before)
+                times.setdefault("before", []).append(wall)
+                print(f"  repeat {r + 1} command before     {wall:6.2f} s (CPU {used:5.2f} s)"
+                      f"   [load average before: {load:.2f}]", flush=True)
         print()
         for arm in ("command", "build"):
             s, p = (statistics.median(times[(arm, j)]) for j in outs)
@@ -135,6 +146,13 @@ def main(argv=None) -> int:
         s, p = (statistics.median(cpu[j]) for j in outs)
         print(f"command median CPU (user+sys, all processes): --jobs 1 {s:.2f} s, --jobs "
               f"{args.jobs} {p:.2f} s")
+        if args.before:
+            b = statistics.median(times["before"])
+            p = statistics.median(times[("command", args.jobs)])
+            print(f"command median wall: before ({args.before}) {b:.2f} s, now (--jobs "
+                  f"{args.jobs}) {p:.2f} s, ratio {b / p:.2f}x")
+            print("before vs now:", end=" ")
+            compare(tmp / "before", outs[args.jobs])
         compare(outs["1"], outs[args.jobs])
     return 0
 

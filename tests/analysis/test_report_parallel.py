@@ -114,6 +114,23 @@ def test_run_tasks_survives_a_dying_worker_and_an_unpicklable_result():
     assert [got[i] for i in (0, 1, 3, 5, 6)] == [0, 1, 9, 25, 36]
 
 
+def test_run_tasks_kills_a_hung_worker_and_finishes_the_rest():
+    """A forked worker that never answers (e.g. deadlocked on a lock held at the fork)
+    costs its task only: killed after the timeout, replaced for the other tasks."""
+    import time
+
+    def run(i):
+        if i == 1:
+            time.sleep(60)
+        return i * 10
+    got = {}
+    t0 = time.monotonic()
+    report_pool.run_tasks(range(5), run, 2, got.__setitem__, task_timeout=2.0)
+    assert time.monotonic() - t0 < 30
+    assert got[1] == report_pool.Lost("worker process timed out after 2 s")
+    assert {i: v for i, v in got.items() if i != 1} == {0: 0, 2: 20, 3: 30, 4: 40}
+
+
 def test_save_figure_once_writes_what_save_figure_writes(tmp_path):
     from matplotlib.figure import Figure
 
