@@ -193,10 +193,23 @@ def fake_cifar(folder, n=64):
 
 
 def test_runner_refuses_a_folder_without_the_batches(tmp_path):
+    script = tmp_path / "loop.py"  # any script: the data folder is checked before it runs
+    script.write_text("raise SystemExit('must not run')\n")
+    data = tmp_path / "empty"
+    data.mkdir()
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "plain_loop_cuda.py"),
-                        "--device", "cpu", str(tmp_path), "1"], capture_output=True, text=True)
+                        "--device", "cpu", "--script", str(script), str(data), "1"],
+                       capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "lacks data_batch_1" in r.stderr
+
+
+def test_runner_refuses_a_missing_loop_script(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "plain_loop_cuda.py"),
+                        "--device", "cpu", "--script", str(tmp_path / "nope.py"),
+                        str(tmp_path), "1"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "no loop script at" in r.stderr
 
 
 @pytest.mark.skipif(not os.path.isfile(LOOP), reason="../shared/bench/plain_loop.py is absent")
