@@ -478,7 +478,7 @@ def run_tuning(cells: dict, search, spec, run_dir: str, experiment: str) -> None
 
 
 def sample_line(config: dict, result: dict | None, samples: int) -> str:
-    """``tuning mlp-8-plain sample 3/8 (lr=0.0123): val acc 41.2% after 4 epochs``: one
+    """``tuning mlp-8-plain sample 3/8 (lr=0.0123): val acc 41.2%``: one
     line per ended tuning sample (completed, pruned, diverged), from Tune's last result."""
     r = result or {}
     hp = ", ".join(f"{k}={v:.3g}" for k, v in (config.get("hp") or {}).items())

@@ -222,7 +222,7 @@ def check_measurements(names) -> None:
 def validate_train(t: TrainSettings) -> None:
     _choices([t.dataset], DATASET_CHOICES, "dataset")
     _choices([t.device], DEVICE_CHOICES, "device")
-    _choices([getattr(t, "precision", "auto")], PRECISION_CHOICES, "precision")
+    _choices([t.precision], PRECISION_CHOICES, "precision")
     if t.epochs < 1:
         raise SpecError(f"--epochs must be >= 1 (got {t.epochs})")
     if not t.lr > 0:

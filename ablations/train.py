@@ -196,7 +196,7 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     started_at = time.time()
     t = spec.train
     device = pick_device(t.device)
-    precision = pick_precision(device, getattr(t, "precision", "auto"))
+    precision = pick_precision(device, t.precision)
     kept_heap = keep_freed_memory() if device == "cpu" else False
     data = load_dataset(t, device)
     cfg = trial.model_cfg.with_input(data.in_features, data.num_classes)
