@@ -5,9 +5,10 @@ evaluation every epoch, per-layer statistics every k steps, divergence detection
 Fast by construction: data lives on the device as tensors (no DataLoader, no
 per-image Python), augmentation is batched, bfloat16 autocast where the hardware
 has native bf16 (CPU: AVX512-BF16/AMX; CUDA: compute capability >= 8),
-channels_last for conv nets, inference mode for evaluation, and running loss
-and accuracy are summed on the device: the host syncs once per epoch (plus
-once per statistics sample), never per step.
+channels_last for conv nets, batch norm (+ the residual addition) + ReLU as one
+fused kernel when training in fp32 on a CPU (``models.fused``), inference mode for
+evaluation, and running loss and accuracy are summed on the device: the host syncs
+once per epoch (plus once per statistics sample), never per step.
 
 ``reporter`` (optional) receives per-epoch metrics and checkpoints: the Ray
 runner passes one; tests can pass None. No Ray import here.
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 
 import models
 from analysis.hooks import LayerStatsRecorder
+from models import fused
 
 from . import measure_run, results, weights
 from .data import load_dataset, pad_images, random_crop_flip
@@ -80,6 +82,28 @@ def keep_freed_memory() -> bool:
             bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
     except (OSError, AttributeError):  # not glibc (musl, ...): its allocator as it is
         return False
+
+
+def use_fused(model, device: str, precision: str, compiled: bool) -> bool:
+    """Whether this trial trains its batch norms + ReLUs with the fused kernel
+    (``models.fused``): fp32 on a CPU, eager, and a network with BatchNorm2d. Builds
+    the kernel on a machine's first use (~10 s); where it cannot be built, one
+    warning per process and PyTorch's ops (``RESABLATE_FUSED=0``: off, silently)."""
+    if device != "cpu" or precision != "fp32" or compiled or not any(
+            type(m) is torch.nn.BatchNorm2d for m in model.modules()):
+        return False
+    if fused.kernel() is not None:
+        return True
+    why = fused.unavailable()
+    if why != "RESABLATE_FUSED=0" and not _warned_fused:
+        _warned_fused.append(why)
+        print(f"warning: the fused batch-norm+ReLU kernel is unavailable ({why}); "
+              "training runs PyTorch's separate operations (same results, ~5% slower)",
+              file=sys.stderr, flush=True)
+    return False
+
+
+_warned_fused: list[str] = []
 
 
 def autocast(device: str, precision: str):
@@ -236,6 +260,7 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
             model, opt, sched, gen = fresh()  # a half-loaded state must not leak in
             history, layer_frames, start_epoch, resumed_from = [], [], 1, None
     step_fn = torch.compile(model) if t.compile else model
+    fuse = use_fused(model, device, precision, bool(t.compile))
     recorder = LayerStatsRecorder(model)
     tracker = tracking.TrialTracker(
         spec.wandb, run_dir, spec.name, trial.trial_id, tracker_config(trial, spec, hp, params),
@@ -257,28 +282,29 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             perm = torch.randperm(n, generator=gen, device=gen.device).to(device)
-            for k in range(0, n, t.batch_size):
-                idx = perm[k:k + t.batch_size]
-                xb = random_crop_flip(padded[idx], gen).contiguous(memory_format=fmt)
-                yb = data.train_y[idx]
-                if step < warm_steps:  # the scheduled lr is restored after the epoch
-                    opt.param_groups[0]["lr"] = lr * warmup_factor(step, warm_steps)
-                sample = t.stats_every and step % t.stats_every == 0 and not tuning
-                with recorder.capture() if sample else contextlib.nullcontext():
-                    with autocast(device, precision):
-                        # sampled steps run eagerly: the recorder's hooks would make a
-                        # compiled step recompile (same modules, same weights)
-                        out = (model if sample else step_fn)(xb)
-                    loss = F.cross_entropy(out.float(), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if sample:
-                    layer_frames.append(
-                        layer_frame(trial, recorder.snapshot(), "train", step, epoch))
-                opt.step()
-                loss_sum += loss.detach() * len(yb)
-                correct += (out.argmax(1) == yb).sum()
-                step += 1
+            with fused.enabled(fuse):  # models.fused: train steps only
+                for k in range(0, n, t.batch_size):
+                    idx = perm[k:k + t.batch_size]
+                    xb = random_crop_flip(padded[idx], gen).contiguous(memory_format=fmt)
+                    yb = data.train_y[idx]
+                    if step < warm_steps:  # the scheduled lr is restored after the epoch
+                        opt.param_groups[0]["lr"] = lr * warmup_factor(step, warm_steps)
+                    sample = t.stats_every and step % t.stats_every == 0 and not tuning
+                    with recorder.capture() if sample else contextlib.nullcontext():
+                        with autocast(device, precision):
+                            # sampled steps run eagerly: the recorder's hooks would make a
+                            # compiled step recompile (same modules, same weights)
+                            out = (model if sample else step_fn)(xb)
+                        loss = F.cross_entropy(out.float(), yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if sample:
+                        layer_frames.append(
+                            layer_frame(trial, recorder.snapshot(), "train", step, epoch))
+                    opt.step()
+                    loss_sum += loss.detach() * len(yb)
+                    correct += (out.argmax(1) == yb).sum()
+                    step += 1
             opt.param_groups[0]["lr"] = lr  # the schedule's own lr (warmup only scaled it)
             sched.step()
             train_loss = loss_sum.item() / n  # the one host sync of the epoch
@@ -312,6 +338,7 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     row = {**trial.record(), **hp, "params": params,
            "status": status, "diverged_epoch": diverged_epoch, "device": device,
            "precision": precision, "compiled": bool(t.compile), "heap_kept": kept_heap,
+           "fused_norm_relu": fuse,
            "cpu_capability": torch.backends.cpu.get_cpu_capability() if device == "cpu" else None,
            "train_seconds": float(epochs["epoch_seconds"].sum()) if len(epochs) else 0.0,
            "wall_seconds": wall, "threads": torch.get_num_threads(), "attempts": attempts,

@@ -51,6 +51,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fused import NormReLUSequential, norm_relu
 from .layers import (BLOCK_LEVELS, BRANCH_SCALE_LEVELS, SHORTCUT_LEVELS, check_level,
                      check_levels, conv_norm, level_suffix, make_branch_scale,
                      make_shortcut, norm_levels)
@@ -102,13 +103,13 @@ class BasicBlock(nn.Module):
         self.branch_scale = branch_scale if residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.shortcut is not None:
-            if self.branch_scale is not None:
-                out = self.branch_scale(out)
-            out = out + self.shortcut(x)
-        return F.relu(out)
+        # norm_relu(n, v, s) is F.relu(n(v) + s), one fused kernel while training on a CPU
+        out = self.conv2(norm_relu(self.bn1, self.conv1(x)))
+        if self.shortcut is None:
+            return norm_relu(self.bn2, out)
+        if self.branch_scale is not None:
+            return F.relu(self.branch_scale(self.bn2(out)) + self.shortcut(x))
+        return norm_relu(self.bn2, out, self.shortcut(x))
 
     # The block as branch and skip (measurements: signal propagation, lesion study).
     # ``join(*split(x))`` is ``forward(x)``, the same operations in the same order.
@@ -168,8 +169,8 @@ class PreActBlock(nn.Module):
         self.branch_scale = branch_scale if residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = F.relu(self.bn1(x))
-        out = self.conv2(F.relu(self.bn2(self.conv1(a))))
+        a = norm_relu(self.bn1, x)  # F.relu(self.bn1(x)), fused where it applies
+        out = self.conv2(norm_relu(self.bn2, self.conv1(a)))
         if self.shortcut is None:
             return out
         if self.branch_scale is not None:
@@ -213,9 +214,9 @@ class ResNet(nn.Module):
         check_level("shortcut", shortcut, SHORTCUT_LEVELS)  # checked even where ignored
         make_norm, bias = conv_norm(norm)
         self.residual = residual
-        stem_act = [] if block_cls.preact else [make_norm(base_width), nn.ReLU(inplace=True)]
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, base_width, 3, 1, 1, bias=bias),
-                                  *stem_act)
+        stem = nn.Conv2d(in_channels, base_width, 3, 1, 1, bias=bias)
+        self.stem = nn.Sequential(stem) if block_cls.preact else \
+            NormReLUSequential(stem, make_norm(base_width), nn.ReLU(inplace=True))
         self.stage_names = []
         ch = base_width
         for i, n in enumerate(layout):
@@ -231,7 +232,7 @@ class ResNet(nn.Module):
             self.stage_names.append(name)
             ch = out_ch
         # pre-activation: the last blocks' sum is normalized and rectified before the pool
-        self.final = nn.Sequential(make_norm(ch), nn.ReLU()) if block_cls.preact else None
+        self.final = NormReLUSequential(make_norm(ch), nn.ReLU()) if block_cls.preact else None
         self.fc = nn.Linear(ch, num_classes)
         for m in self.modules():  # He et al. 2015 (arXiv 1502.01852) init, as torchvision
             if isinstance(m, nn.Conv2d):
