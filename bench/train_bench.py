@@ -108,6 +108,7 @@ def run_ours(epochs, threads, isa, precision, compile_, out_dir):
     return {"images_per_s": row.epochs_run * N_TRAIN / row.wall_seconds,
             "test_acc": row.final_test_acc, "wall_s": row.wall_seconds,
             "precision": row.precision, "cpu_capability": row.get("cpu_capability"),
+            "fused_norm_relu": row.get("fused_norm_relu"),
             "run": os.path.join(out_dir, name)}
 
 

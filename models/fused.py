@@ -94,7 +94,8 @@ def kernel():
         return torch.ops.resablate_fused
     except subprocess.CalledProcessError as e:
         lines = (e.stderr or "").strip().splitlines()
-        first = next((ln for ln in lines if "error" in ln), lines[-1] if lines else str(e))
+        first = next((ln for ln in lines if "error" in ln), lines[-1] if lines else
+                     f"exit status {e.returncode}")
         _state["why"] = f"its build failed ({e.cmd[0]}: {first.strip()})"
     except subprocess.TimeoutExpired:
         _state["why"] = f"its build took over {BUILD_TIMEOUT_S} s"

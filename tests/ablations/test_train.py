@@ -169,9 +169,11 @@ def test_stats_every_0_records_no_statistics(tmp_path):
 
 def test_precision_asked_is_used_and_recorded(tmp_path):
     """``--precision fp32`` forces fp32 even where bf16 is native (the fp32 benchmark);
-    the row records the precision, whether the model was compiled and the ATen ISA."""
+    the row records the precision, whether the model was compiled, the ATen ISA and
+    whether its norm-ReLUs ran the fused kernel (fp32 with batch norm on a CPU only)."""
     import torch
     from ablations.train import pick_precision
+    from models import fused
     assert pick_precision("cpu", "fp32") == "fp32" and pick_precision("cpu", "bf16") == "bf16"
     assert pick_precision("cpu") == ("bf16" if results.cpu_has_bf16() else "fp32")
     for asked in ("fp32", "bf16"):
@@ -183,6 +185,10 @@ def test_precision_asked_is_used_and_recorded(tmp_path):
         row = results.read_fragment_row(spec.run_dir, resnet.trial_id)
         assert row["precision"] == asked and row["compiled"] is False
         assert row["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert row["fused_norm_relu"] is (asked == "fp32" and fused.kernel() is not None)
+        mlp = [t for t in expand(spec)[0] if t.family == "mlp"][0]
+        assert run_train_trial(mlp, spec, spec.run_dir) == "completed"
+        assert results.read_fragment_row(spec.run_dir, mlp.trial_id)["fused_norm_relu"] is False
 
 
 def test_aten_restricted_below_avx512_has_no_native_bf16(monkeypatch):
