@@ -8,6 +8,9 @@ threads. Variants:
   cl-compile    channels_last, torch.compile (inductor: fused pointwise ops; the
                 convolutions stay oneDNN's)
   nchw-compile  contiguous, torch.compile
+  cl-fused      channels_last, eager, batch norm (+ addition) + ReLU as one kernel
+                (models.fused; its one-time build is in the build column when the
+                kernel folder is empty, e.g. RESABLATE_KERNEL_DIR=$(mktemp -d))
 Each variant is built and warmed up first (compile time is reported), then the
 variants take turns for --rounds rounds of --steps steps; the median step of each is
 compared with nchw's. A compiled variant pays for itself in a trial of S steps when
@@ -18,7 +21,8 @@ tensors stay in the heap instead of being re-faulted every step); the page fault
 the whole run are printed. Compilation uses a fresh inductor cache unless --warm-cache.
 
 usage: python bench/fp32_variants.py [--threads 2] [--rounds 5] [--steps 10]
-           [--variants nchw,cl,cl-compile,nchw-compile] [--keep-heap] [--warm-cache]
+           [--variants nchw,cl,cl-compile,nchw-compile,cl-fused] [--keep-heap]
+           [--warm-cache]
 """
 from __future__ import annotations
 
@@ -36,6 +40,10 @@ import models  # noqa: E402
 
 
 def make(variant: str):
+    if variant.endswith("fused"):
+        from models import fused
+        if fused.kernel() is None:
+            sys.exit(f"cl-fused: the kernel is unavailable ({fused.unavailable()})")
     torch.manual_seed(0)
     fmt = torch.channels_last if variant.startswith("cl") else torch.contiguous_format
     net = models.get_config("small_resnet18").build().to(memory_format=fmt)
@@ -45,11 +53,17 @@ def make(variant: str):
     y = torch.randint(0, 10, (128,))
 
     def step():
-        loss = F.cross_entropy(fn(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with fused_if(variant.endswith("fused")):
+            loss = F.cross_entropy(fn(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     return step
+
+
+def fused_if(on: bool):
+    from models import fused
+    return fused.enabled(on)
 
 
 def main() -> None:
