@@ -457,7 +457,18 @@ class TrialTracker:
         if self._run is None:
             return
         values = {k: _plain(v) for k, v in summary.items()}
-        self._do(lambda run: run.summary.update(values))
+        if failed:
+            # A trial ending by an exception, often because Ray is ending its actor (a
+            # pruned tuning sample at the end of its Tuner) and kills wandb-core (the
+            # actor's child process) meanwhile: a lost connection here is expected, and
+            # no replacement run is started for a run that is over. What was logged is
+            # on disk; the trial's own end is what the user needs to hear.
+            try:
+                self._run.summary.update(values)
+            except Exception:
+                pass
+        else:
+            self._do(lambda run: run.summary.update(values))
         run, self._run, self._ops = self._run, None, []
         if run is None:  # the summary's failure left no run
             return

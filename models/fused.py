@@ -10,7 +10,7 @@ same up to float rounding (tests/models/test_fused.py); so are the running
 statistics and ``num_batches_tracked``.
 
 The kernel is compiled on first use with the system's C++ compiler (``$CXX`` or
-``c++``; ~10 s once) for the CPU capability PyTorch runs with (AVX2 gets
+``c++``; ~8 s once here) for the CPU capability PyTorch runs with (AVX2 gets
 ``-march=x86-64-v3``, AVX512 ``x86-64-v4``, anything else no ISA flags), and kept in
 ``$RESABLATE_KERNEL_DIR`` (default ``~/.cache/resablate/kernels``) under a name
 that changes with the source, the flags and the torch version. Each build goes to a

@@ -456,6 +456,31 @@ def test_a_run_that_dies_mid_way_continues_offline_with_everything(env, tmp_path
     assert run["summary"]["layers_rows"] == 4
 
 
+def test_a_failed_trials_run_losing_wandb_core_at_its_end_is_quiet(env, tmp_path,
+                                                                  monkeypatch, capsys):
+    """A pruned tuning sample whose actor Ray ends: wandb-core (the actor's child) is
+    killed while the stopped trial finishes its run as failed. The lost connection
+    prints nothing and starts no replacement run (the CI flake of
+    test_tune_lr_per_cell_then_train_every_seed); a trial that completes still warns."""
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setattr(tracking, "server_problem", lambda *a, **k: None)
+    started = []
+
+    def start(mode, *a, **k):
+        started.append(mode)
+        return DyingRun(lives=1)
+
+    monkeypatch.setattr(tracking, "_start_run", start)
+    t = tracking.TrialTracker("online", str(tmp_path), "g", "pruned", {"depth": 4})
+    t.log_epoch(epoch_rows(0)[0])  # its one good call
+    t.finish({"status": "error"}, failed=True)  # the summary and the finish both fail
+    assert capsys.readouterr().err == "" and started == ["online"]
+    t = tracking.TrialTracker("online", str(tmp_path), "g", "done", {"depth": 4})
+    t.log_epoch(epoch_rows(0)[0])
+    t.finish({"status": "completed"})
+    assert "done: its online run failed (ConnectionResetError" in capsys.readouterr().err
+
+
 def test_a_tracker_that_fails_twice_stops_tracking_and_never_raises(env, tmp_path,
                                                                    monkeypatch, capsys):
     t = tracking.TrialTracker("offline", str(tmp_path), "g", "t", {})
