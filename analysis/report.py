@@ -48,7 +48,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import io
 import json
 import shlex
 from collections.abc import Callable
@@ -56,7 +55,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib as mpl
 import numpy as np
 import pandas as pd
 
@@ -65,7 +63,7 @@ from analysis import figures, findings, levels, stats, tuning
 from analysis import report_measurements as measured
 from analysis.failures import (ERRORS_LOG, BuildResult, Guard, ItemFailure, one_line,
                                write_error_log)
-from analysis.style import DEFAULT_LOOK, PAPER_RC, Look, save_figure, save_figure_once
+from analysis.style import DEFAULT_LOOK, Look, save_figure_once
 from analysis.tables import (GRAD_TABLE_FORMAT, _cell, _numeric, _specs, contrast_table,
                              degradation_index_table, degradation_table, escape_latex,
                              grad_table, shown_factors, snapshot_rows, to_markdown,
@@ -199,24 +197,6 @@ class _Entry:
     make: Callable[[_Ctx], object]  # a Figure, or a table's DataFrame (None or empty: skip)
     caption: object                 # a string, or a function of the context
     floatfmt: object = "auto"
-
-
-def _save_figure(fig, base: Path, formats, once: bool = False) -> tuple[list[str], bytes]:
-    """Save ``fig`` in ``formats``; return the paths and PNG bytes for the HTML report
-    (rendered in memory when PNG is not among the formats). ``once``: one layout for
-    every format (``style.save_figure_once``), as the parallel build saves."""
-    if once:
-        return save_figure_once(fig, base, formats)
-    png = None
-    if "png" not in formats:
-        buf = io.BytesIO()
-        with mpl.rc_context(PAPER_RC):
-            fig.savefig(buf, format="png", dpi=150)
-        png = buf.getvalue()
-    paths = save_figure(fig, base, formats)
-    if png is None:
-        png = Path(base.with_name(base.name + ".png")).read_bytes()
-    return paths, png
 
 
 def _rows(df: pd.DataFrame | None) -> bool:
@@ -395,7 +375,7 @@ def _outputs(c: _Ctx, kind: str, e: _Entry) -> tuple[Path, list[Path]]:
                   else [base.with_name(base.name + ".md"), base.with_name(base.name + ".tex")])
 
 
-def _run_entry(c: _Ctx, guard: Guard, kind: str, e: _Entry, once: bool = False) -> Item | None:
+def _run_entry(c: _Ctx, guard: Guard, kind: str, e: _Entry) -> Item | None:
     base, outputs = _outputs(c, kind, e)
     state = {}
 
@@ -405,7 +385,9 @@ def _run_entry(c: _Ctx, guard: Guard, kind: str, e: _Entry, once: bool = False) 
         state["caption"] = caption = e.caption(c) if callable(e.caption) else e.caption
         made = e.make(c)
         if kind == "figure":
-            paths, png = _save_figure(made, base, c.formats, once)
+            # laid out once for every format; the PNG (rendered in memory when not
+            # among the formats) goes into the HTML report
+            paths, png = save_figure_once(made, base, c.formats)
             return Item(kind, e.name, caption, paths, png=png)
         if made is None or not len(made):
             return None
@@ -800,13 +782,12 @@ def build(run_dir, formats=("pdf", "png"), look: Look = DEFAULT_LOOK, where=None
     Without ``where`` they go to ``out_dir`` or ``run_dir``.
 
     ``jobs``: processes that draw the figures and make the tables (None: one per
-    CPU). 1 builds in this process alone, item after item, each format of a
-    figure laid out by its own renderer, as before parallel builds existed.
-    More (``analysis.report_parallel``) lay each figure out once for all its
-    formats (``style.save_figure_once``) and make the items in forked workers:
-    the same files, the same report.md and the same failures in the same order;
-    a worker that dies costs only the item it was making. About 2x faster on 2
-    CPUs (bench/report_bench.py).
+    CPU). 1 builds in this process alone, item after item; more
+    (``analysis.report_parallel``) make the items in forked workers: the same
+    files (each figure laid out once for all its formats,
+    ``style.save_figure_once``), the same report.md and the same failures in the
+    same order; a worker that dies costs only the item it was making. About 2x
+    faster on 2 CPUs (bench/report_bench.py).
 
     Raises ``ResultsError`` (bad input, before anything is written) for a
     missing folder, no results, an unreadable ``trials.parquet`` (or no

@@ -55,7 +55,7 @@ def items(c, guard: Guard, jobs: int) -> list:
 
     def run(i):  # in a worker
         kind, e, _ = plan[i]
-        return report._run_entry(c, Guard.quiet(), kind, e, once=True)
+        return report._run_entry(c, Guard.quiet(), kind, e)
 
     # The order in which failures are adopted: each item's, with the unreadable
     # measurement files between the main items and the measurement items.

@@ -47,6 +47,9 @@ def test_parallel_build_writes_the_serial_builds_files_and_report(tmp_path, caps
         for x in ("md", "tex"):
             assert (run1 / "tables" / f"{t}.{x}").read_bytes() == \
                 (run2 / "tables" / f"{t}.{x}").read_bytes()
+    for f in FIGURES:  # so are the figures, each laid out once for its formats
+        assert (run1 / "figures" / f"{f}.png").read_bytes() == \
+            (run2 / "figures" / f"{f}.png").read_bytes()
     # The HTML embeds every figure, as a PNG, in either build.
     for run in (run1, run2):
         page = (run / "report.html").read_text()
