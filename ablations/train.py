@@ -98,7 +98,7 @@ def use_fused(model, device: str, precision: str, compiled: bool) -> bool:
     if why != "RESABLATE_FUSED=0" and not _warned_fused:
         _warned_fused.append(why)
         print(f"warning: the fused batch-norm+ReLU kernel is unavailable ({why}); "
-              "training runs PyTorch's separate operations (same results, ~5% slower)",
+              "training runs PyTorch's separate operations (the same arithmetic, ~6% slower)",
               file=sys.stderr, flush=True)
     return False
 

@@ -3,7 +3,7 @@
 Where it applies (inside ``enabled()``, a BatchNorm2d in training mode with running
 statistics, float32 channels_last CPU input, no hooks on the norm), ``norm_relu``
 runs batch norm, the residual addition and the ReLU as one kernel forward and one
-backward: 1.4-2.4x faster on those operations and ~5% on a SmallResNet-18 training
+backward: 1.5-2.0x faster on those operations and ~6% on a SmallResNet-18 training
 step with AVX2 kernels (bench/README.md). Anywhere else, and wherever the kernel
 cannot be built, it is PyTorch's ``F.relu(norm(x) + skip)``. The values are the
 same up to float rounding (tests/models/test_fused.py); so are the running
