@@ -3,7 +3,10 @@ each model on this machine (a second or so each), scale to the planned epochs.
 
 A training epoch is ``ceil(train / batch)`` steps plus evaluation of the validation and
 test images (a forward pass, taken as a third of a training step per image). The
-steps are timed with the threads a trial gets, on random data, in the driver: on a
+steps are timed with the threads a trial gets and the arithmetic it will use (the
+precision ``--precision`` resolves to, and the fused norm-ReLU kernel where the trainer
+uses it; not ``--compile``, whose compilation alone would take longer than the
+estimate's budget), on random data, in the driver: on a
 cluster or a GPU node the trials may run faster or slower than here, and the printed
 line says where it was timed. ``ablations.progress`` replaces the estimate with the
 measured epoch times as soon as trials report them.
@@ -18,12 +21,16 @@ BUDGET_S = 8.0       # stop timing further models after this long (the rest: unk
 
 
 def step_seconds(model_cfg, batch: int, in_features, num_classes: int, threads: int,
-                 device: str = "cpu") -> float:
-    """Seconds of one SGD training step (forward, backward, update) at ``batch``."""
+                 device: str = "cpu", precision: str = "fp32") -> float:
+    """Seconds of one SGD training step (forward, backward, update) at ``batch``, in
+    ``precision`` ("fp32" or "bf16"), as the trainer runs it (``ablations.train``)."""
     import torch
     import torch.nn.functional as F
 
+    from models import fused
+
     from .optim import SGD
+    from .train import autocast, use_fused
     saved = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
@@ -34,11 +41,14 @@ def step_seconds(model_cfg, batch: int, in_features, num_classes: int, threads: 
         if conv:
             model = model.to(memory_format=torch.channels_last)
         opt = SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        fuse = use_fused(model, device, precision, compiled=False)
 
         def step(n):
             x = torch.randn(n, 3, 32, 32, device=device).contiguous(memory_format=fmt)
             y = torch.randint(0, num_classes, (n,), device=device)
-            loss = F.cross_entropy(model(x), y)
+            with fused.enabled(fuse), autocast(device, precision):
+                out = model(x)
+            loss = F.cross_entropy(out.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -62,8 +72,14 @@ def estimate_epochs(trials, spec, n_train: int, n_eval: int, in_features, num_cl
                     device: str = "cpu", budget_s: float = BUDGET_S) -> dict:
     """``{trial.cell: seconds per epoch}`` for the trials' models, timed here in order of
     first appearance; models left when ``budget_s`` has run out are absent."""
+    from models import fused
+
+    from .train import pick_precision
     t = spec.train
     threads = int(t.threads or spec.cpus_per_trial or 1)
+    precision = pick_precision(device, t.precision)
+    if device == "cpu" and precision == "fp32":
+        fused.kernel()  # its one-time build (~8 s, then cached) is not a step's time
     out, t0 = {}, time.perf_counter()
     for trial in trials:
         key = trial.cell
@@ -72,7 +88,7 @@ def estimate_epochs(trials, spec, n_train: int, n_eval: int, in_features, num_cl
         if time.perf_counter() - t0 > budget_s:
             break
         s = step_seconds(trial.model_cfg, t.batch_size, in_features, num_classes, threads,
-                         device)
+                         device, precision)
         out[key] = epoch_seconds(s, n_train, n_eval, t.batch_size)
     return out
 

@@ -99,11 +99,21 @@ def test_sweep_seconds_shares_work_among_slots():
     assert estimate.sweep_seconds([5, 4, 3, 3, 3], 2) == 10  # greedy longest-first (optimum 9)
 
 
-def test_step_seconds_times_a_real_step_of_each_family():
+def test_step_seconds_times_a_real_step_of_each_family(monkeypatch):
+    """In either precision; a ResNet's fp32 step on a CPU runs the fused norm-ReLU kernel,
+    as the trainer does, and its bf16 step does not."""
     import models
+    from models import fused
+    calls, real = [], fused._NormReLU.apply
+    monkeypatch.setattr(fused._NormReLU, "apply", lambda *a: calls.append(1) or real(*a))
     for name in ("mlp", "resnet"):
         cfg = models.get_config(name, depth=4, residual=True)
-        assert 0 < estimate.step_seconds(cfg, 16, 3072, 10, threads=1) < 30
+        for precision in ("fp32", "bf16"):
+            calls.clear()
+            assert 0 < estimate.step_seconds(cfg, 16, 3072, 10, threads=1,
+                                             precision=precision) < 30
+            fused_here = name == "resnet" and precision == "fp32" and fused.kernel() is not None
+            assert bool(calls) == fused_here
 
 
 def test_estimate_is_keyed_by_cell_with_factor_levels():
