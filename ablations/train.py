@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import io
 import math
 import os
@@ -87,23 +88,24 @@ def keep_freed_memory() -> bool:
 def use_fused(model, device: str, precision: str, compiled: bool) -> bool:
     """Whether this trial trains its batch norms + ReLUs with the fused kernel
     (``models.fused``): fp32 on a CPU, eager, and a network with BatchNorm2d. Builds
-    the kernel on a machine's first use (~10 s); where it cannot be built, one
+    the kernel on a machine's first use (~8 s here); where it cannot be built, one
     warning per process and PyTorch's ops (``RESABLATE_FUSED=0``: off, silently)."""
     if device != "cpu" or precision != "fp32" or compiled or not any(
             type(m) is torch.nn.BatchNorm2d for m in model.modules()):
         return False
     if fused.kernel() is not None:
         return True
-    why = fused.unavailable()
-    if why != "RESABLATE_FUSED=0" and not _warned_fused:
-        _warned_fused.append(why)
-        print(f"warning: the fused batch-norm+ReLU kernel is unavailable ({why}); "
-              "training runs PyTorch's separate operations (the same arithmetic, ~6% slower)",
-              file=sys.stderr, flush=True)
+    if fused.unavailable() != "RESABLATE_FUSED=0":
+        _warn_unfused(fused.unavailable())
     return False
 
 
-_warned_fused: list[str] = []
+@functools.lru_cache(maxsize=None)
+def _warn_unfused(why: str) -> None:
+    """The kernel-unavailable warning, once per process (per reason)."""
+    print(f"warning: the fused batch-norm+ReLU kernel is unavailable ({why}); "
+          "training runs PyTorch's separate operations (the same arithmetic, ~6% slower)",
+          file=sys.stderr, flush=True)
 
 
 def autocast(device: str, precision: str):
@@ -282,29 +284,29 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             perm = torch.randperm(n, generator=gen, device=gen.device).to(device)
-            with fused.enabled(fuse):  # models.fused: train steps only
-                for k in range(0, n, t.batch_size):
-                    idx = perm[k:k + t.batch_size]
-                    xb = random_crop_flip(padded[idx], gen).contiguous(memory_format=fmt)
-                    yb = data.train_y[idx]
-                    if step < warm_steps:  # the scheduled lr is restored after the epoch
-                        opt.param_groups[0]["lr"] = lr * warmup_factor(step, warm_steps)
-                    sample = t.stats_every and step % t.stats_every == 0 and not tuning
-                    with recorder.capture() if sample else contextlib.nullcontext():
-                        with autocast(device, precision):
-                            # sampled steps run eagerly: the recorder's hooks would make a
-                            # compiled step recompile (same modules, same weights)
-                            out = (model if sample else step_fn)(xb)
-                        loss = F.cross_entropy(out.float(), yb)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if sample:
-                        layer_frames.append(
-                            layer_frame(trial, recorder.snapshot(), "train", step, epoch))
-                    opt.step()
-                    loss_sum += loss.detach() * len(yb)
-                    correct += (out.argmax(1) == yb).sum()
-                    step += 1
+            for k in range(0, n, t.batch_size):
+                idx = perm[k:k + t.batch_size]
+                xb = random_crop_flip(padded[idx], gen).contiguous(memory_format=fmt)
+                yb = data.train_y[idx]
+                if step < warm_steps:  # the scheduled lr is restored after the epoch
+                    opt.param_groups[0]["lr"] = lr * warmup_factor(step, warm_steps)
+                sample = t.stats_every and step % t.stats_every == 0 and not tuning
+                with recorder.capture() if sample else contextlib.nullcontext():
+                    # fused: batch norm + ReLU as one kernel where it applies (models.fused)
+                    with autocast(device, precision), fused.enabled(fuse):
+                        # sampled steps run eagerly: the recorder's hooks would make a
+                        # compiled step recompile (same modules, same weights)
+                        out = (model if sample else step_fn)(xb)
+                    loss = F.cross_entropy(out.float(), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if sample:
+                    layer_frames.append(
+                        layer_frame(trial, recorder.snapshot(), "train", step, epoch))
+                opt.step()
+                loss_sum += loss.detach() * len(yb)
+                correct += (out.argmax(1) == yb).sum()
+                step += 1
             opt.param_groups[0]["lr"] = lr  # the schedule's own lr (warmup only scaled it)
             sched.step()
             train_loss = loss_sum.item() / n  # the one host sync of the epoch

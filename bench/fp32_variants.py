@@ -37,11 +37,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import models  # noqa: E402
+from models import fused  # noqa: E402
 
 
 def make(variant: str):
     if variant.endswith("fused"):
-        from models import fused
         if fused.kernel() is None:
             sys.exit(f"cl-fused: the kernel is unavailable ({fused.unavailable()})")
     torch.manual_seed(0)
@@ -53,17 +53,12 @@ def make(variant: str):
     y = torch.randint(0, 10, (128,))
 
     def step():
-        with fused_if(variant.endswith("fused")):
+        with fused.enabled(variant.endswith("fused")):
             loss = F.cross_entropy(fn(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     return step
-
-
-def fused_if(on: bool):
-    from models import fused
-    return fused.enabled(on)
 
 
 def main() -> None:

@@ -32,6 +32,18 @@ void check_input(const at::Tensor& t, const char* name) {
 // Rows per chunk: ~32 KiB of one tensor, fixed by C alone, so the reduction order (and
 // so the result) does not depend on the number of threads.
 inline int64_t chunk_rows(int64_t C) { return std::max<int64_t>(16, 8192 / C); }
+inline int64_t num_chunks(int64_t M, int64_t C) { return (M + chunk_rows(C) - 1) / chunk_rows(C); }
+
+// f(k, r0, r1, scratch) for every chunk k of rows [r0, r1) of an (M, C) tensor, the chunks
+// shared among the threads, each thread with its own `scratch` floats.
+template <typename F>
+void for_each_chunk(int64_t M, int64_t C, int64_t scratch, const F& f) {
+  const int64_t R = chunk_rows(C);
+  at::parallel_for(0, num_chunks(M, C), 1, [&](int64_t k0, int64_t k1) {
+    std::vector<float> acc(scratch);
+    for (int64_t k = k0; k < k1; ++k) f(k, k * R, std::min(M, (k + 1) * R), acc.data());
+  });
+}
 
 // The loops below run over the C channels of a row (contiguous in channels_last), with
 // C a compile-time constant for the usual widths (RESABLATE_DISPATCH_C) and `omp simd`
@@ -195,17 +207,11 @@ void chunk_stats(const float* x, float* mu, float* q, float* acc, float inv, int
 // double, in chunk order.
 void channel_stats(const float* x, int64_t M, int64_t C, std::vector<double>& mean,
                    std::vector<double>& m2) {
-  const int64_t R = chunk_rows(C), K = (M + R - 1) / R;
+  const int64_t R = chunk_rows(C), K = num_chunks(M, C);
   std::vector<float> cmean(K * C), cm2(K * C);
-  at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
-    std::vector<float> acc(4 * C);
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t r0 = k * R, r1 = std::min(M, r0 + R);
-      const float inv = 1.0f / float(r1 - r0);
-      float* mu = &cmean[k * C];
-      float* q = &cm2[k * C];
-      chunk_stats(x + r0 * C, mu, q, acc.data(), inv, r1 - r0, C);
-    }
+  for_each_chunk(M, C, 4 * C, [&](int64_t k, int64_t r0, int64_t r1, float* acc) {
+    chunk_stats(x + r0 * C, &cmean[k * C], &cm2[k * C], acc, 1.0f / float(r1 - r0),
+                r1 - r0, C);
   });
   mean.assign(C, 0.0);
   m2.assign(C, 0.0);
@@ -286,15 +292,11 @@ std::vector<at::Tensor> backward(const at::Tensor& dy_in, const at::Tensor& x,
   const float* xp = x.data_ptr<float>();
   const float* yp = y.data_ptr<float>();
   const float* mp = mean_t.data_ptr<float>();
-  const int64_t R = chunk_rows(C), K = (M + R - 1) / R;
+  const int64_t K = num_chunks(M, C);
   std::vector<float> csg(K * C), csgx(K * C);
-  at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
-    std::vector<float> acc(8 * C);
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t r0 = k * R, r1 = std::min(M, r0 + R);
-      grad_sums(dyp + r0 * C, xp + r0 * C, yp + r0 * C, mp, &csg[k * C], &csgx[k * C],
-                acc.data(), r1 - r0, C);
-    }
+  for_each_chunk(M, C, 8 * C, [&](int64_t k, int64_t r0, int64_t r1, float* acc) {
+    grad_sums(dyp + r0 * C, xp + r0 * C, yp + r0 * C, mp, &csg[k * C], &csgx[k * C], acc,
+              r1 - r0, C);
   });
   std::vector<double> sg(C, 0.0), sgx(C, 0.0);
   for (int64_t k = 0; k < K; ++k) {  // in chunk order, in double
