@@ -314,18 +314,29 @@ NO_LATER_SAMPLE = "no sample after initialization"
 NO_LATE_PANEL = "no completed trial\nsampled after initialization"
 
 
-def layer_response_std(layers: pd.DataFrame, look: Look = DEFAULT_LOOK,
-                       when: str = "late", trials: pd.DataFrame | None = None) -> Figure:
-    """Std of each tapped layer's output, in network order (left) and sorted by
-    magnitude (right), per variant and depth: He et al. 2016 Fig. 7.
+BLOCK_OUTPUT_STD = "std of block output"
+RESPONSE_STD = "std of layer response (per channel)"
 
-    He et al. take the 3x3 convolutions' outputs after BN, before the
-    nonlinearity; here the responses are the model's tap points (block
-    outputs, ``analysis.hooks.default_taps``), over the whole batch. ``when``
-    "late" (default: the trained network, like the paper, titled with the step
-    it was sampled at) or "init". With ``trials``, "late" shows completed
-    trials only and names the others. A run sampled only at initialization
-    (a smoke run) has no late moment: its init is shown and titled so.
+
+def layer_response_std(layers: pd.DataFrame, look: Look = DEFAULT_LOOK,
+                       when: str = "late", trials: pd.DataFrame | None = None,
+                       ylabel: str = BLOCK_OUTPUT_STD) -> Figure:
+    """Std of each tapped layer's output (``act_std`` rows), in network order (left) and
+    sorted by magnitude (right), per variant and depth: the layout of He et al. 2016
+    Fig. 7.
+
+    What it shows depends on the rows. ``layers.parquet``'s ``act_std`` is of the
+    model's tap points (``analysis.hooks.default_taps``: the stem, every block's output,
+    i.e. after the addition of branch and shortcut where there is one and after a
+    post-activation ResNet block's final ReLU, and the classifier), over the whole
+    batch: NOT He et al.'s responses, which are the 3x3 convs' outputs after
+    BN, before the ReLU and the addition (``ablations.measurements.responses``, whose
+    ``responses_as_layers`` gives rows for this figure, with ``ylabel=RESPONSE_STD``).
+    ``ylabel`` names the quantity (default: the block outputs). ``when`` "late"
+    (default: the trained network, like the paper, titled with the step it was sampled
+    at) or "init". With ``trials``, "late" shows completed trials only and names the
+    others. A run sampled only at initialization (a smoke run) has no late moment: its
+    init is shown and titled so.
     """
     init = snapshot_rows(layers, "act_std", "init")
     kw: dict = {}
@@ -339,7 +350,7 @@ def layer_response_std(layers: pd.DataFrame, look: Look = DEFAULT_LOOK,
         rows = snapshot_rows(layers, "act_std", when)
     return _profile_grid([_Column("in network order", rows, **kw),
                           _Column("sorted", rows, sort=True, **kw)],
-                         "std of layer response", look, empty=f"no act_std rows at {when!r}")
+                         ylabel, look, empty=f"no act_std rows at {when!r}")
 
 
 def gradient_flow(layers: pd.DataFrame, look: Look = DEFAULT_LOOK,

@@ -32,6 +32,36 @@ DEPTH_PANEL_KEYS = ["family", "model", "facet", "depth"]   # depth_panels: one p
 GRID_KEYS = [*PANEL_KEYS, "variant"]                       # when_grid: one row each
 
 
+# --------------------------------------------------------------------------- columns
+
+def headline(df: pd.DataFrame, new: str, old: str, legacy: str
+             ) -> tuple[pd.DataFrame, str, bool]:
+    """The column a measurement's figures and tables show, for a measurement whose
+    headline column ``new`` was added after files had been written that hold only
+    ``legacy``, the quantity now stored as ``old`` (shattering: the uncentred
+    autocorrelation, stored as ``autocorr`` before the centred one existed).
+
+    Returns ``(frame, column, fallback)``: ``frame`` has ``new`` and ``old`` (``old``
+    filled from ``legacy`` where it is missing, ``new`` NaN in the rows of an old file;
+    ``legacy`` dropped). ``column`` is ``new``, unless no row has a value in the new
+    columns and some row has a ``legacy`` one (a file written before ``new`` existed):
+    then ``old``, and ``fallback`` is True, so a figure or table can say that it shows
+    the old quantity. A merged file mixing old and new trials shows ``new`` (the old
+    trials' rows are missing values)."""
+    out = df.copy()
+    for c in (new, old):
+        if c not in out:
+            out[c] = np.nan
+    fresh = out[[new, old]].notna().to_numpy().any()
+    if legacy in out:
+        out[old] = out[old].fillna(out[legacy])
+        old_file = not fresh and out[legacy].notna().any()
+        out = out.drop(columns=legacy)
+    else:
+        old_file = False
+    return out, (old if old_file else new), old_file
+
+
 # --------------------------------------------------------------------------- tables
 
 def per_trial(df: pd.DataFrame, value: str, by=(), own=()) -> pd.DataFrame:

@@ -10,8 +10,9 @@ file of a measurement that is not registered is named in the section and left
 out. Rows are restricted to the report's trials (a ``--where`` view).
 
 Also: when ``measurements/responses.parquet`` is there, the report's
-``layer_response_std`` figure draws He et al.'s responses from it
-(``responses_layers``) instead of the block outputs of ``layers.parquet``.
+``layer_response_std`` figure draws He et al.'s responses from it (``response_rows``,
+captioned as their Fig. 7) instead of the block outputs of ``layers.parquet`` (after the
+addition: a different quantity, captioned so by ``analysis.report``).
 
 No torch: the registry and the measurement modules import it only inside the
 functions that measure.
@@ -26,10 +27,13 @@ import pandas as pd
 SECTION = "Measurements"
 FOLDER = "measurements"
 RESPONSES_CAPTION = (
-    "Std of each 3x3 conv's output after BN, before the addition (He et al. 2016, Fig. 7); "
-    "MLPs: each Linear's output after its norm; from measurements/responses.parquet, "
+    "Std of each 3x3 conv's output after BN, before the addition (He et al. 2016, Fig. 7), "
+    "{how}; MLPs: each Linear's output after its norm; from measurements/responses.parquet, "
     "{when}, in network order and sorted by magnitude; median over seeds; trials that did "
     "not complete are left out and named in the panel.")
+PER_CHANNEL = "per channel over images and positions, averaged over channels"
+WHOLE_TENSOR = ("over every element of the output at once (an old file, measured before "
+                "the per-channel std existed)")
 
 
 def files(run_dir) -> dict[str, Path]:
@@ -108,20 +112,24 @@ def has_responses(c) -> bool:
     return (Path(c.run_dir) / FOLDER / "responses.parquet").is_file()
 
 
-def response_rows(c) -> tuple[pd.DataFrame, str]:
-    """``(layers-shaped act_std rows, when)`` for ``figures.layer_response_std`` from
-    ``measurements/responses.parquet`` (``responses.responses_as_layers``): "late" when
-    trained networks were measured, else "init"."""
-    from ablations.measurements.responses import responses_as_layers
+def response_rows(c) -> tuple[pd.DataFrame, str, str]:
+    """``(layers-shaped act_std rows, when, y label)`` for ``figures.layer_response_std``
+    from ``measurements/responses.parquet`` (``responses.responses_as_layers``: the
+    per-channel std, or an old file's whole-tensor one): "late" when trained networks
+    were measured, else "init"."""
+    from ablations.measurements.responses import responses_as_layers, shown
     df = _of_trials(pd.read_parquet(Path(c.run_dir) / FOLDER / "responses.parquet"), c.trials)
     rows = responses_as_layers(df, c.layers)
-    return rows, "late" if (rows["phase"] == "train").any() else "init"
+    return rows, "late" if (rows["phase"] == "train").any() else "init", shown(df)[2]
 
 
 def responses_caption(c) -> str:
+    from ablations.measurements.responses import CHANNEL, shown
     try:
-        trained = (pd.read_parquet(Path(c.run_dir) / FOLDER / "responses.parquet",
-                                   columns=["when"])["when"] == "final").any()
+        df = pd.read_parquet(Path(c.run_dir) / FOLDER / "responses.parquet")
+        trained = (df["when"] == "final").any()
+        per_channel = shown(df)[1] == CHANNEL
     except Exception:  # noqa: BLE001  the figure's own read names the damage
-        trained = True
-    return RESPONSES_CAPTION.format(when="trained networks" if trained else "at init")
+        trained, per_channel = True, True
+    return RESPONSES_CAPTION.format(when="trained networks" if trained else "at init",
+                                    how=PER_CHANNEL if per_channel else WHOLE_TENSOR)

@@ -139,8 +139,11 @@ class LearnedScale(nn.Module):
 # level -> (number of residual blocks -> module multiplying each branch); None: nothing.
 _BRANCH_SCALES: dict[str, Callable[[int], nn.Module] | None] = {
     "one": None,
-    # keeps the output variance of n summed unit-variance branches O(1) at init
-    # (e.g. Fixup's and T-Fixup's depth scaling; a constant, not learned)
+    # keeps the output variance of n summed unit-variance branches O(1) at init: a
+    # constant (not learned) depth-scaled branch multiplier, the residual-module scaling
+    # of Hanin & Rolnick 2018. Not Fixup (Zhang et al. 2019), which instead rescales each
+    # branch's weight initialisation by L^(-1/(2m-2)) (m layers per branch) and
+    # zero-initialises each branch's last layer
     "invsqrt": lambda n: FixedScale(1 / math.sqrt(n)),
     "zero": lambda n: LearnedScale(),
 }

@@ -12,9 +12,18 @@ and plot the gradient's autocorrelation. On images, per trial, at init and train
   segments, their pairs drawn with ``seed_for(trial.seed, "shattering")`` (the same pairs
   at init and trained, in the worker and post hoc);
 * the scalar ``f(x)`` = the logit of a's class (its label), and ``g_t = df/dx(x(t))``;
-* the uncentred autocorrelation of ``g_1..g_256`` for lags 0..``MAX_LAG`` = 64
-  (``autocorrelation``): a linear function's constant gradient gives 1 at every lag,
-  white noise ~0 beyond lag 0. Lag 1 is the headline number.
+* the CENTRED autocorrelation of ``g_1..g_256`` for lags 0..``MAX_LAG`` = 64
+  (``autocorrelation``, column ``autocorr_centred``): the mean gradient over the 256
+  points of the line is subtracted first, so it is the autocorrelation of the
+  gradient's fluctuation around its mean, as Balduzzi et al.'s (a smooth gradient gives
+  values near 1 at short lags, white noise ~0 beyond lag 0; a linear function's
+  constant gradient has no fluctuation: NaN). Lag 1 is the headline number. Also the
+  UNCENTRED autocorrelation (``centred=False``, column ``autocorr_uncentred``): it
+  counts the mean gradient as correlation, so a constant gradient plus white noise
+  with 98% of its energy in the constant gives 0.98 at every lag with no smoothness at
+  all; kept for comparison and for files measured before the centred one existed
+  (their only column, ``autocorr``, is the uncentred one: the figures and the table
+  then show it and say so, ``analysis.measure_parts.headline``).
 
 The 256 gradients come from one forward/backward of the 256 points with the network
 in eval mode: batch norm then uses its running statistics, so output i depends on
@@ -39,34 +48,54 @@ from ablations.measurements import WHEN, FigureSpec, Measurement, TableSpec, reg
 from analysis import stats
 from analysis.figure_parts import finite, fit_title, label_edges, no_data, panels, where
 from analysis.figures_layers import PANEL_KEYS
-from analysis.measure_parts import WHEN_TITLE, cell_table, per_trial, when_grid, when_means
+from analysis.measure_parts import (WHEN_TITLE, cell_table, headline, per_trial, when_grid,
+                                    when_means)
 from analysis.style import DEFAULT_LOOK, Look, message_figure, model_label
 from analysis.variants import joined, keyed
 
 SEGMENTS, POINTS, MAX_LAG = 4, 256, 64
-COLUMNS = ["segment", "lag", "autocorr", "points"]
+CENTRED, UNCENTRED = "autocorr_centred", "autocorr_uncentred"
+LEGACY = "autocorr"  # files measured before the centred column: the uncentred one
+COLUMNS = ["segment", "lag", CENTRED, UNCENTRED, "points"]
+OWN = (*COLUMNS, LEGACY)  # the measurement's own columns, old and new (``per_trial``)
+# centred energy below this fraction of the uncentred: the deviations from the mean are
+# float64 rounding of the mean (a constant gradient), not a fluctuation -> NaN. A float32
+# gradient's own resolution is ~1e-14 of its energy, far above.
+ROUNDING = 1e-24
 
 
 # --------------------------------------------------------------------------- measurement
 
-def autocorrelation(g: np.ndarray, max_lag: int = MAX_LAG) -> np.ndarray:
-    """Uncentred autocorrelation of a sequence of vectors ``g`` (T, D) (or scalars (T,)),
-    lags 0..min(max_lag, T-1):
-    ``r(k) = sum_t <g_t, g_{t+k}> / sqrt(sum_t |g_t|^2 * sum_t |g_{t+k}|^2)``, both sums
-    over the T-k overlapping terms. r(0) = 1 for any nonzero sequence, |r| <= 1
-    (Cauchy-Schwarz; clipped to [-1, 1] against rounding); NaN where a sum of squares is 0.
-    Scale-invariant: g is divided by its largest |entry| first, so tiny gradients do not
-    underflow.
+def _rescaled(g: np.ndarray) -> np.ndarray:
+    """``g`` divided by its largest |entry| (so tiny gradients do not underflow)."""
+    top = np.abs(g).max() if g.size else 0.0
+    return g / top if top > 0 and np.isfinite(top) else g
 
-    >>> autocorrelation(np.ones((5, 3)), 2)
+
+def autocorrelation(g: np.ndarray, max_lag: int = MAX_LAG, centred: bool = True) -> np.ndarray:
+    """Autocorrelation of a sequence of vectors ``g`` (T, D) (or scalars (T,)), lags
+    0..min(max_lag, T-1). ``centred`` (default, Balduzzi et al.): of the deviations
+    ``c_t = g_t - mean_s g_s`` from the sequence's mean vector; else of ``c_t = g_t``:
+    ``r(k) = sum_t <c_t, c_{t+k}> / sqrt(sum_t |c_t|^2 * sum_t |c_{t+k}|^2)``, both sums
+    over the T-k overlapping terms. r(0) = 1 for any nonzero sequence, |r| <= 1
+    (Cauchy-Schwarz; clipped to [-1, 1] against rounding); NaN where a sum of squares is
+    0, and, centred, everywhere for a constant sequence (deviations at rounding level,
+    ``ROUNDING``). Scale-invariant.
+
+    >>> autocorrelation(np.ones((5, 3)), 2, centred=False)
     array([1., 1., 1.])
+    >>> autocorrelation(np.array([1.0, 2.0, 4.0]))  # deviations -4/3, -1/3, 5/3
+    array([ 1.        , -0.04756515, -1.        ])
     """
     g = np.asarray(g, dtype=np.float64)
-    g = g.reshape(len(g), -1)                               # (T,) -> (T, 1)
-    top = np.abs(g).max() if g.size else 0.0
-    if top > 0 and np.isfinite(top):
-        g = g / top
-    sq = np.einsum("td,td->t", g, g)                        # |g_t|^2, (T,)
+    g = _rescaled(g.reshape(len(g), -1))                    # (T,) -> (T, 1)
+    if centred and len(g):
+        total = np.einsum("td,td->", g, g)
+        g = g - g.mean(axis=0)
+        if np.einsum("td,td->", g, g) <= ROUNDING * total:
+            g = np.zeros_like(g)                            # a constant sequence: NaN
+        g = _rescaled(g)
+    sq = np.einsum("td,td->t", g, g)                        # |c_t|^2, (T,)
     out = []
     for k in range(min(max_lag, len(g) - 1) + 1):
         dots = np.einsum("td,td->t", g[:len(g) - k], g[k:])  # k = 0: exactly sq
@@ -102,34 +131,49 @@ def line_gradients(model, a, b, cls: int, points: int = POINTS):
 
 
 def measure(model, data, trial) -> pd.DataFrame:
-    """Autocorrelation (lags 0..64) of the input gradient along each of 4 segments."""
+    """Centred and uncentred autocorrelation (lags 0..64) of the input gradient along
+    each of 4 segments."""
     rows = []
     pairs = segment_pairs(len(data.test_x), seed_for(trial.seed, "shattering"))
     for s, (i, j) in enumerate(pairs):
         g = line_gradients(model, data.test_x[i], data.test_x[j], int(data.test_y[i]))
-        r = autocorrelation(g.detach().double().cpu().numpy())
-        rows += [(s, k, float(v), POINTS) for k, v in enumerate(r)]
+        g = g.detach().double().cpu().numpy()
+        rc, ru = autocorrelation(g), autocorrelation(g, centred=False)
+        rows += [(s, k, float(c), float(u), POINTS) for k, (c, u) in enumerate(zip(rc, ru))]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 # --------------------------------------------------------------------------- figures and table
 
+OLD_FILE = "old file: no centred column"
+
+
+def shown(df: pd.DataFrame) -> tuple[pd.DataFrame, str, str]:
+    """``(rows, column, what)``: the column the figures and the table show, the centred
+    autocorrelation, or the uncentred one of a file measured before the centred one
+    existed (``analysis.measure_parts.headline``), and its name for labels."""
+    rows, col, old = headline(df, CENTRED, UNCENTRED, LEGACY)
+    return rows, col, (f"UNCENTRED gradient autocorrelation\n({OLD_FILE})" if old
+                       else "centred gradient autocorrelation")
+
+
 def shattering_acf(df: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
-    """Autocorrelation of the input gradient against lag (as Balduzzi et al.'s ACF plots):
-    one row of panels per model, facet and variant, init and trained side by side, one
-    line per depth; per trial the mean over segments, then the median over seeds."""
-    return when_grid(per_trial(df, "autocorr", by=("lag",), own=COLUMNS), "lag", "autocorr",
-                     "lag (points)", "gradient autocorrelation", look,
-                     zero_line=True, empty="no shattering rows")
+    """Centred autocorrelation of the input gradient against lag (as Balduzzi et al.'s
+    ACF plots): one row of panels per model, facet and variant, init and trained side by
+    side, one line per depth; per trial the mean over segments, then the median over
+    seeds. An old file (uncentred only) shows the uncentred one, so labelled."""
+    rows, col, what = shown(df)
+    return when_grid(per_trial(rows, col, by=("lag",), own=OWN), "lag", col,
+                     "lag (points)", what, look, zero_line=True, empty="no shattering rows")
 
 
 REFERENCES = {False: (r"plain: $\propto 2^{-\mathrm{depth}}$", lambda d, d0: 2.0 ** -(d - d0)),
               True: (r"residual: $\propto \mathrm{depth}^{-1/2}$", lambda d, d0: np.sqrt(d0 / d))}
 
 
-def _lag1_points(sub: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _lag1_points(sub: pd.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Depths, means over seeds and their (2, n) interval half widths (0 for one seed)."""
-    cis = [stats.mean_ci(g["autocorr"]) for _, g in sub.groupby("depth")]  # sorted depths
+    cis = [stats.mean_ci(g[col]) for _, g in sub.groupby("depth")]  # sorted depths
     m = np.array([c[0] for c in cis])
     err = np.array([[c[0] - c[1], c[2] - c[0]] if np.isfinite(c[1]) else [0.0, 0.0]
                     for c in cis]).T
@@ -137,12 +181,14 @@ def _lag1_points(sub: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def shattering_lag1(df: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
-    """Lag-1 gradient autocorrelation against depth, plain vs residual, init and trained:
-    per trial the mean over segments; per depth the mean over seeds with its 95% t
-    interval, each seed a dot. Dotted: Balduzzi et al.'s rates, 2^-depth (plain) and
+    """Lag-1 centred gradient autocorrelation against depth, plain vs residual, init and
+    trained: per trial the mean over segments; per depth the mean over seeds with its 95%
+    t interval, each seed a dot. Dotted: Balduzzi et al.'s rates, 2^-depth (plain) and
     depth^-1/2 (residual), through each variant's shallowest mean, drawn within the
-    data's y range (a rate that leaves it decays faster than any measured value)."""
-    t = per_trial(df[df["lag"] == 1], "autocorr", own=COLUMNS) if len(df) else df
+    data's y range (a rate that leaves it decays faster than any measured value). An old
+    file (uncentred only) shows the uncentred one, so labelled."""
+    df, col, what = shown(df)
+    t = per_trial(df[df["lag"] == 1], col, own=OWN) if len(df) else df
     rows, key = keyed(t) if len(t) else (t, None)
     if rows.empty:
         return message_figure("no shattering rows at lag 1", look)
@@ -162,16 +208,16 @@ def shattering_lag1(df: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
             for c, when in enumerate(whens):
                 ax, sub = axes[r, c], where(rows, PANEL_KEYS, box)
                 had = (sub["when"] == when).any()
-                sub = finite(sub[sub["when"] == when], "autocorr")
+                sub = finite(sub[sub["when"] == when], col)
                 variants = key.present(sub["variant"])
                 for i, variant in enumerate(variants):
                     v = sub[sub["variant"] == variant]
-                    depths, m, err = _lag1_points(v)
+                    depths, m, err = _lag1_points(v, col)
                     dx = 0.15 * (i - (len(variants) - 1) / 2)  # dodge: intervals side by side
                     color = key.color(variant)
                     ax.errorbar(depths + dx, m, yerr=err, color=color, marker=key.marker(variant),
                                 capsize=2, markersize=3)
-                    ax.scatter(v["depth"] + dx, v["autocorr"], s=4, color=color, alpha=0.4,
+                    ax.scatter(v["depth"] + dx, v[col], s=4, color=color, alpha=0.4,
                                linewidths=0)
                     curves.append((ax, depths, m, color, key.styles[variant].residual))
                 ax.set_title(fit_title(joined(model_label(*box[:2]), box[2], WHEN_TITLE[when]),
@@ -187,43 +233,53 @@ def shattering_lag1(df: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
                         linestyle=":", linewidth=0.8, zorder=1)
         axes[0, 0].set_ylim(ylim)
         label_edges(axes, "depth", "")
-        fig.supylabel("lag-1 gradient autocorrelation", fontsize="medium")
+        fig.supylabel(f"lag-1 {what}", fontsize="medium")
         look.legend(fig, handles)
     return fig
 
 
 def shattering_table(df: pd.DataFrame) -> pd.DataFrame | None:
-    """Per cell: lag-1 autocorrelation at init and trained (per trial the mean over
-    segments; mean ± 95% interval over seeds)."""
+    """Per cell: lag-1 and longest-lag centred autocorrelation at init and trained (per
+    trial the mean over segments; mean ± 95% interval over seeds). An old file
+    (uncentred only): the uncentred one, each column titled "(uncentred, old file)"."""
     if df.empty:
         return None
+    df, col, _ = shown(df)
+    tag = "" if col == CENTRED else " (uncentred, old file)"
     far = int(df["lag"].max())
-    one = per_trial(df[df["lag"] == 1], "autocorr", own=COLUMNS)
-    last = per_trial(df[df["lag"] == far], "autocorr", own=COLUMNS).rename(
-        columns={"autocorr": "autocorr_far"})
-    keys = [c for c in one.columns if c != "autocorr"]
+    one = per_trial(df[df["lag"] == 1], col, own=OWN)
+    last = per_trial(df[df["lag"] == far], col, own=OWN).rename(columns={col: "far"})
+    keys = [c for c in one.columns if c != col]
     t = one.merge(last, on=keys, how="outer")
-    # lag 1 on a 256-point segment between two images is close to 1 for every network
-    # (neighbouring inputs are 1/255 of the segment apart): the decay shows at long lags
-    return cell_table(t, when_means([("lag-1 at init", "init", "autocorr"),
-                                     ("lag-1 trained", "final", "autocorr"),
-                                     (f"lag-{far} at init", "init", "autocorr_far"),
-                                     (f"lag-{far} trained", "final", "autocorr_far")]))
+    # neighbouring inputs are 1/255 of the segment apart: a smooth network's lag 1 can
+    # be near 1 however deep it is; the decay shows at long lags too
+    return cell_table(t, when_means([(f"lag-1 at init{tag}", "init", col),
+                                     (f"lag-1 trained{tag}", "final", col),
+                                     (f"lag-{far} at init{tag}", "init", "far"),
+                                     (f"lag-{far} trained{tag}", "final", "far")]))
 
 
 register(Measurement(
     name="shattering", when=("init", "final"), cost="cheap", fn=measure, default=True,
-    summary="input-gradient autocorrelation along 4 segments of 256 points between test "
-            "images (Balduzzi et al. 2017)",
+    summary="centred autocorrelation of the input gradient (its fluctuation around the "
+            "line's mean gradient) along 4 segments of 256 points between test images "
+            "(Balduzzi et al. 2017); the uncentred one is stored too",
     figures=(FigureSpec("shattering_acf", shattering_acf,
-                        "Autocorrelation of the input gradient along a line of 256 inputs "
-                        "between two test images, against lag (Balduzzi et al. 2017): mean "
-                        "over 4 segments, median over seeds, band = interquartile range."),
+                        "Centred autocorrelation of the input gradient (mean gradient of "
+                        "the line subtracted) along a line of 256 inputs between two test "
+                        "images, against lag (Balduzzi et al. 2017): mean over 4 segments, "
+                        "median over seeds, band = interquartile range. A file measured "
+                        "before the centred column existed shows the uncentred one, and its "
+                        "axis says so."),
              FigureSpec("shattering_lag1", shattering_lag1,
-                        "Lag-1 gradient autocorrelation against depth, mean and 95% interval "
-                        "over seeds; dotted: 2^-depth (plain) and depth^-1/2 (residual), "
-                        "Balduzzi et al.'s rates, through the shallowest depth.")),
+                        "Lag-1 centred gradient autocorrelation against depth, mean and 95% "
+                        "interval over seeds; dotted: 2^-depth (plain) and depth^-1/2 "
+                        "(residual), Balduzzi et al.'s rates, through the shallowest depth. "
+                        "An old file (no centred column) shows the uncentred one, and its "
+                        "axis says so.")),
     tables=(TableSpec("shattering", shattering_table,
-                      "Lag-1 and lag-64 autocorrelation of the input gradient (mean over 4 "
-                      "segments per trial), mean ± 95% t half width over seeds."),),
+                      "Lag-1 and lag-64 centred autocorrelation of the input gradient (mean "
+                      "over 4 segments per trial), mean ± 95% t half width over seeds; "
+                      "columns marked \"uncentred, old file\": a file measured before the "
+                      "centred column existed."),),
 ))

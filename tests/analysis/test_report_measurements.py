@@ -6,6 +6,7 @@ import dataclasses
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -146,3 +147,53 @@ def test_layer_response_std_draws_he_et_als_responses_when_measured(run_dir, tmp
                        timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert (run_dir / "figures" / "layer_response_std.png").exists()
+
+
+def _ylabels(fig) -> set[str]:
+    return {ax.get_ylabel() for ax in fig.axes} - {""}
+
+
+def test_layer_response_std_without_responses_is_block_output_std_not_fig_7(run_dir):
+    # layers.parquet's act_std: the block outputs, after the addition; no responses file
+    layers = pd.read_parquet(run_dir / "layers.parquet")
+    act = layers[layers["stat"] == "act_mean_abs"].assign(stat="act_std")
+    pd.concat([layers, act], ignore_index=True).to_parquet(run_dir / "layers.parquet")
+    report.build(run_dir, formats=("png",))
+    md = (run_dir / "report.md").read_text()
+    figures_part = md[md.index("## Figures"):md.index("## Measurements")]
+    caption = figures_part[figures_part.index("### layer_response_std"):].split("\n\n")[2]
+    assert caption.startswith("Block output std: the std of the stem's, each block's")
+    assert "not He et al.'s Fig. 7" in caption and "(He et al. 2016, Fig. 7)" not in caption
+    assert (run_dir / "figures" / "layer_response_std.png").exists()
+    from analysis.figures_layers import BLOCK_OUTPUT_STD
+    from analysis.style import DEFAULT_LOOK
+    c = SimpleNamespace(run_dir=run_dir, layers=pd.concat([layers, act]), trials=None,
+                        look=DEFAULT_LOOK)
+    assert _ylabels(report._response_std(c)) == {BLOCK_OUTPUT_STD}
+
+
+def test_responses_caption_and_label_say_per_channel_or_old_file(run_dir):
+    from tests.measurements.conftest import trial_keys as keys
+    from ablations.measurements import responses as rs
+    from analysis import report_measurements as measured
+    from analysis.style import DEFAULT_LOOK
+    rows = [dict(keys("resnet", 8, r, 0, w), layer=f"l{i}", layer_index=i,
+                 std_channel=1.0 + i, std_tensor=2.0 + i)
+            for r in (True, False) for w in ("init", "final") for i in range(3)]
+    path = run_dir / "measurements" / "responses.parquet"
+    c = SimpleNamespace(run_dir=run_dir, layers=None, trials=None, look=DEFAULT_LOOK)
+    pd.DataFrame(rows).to_parquet(path)
+    assert measured.PER_CHANNEL in measured.responses_caption(c)
+    got, when, ylabel = measured.response_rows(c)
+    assert (when, ylabel) == ("late", "response std (per channel)")
+    assert list(got["value"][:3]) == [1.0, 2.0, 3.0]
+    assert _ylabels(report._response_std(c)) == {"response std (per channel)"}
+    # a file measured before the per-channel std: its "std" is the whole-tensor one
+    old = pd.DataFrame(rows).drop(columns=["std_channel", "std_tensor"]).assign(
+        std=[2.0 + r["layer_index"] for r in rows])
+    old.to_parquet(path)
+    caption = measured.responses_caption(c)
+    assert measured.WHOLE_TENSOR in caption and measured.PER_CHANNEL not in caption
+    got, _, ylabel = measured.response_rows(c)
+    assert ylabel == f"response std ({rs.OLD_FILE})" and list(got["value"][:3]) == [2.0, 3.0, 4.0]
+    assert _ylabels(report._response_std(c)) == {ylabel}

@@ -75,16 +75,47 @@ def test_hook_trace_equals_responses_by_hand(cfg, settled):
     assert (traced[0][1] < 0).any()
 
 
-def test_measure_is_the_std_of_each_tap(settled, measure_data):
+def _channel_std(t: torch.Tensor) -> float:
+    """Mean over channels of each channel's std over images and positions, by loops."""
+    t = t.double()
+    return sum(float(t[:, c].std()) for c in range(t.shape[1])) / t.shape[1]
+
+
+@pytest.mark.parametrize("name, cfg", [("resnet", dict(depth=8, base_width=4)),
+                                       ("mlp", dict(depth=5, width=16, in_features=3 * 8 * 8))])
+def test_measure_is_the_std_of_each_tap(settled, measure_data, name, cfg):
     torch.manual_seed(0)
     x = torch.randn(7, 3, 8, 8)
-    model = settled(create_model("resnet", depth=8, base_width=4), x)
+    model = settled(create_model(name, **cfg), x)
     df = rs.measure(model, measure_data(x), None)
-    assert list(df.columns) == rs.COLUMNS
+    assert list(df.columns) == rs.COLUMNS == ["layer", "layer_index", "std_channel",
+                                              "std_tensor"]
     assert list(df["layer_index"]) == list(range(len(df)))
-    want = [float(t.double().std()) for _, t in _by_hand(model, x)]
-    assert df["std"].to_numpy() == pytest.approx(want, rel=1e-5)
-    assert list(df["layer"][:3]) == ["stem.1", "layer1.0.bn1", "layer1.0.bn2"]
+    hand = [t for _, t in _by_hand(model, x)]
+    assert df["std_channel"].to_numpy() == pytest.approx([_channel_std(t) for t in hand],
+                                                         rel=1e-5)
+    assert df["std_tensor"].to_numpy() == pytest.approx([float(t.double().std()) for t in hand],
+                                                        rel=1e-5)
+    if name == "resnet":
+        assert list(df["layer"][:3]) == ["stem.1", "layer1.0.bn1", "layer1.0.bn2"]
+
+
+def test_per_channel_std_by_hand():
+    # (N=2, C=2, 2 positions): channel 0 = 1, 3, 1, 3 around 2 (std sqrt(4/3)); channel 1
+    # = 100 * (0, 2, 0, 2) + 50 around 150 (std 100 sqrt(4/3)); mean over channels
+    # 50.5 sqrt(4/3). The whole tensor's std also counts the channels' means (2 vs 150).
+    t = torch.tensor([[[1.0, 3.0], [50.0, 250.0]],
+                      [[1.0, 3.0], [50.0, 250.0]]])
+    per_channel, whole = rs.stds(t)
+    assert per_channel == pytest.approx(50.5 * math.sqrt(4 / 3), rel=1e-6)
+    v = t.flatten().double()
+    assert whole == pytest.approx(float(v.std()), rel=1e-6)
+    # by the formula: 8 values, mean (4 * 2 + 2 * 50 + 2 * 250) / 8 = 76
+    want = math.sqrt(sum((a - 76) ** 2 for a in (1, 3, 1, 3, 50, 250, 50, 250)) / 7)
+    assert whole == pytest.approx(want, rel=1e-6) and whole > 1.5 * per_channel
+    # an MLP response (N, F): the features are the channels
+    per_feature, _ = rs.stds(torch.tensor([[0.0, 10.0], [2.0, 30.0], [4.0, 50.0]]))
+    assert per_feature == pytest.approx((2.0 + 20.0) / 2, rel=1e-6)
 
 
 def test_model_unchanged_and_no_hooks_left(settled, measure_data):
@@ -119,7 +150,8 @@ def responses_frames(draw, keys):
     variants = draw(st.sampled_from([[True], [False], [True, False]]))
     whens = draw(st.sampled_from([["init"], ["final"], ["init", "final"]]))
     seeds = draw(st.integers(1, 3))
-    rows = [dict(keys("resnet", d, r, s, w), layer=name, layer_index=i, std=draw(stds))
+    rows = [dict(keys("resnet", d, r, s, w), layer=name, layer_index=i,
+                 std_channel=draw(stds), std_tensor=draw(stds))
             for d in depths for r in variants for s in range(seeds) for w in whens
             for i, name in enumerate(LAYERS[d])]
     return pd.DataFrame(rows)
@@ -140,7 +172,8 @@ def test_figure_table_and_layers_rows_on_generated_frames(keys, data):
 
 
 def test_layers_rows_match_layers_parquet(keys):
-    rows = [dict(keys("resnet", 8, r, 0, w), layer=n, layer_index=i, std=float(i + 1))
+    rows = [dict(keys("resnet", 8, r, 0, w), layer=n, layer_index=i, std_channel=float(i + 1),
+                 std_tensor=-1.0)
             for r in (True, False) for w in ("init", "final") for i, n in enumerate(LAYERS[8])]
     df = pd.DataFrame(rows)
     trained = pd.DataFrame([dict(keys("resnet", 8, r, 0), phase="train", step=s, epoch=e,
@@ -165,8 +198,37 @@ def test_nothing_to_draw(keys):
 
 
 def test_table_numbers(keys):
-    rows = [dict(keys("resnet", 8, True, seed, "final"), layer=f"l{i}", layer_index=i, std=v)
+    rows = [dict(keys("resnet", 8, True, seed, "final"), layer=f"l{i}", layer_index=i,
+                 std_channel=v, std_tensor=9.0)
             for seed, pair in enumerate([(1.0, 3.0), (2.0, 2.0)]) for i, v in enumerate(pair)]
     t = rs.responses_table(pd.DataFrame(rows)).iloc[0]
     assert t["mean std trained"] == "2.00 ± 0.00" and t["mean std at init"] == "—"
     assert np.isclose(float(t["mean std trained"].split()[0]), 2.0)
+
+
+def _old_file(keys):
+    """A file measured before the per-channel std: ``std`` is the whole-tensor one."""
+    return pd.DataFrame([dict(keys("resnet", 8, r, seed, w), layer=n, layer_index=i,
+                              std=float(i + 1))
+                         for r in (True, False) for seed in range(2) for w in ("init", "final")
+                         for i, n in enumerate(LAYERS[8])])
+
+
+def test_an_old_file_shows_the_whole_tensor_std_and_says_so(keys):
+    old = _old_file(keys)
+    t = rs.responses_table(old)
+    assert "mean std trained (whole tensor, old file)" in t.columns
+    assert "mean std trained" not in t.columns
+    assert set(t["mean std trained (whole tensor, old file)"]) == {"4.00 ± 0.00"}
+    fig = rs.responses_std(old)
+    fig.canvas.draw()
+    labels = {ax.get_ylabel() for ax in fig.axes} - {""}
+    assert labels == {f"response std ({rs.OLD_FILE})"}
+    layers = rs.responses_as_layers(old)
+    assert list(layers["value"][:3]) == [1.0, 2.0, 3.0]
+    # a new file: the per-channel std, labelled so
+    new = old.drop(columns="std").assign(std_channel=0.5, std_tensor=old["std"])
+    assert {ax.get_ylabel() for ax in rs.responses_std(new).axes} - {""} == {
+        "response std (per channel)"}
+    assert set(rs.responses_table(new)["mean std trained"]) == {"0.500 ± 0.000"}
+    assert (rs.responses_as_layers(new)["value"] == 0.5).all()

@@ -46,50 +46,111 @@ def _settled(model):
 
 # --------------------------------------------------------------------------- autocorrelation
 
-def test_constant_sequence_is_one_at_every_lag():
-    r = sh.autocorrelation(np.full((100, 7), -2.5))
+def test_constant_sequence_uncentred_is_one_centred_is_nan():
+    g = np.full((100, 7), -2.5)
+    r = sh.autocorrelation(g, centred=False)
     assert r.shape == (65,) and np.allclose(r, 1.0, rtol=0, atol=1e-12)
-    assert sh.autocorrelation(np.ones(5)).shape == (5,)  # lags stop at T-1
+    assert sh.autocorrelation(np.ones(5), centred=False).shape == (5,)  # lags stop at T-1
+    # no fluctuation around the mean: nothing to correlate (also where the float64 mean
+    # is not exact: 0.1 * 3 rounds)
+    assert np.isnan(sh.autocorrelation(g)).all() and sh.autocorrelation(g).shape == (65,)
+    assert np.isnan(sh.autocorrelation(np.full((256, 3), 0.1) * 3)).all()
 
 
 def test_white_noise_is_near_zero_beyond_lag_zero():
-    r = sh.autocorrelation(np.random.default_rng(0).standard_normal(4096))
-    assert r[0] == 1.0 and np.abs(r[1:]).max() < 0.1
+    for centred in (True, False):
+        r = sh.autocorrelation(np.random.default_rng(0).standard_normal(4096), centred=centred)
+        assert r[0] == 1.0 and np.abs(r[1:]).max() < 0.1
+
+
+def test_constant_plus_white_noise_is_smooth_only_uncentred():
+    # 98% of the energy in the constant: the uncentred autocorrelation is ~0.98 at every
+    # lag with no smoothness at all; the centred one sees the white noise: ~0
+    rng = np.random.default_rng(1)
+    T, D = 256, 3072
+    mean = rng.standard_normal(D)
+    mean *= math.sqrt(0.98 / 0.02 * D) / np.linalg.norm(mean)  # |mean|^2 = 49 E|noise_t|^2
+    g = mean + rng.standard_normal((T, D))
+    u, c = sh.autocorrelation(g, centred=False), sh.autocorrelation(g)
+    assert np.abs(u[1:] - 0.98).max() < 0.005
+    assert np.abs(c[1:]).max() < 0.01
+
+
+@pytest.mark.parametrize("period", [16, 40, 100])
+def test_sinusoid_centred_lag_one_is_cos_of_the_step(period):
+    # a smooth gradient: centred r(k) ~ cos(2 pi k / period), with an offset that the
+    # uncentred one would count as correlation
+    t = np.arange(256)
+    g = np.stack([np.sin(2 * np.pi * t / period), 0.5 * np.cos(2 * np.pi * t / period + 1)], 1)
+    r = sh.autocorrelation(g + 3.0)
+    assert r[1] == pytest.approx(math.cos(2 * math.pi / period), abs=0.02 if period < 100 else 0.05)
+    assert r[period // 2] < -0.8  # half a period: anticorrelated
+    assert sh.autocorrelation(g + 3.0, centred=False)[period // 2] > 0.8
 
 
 def test_hand_computed_values():
-    # g = 1, 2, 3: r(1) = (1*2 + 2*3) / sqrt((1 + 4) * (4 + 9)), r(2) = 3 / sqrt(1 * 9)
-    r = sh.autocorrelation(np.array([1.0, 2.0, 3.0]))
+    # uncentred, g = 1, 2, 3: r(1) = (1*2 + 2*3) / sqrt((1 + 4) * (4 + 9)), r(2) = 3 / sqrt(1 * 9)
+    r = sh.autocorrelation(np.array([1.0, 2.0, 3.0]), centred=False)
     assert r == pytest.approx([1.0, 8 / math.sqrt(65), 1.0], abs=1e-15)
-    # vectors: <(1,0),(0,1)> = 0 at lag 1
-    assert sh.autocorrelation(np.eye(2), 1)[1] == 0.0
+    # centred, g = 1, 2, 4: mean 7/3, c = -4/3, -1/3, 5/3;
+    # r(1) = (4/9 - 5/9) / sqrt((16/9 + 1/9) * (1/9 + 25/9)) = -1/sqrt(442)
+    # r(2) = (-20/9) / sqrt(16/9 * 25/9) = -1
+    r = sh.autocorrelation(np.array([1.0, 2.0, 4.0]))
+    assert r == pytest.approx([1.0, -1 / math.sqrt(442), -1.0], abs=1e-15)
+    # 1, 2, 3 centred: -1, 0, 1: r(1) = 0 / sqrt(1 * 1), r(2) = -1 / sqrt(1 * 1)
+    assert sh.autocorrelation(np.array([1.0, 2.0, 3.0])) == pytest.approx([1, 0, -1], abs=1e-15)
+    # vectors: <(1,0),(0,1)> = 0 at lag 1 (uncentred); centred, (1,0), (0,1), (1,1):
+    # mean (2/3, 2/3), c = (1/3,-2/3), (-2/3,1/3), (1/3,1/3); |c|^2 = 5/9, 5/9, 2/9
+    # r(1) = (-4/9 - 1/9) / sqrt(10/9 * 7/9) = -5/sqrt(70)
+    assert sh.autocorrelation(np.eye(2), 1, centred=False)[1] == 0.0
+    g = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    assert sh.autocorrelation(g, 1)[1] == pytest.approx(-5 / math.sqrt(70), abs=1e-15)
 
 
 def test_zero_sequence_is_nan():
-    assert np.isnan(sh.autocorrelation(np.zeros((4, 3)))).all()
+    for centred in (True, False):
+        assert np.isnan(sh.autocorrelation(np.zeros((4, 3)), centred=centred)).all()
 
 
 @given(arrays(np.float64, st.tuples(st.integers(2, 40), st.integers(1, 4)),
-              elements=st.floats(-1e6, 1e6, allow_subnormal=False)))
-def test_lag_zero_is_one_and_bounded(g):
-    r = sh.autocorrelation(g)
-    if not np.any(g):
+              elements=st.floats(-1e6, 1e6, allow_subnormal=False)),
+       st.booleans())
+def test_lag_zero_is_one_and_bounded(g, centred):
+    r = sh.autocorrelation(g, centred=centred)
+    if not np.any(g - g.mean(0) if centred else g):
         assert np.isnan(r).all()
         return
-    assert r[0] == 1.0
+    assert r[0] == 1.0 or (centred and np.isnan(r).all())  # centred: rounding-level spread
     ok = r[np.isfinite(r)]  # NaN: a lag whose overlapping terms are all zero
     assert (np.abs(ok) <= 1.0).all()
 
 
 # --------------------------------------------------------------------------- gradients on networks
 
-def test_linear_model_gradient_autocorrelation_is_one():
+def test_linear_model_gradient_is_constant():
+    # uncentred 1 at every lag; centred: no fluctuation around the mean gradient, NaN
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).eval()
     df = sh.measure(model, _data(), _trial())
     assert list(df.columns) == sh.COLUMNS
     assert len(df) == sh.SEGMENTS * (sh.MAX_LAG + 1) and (df["points"] == sh.POINTS).all()
-    assert np.allclose(df["autocorr"], 1.0, rtol=0, atol=1e-9)
+    assert np.allclose(df["autocorr_uncentred"], 1.0, rtol=0, atol=1e-9)
+    assert df["autocorr_centred"].isna().all()
+
+
+def test_measure_columns_are_the_autocorrelations_of_the_line_gradients():
+    torch.manual_seed(0)
+    model = _settled(create_model("resnet", depth=8, base_width=4))
+    data = _data()
+    df = sh.measure(model, data, _trial())
+    (i, j), = sh.segment_pairs(len(data.test_x), seed_for(0, "shattering"))[:1]
+    g = sh.line_gradients(model, data.test_x[i], data.test_x[j], int(data.test_y[i]))
+    g = g.double().numpy()
+    first = df[df["segment"] == 0]
+    np.testing.assert_allclose(first["autocorr_centred"], sh.autocorrelation(g), atol=1e-6)
+    np.testing.assert_allclose(first["autocorr_uncentred"],
+                               sh.autocorrelation(g, centred=False), atol=1e-6)
+    assert (first["autocorr_centred"].iloc[1:] < first["autocorr_uncentred"].iloc[1:]).all()
 
 
 @pytest.mark.parametrize("block", ["post", "pre"])
@@ -117,7 +178,8 @@ def test_model_unchanged_and_no_parameter_gradients():
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before) and not model.training
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
-    assert np.isfinite(df["autocorr"]).all() and (df.loc[df["lag"] == 0, "autocorr"] == 1).all()
+    for col in ("autocorr_centred", "autocorr_uncentred"):
+        assert np.isfinite(df[col]).all() and (df.loc[df["lag"] == 0, col] == 1).all()
 
 
 def test_segments_are_seeded_and_the_same_at_init_and_final():
@@ -154,7 +216,8 @@ def shattering_frames(draw, keys):
     whens = draw(st.sampled_from([["init"], ["final"], ["init", "final"]]))
     seeds, lags = draw(st.integers(1, 3)), draw(st.integers(2, 5))
     rows = [dict(keys(family, depth, residual, seed, when), segment=s, lag=k, points=256,
-                 autocorr=1.0 if k == 0 else draw(values))
+                 autocorr_centred=1.0 if k == 0 else draw(values),
+                 autocorr_uncentred=1.0 if k == 0 else draw(values))
             for depth in depths for residual in variants for seed in range(seeds)
             for when in whens for s in range(2) for k in range(lags)]
     return pd.DataFrame(rows)
@@ -181,10 +244,50 @@ def test_figures_say_when_there_is_nothing_to_draw(keys):
 
 def test_table_numbers(keys):
     # per trial: the mean over segments at lag 1; then mean ± t half width over seeds
+    # the centred column; the uncentred one (here 0.9 throughout) is not the table's
     rows = [dict(keys("resnet", 8, False, seed, "final"), segment=s, lag=1, points=256,
-                 autocorr=v)
+                 autocorr_centred=v, autocorr_uncentred=0.9)
             for seed, pair in enumerate([(0.2, 0.4), (0.5, 0.5)]) for s, v in enumerate(pair)]
     t = sh.shattering_table(pd.DataFrame(rows)).iloc[0]
     half = 12.706204736 * 0.1414213562 / math.sqrt(2)  # t_{0.975, 1} * sd(0.3, 0.5) / sqrt(2)
     assert t["lag-1 trained"] == f"0.400 ± {half:.3f}" and t["lag-1 at init"] == "—"
     assert (t["variant"], t["seeds"], t["depth"]) == ("plain", 2, 8)
+
+
+def _old_file(keys):
+    """A file measured before the centred column: ``autocorr`` is the uncentred one."""
+    return pd.DataFrame([dict(keys("resnet", d, r, seed, w), segment=s, lag=k, points=256,
+                              autocorr=1.0 if k == 0 else 0.9 - 0.1 * k)
+                         for d in (8, 14) for r in (True, False) for seed in range(2)
+                         for w in ("init", "final") for s in range(2) for k in range(3)])
+
+
+def test_an_old_file_shows_the_uncentred_autocorrelation_and_says_so(keys):
+    old = _old_file(keys)
+    t = sh.shattering_table(old)
+    assert "lag-1 trained (uncentred, old file)" in t.columns
+    assert "lag-1 trained" not in t.columns
+    assert set(t["lag-1 trained (uncentred, old file)"]) == {"0.800 ± 0.000"}
+    assert set(t["lag-2 at init (uncentred, old file)"]) == {"0.700 ± 0.000"}
+    for f in (sh.shattering_acf, sh.shattering_lag1):
+        fig = f(old)
+        fig.canvas.draw()
+        assert "UNCENTRED" in fig._supylabel.get_text() and sh.OLD_FILE in fig._supylabel.get_text()
+    # a new file: centred, labelled so
+    new = old.drop(columns="autocorr").assign(autocorr_centred=0.1, autocorr_uncentred=0.9)
+    assert "centred" in sh.shattering_acf(new)._supylabel.get_text()
+    assert "UNCENTRED" not in sh.shattering_lag1(new)._supylabel.get_text()
+    assert set(sh.shattering_table(new)["lag-1 trained"]) == {"0.100 ± 0.000"}
+
+
+def test_a_merged_file_of_old_and_new_trials_shows_the_centred_one(keys):
+    # pd.concat of an old trial's rows (autocorr) and a new one's (both new columns)
+    old = _old_file(keys)
+    new = old[old["depth"] == 8].drop(columns="autocorr").assign(autocorr_centred=0.25,
+                                                                 autocorr_uncentred=0.9)
+    mixed = pd.concat([old[old["depth"] == 14], new], ignore_index=True)
+    t = sh.shattering_table(mixed).set_index(["depth", "variant"])
+    assert t.loc[(8, "plain"), "lag-1 trained"] == "0.250 ± 0.000"
+    assert t.loc[(14, "plain"), "lag-1 trained"] == "—"  # old trials: no centred value
+    sh.shattering_acf(mixed).canvas.draw()
+    sh.shattering_lag1(mixed).canvas.draw()
