@@ -27,8 +27,10 @@ def activation_stats(x: torch.Tensor, lead: int = 0) -> torch.Tensor:
     """(mean |x|, std of x, fraction of exact zeros), reducing all dims after ``lead``.
 
     std is the population std (correction 0) over every element of the output:
-    batch, channels and positions together, as He et al. Fig. 7's "std of
-    layer responses". Returns shape ``x.shape[:lead] + (3,)``, float32.
+    batch, channels and positions together. Recorded on block outputs (after the
+    addition and the ReLU), this is not He et al. Fig. 7's "std of layer
+    responses" (3x3 conv outputs after BN, before the addition and the ReLU: the
+    ``responses`` measurement). Returns shape ``x.shape[:lead] + (3,)``, float32.
     """
     x = x.detach().float().flatten(lead)  # (*lead, N)
     return torch.stack([x.abs().mean(-1), x.std(-1, correction=0),
