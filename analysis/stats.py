@@ -16,7 +16,9 @@ Statistical choices (the same in every function):
   on those per-seed differences. A seed with only one usable side is counted in
   ``n_unpaired``.
 * **Tests are two-sided.** The paired t test (equivalent to
-  ``scipy.stats.ttest_rel``) and an exact Wilcoxon signed-rank test.
+  ``scipy.stats.ttest_rel``) and an exact Wilcoxon signed-rank test, whose ties are
+  ties of the measurement (|d| on a resolution grid, or equal up to rounding), not of
+  the floats' last bits.
 * **Depth degradation uses Welch** (``degradation_index``): different depths
   are different networks trained independently, so the samples at two depths
   are independent (not paired by seed) with possibly unequal variances; the
@@ -239,7 +241,27 @@ def paired_t_pvalue(diffs: Iterable) -> float:
     return float(2.0 * _sp.stdtr(n - 1, -abs(t)))  # = 2 t.sf(|t|, n - 1)
 
 
-def wilcoxon_exact_pvalue(diffs: Iterable) -> float:
+def _magnitude_classes(d: np.ndarray, resolution: float | None) -> np.ndarray:
+    """|d| as whole numbers (floats), equal exactly where the magnitudes are ties (0: a
+    zero difference); ``d`` is not empty. With ``resolution``: ``rint(|d| /
+    resolution)``, the count of grid steps. Without: sorted |d| within ``ZERO_SD_RTOL * max|d|`` of the previous one share
+    a class, and |d| within that tolerance of 0 is 0."""
+    a = np.abs(d)
+    if resolution is not None:
+        resolution = float(resolution)
+        if not (math.isfinite(resolution) and resolution > 0):
+            raise ValueError(f"resolution must be a positive number, got {resolution!r}")
+        return np.rint(a / resolution)
+    tol = ZERO_SD_RTOL * float(a.max())
+    order = np.argsort(a, kind="mergesort")
+    s = a[order]
+    new = np.r_[s[0] > tol, np.diff(s) > tol]  # a class starts here
+    classes = np.empty(a.size)
+    classes[order] = np.cumsum(new)  # 0 for the values within tol of zero
+    return classes
+
+
+def wilcoxon_exact_pvalue(diffs: Iterable, *, resolution: float | None = None) -> float:
     """Two-sided exact Wilcoxon signed-rank p value of the finite differences.
 
     Zero differences are dropped (Wilcoxon's convention, scipy's
@@ -252,15 +274,26 @@ def wilcoxon_exact_pvalue(diffs: Iterable) -> float:
     No finite difference -> NaN; all differences zero -> 1.0 (``W+ = 0``
     is the only possible value: no evidence either way). With n nonzero
     differences the smallest attainable p is ``2 / 2^n`` (0.25 for n = 3).
+
+    **Ties on the measurement's resolution.** Differences of accuracies (counts / 1017)
+    that are equal as counts differ in their last bits as floats, and ranking the raw
+    floats would split a tie (``[10, 10, -10, 20, 30] / 1017`` built from accuracies
+    can give 0.125 or 0.1875 instead of 0.25). So |d| is put on a grid before ranking:
+    ``resolution`` (e.g. ``1 / n_test``) rounds |d| to ``rint(|d| / resolution)``
+    steps (0 steps = a zero difference); without it, |d| values within
+    ``ZERO_SD_RTOL * max|d|`` of each other (sorted, chained) are ties and |d| within
+    that tolerance of 0 is zero. The sign is the sign of d.
     """
     d = _finite(diffs)
     if d.size == 0:
         return math.nan
-    d = d[d != 0.0]
+    mag = _magnitude_classes(d, resolution)
+    nonzero = mag != 0
+    d, mag = d[nonzero], mag[nonzero]
     n = d.size
     if n == 0:
         return 1.0
-    ranks2 = np.rint(2 * mid_ranks(np.abs(d))).astype(np.int64)  # mid-ranks * 2
+    ranks2 = np.rint(2 * mid_ranks(mag)).astype(np.int64)  # mid-ranks * 2
     w2 = int(ranks2[d > 0].sum())
     counts = np.zeros(int(ranks2.sum()) + 1, dtype=object)  # exact integers for any n
     counts[0] = 1

@@ -147,6 +147,54 @@ def test_wilcoxon_exact_matches_scipy_without_ties():
             stats.wilcoxon(d, method="exact").pvalue, rel=1e-12)
 
 
+def _brute_force_wilcoxon(counts) -> float:
+    """Two-sided exact signed-rank p value by enumerating all 2^n sign assignments of the
+    nonzero integer differences' (doubled, integer) mid-ranks."""
+    k = np.asarray(counts)
+    k = k[k != 0]
+    n = k.size
+    if n == 0:
+        return 1.0
+    ranks2 = np.rint(2 * stats.rankdata(np.abs(k))).astype(np.int64)
+    w = int(ranks2[k > 0].sum())
+    signs = (np.arange(2 ** n)[:, None] >> np.arange(n)) & 1  # every subset of positives
+    every = signs @ ranks2
+    return min(1.0, 2 * min(int((every <= w).sum()), int((every >= w).sum())) / 2 ** n)
+
+
+def test_wilcoxon_ties_on_the_accuracy_grid():
+    # Differences of accuracies (counts / 1017): 10, 10, -10, 20, 30 test images. As floats
+    # the three |10 / 1017| differ in their last bits; ranked as floats the tie splits and
+    # p comes out 0.125. As counts: mid-ranks 2, 2, 2, 4, 5; W+ = 2 + 2 + 4 + 5 = 13 of
+    # 15; subsets of {2, 2, 2, 4, 5} with sum >= 13: 3 (drop one 2) + 1 (all) = 4 of 32,
+    # so p = 2 * 4/32 = 0.25.
+    base = np.array([765, 573, 460, 242, 277])
+    d = (base + np.array([10, 10, -10, 20, 30])) / 1017 - base / 1017
+    assert len(set(np.abs(d[:3]))) > 1            # the float tie is really broken
+    assert wilcoxon_exact_pvalue(d) == 0.25
+    assert wilcoxon_exact_pvalue(d, resolution=1 / 1017) == 0.25
+    assert wilcoxon_exact_pvalue(np.array([10, 10, -10, 20, 30]) / 1017) == 0.25
+    # a difference below the tolerance (or below half a grid step) is zero
+    assert wilcoxon_exact_pvalue([1e-15, 1, 2, 3]) == 0.25
+    assert wilcoxon_exact_pvalue([0.4 / 1017, 1, 2, 3], resolution=1 / 1017) == 0.25
+    with pytest.raises(ValueError, match="resolution"):
+        wilcoxon_exact_pvalue([1, 2], resolution=0)
+
+
+@hyp.settings(max_examples=150, deadline=None)
+@hyp.given(hst.lists(hst.sampled_from([-3, -2, -1, 0, 1, 2, 3]) | hst.integers(-40, 40),
+                     min_size=1, max_size=10),
+           hst.lists(hst.integers(0, 1017), min_size=10, max_size=10))
+def test_wilcoxon_equals_brute_force_on_accuracy_differences(counts, base):
+    """Small integer differences with ties and zeros, as differences of accuracies."""
+    expected = _brute_force_wilcoxon(counts)
+    k, b = np.array(counts), np.array(base[:len(counts)])
+    for d in (k / 1017, (b + k) / 1017 - b / 1017, (1 - b / 1017) - (1 - (b + k) / 1017)):
+        assert wilcoxon_exact_pvalue(d) == pytest.approx(expected, rel=1e-12)
+        assert wilcoxon_exact_pvalue(d, resolution=1 / 1017) == pytest.approx(expected,
+                                                                             rel=1e-12)
+
+
 def test_welch_ci_exact():
     # a = [4, 6, 8] (mean 6, var 4), b = [1, 2, 3] (mean 2, var 1): diff 4,
     # se^2 = 4/3 + 1/3 = 5/3, df = (5/3)^2 / ((4/3)^2/2 + (1/3)^2/2) = 50/17.
