@@ -14,17 +14,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
 import models
-from ablations import factors
+from ablations import factors, recipes
 from analysis.cli import OneLineParser
 from ablations.plan import expand, format_plan, group_by_cell
 from ablations.progress import duration
-from ablations.spec import (DATASET_CHOICES, DEVICE_CHOICES, KEEP_WEIGHTS_CHOICES, MODE_CHOICES,
+from ablations.spec import (DATASET_CHOICES, DECAY_CHOICES, DEFAULT_SEEDS, DEVICE_CHOICES,
+                            KEEP_WEIGHTS_CHOICES, MODE_CHOICES, NORMALIZE_CHOICES, PAD_CHOICES,
                             PRECISION_CHOICES,
                             RESIDUAL_CHOICES, TUNE_SPACE, WANDB_CHOICES, AblationSpec, SpecError,
                             TrainSettings, resolve_measure, spec_from_dict, validate)
@@ -32,6 +34,25 @@ from ablations.spec import (DATASET_CHOICES, DEVICE_CHOICES, KEEP_WEIGHTS_CHOICE
 # May be given again with --resume/--retry-failed; every other flag comes from spec.json.
 EXECUTION_FLAGS = {"out", "resume", "retry_failed", "address", "storage", "cpus_per_trial",
                    "gpus_per_trial", "max_failures", "wandb"}
+# Training flags whose default is the recipe's (ablations.recipes): None when not typed.
+RECIPE_FLAGS = ("epochs", "lr", "momentum", "weight_decay", "batch_size", "milestones",
+                "warmup_epochs", "decay", "pad_mode", "normalize")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" unless the help already says what the default is (the
+    recipe's flags: their argparse default is None, resolved from --recipe)."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _recipes_default(field: str) -> str:
+    """``(default: the recipe's: seed 0.1, default 0.1, he2016 0.1)`` for --help."""
+    return "(default: the recipe's: " + ", ".join(
+        f"{r.name} {r.shown(field)}" for r in map(recipes.get, recipes.names())) + ")"
 
 
 def _list(kind, name, example, allow_empty=False):
@@ -90,7 +111,7 @@ def _wandb_target(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="sweep.py", description=__doc__.split("\n\n")[0],
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                      formatter_class=HelpFormatter)
     g = p.add_argument_group("study")
     g.add_argument("--families", type=_list(str, "--families", "mlp,resnet"),
                    default=("mlp", "resnet"), help="model families: "
@@ -104,12 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
     for f in factors.all_factors():
         if f.name == "residual":
             continue  # --residual on|off|both above
+        supplied = [f"{r.name} {dict(r.levels)[f.name]}" for r in
+                    map(recipes.get, recipes.names()) if f.name in dict(r.levels)]
         g.add_argument(f.flag, dest=f.name, metavar="LEVELS", default=argparse.SUPPRESS,
                        type=_list(str, f.flag, ",".join(f.level_names)),
                        help=f"{f.help}; levels: {', '.join(f.level_names)} (comma list; "
-                       f"applies to {', '.join(f.families)})")
+                       f"applies to {', '.join(f.families)}" + (
+                           f"; default: the recipe's: {', '.join(supplied)}, else each "
+                           "family's)" if supplied else ")"))
+    g.add_argument("--recipe", choices=recipes.names(), default=None,
+                   help="training recipe: the default of every flag marked 'the recipe's' "
+                   "(a typed flag overrides it): " + "; ".join(
+                       f"{n}: {recipes.get(n).summary}" for n in recipes.names())
+                   + " (default: seed for --models presets and --mode probe, else default)")
     g.add_argument("--mode", choices=MODE_CHOICES, default="train")
-    g.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per cell")
+    g.add_argument("--seeds", type=int, default=None,
+                   help="seeds 0..N-1 per cell (default: " + ", ".join(
+                       f"{n} in {m} mode" for m, n in DEFAULT_SEEDS.items()) + "; --smoke: 1)")
     g.add_argument("--probe-batch", type=int, default=1,
                    help="probe mode: random examples per forward/backward (seed article: 1)")
     g.add_argument("--smoke", action="store_true",
@@ -165,17 +197,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class-stratified training subset, the same for every trial")
     t.add_argument("--val-fraction", type=float, default=0.1,
                    help="held out of the subset for model selection")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--lr", type=float, default=0.1)
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--epochs", type=int, default=None,
+                   help="training length; he2016's is 64k iterations at 45k images, scaled to "
+                   "the training set and batch (about 180 epochs) " + _recipes_default("epochs"))
+    t.add_argument("--lr", type=float, default=None, help=_recipes_default("lr"))
+    t.add_argument("--momentum", type=float, default=None, help=_recipes_default("momentum"))
+    t.add_argument("--weight-decay", type=float, default=None,
+                   help=_recipes_default("weight_decay"))
+    t.add_argument("--decay", choices=DECAY_CHOICES, default=None,
+                   help="which parameters weight decay applies to: all, or weights (conv and "
+                   "linear weight matrices only: not norm gains/biases, biases, branch "
+                   "scalars) " + _recipes_default("decay"))
+    t.add_argument("--batch-size", type=int, default=None, help=_recipes_default("batch_size"))
     t.add_argument("--milestones", type=_list(int, "--milestones", "15,25", allow_empty=True),
                    default=None, help="epochs after which the lr is multiplied by 0.1 ('' for "
-                   "none; default: the seed article's 15,25 of 30, scaled to --epochs)")
-    t.add_argument("--warmup-epochs", type=int, default=0,
+                   "none; seed: 15,25 of 30) " + _recipes_default("milestones"))
+    t.add_argument("--warmup-epochs", type=int, default=None,
                    help="linear learning-rate warmup from lr/steps to lr over the first N "
-                   "epochs, per step (Goyal et al. 2017); 0 keeps the seed article's recipe")
+                   "epochs, per step (Goyal et al. 2017) " + _recipes_default("warmup_epochs"))
+    t.add_argument("--pad-mode", choices=PAD_CHOICES, default=None,
+                   help="padding of the 4-pixel random crops: reflect, or zero (He et al. "
+                   "2016) " + _recipes_default("pad_mode"))
+    t.add_argument("--normalize", choices=NORMALIZE_CHOICES, default=None,
+                   help="input normalization: channel (per-channel mean and std of the "
+                   "training set) or pixel-mean (the training set's mean image subtracted, "
+                   "He et al. 2016) " + _recipes_default("normalize"))
     t.add_argument("--stats-every", type=int, default=50,
                    help="record per-layer statistics every k training steps (0: none)")
     t.add_argument("--threads", type=int, default=None,
@@ -201,37 +247,87 @@ def build_parser() -> argparse.ArgumentParser:
 def default_milestones(epochs: int) -> tuple[int, ...]:
     """The seed article's schedule (drops after epochs 15 and 25 of 30) scaled to
     ``epochs``: after 1/2 and 5/6 of training; 30 -> (15, 25), 10 -> (5, 8), 2 -> (1,)."""
-    return tuple(sorted({m for m in (round(epochs / 2), round(epochs * 5 / 6))
-                         if 1 <= m < epochs}))
+    return recipes.get("seed").schedule(1, 1, epochs)[1]
+
+
+def _families_of(args) -> tuple[str, ...]:
+    """The families the sweep trains (a preset's family; unknown names are left to
+    ``validate``, which names the valid ones)."""
+    if not args.models:
+        return tuple(args.families)
+    known = set(models.list_presets())
+    return tuple(models.get_config(m).family for m in args.models if m in known)
 
 
 def spec_from_args(args) -> AblationSpec:
-    train = TrainSettings(
+    """The spec ``args`` asks for: each recipe flag (RECIPE_FLAGS, factor levels) typed,
+    or else the recipe's (``ablations.recipes``); the seeds typed or the mode's default."""
+    recipe = recipes.get(args.recipe or recipes.default_name(bool(args.models), args.mode))
+    base = TrainSettings(
         dataset=args.dataset, data_root=os.path.abspath(args.data_root), subset=args.subset,
-        val_fraction=args.val_fraction, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, batch_size=args.batch_size,
-        milestones=default_milestones(args.epochs) if args.milestones is None
-        else tuple(args.milestones), stats_every=args.stats_every, threads=args.threads,
-        warmup_epochs=args.warmup_epochs,
+        val_fraction=args.val_fraction, stats_every=args.stats_every, threads=args.threads,
         device=args.device, precision=args.precision, compile=args.compile)
+    typed = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None}
+    train = recipe.settings(base, typed)
+    supplied = recipe.factor_levels(_families_of(args))
+    levels = []  # registry order, as if the recipe's levels had been typed
+    for f in factors.all_factors():
+        given = getattr(args, f.name, None) if f.name != "residual" else None
+        if given is not None:
+            levels.append((f.name, tuple(given)))
+        elif f.name in supplied:
+            levels.append((f.name, (supplied[f.name],)))
+    typed_factors = {n for n, _ in levels if n not in supplied}
+    family_levels = recipe.family_factor_levels(_families_of(args), typed_factors)
+    family_factors = tuple((fam, tuple((n, (lv,)) for n, lv in lvs.items()))
+                           for fam, lvs in family_levels.items() if lvs)
+    seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS.get(args.mode, 1)
     spec = AblationSpec(
         families=tuple(args.families), depths=tuple(args.depths), residual=args.residual,
-        models=tuple(args.models), mode=args.mode, seeds=args.seeds, out=args.out,
+        models=tuple(args.models), mode=args.mode, seeds=seeds, recipe=recipe.name,
+        out=args.out,
         name=args.name or f"{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}", wandb=args.wandb,
         smoke=args.smoke, probe_batch=args.probe_batch, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, address=args.address,
         storage=os.path.abspath(args.storage) if args.storage else None,
         max_failures=args.max_failures, tune=tuple(args.tune), samples=args.samples,
         tune_ranges=tuple(args.tune_range), train=train, measure=args.measure,
-        keep_weights=args.keep_weights,
-        factors=tuple((f.name, tuple(getattr(args, f.name))) for f in factors.all_factors()
-                      if f.name != "residual" and getattr(args, f.name, None) is not None))
+        keep_weights=args.keep_weights, factors=tuple(levels), family_factors=family_factors)
     if spec.smoke:
         spec = dataclasses.replace(
             spec, depths=(4,), seeds=1,
             train=dataclasses.replace(train, dataset="synthetic", subset=512, epochs=2,
                                       milestones=(1,), val_fraction=0.1))
     return spec
+
+
+def settings_line(spec: AblationSpec) -> str:
+    """What every trial trains with, printed before the plan: the recipe, its resolved
+    settings, the share of the recipe's schedule run, and the seeds per cell."""
+    seeds = f"{spec.seeds} seed(s) per cell" + (" (--smoke)" if spec.smoke else "")
+    levels = ", ".join(f"{factors.get(n).flag} {','.join(lv)}" for n, lv in spec.factors)
+    for fam, lvs in spec.family_factors:
+        levels += ("; " if levels else "") + f"{fam}: " + ", ".join(
+            f"{factors.get(n).flag} {','.join(lv)}" for n, lv in lvs)
+    if spec.mode != "train":
+        return f"recipe {spec.recipe}" + (f" ({levels})" if levels else "") + f"; {seeds}"
+    t = spec.train
+    n, steps_per_epoch = t.train_images, math.ceil(t.train_images / t.batch_size)
+    full = recipes.get(spec.recipe).schedule_steps(n, t.batch_size)
+    drops = f"x0.1 after epochs {','.join(map(str, t.milestones))}" if t.milestones \
+        else "no lr drops"
+    warm = f", linear warmup {t.warmup_epochs} epoch(s)" if t.warmup_epochs else ""
+    depths = [models.get_config(m).depth for m in spec.models] or spec.depths
+    if t.constant_warmup_steps and t.constant_warmup_depth and \
+            max(depths) >= t.constant_warmup_depth:
+        warm += (f", lr x{recipes.CONSTANT_WARMUP_FACTOR:g} for {t.constant_warmup_steps} "
+                 f"steps at depth >= {t.constant_warmup_depth}")
+    return (f"recipe {spec.recipe}: lr {t.lr:g}, momentum {t.momentum:g}, weight decay "
+            f"{t.weight_decay:g} on {'every parameter' if t.decay == 'all' else 'weights only'}"
+            f", batch {t.batch_size}, {t.epochs} epoch(s) = {t.epochs * steps_per_epoch} steps "
+            f"({100 * t.epochs * steps_per_epoch / full:.0f}% of the recipe's {full}), "
+            f"{drops}{warm}, {t.pad_mode}-padded crops, {t.normalize} "
+            f"normalization" + (f"; {levels}" if levels else "") + f"; {seeds}")
 
 
 def given_flags(argv) -> set[str]:
@@ -478,6 +574,7 @@ def execute(spec, kind, trials, skipped, wandb_mode, argv, runner, clock, sizes=
     # workers run in Tune's trial folders: every path they get is absolute
     worker_spec = dataclasses.replace(spec, wandb=wandb_mode, out=os.path.abspath(spec.out),
                                       storage=os.path.abspath(spec.storage_dir))
+    print(settings_line(spec), flush=True)
     print(format_plan(trials, skipped, spec.mode), flush=True)
     if spec.mode == "train":
         from ablations import measure_run, weights

@@ -149,8 +149,7 @@ def check_data(t: TrainSettings) -> dict:
     stratified_subset(ytr, t.subset)
     if t.val_fraction > 0 and round(t.val_fraction * t.subset) >= t.subset:
         raise SpecError(f"--val-fraction {t.val_fraction} leaves no training images")
-    val = 0 if t.val_fraction <= 0 else max(1, round(t.val_fraction * t.subset))
-    return {"train": t.subset - val, "val": val, "test": len(yte)}
+    return {"train": t.train_images, "val": t.val_images, "test": len(yte)}
 
 
 @functools.lru_cache(maxsize=2)
@@ -160,7 +159,11 @@ def load_dataset(t: TrainSettings, device: str) -> Dataset:
     train_idx, val_idx = split_val(stratified_subset(ytr, t.subset), ytr, t.val_fraction)
     to = functools.partial(torch.as_tensor, device=device)
     x = to(xtr[train_idx]).float().div_(255)
-    mean, std = x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True)
+    if t.normalize == "pixel-mean":
+        # He et al. 2016 (sec. 4.2): "the per-pixel mean subtracted", and no std division
+        mean, std = x.mean(0, keepdim=True), torch.ones((), device=x.device)
+    else:
+        mean, std = x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True)
     norm = lambda a: (to(a).float().div_(255) - mean) / std  # noqa: E731
     test_images = to(xte).float().div_(255)
     return Dataset(train_x=(x - mean) / std, train_y=to(ytr[train_idx]),
@@ -168,9 +171,12 @@ def load_dataset(t: TrainSettings, device: str) -> Dataset:
                    test_x=(test_images - mean) / std, test_y=to(yte), test_images=test_images)
 
 
-def pad_images(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
-    """Reflect-pad (B, C, H, W) -> (B, C, H+2p, W+2p). Done once per trial, not per
-    batch: reflect padding is the slow part of augmentation on a CPU."""
+def pad_images(x: torch.Tensor, pad: int = 4, mode: str = "reflect") -> torch.Tensor:
+    """Pad (B, C, H, W) -> (B, C, H+2p, W+2p): ``reflect``, or ``zero`` (He et al. 2016;
+    0 of the normalized input, i.e. the mean). Done once per trial, not per batch:
+    reflect padding is the slow part of augmentation on a CPU."""
+    if mode == "zero":
+        return F.pad(x, (pad, pad, pad, pad), mode="constant", value=0.0)
     return F.pad(x, (pad, pad, pad, pad), mode="reflect")
 
 

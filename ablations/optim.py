@@ -10,6 +10,7 @@ the state dicts use ``torch.optim``'s layout, so checkpoints move freely between
 the two.
 
     opt = SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    # or SGD(param_groups(model, "weights", 5e-4), ...): no decay on norms, biases, scalars
     sched = StepSchedule(opt, milestones=(15, 25), gamma=0.1)
     ...; opt.step(); ...; sched.step()   # once per epoch, like MultiStepLR
 """
@@ -19,17 +20,32 @@ import torch
 
 
 class SGD:
-    """``torch.optim.SGD(params, lr, momentum, weight_decay)``, single-tensor update."""
+    """``torch.optim.SGD(params, lr, momentum, weight_decay)``, single-tensor update.
+
+    ``params``: parameters (one group), or groups as torch.optim takes them,
+    ``[{"params": [...], "weight_decay": 0.0}, ...]``; a group's missing settings
+    take the keyword values. Every group shares the learning rate (``set_lr``)."""
 
     def __init__(self, params, *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
-        self.params = list(params)
-        self.param_groups = [{"lr": float(lr), "momentum": float(momentum),
-                              "weight_decay": float(weight_decay)}]
+        params = list(params)
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+        self.params, self.group_params, self.param_groups = [], [], []
+        for g in groups:
+            ps = list(g["params"])
+            self.group_params.append(range(len(self.params), len(self.params) + len(ps)))
+            self.params += ps
+            self.param_groups.append(
+                {"lr": float(g.get("lr", lr)), "momentum": float(g.get("momentum", momentum)),
+                 "weight_decay": float(g.get("weight_decay", weight_decay))})
         self.momentum_buffers: list[torch.Tensor | None] = [None] * len(self.params)
 
     @property
     def lr(self) -> float:
         return self.param_groups[0]["lr"]
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.param_groups:
+            group["lr"] = lr
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -40,39 +56,43 @@ class SGD:
 
     @torch.no_grad()
     def step(self) -> None:
-        group = self.param_groups[0]
-        lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            grad = p.grad
-            if wd != 0:
-                grad = grad.add(p, alpha=wd)
-            if momentum != 0:
-                buf = self.momentum_buffers[i]
-                if buf is None:
-                    buf = self.momentum_buffers[i] = torch.clone(grad).detach()
-                else:
-                    buf.mul_(momentum).add_(grad)  # dampening 0: alpha = 1
-                grad = buf
-            p.add_(grad, alpha=-lr)
+        for group, indices in zip(self.param_groups, self.group_params):
+            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for i in indices:
+                p = self.params[i]
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if wd != 0:
+                    grad = grad.add(p, alpha=wd)
+                if momentum != 0:
+                    buf = self.momentum_buffers[i]
+                    if buf is None:
+                        buf = self.momentum_buffers[i] = torch.clone(grad).detach()
+                    else:
+                        buf.mul_(momentum).add_(grad)  # dampening 0: alpha = 1
+                    grad = buf
+                p.add_(grad, alpha=-lr)
 
     def state_dict(self) -> dict:
-        """``torch.optim.SGD.state_dict()``'s layout (parameters by index)."""
-        group = {**self.param_groups[0], "dampening": 0, "nesterov": False, "maximize": False,
-                 "params": list(range(len(self.params)))}
+        """``torch.optim.SGD.state_dict()``'s layout (parameters by index, numbered
+        through the groups in order)."""
+        groups = [{**g, "dampening": 0, "nesterov": False, "maximize": False,
+                   "params": list(idx)} for g, idx in zip(self.param_groups, self.group_params)]
         state = {i: {"momentum_buffer": b} for i, b in enumerate(self.momentum_buffers)
                  if b is not None}
-        return {"state": state, "param_groups": [group]}
+        return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Loads this class's or ``torch.optim.SGD``'s state dict (one parameter group)."""
+        """Loads this class's or ``torch.optim.SGD``'s state dict (the same groups)."""
         groups = state_dict["param_groups"]
-        if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
+        if [len(g["params"]) for g in groups] != [len(idx) for idx in self.group_params]:
             raise ValueError("optimizer state does not match the parameters "
-                             f"({[len(g['params']) for g in groups]} vs {len(self.params)})")
-        for key in self.param_groups[0]:
-            self.param_groups[0][key] = groups[0][key]
+                             f"({[len(g['params']) for g in groups]} vs "
+                             f"{[len(idx) for idx in self.group_params]})")
+        for mine, theirs in zip(self.param_groups, groups):
+            for key in mine:
+                mine[key] = theirs[key]
         self.momentum_buffers = [None] * len(self.params)
         for i, s in state_dict["state"].items():
             buf = s.get("momentum_buffer")
@@ -81,6 +101,21 @@ class SGD:
                 # loaded from one state would otherwise update the same buffers
                 self.momentum_buffers[int(i)] = buf.detach().to(self.params[int(i)].device,
                                                                 copy=True)
+
+
+def param_groups(model, decay: str, weight_decay: float):
+    """``model``'s parameters for ``SGD``. ``decay="all"``: one group, decay on every
+    parameter (the seed article; ``SGD(model.parameters(), ...)`` exactly). ``"weights"``:
+    decay only on weight matrices and conv kernels (ndim > 1). Norm gains and biases,
+    biases and the SkipInit branch scalars (0-dim) get none. Shrinking a norm gain or a
+    branch scalar toward 0 switches its unit off rather than regularising it."""
+    params = list(model.parameters())
+    if decay == "all":
+        return params
+    if decay != "weights":
+        raise ValueError(f"unknown decay {decay!r}; valid: all, weights")
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
 
 
 class StepSchedule:
@@ -97,7 +132,8 @@ class StepSchedule:
         # give lr * 0.1 * 0.1 (not lr * 0.01), bit for bit
         drops = self.milestones.count(self.last_epoch)
         if drops:
-            self.optimizer.param_groups[0]["lr"] *= self.gamma ** drops
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.gamma ** drops
 
     def state_dict(self) -> dict:
         return {"last_epoch": self.last_epoch, "milestones": self.milestones,

@@ -110,8 +110,8 @@ def expand(spec: AblationSpec) -> tuple[list[TrialConfig], list[tuple[str, str]]
                     skipped.append((f"{fam}-{d}", str(e)))
     trials = []
     hparams = (("lr", spec.train.lr), ("weight_decay", spec.train.weight_decay))
-    requested = spec.requested_levels()
     for name, cfg, preset in cells:
+        requested = spec.requested_levels(cfg.family)
         for levels in factors.variants(cfg.family, requested):
             label = cell_label(name, cfg.depth, levels["residual"] == "residual", preset,
                                cfg.family, levels)

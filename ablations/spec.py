@@ -22,6 +22,16 @@ DATASET_CHOICES = ("cifar10", "synthetic")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware has it natively
 KEEP_WEIGHTS_CHOICES = ("final", "all", "none")  # ablations.weights
+# weight decay on every parameter (the seed article, He et al. 2016), or on weight
+# matrices only (conv/linear weights: not norm gains/biases, biases, branch scalars)
+DECAY_CHOICES = ("all", "weights")
+# Seeds per cell when --seeds is not typed. Train: 3, the fewest that give a spread
+# (a mean and a standard deviation over seeds) at the cost of 3 trainings per cell.
+# Probe: 100, since a probe costs milliseconds per seed and the gradient statistics at
+# init vary a lot from seed to seed.
+DEFAULT_SEEDS = {"train": 3, "probe": 100}
+PAD_CHOICES = ("reflect", "zero")          # how crops are padded (ablations.data)
+NORMALIZE_CHOICES = ("channel", "pixel-mean")  # per-channel mean/std, or mean image only
 
 
 # Tunable hyperparameters, TUNE_SPACE: log-uniform ranges searched per cell (override:
@@ -34,7 +44,9 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Fixed training settings shared by every trial of a sweep (seed article defaults)."""
+    """Fixed training settings shared by every trial of a sweep. The defaults are the
+    seed article's recipe (``ablations.recipes``: ``seed``); sweep.py resolves every
+    field from ``--recipe`` and the typed flags."""
     dataset: str = "cifar10"
     data_root: str = "data"
     subset: int = 5000
@@ -51,6 +63,23 @@ class TrainSettings:
     precision: str = "auto"
     compile: bool = False
     warmup_epochs: int = 0  # linear lr warmup over the first N epochs (Goyal et al. 2017)
+    decay: str = "all"      # DECAY_CHOICES: which parameters weight decay applies to
+    pad_mode: str = "reflect"   # crop padding: reflect, or zero (He et al. 2016)
+    normalize: str = "channel"  # channel: mean/std per channel; pixel-mean: - mean image
+    # lr x recipes.CONSTANT_WARMUP_FACTOR for the first N steps of trials of depth >=
+    # constant_warmup_depth (He et al. 2016's ResNet-110 warmup); 0: none
+    constant_warmup_steps: int = 0
+    constant_warmup_depth: int = 0
+
+    @property
+    def train_images(self) -> int:
+        """Images trained on per epoch: the subset less its validation split, as
+        ``ablations.data`` splits it."""
+        return self.subset - self.val_images
+
+    @property
+    def val_images(self) -> int:
+        return 0 if self.val_fraction <= 0 else max(1, round(self.val_fraction * self.subset))
 
 
 @dataclass(frozen=True)
@@ -60,7 +89,8 @@ class AblationSpec:
     residual: str = "both"
     models: tuple[str, ...] = ()
     mode: str = "train"
-    seeds: int = 1
+    seeds: int = 1      # sweep.py resolves its default per mode (3 train, 100 probe)
+    recipe: str = "seed"  # ablations.recipes; what sweep.py resolved train and factors from
     out: str = "results"
     name: str = "sweep"
     wandb: str = "disabled"
@@ -77,6 +107,10 @@ class AblationSpec:
     # levels of the factors other than residual (ablations.factors), e.g.
     # (("norm", ("batch", "none")),); a factor left out takes each family's default
     factors: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # levels a recipe sets for one family only (the default recipe's pre-LN MLP), e.g.
+    # (("mlp", (("norm", ("layer",)), ("block", ("pre",)))),); ``factors`` (typed, or
+    # supplied sweep-wide) wins over them
+    family_factors: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = ()
     # measurements run at the end of each trial (ablations.measurements); None: the
     # registry's default set in train mode (resolve_measure), () in probe mode
     measure: tuple[str, ...] | None = None
@@ -99,10 +133,13 @@ class AblationSpec:
     def residual_variants(self) -> tuple[bool, ...]:
         return {"on": (True,), "off": (False,), "both": (False, True)}[self.residual]
 
-    def requested_levels(self) -> dict[str, tuple[str, ...]]:
-        """Levels per factor name, residual included (``--residual both`` -> plain, residual)."""
+    def requested_levels(self, family: str | None = None) -> dict[str, tuple[str, ...]]:
+        """Levels per factor name, residual included (``--residual both`` -> plain,
+        residual); with ``family``, that family's recipe levels (``family_factors``) under
+        the sweep-wide ones."""
         residual = tuple("residual" if r else "plain" for r in self.residual_variants())
-        return {"residual": residual, **dict(self.factors)}
+        own = dict(dict(self.family_factors).get(family, ())) if family else {}
+        return {"residual": residual, **own, **dict(self.factors)}
 
 
 def _choices(values, valid, what, plural=None):
@@ -134,11 +171,17 @@ def validate(spec: AblationSpec, resuming: bool = False) -> None:
             if d < 2:
                 raise SpecError(f"depth {d} is too small; depths are integers >= 2 (e.g. 5,18,34)")
     _choices([spec.residual], RESIDUAL_CHOICES, "--residual value")
-    from . import factors
+    from . import factors, recipes
+    _choices([spec.recipe], recipes.names(), "--recipe", "recipes")
+    recipes.get(spec.recipe).check_cells(
+        [(models.get_config(m).family, models.get_config(m).depth) for m in spec.models]
+        if spec.models else [(f, d) for f in spec.families for d in spec.depths])
     try:
         families = tuple(models.get_config(m).family for m in spec.models) if spec.models \
             else spec.families
         factors.validate_requested(dict(spec.factors), families)
+        for fam, levels in spec.family_factors:
+            factors.validate_requested(dict(levels), (fam,))
     except (ValueError, KeyError) as e:
         raise SpecError(str(e).strip("'\"")) from None
     if spec.mode == "probe" and "batch" in dict(spec.factors).get("norm", ()) and \
@@ -223,6 +266,12 @@ def validate_train(t: TrainSettings) -> None:
     _choices([t.dataset], DATASET_CHOICES, "dataset")
     _choices([t.device], DEVICE_CHOICES, "device")
     _choices([t.precision], PRECISION_CHOICES, "precision")
+    _choices([t.decay], DECAY_CHOICES, "--decay value")
+    _choices([t.pad_mode], PAD_CHOICES, "--pad-mode value")
+    _choices([t.normalize], NORMALIZE_CHOICES, "--normalize value")
+    if t.constant_warmup_steps < 0 or t.constant_warmup_depth < 0:
+        raise SpecError(f"constant warmup steps and depth must be >= 0 (got "
+                        f"{t.constant_warmup_steps}, {t.constant_warmup_depth})")
     if t.epochs < 1:
         raise SpecError(f"--epochs must be >= 1 (got {t.epochs})")
     if not t.lr > 0:
@@ -266,6 +315,9 @@ def spec_from_dict(d: dict) -> AblationSpec:
     # a sweep recorded before measurements existed measured and kept nothing
     fields.setdefault("measure", ())
     fields.setdefault("keep_weights", "none")
+    # a sweep recorded before recipes existed trained with today's seed recipe (the
+    # TrainSettings defaults fill its missing fields: decay all, reflect, channel)
+    fields.setdefault("recipe", "seed")
     train = TrainSettings(**{k: _tuples(v) for k, v in d.get("train", {}).items()
                              if k in TrainSettings.__dataclass_fields__})
     return AblationSpec(**{k: v for k, v in fields.items() if k in known}, train=train)

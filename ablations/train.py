@@ -1,6 +1,7 @@
 """Train one trial: SGD + momentum + weight decay, x0.1 at milestones (``ablations.optim``:
 torch.optim's update bit for bit, without its ~2 s torch._dynamo import per worker),
-evaluation every epoch, per-layer statistics every k steps, divergence detection.
+evaluation every epoch, per-layer statistics every k steps, divergence detection
+(``diverged_reason``: a non-finite or an exploded training loss).
 
 Fast by construction: data lives on the device as tensors (no DataLoader, no
 per-image Python), augmentation is batched, bfloat16 autocast where the hardware
@@ -34,13 +35,43 @@ from models import fused
 
 from . import measure_run, results, weights
 from .data import load_dataset, pad_images, random_crop_flip
-from .optim import SGD, StepSchedule, warmup_factor
+from .optim import SGD, StepSchedule, param_groups, warmup_factor
+from .recipes import CONSTANT_WARMUP_FACTOR
 
 # Evaluation batch: on a CPU, 256 images keep a SmallResNet's activations in cache and
 # in the kept heap (1,017 test images: 0.16 s at 256 against 0.34 s at 1000, fp32, 2
 # threads); a GPU wants large batches.
 EVAL_BATCH = {"cpu": 256}
 EVAL_BATCH_DEFAULT = 1000
+
+
+# A trial has diverged when an epoch's mean training loss exceeds this many times its
+# reference loss (see diverged_reason).
+EXPLODE_FACTOR = 10.0
+
+
+def diverged_reason(train_loss: float, init_loss: float | None, num_classes: int
+                    ) -> str | None:
+    """Why a trial whose epoch ended with mean training loss ``train_loss`` has diverged,
+    or None. This is the one rule for every trial and every tuning sample (a diverged
+    sample scores like any diverged one: ``ablations.tuning``).
+
+    - ``"non-finite"``: the loss is NaN or inf.
+    - ``"exploded"``: the loss exceeds ``EXPLODE_FACTOR`` x max(``init_loss``,
+      ln(``num_classes``)). ``init_loss`` is the loss on the first training batch before
+      the first step; ln(``num_classes``) is the loss of a uniform guess (chance) and
+      stands in when ``init_loss`` is unknown or non-finite. A network that learns stays
+      near or below both, and a deep network that starts far above chance is judged
+      against its own start. A finite explosion is still divergence: a residual MLP-20
+      on synthetic data ended its first epoch at loss 6e4..8e5 (chance: ln 10 = 2.30),
+      and it was counted as completed before this rule.
+    """
+    if not math.isfinite(train_loss):
+        return "non-finite"
+    reference = math.log(num_classes)
+    if init_loss is not None and math.isfinite(init_loss):
+        reference = max(reference, init_loss)
+    return "exploded" if train_loss > EXPLODE_FACTOR * reference else None
 
 
 def pick_device(name: str) -> str:
@@ -146,14 +177,16 @@ def first_block_maps(model, image: torch.Tensor, norm_image: torch.Tensor) -> di
             "image": image.float().cpu().numpy()}              # (3, 32, 32) in [0, 1]
 
 
-def save_state(model, opt, sched, gen, epoch, history, layer_frames) -> bytes:
+def save_state(model, opt, sched, gen, epoch, history, layer_frames,
+               init_loss: float | None = None) -> bytes:
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "rng": gen.get_state(), "epoch": epoch,
-                "history": history, "layers": layer_frames}, buf)
+                "history": history, "layers": layer_frames, "init_loss": init_loss}, buf)
     return buf.getvalue()
 
 
+# required keys; "init_loss" is optional (checkpoints written before it existed lack it)
 STATE_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "history", "layers")
 
 
@@ -205,7 +238,10 @@ def tracker_config(trial, spec, hp: dict, params: int) -> dict:
     return {**trial.record(), **hp, "params": params,
             "sweep": spec.name, "mode": spec.mode, "dataset": t.dataset, "subset": t.subset,
             "epochs": t.epochs, "batch_size": t.batch_size, "momentum": t.momentum,
-            "milestones": list(t.milestones), "warmup_epochs": getattr(t, "warmup_epochs", 0)}
+            "milestones": list(t.milestones), "warmup_epochs": getattr(t, "warmup_epochs", 0),
+            "recipe": getattr(spec, "recipe", "seed"), "decay": getattr(t, "decay", "all"),
+            "pad_mode": getattr(t, "pad_mode", "reflect"),
+            "normalize": getattr(t, "normalize", "channel")}
 
 
 def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -> str:
@@ -218,9 +254,10 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     ``tuning``: an Optuna sample: metrics go to ``reporter`` only (no fragment, no
     checkpoint; a retried sample starts over).
     """
-    from . import tracking
+    from . import recipes, tracking
     started_at = time.time()
     t = spec.train
+    recipe = recipes.get(getattr(spec, "recipe", "seed"))
     device = pick_device(t.device)
     precision = pick_precision(device, t.precision)
     kept_heap = keep_freed_memory() if device == "cpu" else False
@@ -231,8 +268,8 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     def fresh():
         """Model, optimizer, schedule and data generator as at epoch 1 (seeded)."""
         model = weights.initial(cfg, trial.seed, device)  # channels_last for conv nets
-        opt = SGD(model.parameters(), lr=hp["lr"], momentum=t.momentum,
-                  weight_decay=hp["weight_decay"])
+        opt = SGD(param_groups(model, t.decay, hp["weight_decay"]), lr=hp["lr"],
+                  momentum=t.momentum, weight_decay=hp["weight_decay"])
         return (model, opt, StepSchedule(opt, t.milestones, gamma=0.1),
                 torch.Generator(device=device).manual_seed(trial.seed))
 
@@ -245,7 +282,7 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     conv = hasattr(model, "stages")
     history: list[dict] = []
     layer_frames: list[pd.DataFrame] = []
-    start_epoch, resumed_from = 1, None
+    start_epoch, resumed_from, init_loss = 1, None, None
     ckpt = results.checkpoint_path(spec.storage_dir, trial.trial_id)
     attempts = 1 if tuning else results.count_attempt(run_dir, trial.trial_id)
     state = None if tuning else load_state(ckpt)
@@ -256,11 +293,12 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
             sched.load_state_dict(state["scheduler"])
             gen.set_state(state["rng"])  # the data order continues as if never stopped
             history, layer_frames = list(state["history"]), list(state["layers"])
+            init_loss = state.get("init_loss")
             start_epoch = resumed_from = int(state["epoch"]) + 1
         except Exception as e:  # readable but not this trial's state: same as unreadable
             discard_checkpoint(ckpt, e)
             model, opt, sched, gen = fresh()  # a half-loaded state must not leak in
-            history, layer_frames, start_epoch, resumed_from = [], [], 1, None
+            history, layer_frames, start_epoch, resumed_from, init_loss = [], [], 1, None, None
     step_fn = torch.compile(model) if t.compile else model
     fuse = use_fused(model, device, precision, bool(t.compile))
     recorder = LayerStatsRecorder(model)
@@ -270,9 +308,13 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     from .trial import layer_frame
     n = len(data.train_y)
     step = (start_epoch - 1) * math.ceil(n / t.batch_size)
-    status, diverged_epoch = "completed", None
+    status, diverged_epoch, diverged_why = "completed", None, None
     warm_steps = getattr(t, "warmup_epochs", 0) * math.ceil(n / t.batch_size)
-    padded = pad_images(data.train_x)  # (N, C, 40, 40), once: batches only crop and flip
+    # He et al. 2016's constant warmup (lr x0.1) for the deepest nets (ablations.recipes)
+    low_steps = t.constant_warmup_steps if t.constant_warmup_depth and \
+        trial.depth >= t.constant_warmup_depth else 0
+    first_loss = None  # the loss of the first batch before any step (diverged_reason)
+    padded = pad_images(data.train_x, mode=t.pad_mode)  # (N, C, 40, 40), once
     fmt = torch.channels_last if conv else torch.contiguous_format
     wall0 = time.perf_counter()
     try:
@@ -288,8 +330,13 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
                 idx = perm[k:k + t.batch_size]
                 xb = random_crop_flip(padded[idx], gen).contiguous(memory_format=fmt)
                 yb = data.train_y[idx]
-                if step < warm_steps:  # the scheduled lr is restored after the epoch
-                    opt.param_groups[0]["lr"] = lr * warmup_factor(step, warm_steps)
+                # warmups scale the scheduled lr; the epoch's end restores it, and so does
+                # step low_steps (a constant warmup may end within an epoch)
+                if step < warm_steps or (low_steps and step <= low_steps):
+                    factor = warmup_factor(step, warm_steps)
+                    if step < low_steps:
+                        factor *= CONSTANT_WARMUP_FACTOR
+                    opt.set_lr(lr * factor)
                 sample = t.stats_every and step % t.stats_every == 0 and not tuning
                 with recorder.capture() if sample else contextlib.nullcontext():
                     # fused: batch norm + ReLU as one kernel where it applies (models.fused)
@@ -298,6 +345,8 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
                         # compiled step recompile (same modules, same weights)
                         out = (model if sample else step_fn)(xb)
                     loss = F.cross_entropy(out.float(), yb)
+                if step == 0:
+                    first_loss = loss.detach().clone()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if sample:
@@ -307,11 +356,14 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
                 loss_sum += loss.detach() * len(yb)
                 correct += (out.argmax(1) == yb).sum()
                 step += 1
-            opt.param_groups[0]["lr"] = lr  # the schedule's own lr (warmup only scaled it)
+            opt.set_lr(lr)  # the schedule's own lr (warmup only scaled it)
             sched.step()
             train_loss = loss_sum.item() / n  # the one host sync of the epoch
+            if first_loss is not None:  # epoch 1 only
+                init_loss, first_loss = first_loss.item(), None
             seconds = time.perf_counter() - t0
-            if not math.isfinite(train_loss):
+            diverged_why = diverged_reason(train_loss, init_loss, data.num_classes)
+            if diverged_why:
                 status, diverged_epoch = "diverged", epoch
                 history.append({"epoch": epoch, "train_loss": train_loss, "lr": lr,
                                 "epoch_seconds": seconds, "train_images_per_s": n / seconds})
@@ -325,7 +377,7 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
             history.append(row)
             if not tuning:
                 results.write_bytes(ckpt, save_state(model, opt, sched, gen, epoch, history,
-                                                     layer_frames))
+                                                     layer_frames, init_loss))
             tracker.log_epoch(row)
             if reporter:
                 reporter.report(row)
@@ -338,7 +390,13 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     for k, v in reversed(trial.factors().items()):
         epochs.insert(0, k, v)
     row = {**trial.record(), **hp, "params": params,
-           "status": status, "diverged_epoch": diverged_epoch, "device": device,
+           "status": status, "diverged_epoch": diverged_epoch,
+           "diverged_reason": diverged_why, "init_loss": init_loss,
+           # the budget: steps taken, against the recipe's full schedule for this
+           # training set (a report reads "X% of the recipe's schedule")
+           "recipe": recipe.name, "steps": step,
+           "schedule_steps": recipe.schedule_steps(n, t.batch_size), "n_train": n,
+           "batch_size": t.batch_size, "decay": t.decay, "device": device,
            "precision": precision, "compiled": bool(t.compile), "heap_kept": kept_heap,
            "fused_norm_relu": fuse,
            "cpu_capability": torch.backends.cpu.get_cpu_capability() if device == "cpu" else None,
@@ -351,7 +409,8 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
         tracker.finish({k: v for k, v in row.items() if k != "trial_id"})
         if reporter:
             last = [r["val_acc"] for r in history if "val_acc" in r]
-            reporter.report({"status": status, "tune_final": 1,  # no "epoch": not a step
+            reporter.report({"status": status, "diverged_reason": diverged_why,
+                             "tune_final": 1,  # no "epoch": not a step
                              "val_acc": 0.0 if status == "diverged" or not last else last[-1]})
         return status
     frames = {"epochs": epochs}

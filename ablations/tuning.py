@@ -12,7 +12,11 @@ by side on the cluster.
 - Sampler: TPE (multivariate, constant liar for concurrent samples), seeded per
   cell; the first half of the budget (at most 10) is random start-up.
 - Objective: validation accuracy after the last epoch (the test split never
-  selects); a diverged sample scores 0.0 so TPE learns to avoid its region.
+  selects); a diverged sample scores 0.0 so TPE learns to avoid its region. A sample
+  trains through ``ablations.train`` like any trial, so "diverged" is the one rule of
+  ``train.diverged_reason``: a non-finite loss, or a finite one that exploded
+  (``EXPLODE_FACTOR`` x its start); its reason is kept as the sample's
+  ``diverged_reason``.
 - Early stopping: Optuna's ``MedianPruner`` per cell (a sample is stopped after
   an epoch when its validation accuracy is below the median of the cell's
   earlier samples at that epoch; 2 start-up samples, 1 warm-up epoch).
@@ -147,6 +151,7 @@ def make_searcher(cells: dict[str, TrialConfig], space: dict, samples: int, run_
                 study.tell(ot, state=state.FAIL)
             elif status == "diverged":
                 ot.set_user_attr("status", "diverged")
+                ot.set_user_attr("diverged_reason", (result or {}).get("diverged_reason"))
                 study.tell(ot, 0.0)
             elif trial_id in self.last:
                 ot.set_user_attr("status", "completed")

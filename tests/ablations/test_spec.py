@@ -36,7 +36,8 @@ def test_expand_cells_seeds_and_skips():
 
 
 def test_models_presets_replace_families_x_depths():
-    trials, skipped = expand(spec_of(["--models", "small_resnet18", "--residual", "on"]))
+    trials, skipped = expand(spec_of(["--models", "small_resnet18", "--residual", "on",
+                                      "--seeds", "1"]))
     assert [t.trial_id for t in trials] == ["small_resnet18-residual-s0"]
     assert trials[0].depth == 14 and trials[0].family == "resnet" and not skipped
 
@@ -278,7 +279,8 @@ def test_resume_with_a_changed_flag_exits_2_and_changes_nothing(tmp_path):
 
 def test_plan_does_not_cross_a_factor_where_it_does_not_apply():
     s = spec_of(["--families", "mlp,resnet", "--depths", "8", "--branch-scale",
-                 "one,invsqrt,zero", "--shortcut", "projection,pad", "--mode", "probe"])
+                 "one,invsqrt,zero", "--shortcut", "projection,pad", "--mode", "probe",
+                 "--seeds", "1"])
     trials, skipped = expand(s)
     assert not skipped
     cells = sorted(t.trial_id[:-3] for t in trials)
@@ -294,7 +296,8 @@ def test_plan_does_not_cross_a_factor_where_it_does_not_apply():
     pad = next(t for t in trials if t.trial_id == "resnet-8-residual-sc=pad-s0")
     assert pad.model_cfg.shortcut == "pad" and pad.model_cfg.branch_scale == "one"
     # defaults: the same trials, ids and configs as before the factor flags existed
-    base = spec_of(["--families", "mlp,resnet", "--depths", "8", "--mode", "probe"])
+    base = spec_of(["--families", "mlp,resnet", "--depths", "8", "--mode", "probe",
+                    "--seeds", "1"])
     assert [t.trial_id for t in expand(base)[0]] == ["mlp-8-plain-s0", "mlp-8-residual-s0",
                                                      "resnet-8-plain-s0", "resnet-8-residual-s0"]
 

@@ -29,7 +29,7 @@ def fragments(run, name) -> dict[str, pd.DataFrame]:
 def test_measure_in_the_worker_then_after_the_fact(tmp_path):
     p = sweep("--families", "mlp,resnet", "--depths", "4", "--residual", "both",
               "--dataset", "synthetic", "--subset", "200", "--epochs", "1", "--wandb", "disabled",
-              "--measure", "signal", "--out", "res", "--name", "m", cwd=tmp_path)
+              "--measure", "signal", "--seeds", "1", "--out", "res", "--name", "m", cwd=tmp_path)
     run = tmp_path / "res" / "m"
     assert "measurements at the end of each trial: signal (init, final, cheap)" in p.stdout
     assert re.search(r"^weights: final\.pt of each completed trial \+ init\.pt \(measured at "

@@ -15,8 +15,10 @@ import pytest
 
 from tests.e2e.test_sweep_e2e import ROOT, ray_pids
 
+# the seed recipe and one seed: the plain/residual ids and trial counts these tests name
 SMALL = ["--families", "mlp", "--depths", "4", "--dataset", "synthetic", "--subset", "600",
-         "--milestones", "", "--batch-size", "100", "--stats-every", "5", "--lr", "0.02"]
+         "--milestones", "", "--batch-size", "100", "--stats-every", "5", "--lr", "0.02",
+         "--recipe", "seed", "--seeds", "1"]
 
 
 def cmd(*argv):

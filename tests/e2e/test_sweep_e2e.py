@@ -62,7 +62,7 @@ def test_short_training_run_on_cifar_format_data_through_ray(tmp_path):
     p = sweep("--families", "mlp,resnet", "--depths", "4", "--residual", "both",
               "--data-root", "data", "--subset", "200", "--val-fraction", "0.1",
               "--epochs", "2", "--milestones", "1", "--batch-size", "50", "--stats-every", "2",
-              "--out", "res", "--name", "train", cwd=tmp_path)
+              "--recipe", "seed", "--seeds", "1", "--out", "res", "--name", "train", cwd=tmp_path)
     run = tmp_path / "res" / "train"
     assert "4 trials: 4 completed" in p.stdout
     epochs = pd.read_parquet(run / "epochs.parquet")

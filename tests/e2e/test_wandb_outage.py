@@ -20,8 +20,9 @@ from ablations import tracking
 from tests.ablations.test_tracking import FAKE_KEY, Server
 from tests.e2e.test_sweep_e2e import ROOT, ray_pids
 
-SMOKE_TRIALS = {"mlp-4-plain-s0", "mlp-4-residual-s0", "resnet-4-plain-s0",
-                "resnet-4-residual-s0"}
+# --smoke trains with the default recipe: SkipInit residual cells (--branch-scale zero)
+SMOKE_TRIALS = {"mlp-4-plain-s0", "mlp-4-residual-scale=zero-s0", "resnet-4-plain-s0",
+                "resnet-4-residual-scale=zero-s0"}
 
 
 def outage_env(tmp_path, base_url) -> dict:
