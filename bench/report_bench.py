@@ -4,7 +4,7 @@ Workload: the results folder of the sweep benchmark (bench/sweep_bench.py: 12 ML
 trials, depths 4, 6, 8, plain and residual, 2 seeds, 8 epochs on synthetic data),
 made once by the script with
 
-    python sweep.py --families mlp --depths 4,6,8 --residual both --seeds 2 \\
+    python sweep.py --recipe seed --families mlp --depths 4,6,8 --residual both --seeds 2 \\
         --dataset synthetic --subset 2000 --epochs 8 --milestones '' --lr 0.02 \\
         --cpus-per-trial 1 --wandb disabled --measure none --keep-weights none \\
         --out TMP --name w

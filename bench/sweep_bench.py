@@ -2,7 +2,7 @@
 
 Workload (identical for every arm): the 12 training trials of
 
-    python sweep.py --families mlp --depths 4,6,8 --residual both --seeds 2 \
+    python sweep.py --recipe seed --families mlp --depths 4,6,8 --residual both --seeds 2 \
         --dataset synthetic --subset 2000 --epochs 8 --milestones '' --lr 0.02 \
         --cpus-per-trial 1 --wandb disabled --measure none --keep-weights none
 
@@ -52,7 +52,10 @@ ARMS = ("plain-default", "plain-reuse", "resablate", "resablate-noprewarm")
 
 
 def sweep_args(epochs: int, subset: int) -> list[str]:
-    return ["--families", "mlp", "--depths", "4,6,8", "--residual", "both", "--seeds", "2",
+    # --recipe seed: the networks the plain-Tuner arms build (no norm, branches x1, decay
+    # on every parameter), not the default recipe's pre-LN SkipInit MLPs
+    return ["--recipe", "seed", "--families", "mlp", "--depths", "4,6,8", "--residual", "both",
+            "--seeds", "2",
             "--dataset", "synthetic", "--subset", str(subset), "--epochs", str(epochs),
             "--milestones", "", "--lr", "0.02", "--cpus-per-trial", "1", "--wandb", "disabled",
             # the workload is the training: no end-of-trial measurements, no kept weights
