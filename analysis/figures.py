@@ -19,8 +19,9 @@ marker and legend label (the registry's ``Level.label``) in every figure. A
 sweep that varies only ``residual`` is drawn as it always was: blue circles
 residual, orange squares plain.
 
-The figures live by subject: ``figures_depth`` (the headline degradation
-figure), ``figures_training`` (curves over epochs), ``figures_layers``
+The figures live by subject: ``figures_interaction`` (the headline: the depth x
+shortcut interaction), ``figures_depth`` (the degradation figure),
+``figures_training`` (curves over epochs), ``figures_layers````
 (per-layer profiles); this module is the one place callers import them from.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from analysis.figures_depth import degradation_vs_depth
+from analysis.figures_interaction import depth_interaction
 from analysis.figures_layers import (MAX_PROGRESS_LINES, NO_LATE_PANEL, NO_LATER_SAMPLE,
                                      act_by_layer, act_through_training, grad_by_layer,
                                      gradient_flow, layer_response_std)
@@ -37,7 +39,8 @@ from analysis.figures_training import MAX_LR_MARKS, training_curves, training_cu
 from analysis.style import DEFAULT_LOOK, Look
 
 __all__ = ["MAX_LR_MARKS", "MAX_PROGRESS_LINES", "NO_LATER_SAMPLE", "NO_LATE_PANEL",
-           "act_by_layer", "act_through_training", "degradation_vs_depth", "feature_maps",
+           "act_by_layer", "act_through_training", "degradation_vs_depth", "depth_interaction",
+           "feature_maps",
            "grad_by_layer", "gradient_flow", "layer_response_std", "training_curves",
            "training_curves_by_depth"]
 

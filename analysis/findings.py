@@ -2,9 +2,19 @@
 
 Pure functions, frames in, sentences out (``analysis.report`` renders them):
 
+* ``interaction_findings`` (the headline): the depth x residual interaction
+  (``analysis.interaction``) of final train loss, then test error, per residual cell and
+  depth: each variant's change, the difference of differences with its 95% interval and
+  its p adjusted over the report's family (Holm, ``analysis.contrasts.report_family``);
+  "consistent with ..." only when that adjusted p is below 0.05, else "not resolved with
+  N seeds"; below three seeds the means alone.
 * ``contrast_findings``: each level minus its factor's baseline on final test accuracy,
-  paired by seed (``analysis.contrasts``), with the raw paired-t p and the p adjusted
-  over all these findings (Holm: family-wise error under any dependence).
+  paired by seed (``analysis.contrasts``), with the paired-t p adjusted over the report's
+  family (Holm: family-wise error under any dependence).
+* ``survivorship_findings``: a contrast or interaction whose conclusion changes when the
+  diverged trials are counted at chance (``analysis.robust.survivorship``).
+* ``budget_text``: the training budget against He et al.'s 64k iterations, which every
+  finding about trained networks carries.
 * ``failure_findings``: a cell where a trial diverged or stayed at chance (final test
   error >= ``AT_CHANCE_ERROR`` or final train loss within ``LOSS_TOL`` of ln 10, with
   10 balanced classes) names the mechanism measured at initialization in
@@ -95,27 +105,38 @@ def _status_why(t: pd.DataFrame, r) -> str:
     return "; ".join(parts)
 
 
-def contrast_findings(trials: pd.DataFrame | None,
-                      method: str = _contrasts.ADJUSTMENT) -> tuple[list[str], str]:
+def _pp(v: float) -> str:
+    return f"{100 * v:+.1f}"
+
+
+def contrast_findings(trials: pd.DataFrame | None, method: str = _contrasts.ADJUSTMENT,
+                      family: pd.DataFrame | None = None,
+                      budget_tag: str = "") -> tuple[list[str], str]:
     """One sentence per contrast of final test accuracy (``contrasts``), and the sentence
     that says how their p values were adjusted ("" when none has a p value), e.g.
 
     "resnet depth 56 (branch_scale=zero): residual minus plain test accuracy +21.3 pp
-    [+15.0, +27.6] over 3 seed(s), paired t p = 0.0031 (Holm 0.019)."
+    [95% CI +15.0, +27.6] over 3 seed(s), Holm p = 0.019."
 
-    The p in parentheses is adjusted with ``method`` over every finding of the list.
-    A contrast without a pair says which trials did not complete. No sentences
-    without ``final_test_acc``.
+    The p is the paired t p adjusted over the report's family (``family``, see
+    ``analysis.contrasts.report_family``; computed from ``trials`` when None) with Holm
+    (``method="bh"``: its Benjamini-Hochberg q instead). Below ``MIN_SEEDS`` pairs the
+    sentence gives the mean only ("over 2 seed(s) (means only)"). A contrast without a
+    pair says which trials did not complete. ``budget_tag`` (``budget_text``) ends every
+    sentence about trained networks. No sentences without ``final_test_acc``.
     """
     if trials is None or "final_test_acc" not in trials or "residual" not in trials:
         return [], ""
     # No try: a frame the statistics reject (two trials for one seed) is a failure of
     # this section, named in the report, not a silent absence of findings.
-    d = _contrasts.contrasts(trials, "final_test_acc", method=method)
+    d = _contrasts.contrasts(trials, "final_test_acc")
+    if family is None:
+        family = _contrasts.report_family(trials)
     t = stats._prepare(trials)
     varying = _levels.varying(trials)
     label = _contrasts.ADJUSTMENT_LABEL[method]
     out = []
+    shown_p = means = 0
     for _, r in d.iterrows():
         head = _head(r, [n for n in varying if n != r["factor"]])
         residual = r["factor"] == "residual"
@@ -126,19 +147,307 @@ def contrast_findings(trials: pd.DataFrame | None,
             continue
         what = ("residual minus plain" if residual
                 else f"{r['factor']} {r['level']} minus {r['baseline']}")
-        ci = (f" [{100 * r['ci_lo']:+.1f}, {100 * r['ci_hi']:+.1f}]"
-              if np.isfinite(r["ci_lo"]) else "")
-        p = (f", paired t p = {r['p_value']:.2g} ({label} {r['p_adjusted']:.2g})"
-             if np.isfinite(r["p_value"]) else "")
-        out.append(f"{head}: {what} test accuracy {100 * r['mean_diff']:+.1f} pp{ci} over "
-                   f"{r['n_pairs']} seed(s){p}"
-                   + (f"; {r['n_unpaired']} seed(s) unpaired" if r["n_unpaired"] else "") + ".")
-    m = int(np.isfinite(d["p_value"]).sum())
+        n = int(r["n_pairs"])
+        ci, tail = "", ""
+        if _contrasts.means_only(n):
+            means += 1
+            tail = " (means only)"
+        elif np.isfinite(r["ci_lo"]):
+            ci = f" [95% CI {_pp(r['ci_lo'])}, {_pp(r['ci_hi'])}]"
+        p = ""
+        if not _contrasts.means_only(n):
+            holm_p, bh_p = _contrasts.family_lookup(
+                family, _contrasts.contrast_key(r, "final_test_acc", "t"), r["p_value"])
+            adj = holm_p if method == "holm" else bh_p
+            if np.isfinite(adj):
+                shown_p += 1
+                p = f", {label} p = {adj:.2g}"
+            elif np.isfinite(r["p_value"]):
+                p = ", adjusted p n/a (this view changes the test)"
+        out.append(f"{head}: {what} test accuracy {_pp(r['mean_diff'])} pp{ci} over {n} "
+                   f"seed(s){tail}{p}"
+                   + (f"; {r['n_unpaired']} seed(s) unpaired" if r["n_unpaired"] else "")
+                   + f"{budget_tag}.")
+    notes = []
+    if shown_p:
+        notes.append(adjustment_note(family, method))
+    if means:
+        notes.append(_contrasts.MEANS_ONLY_WHY)
+    return out, " ".join(notes)
+
+
+def adjustment_note(family: pd.DataFrame | None, method: str = _contrasts.ADJUSTMENT) -> str:
+    """"p: two-sided paired t test (interactions: paired or Welch t), adjusted with Holm
+    over the 14 primary tests of this report (...)"."""
     how = ("Holm's step-down method (family-wise error rate, valid under any dependence)"
            if method == "holm" else "the Benjamini-Hochberg method (false discovery rate)")
-    note = (f"p: two-sided paired t test; in parentheses, adjusted with {how} over the "
-            f"{m} finding(s) with a p value." if m else "")
-    return out, note
+    return (f"p: two-sided t tests (contrasts paired by seed; interactions paired or Welch), "
+            f"adjusted with {how}: " + _contrasts.family_caption(family) + ".")
+
+
+# --------------------------------------------------------------------------- interactions
+
+def _moved(v: float, scale: float, unit: str) -> str:
+    """"rose by 0.41" / "fell by 1.2 pp" / "did not change"."""
+    if not np.isfinite(v):
+        return "is unknown"
+    if v == 0:
+        return "did not change"
+    mag = abs(v) * scale
+    num = f"{mag:.1f}" if unit else f"{mag:.3g}"
+    return f"{'rose' if v > 0 else 'fell'} by {num}{unit}"
+
+
+def _signed(v: float, scale: float, unit: str) -> str:
+    return (f"{v * scale:+.1f}" if unit else f"{v:+.3g}") if np.isfinite(v) else "n/a"
+
+
+def _verdict(r, higher_is_better: bool = False) -> str:
+    """What a resolved difference of differences is consistent with."""
+    sign = -1.0 if higher_is_better else 1.0
+    did, plain = sign * float(r["did"]), sign * float(r["plain_delta"])
+    residual = sign * float(r["residual_delta"])
+    if did > 0:
+        return ("consistent with residual connections reducing the degradation" if plain > 0
+                else "consistent with the residual network gaining more from depth than plain")
+    return ("consistent with the residual network degrading more with depth than plain"
+            if residual > 0 else
+            "consistent with plain gaining more from depth than the residual network")
+
+
+INTERACTION_LEVEL = 0.05  # an adjusted p below this resolves an interaction
+
+
+def interaction_findings(trials: pd.DataFrame | None, family: pd.DataFrame | None = None,
+                         budget_tag: str = "") -> list[str]:
+    """The headline: one sentence per depth x residual interaction
+    (``analysis.interaction.interaction``) of final train loss, then of test error, e.g.
+
+    "resnet 20 -> 56: plain's train loss rose by 0.41, residual's fell by 0.06;
+    difference of differences +0.47 [95% CI +0.21, +0.73], Holm p = 0.01 (3 seeds,
+    paired): consistent with residual connections reducing the degradation."
+
+    The wording follows the evidence: "consistent with ..." only when the p adjusted over
+    the report's family (Holm) is below 0.05 and the interval excludes 0; otherwise "not
+    resolved with N seeds"; below ``MIN_SEEDS`` seeds the means alone. Never a claim
+    from means. ``budget_tag`` ends each sentence.
+    """
+    if trials is None or "final_test_acc" not in trials and "final_train_loss" not in trials:
+        return []
+    from analysis.tables import interactions
+    ints = interactions(trials)
+    if not ints:
+        return []
+    if family is None:
+        family = _contrasts.report_family(trials)
+    varying = [n for n in _levels.varying(trials) if n != "residual"]
+    out = []
+    for m, d in ints.items():
+        what, scale, unit = (("train loss", 1.0, "") if m == "final_train_loss"
+                             else ("test error", 100.0, " pp"))
+        for _, r in d.iterrows():
+            ctx = _levels.describe(r, varying)
+            head = (f"{_label(r['family'], r['model'])} {int(r['base_depth'])} -> "
+                    f"{int(r['depth'])}" + (f" ({ctx})" if ctx else ""))
+            n = _contrasts.interaction_n(r)
+            if not np.isfinite(r["did"]):
+                gone = [f"{side} at depth {dep}" for side, dep, c in (
+                    ("plain", r["base_depth"], "n_plain_base"), ("plain", r["depth"], "n_plain"),
+                    ("residual", r["base_depth"], "n_residual_base"),
+                    ("residual", r["depth"], "n_residual")) if not r[c]]
+                out.append(f"{head}: no difference of differences of {what}"
+                           + (f" ({', '.join(gone)}: no completed seed)" if gone else "")
+                           + f"{budget_tag}.")
+                continue
+            text = (f"{head}: plain's {what} {_moved(r['plain_delta'], scale, unit)}, "
+                    f"residual's {_moved(r['residual_delta'], scale, unit)}; difference of "
+                    f"differences {_signed(r['did'], scale, unit)}{unit}")
+            seeds = (f"{n} seeds, paired" if r["method"] == "paired"
+                     else f"at least {n} seeds per cell, Welch")
+            if _contrasts.means_only(n):
+                text += (f" ({n} seed{'s' if n != 1 else ''} per cell: means only, no "
+                         f"interval or p): not resolved with {n} seed{'s' if n != 1 else ''}")
+            else:
+                lo, hi = r["ci_lo"], r["ci_hi"]
+                ci = (f" [95% CI {_signed(lo, scale, unit)}, {_signed(hi, scale, unit)}]"
+                      if np.isfinite(lo) and np.isfinite(hi) else "")
+                holm_p, _ = _contrasts.family_lookup(
+                    family, _contrasts.interaction_key(r, m), r["p_value"])
+                if np.isfinite(holm_p):
+                    p = f", Holm p = {holm_p:.2g}"
+                elif np.isfinite(r["p_value"]):
+                    p = ", adjusted p n/a (this view changes the test)"
+                else:
+                    p = ", no p value (no spread to test against)"
+                excludes = np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0)
+                resolved = np.isfinite(holm_p) and holm_p < INTERACTION_LEVEL and excludes
+                text += (f"{ci}{p} ({seeds}): "
+                         + (_verdict(r) if resolved else f"not resolved with {n} seeds"))
+            out.append(text + f"{budget_tag}.")
+    return out
+
+
+# --------------------------------------------------------------------------- survivorship
+
+def survivorship_findings(trials: pd.DataFrame | None, budget_tag: str = "") -> list[str]:
+    """One sentence per contrast or interaction whose conclusion changes when every
+    diverged trial is counted as a completed run at chance (``analysis.robust.
+    survivorship``, ``sign_flips``: the sign, or the side of 0 the interval lies on), e.g.
+
+    "resnet depth 56: residual minus plain (train loss): counting the 2 diverged trials
+    as runs at chance (2.3) changes the estimate from -0.310 [-0.52, -0.10] to +0.120
+    [-0.40, +0.64]: the contrast is not robust to survivorship."
+    """
+    if trials is None or "final_test_acc" not in trials or "residual" not in trials:
+        return []
+    from analysis import robust
+    from analysis.tables import (fmt_interval, survivorship_few, survivorship_frame,
+                                 survivorship_label)
+    s = survivorship_frame(trials)
+    if not len(s):
+        return []
+    varying = _levels.varying(trials)
+    few = survivorship_few(trials)
+    out = []
+    for _, r in s[s["sign_flips"].astype(bool)].iterrows():
+        m = r["metric"]
+        what, scale, dec = (("train loss", 1.0, 3) if m == "final_train_loss"
+                            else ("test error", 100.0, 1))
+        chance = robust.chance_value(m)
+        n = int(r["n_diverged"])
+
+        def est(v, lo, hi, bare):
+            sign = "+" if np.isfinite(v) and v >= 0 else ""
+            return sign + fmt_interval(v, lo, hi, dec, scale, show_interval=not bare)
+        as_is = est(r["estimate"], r["ci_lo"], r["ci_hi"], few[m][0])
+        at = est(r["estimate_chance"], r["ci_lo_chance"], r["ci_hi_chance"], few[m][1])
+        out.append(f"{survivorship_label(r, varying)} ({what}): counting the {n} diverged "
+                   f"trial{'s' if n != 1 else ''} as runs at chance ("
+                   + (f"{chance * scale:.3g}" + ("%" if scale != 1 else "") if chance else "?")
+                   + f") changes the estimate from {as_is} to {at}: "
+                   f"the {'interaction' if r['kind'] == 'interaction' else 'contrast'} is not "
+                   f"robust to survivorship{budget_tag}.")
+    return out
+
+
+# --------------------------------------------------------------------------- budget
+
+HE_ITERATIONS = 64_000   # He et al. 2016, CIFAR-10: 64k iterations ...
+HE_BATCH = 128           # ... of mini-batches of 128 ...
+HE_TRAIN_IMAGES = 45_000  # ... on a 45k/5k train/val split
+HE_EPOCHS = HE_ITERATIONS * HE_BATCH / HE_TRAIN_IMAGES  # 182 epochs
+BUDGET_COLUMNS = ("steps", "schedule_steps", "batch_size", "n_train")
+CIFAR_TRAIN_IMAGES = 50_000
+
+
+def _pct(x: float) -> str:
+    v = 100 * x
+    return f"{v:.2g}%" if v < 10 else f"{v:.0f}%"
+
+
+def _median(col: pd.Series) -> float | None:
+    v = pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else None
+
+
+def budgets(trials: pd.DataFrame | None, spec: dict | None) -> list[dict]:
+    """The training budget: one dict per recipe (``recipe`` column; one without it) with
+    ``recipe, steps, steps_lo, steps_hi, schedule_steps, batch_size, n_train, about``.
+
+    From the trials' columns ``steps, schedule_steps, batch_size, n_train`` when they
+    have ``steps`` (completed trials first; the median, with the range over trials); else
+    estimated from spec.json's ``train`` (``about``: True): ``n_train = subset - round(
+    val_fraction * subset)`` (CIFAR-10's 50,000 without a subset), ``ceil(n_train /
+    batch_size)`` steps per epoch, the trials' median ``epochs_run`` (else the spec's
+    epochs) for the steps run and the spec's epochs for the schedule. [] when neither
+    says.
+    """
+    out = []
+    if trials is not None and len(trials) and "steps" in trials and \
+            pd.to_numeric(trials["steps"], errors="coerce").notna().any():
+        t = trials[pd.to_numeric(trials["steps"], errors="coerce").notna()]
+        done = t[t["status"] == "completed"] if "status" in t else t
+        t = done if len(done) else t
+        groups = (t.groupby(t["recipe"].astype(str), sort=True) if "recipe" in t
+                  and t["recipe"].notna().any() else [(None, t)])
+        for recipe, g in groups:
+            steps = pd.to_numeric(g["steps"], errors="coerce")
+            out.append(dict(recipe=recipe, steps=_median(steps), steps_lo=float(steps.min()),
+                            steps_hi=float(steps.max()),
+                            **{c: _median(g[c]) if c in g else None
+                               for c in ("schedule_steps", "batch_size", "n_train")},
+                            about=False))
+        return out
+    train = ((spec or {}).get("spec") or {}).get("train") or {}
+    if not isinstance(train, dict) or not train.get("epochs") or not train.get("batch_size"):
+        return []
+    try:
+        epochs, batch = float(train["epochs"]), float(train["batch_size"])
+        subset = train.get("subset")
+        vf = float(train.get("val_fraction") or 0.0)
+        images = float(subset) if subset else (CIFAR_TRAIN_IMAGES if str(
+            train.get("dataset", "cifar10")).startswith("cifar") else None)
+    except (TypeError, ValueError):
+        return []
+    if not images or batch <= 0:
+        return []
+    n_train = images - (0 if vf <= 0 else max(1, round(vf * images)))
+    per_epoch = math.ceil(n_train / batch)
+    run = None
+    if trials is not None and "epochs_run" in trials:
+        done = trials[trials["status"] == "completed"] if "status" in trials else trials
+        run = _median(done["epochs_run"])
+    steps = (run or epochs) * per_epoch
+    return [dict(recipe=None, steps=steps, steps_lo=steps, steps_hi=steps,
+                 schedule_steps=epochs * per_epoch, batch_size=batch, n_train=n_train,
+                 about=True)]
+
+
+def _budget_label(frac: float) -> str:
+    return ("early training" if frac < 0.25 else "partial training" if frac < 1
+            else "full-length training")
+
+
+def budget_text(trials: pd.DataFrame | None, spec: dict | None) -> tuple[str, str]:
+    """(statement, tag): the report's budget against He et al.'s CIFAR-10 schedule
+    (64k iterations at batch 128 on 45k images = 182 epochs), e.g.
+
+    "early training: 360 steps = 0.56% of He et al.'s 64k iterations (100% of this
+    recipe's 360-step schedule); 10 epochs of 4,500 images = 5.5% of He et al.'s 182
+    epochs", and the tag the findings about trained networks carry:
+    " [early training: 360 steps = 0.56% of He et al.'s 64k iterations]". "about" where
+    estimated from spec.json. ("", "") when nothing records the budget."""
+    found = [b for b in budgets(trials, spec) if b["steps"]]
+    if not found:
+        return "", ""
+    parts = []
+    for b in found:
+        about = "about " if b["about"] else ""
+        frac = b["steps"] / HE_ITERATIONS
+        steps = (f"{b['steps']:,.0f} steps" if b["steps_lo"] == b["steps_hi"] else
+                 f"{b['steps']:,.0f} steps (median; {b['steps_lo']:,.0f} to "
+                 f"{b['steps_hi']:,.0f})")
+        text = (f"{_budget_label(frac)}: {about}{steps} = {_pct(frac)} of He et al.'s 64k "
+                "iterations")
+        if b["schedule_steps"]:
+            text += (f" ({_pct(b['steps'] / b['schedule_steps'])} of this recipe's "
+                     f"{b['schedule_steps']:,.0f}-step schedule)")
+        if b["n_train"] and b["batch_size"]:
+            ep = b["steps"] * b["batch_size"] / b["n_train"]
+            text += (f"; {about}{ep:.3g} epochs of {b['n_train']:,.0f} images = "
+                     f"{_pct(ep / HE_EPOCHS)} of He et al.'s {HE_EPOCHS:.0f} epochs")
+        if b["about"]:
+            text += " (estimated from spec.json: epochs x ceil(images / batch))"
+        parts.append((f"recipe {b['recipe']}: " if b["recipe"] is not None else "") + text)
+    lo = min(b["steps"] for b in found)
+    hi = max(b["steps"] for b in found)
+    about = "about " if any(b["about"] for b in found) else ""
+    span = f"{lo:,.0f} steps" if lo == hi else f"{lo:,.0f} to {hi:,.0f} steps"
+    fr = (_pct(lo / HE_ITERATIONS) if lo == hi
+          else f"{_pct(lo / HE_ITERATIONS)} to {_pct(hi / HE_ITERATIONS)}")
+    tag = f" [{_budget_label(hi / HE_ITERATIONS)}: {about}{span} = {fr} of He et al.'s 64k iterations]"
+    return "; ".join(parts), tag
 
 
 # --------------------------------------------------------------------------- mechanisms

@@ -7,9 +7,11 @@ probe-only sweep has no epochs or features) and writes, each file atomically:
 * ``figures/<name>.{pdf,png,...}``: one file per figure function of
   ``analysis.figures`` that the data allows;
 * ``tables/<name>.{md,tex}``: Markdown and booktabs LaTeX;
-* ``report.md`` and ``report.html``: status counts, the findings
-  (``analysis.findings``: each factor level minus its baseline with raw and
-  Holm-adjusted p; for each cell that diverged or stayed at chance, the
+* ``report.md`` and ``report.html``: status counts, the training budget against He et
+  al.'s schedule, the findings (``analysis.findings``: first the headline, the depth x
+  residual interaction of train loss and test error, worded by its adjusted p; then each
+  factor level minus its baseline; a survivorship warning where counting diverged trials
+  at chance changes a conclusion; for each cell that diverged or stayed at chance, the
   mechanism measured at init and the levels that trained at that depth; a
   ``--warmup-epochs`` suggestion where the first epoch starts above chance),
   the spec, environment, plan, tables and figures with one-line captions, and
@@ -19,6 +21,13 @@ probe-only sweep has no epochs or features) and writes, each file atomically:
 * a "Measurements" section: the figures and tables each measurement registers,
   for every ``measurements/<name>.parquet`` (``analysis.report_measurements``);
 * ``report_errors.log``: only when something failed (see below).
+
+**One multiplicity family per report.** Every p value printed (contrasts' paired t and
+Wilcoxon, the interactions, the factor effects) is adjusted with Holm over one family:
+every test of the report's metrics on the run's full trials
+(``analysis.contrasts.report_family``, computed once by ``build``, before ``where``
+filters anything), so a view prints the full report's adjusted p for the same test.
+Below three seeds a contrast gives its mean only.
 
 The last mile of a sweep must not be lost to one bug: every figure, table
 and report section is made in isolation (``analysis.failures.Guard``). One
@@ -59,6 +68,7 @@ import numpy as np
 import pandas as pd
 
 from ablations import factors as _factors
+from analysis import contrasts as _contrasts
 from analysis import figures, findings, levels, stats, tuning
 from analysis import report_measurements as measured
 from analysis.failures import (ERRORS_LOG, BuildResult, Guard, ItemFailure, one_line,
@@ -66,8 +76,10 @@ from analysis.failures import (ERRORS_LOG, BuildResult, Guard, ItemFailure, one_
 from analysis.style import DEFAULT_LOOK, Look, save_figure_once
 from analysis.tables import (GRAD_TABLE_FORMAT, _cell, _numeric, _specs, contrast_table,
                              degradation_index_table, degradation_table, escape_latex,
-                             grad_table, shown_factors, snapshot_rows, to_markdown,
-                             without_redundant_model, write_table, write_text)
+                             factor_effects_table, failures_table, grad_table,
+                             improvement_table, robust_table, shown_factors, snapshot_rows,
+                             survivorship_table, to_markdown, without_redundant_model,
+                             write_table, write_text)
 from analysis.where import (ResultsError, apply_where, parse_where, safe_name as _safe,  # noqa: F401
                             where_keys, where_slug)
 
@@ -188,6 +200,9 @@ class _Ctx:
     trained: bool
     tuning: pd.DataFrame | None = None  # tuning.parquet (analysis.tuning.load_tuning)
     tune_ranges: dict = field(default_factory=dict)  # analysis.tuning.search_ranges(spec)
+    # The report's multiplicity family (analysis.contrasts.report_family) of the run's
+    # FULL trials, also in a --where view; None: each table computes it from its trials.
+    family: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -215,14 +230,35 @@ def _std_when(c: _Ctx) -> str:
 
 
 def _response_std(c: _Ctx):
-    """He et al. Fig. 7 from measurements/responses.parquet (the 3x3 convs after BN)
-    when it is there, else from the block outputs in layers.parquet."""
-    rows, when = measured.response_rows(c) if measured.has_responses(c) else \
-        (c.layers, _std_when(c))
-    return figures.layer_response_std(rows, c.look, when=when, trials=c.trials)
+    """He et al. Fig. 7 from measurements/responses.parquet (the 3x3 convs after BN, before
+    the ReLU and the addition) when it is there; else, under the same name, the block
+    outputs in layers.parquet (after the addition: not Fig. 7's quantity, and labelled so)."""
+    if measured.has_responses(c):
+        rows, when, ylabel = measured.response_rows(c)
+        return figures.layer_response_std(rows, c.look, when=when, trials=c.trials,
+                                          ylabel=ylabel)
+    return figures.layer_response_std(c.layers, c.look, when=_std_when(c), trials=c.trials)
+
+
+def _depth_sweep(trials: pd.DataFrame | None) -> bool:
+    """Both variants in one cell and two or more depths: the depth x residual
+    interaction is defined."""
+    return _rows(trials) and "residual" in trials and trials["depth"].nunique() > 1 \
+        and _both_variants(trials)
+
+
+INTERACTION_CAPTION = (
+    "The depth x shortcut interaction, the headline: final train loss and test error "
+    "against depth, one line per variant, mean and 95% t interval over completed seeds; in "
+    "each panel, each residual variant's difference of differences DiD = [plain(deepest) - "
+    "plain(shallowest)] - [residual(deepest) - residual(shallowest)] with its 95% interval "
+    "(positive: plain degrades more than residual; means only below 3 seeds). Every depth, "
+    "and the adjusted p values: the first rows of the paired table.")
 
 
 FIGURES = (
+    _Entry("interaction", lambda c: c.trained and _depth_sweep(c.trials),
+           lambda c: figures.depth_interaction(c.trials, c.look), INTERACTION_CAPTION),
     _Entry("degradation_vs_depth", lambda c: c.trained and _rows(c.trials),
            lambda c: figures.degradation_vs_depth(c.trials, c.look, chance_error=CHANCE_ERROR),
            "Final training loss and test error against depth: mean and 95% t interval over "
@@ -238,10 +274,15 @@ FIGURES = (
     _Entry("layer_response_std",
            lambda c: _has(c.layers, "act_std") or measured.has_responses(c), _response_std,
            lambda c: measured.responses_caption(c) if measured.has_responses(c) else
-                     f"Std of each block's output "
+                     "Block output std: the std of the stem's, each block's and the "
+                     "classifier's output over the whole batch (a block's: after the addition "
+                     "of branch and shortcut, and a post-activation ResNet block's final ReLU), "
+                     "from layers.parquet "
                      f"({'end of training' if _std_when(c) == 'late' else 'at init'}), in network "
-                     "order and sorted by magnitude (He et al. 2016, Fig. 7); median over seeds; "
-                     "trials that did not complete are left out and named in the panel."),
+                     "order and sorted by magnitude; not He et al.'s Fig. 7, whose responses "
+                     "are the 3x3 convs' outputs after BN, before the ReLU and the addition "
+                     "(the responses measurement); median over seeds; trials that did not "
+                     "complete are left out and named in the panel."),
     _Entry("gradient_flow", lambda c: _has(c.layers, "grad_mean_abs"),
            lambda c: figures.gradient_flow(c.layers, c.look, trials=c.trials),
            "Mean |dL/dW| per weight layer at initialization and late in training (log scale); "
@@ -276,17 +317,61 @@ def _multi(trials: pd.DataFrame | None) -> bool:
     return trials is not None and bool(shown_factors(trials))
 
 
+def _family(c: "_Ctx") -> pd.DataFrame:
+    """The report's multiplicity family: the one of the run's full trials that ``build``
+    put in the context, else (a caller's own context) the one of ``c.trials``."""
+    return c.family if c.family is not None else _contrasts.report_family(c.trials)
+
+
+def _few_seeds(c: "_Ctx") -> str:
+    """``MEANS_ONLY_WHY`` when some cell has fewer than ``MIN_SEEDS`` usable seeds."""
+    m = next((m for m in ("final_test_acc", "final_train_loss") if c.trials is not None
+              and m in c.trials), None)
+    if m is None:
+        return ""
+    n = _contrasts.smallest_cell(c.trials, m)
+    return " " + _contrasts.MEANS_ONLY_WHY if 0 < n < _contrasts.MIN_SEEDS else ""
+
+
+def _adjusted_caption(c: "_Ctx") -> str:
+    return (" p (t, Holm), p (Wilcoxon, Holm): " + _contrasts.family_caption(_family(c))
+            + "; q (t, BH): the Benjamini-Hochberg q of the t test over the same tests (false "
+            "discovery rate: the expected share of false claims among those with q below a "
+            "level). n/a (view): a test this --where view changes (e.g. fewer seeds) is not "
+            "in the report's family." + _few_seeds(c))
+
+
 def _paired_caption(c: "_Ctx") -> str:
-    adj = ("p (t, Holm): the paired t p adjusted with Holm's step-down method over the "
-           "table's contrasts of each metric (family-wise error).")
+    head = ("First rows (factor \"depth x residual\", depth \"d0 -> d\"): the depth x residual "
+            "interaction, DiD = [plain(d) - plain(d0)] - [residual(d) - residual(d0)] of final "
+            "train loss and test error per residual cell (positive: plain degrades more), "
+            "paired by seed where every cell has the seeds, else Welch; mean ± 95% t half "
+            "width. Then " if _depth_sweep(c.trials) else "")
     if not _multi(c.trials):
-        return ("Residual minus plain, paired by seed: mean ± 95% t half width, two-sided "
-                "paired t and exact Wilcoxon signed-rank p values; " + adj)
-    return ("Each factor level minus its baseline (residual minus plain; norm, block, branch "
-            "scale, shortcut against batch, post, one, projection), within equal levels of "
-            "the other factors (every residual level against the same plain cell), paired by "
-            "seed: mean ± 95% t half width, two-sided paired t and exact Wilcoxon signed-rank "
-            "p values; " + adj)
+        body = "residual minus plain, paired by seed: mean ± 95% t half width."
+    else:
+        body = ("each factor level minus its baseline (residual minus plain; norm, block, "
+                "branch scale, shortcut against batch, post, one, projection), within equal "
+                "levels of the other factors (every residual level against the same plain "
+                "cell), paired by seed: mean ± 95% t half width.")
+    return (head + (body if head else body[0].upper() + body[1:]) + " Two-sided paired t and "
+            "exact Wilcoxon signed-rank tests." + _adjusted_caption(c))
+
+
+def _effects_applies(c: "_Ctx") -> bool:
+    return c.trained and _rows(c.trials) and "residual" in c.trials and (
+        _both_variants(c.trials) or _multi(c.trials))
+
+
+def _effects_caption(c: "_Ctx") -> str:
+    return ("Per family and contrasted factor level, on final train loss and test error: the "
+            "main effect (level minus baseline, pooled over every matched pair of cells: "
+            "depths, models and the other factors' levels; per seed, then a t interval over "
+            "seeds, or Welch where the seeds do not line up) and the depth x factor "
+            "interaction (the baseline's change minus the level's change from the shallowest "
+            "to the deepest depth; positive: the baseline degrades more), each mean ± 95% "
+            "half width." + " p (main, Holm), p (interaction, Holm): "
+            + _contrasts.family_caption(_family(c)) + "." + _few_seeds(c))
 
 
 TABLES = (
@@ -295,11 +380,40 @@ TABLES = (
            "named), final train loss and test accuracy as mean ± 95% t half width over "
            "completed seeds."),
     _Entry("paired", lambda c: c.trained and _rows(c.trials) and _has_contrasts(c.trials),
-           lambda c: contrast_table(c.trials), _paired_caption),
+           lambda c: contrast_table(c.trials, _family(c)), _paired_caption),
+    _Entry("factor_effects", _effects_applies,
+           lambda c: factor_effects_table(c.trials, _family(c)), _effects_caption),
     _Entry("degradation", lambda c: c.trained and _rows(c.trials),
            lambda c: degradation_index_table(c.trials),
-           "Degradation index: change from the shallowest depth of each variant, mean ± 95% "
-           "Welch half width; positive = worse."),
+           "Degradation index, per variant: change from the shallowest depth of each variant, "
+           "mean ± 95% Welch half width (mean only below 3 seeds); positive = worse. These "
+           "per-variant changes do not by themselves compare variants: whether residual "
+           "connections reduce the degradation is the depth x residual interaction (the "
+           "paired table's first rows, figure interaction)."),
+    _Entry("robust", lambda c: c.trained and _rows(c.trials),
+           lambda c: robust_table(c.trials),
+           "Next to the summary's mean ± t interval: per cell, the interquartile mean (the mean "
+           "of the middle 50% of seeds: robust to one outlying seed) of final train loss and "
+           "test error, with its 95% stratified percentile bootstrap interval (2,000 "
+           "resamples; none below 2 seeds); n: usable seeds."),
+    _Entry("improvement", lambda c: c.trained and _rows(c.trials) and _has_contrasts(c.trials),
+           lambda c: improvement_table(c.trials),
+           "P(improvement) per contrast: the probability that a run of the level beats a run "
+           "of the baseline (lower final train loss or test error; ties count one half), over "
+           "all pairs of runs, with its 95% stratified bootstrap interval (the estimate alone "
+           "below 3 runs on either side); runs: usable runs of the level vs the baseline."),
+    _Entry("failures", lambda c: _rows(c.trials), lambda c: failures_table(c.trials),
+           "Diverged and failed (diverged + errored) trials per cell, as rates of the finished "
+           "trials (pending left out) with exact 95% Clopper-Pearson intervals: with 3 seeds, "
+           "0/3 is compatible with a rate up to 71%."),
+    _Entry("survivorship", lambda c: c.trained and _rows(c.trials)
+           and bool((c.trials["status"] == "diverged").any()),
+           lambda c: survivorship_table(c.trials),
+           "Survivorship sensitivity: every contrast and depth x residual interaction whose "
+           "cells hold a diverged trial, on the survivors only and with every diverged trial "
+           "counted as a completed run at chance (train loss ln 10 = 2.30, test error 90%), "
+           "mean ± 95% t interval; conclusion changes: the sign, or the side of 0 the "
+           "interval lies on, differs (a finding says so)."),
 )
 
 
@@ -572,13 +686,19 @@ def _totals(trials: pd.DataFrame | None) -> _Section:
 
 
 def _findings_title(trials) -> str:
-    return ("Findings (each level minus its factor's baseline, paired by seed)"
-            if _multi(trials) else "Findings (residual minus plain, paired by seed)")
+    first = ("the depth x residual interaction first; then "
+             if trials is not None and "final_test_acc" in trials and _depth_sweep(trials)
+             else "")
+    return (f"Findings ({first}each level minus its factor's baseline, paired by seed)"
+            if _multi(trials) else f"Findings ({first}residual minus plain, paired by seed)")
 
 
-def _findings_section(guard: Guard, data: dict, spec: dict, trained: bool) -> _Section:
-    """Contrast findings, then what explains each failed cell and each cell that starts
-    above chance. Each part runs in isolation: a failure is an entry in the list."""
+def _findings_section(guard: Guard, data: dict, spec: dict, trained: bool,
+                      family: pd.DataFrame | None = None) -> _Section:
+    """The depth x residual interactions first (the headline), then the contrast
+    findings, the survivorship warnings, what explains each failed cell and each cell that
+    starts above chance. Each part runs in isolation: a failure is an entry in the list.
+    ``family``: the report's multiplicity family (``build``: of the full trials)."""
     trials, layers, epochs = data.get("trials"), data.get("layers"), data.get("epochs")
     title = _findings_title(trials)
     lines: list[str] = []
@@ -589,14 +709,16 @@ def _findings_section(guard: Guard, data: dict, spec: dict, trained: bool) -> _S
                         on_failure=lambda f: failed.append(f.entry))
         lines.extend(got or [])
 
-    notes: list[str] = []
-
-    def contrast_part():
-        found, note = findings.contrast_findings(trials) if trained else ([], "")
-        notes.append(note)
-        return found
-    part("findings", contrast_part)
-    note = notes[0] if notes else ""
+    tag = (guard.run("section", "budget tag", lambda: findings.budget_text(trials, spec)[1])
+           or "") if trained else ""
+    if trained:
+        part("interaction findings",
+             lambda: findings.interaction_findings(trials, family, budget_tag=tag))
+        part("findings", lambda: findings.contrast_findings(trials, family=family,
+                                                            budget_tag=tag)[0])
+        part("survivorship findings",
+             lambda: findings.survivorship_findings(trials, budget_tag=tag))
+    stated = list(lines)
     if not lines:  # a probe sweep: no contrasts, only what explains its failures
         title = "Findings"
     part("failure findings", lambda: findings.failure_findings(trials, layers))
@@ -607,6 +729,15 @@ def _findings_section(guard: Guard, data: dict, spec: dict, trained: bool) -> _S
                                                              tuning.search_ranges(spec)))
     if not lines and not failed:
         return _Section([], [])
+    notes = []
+    if any("Holm p = " in w for w in stated):
+        notes.append(guard.run("section", "findings note",
+                               lambda: findings.adjustment_note(
+                                   family if family is not None
+                                   else _contrasts.report_family(trials))) or "")
+    if any("means only" in w for w in stated):
+        notes.append(_contrasts.MEANS_ONLY_WHY)
+    note = " ".join(n for n in notes if n)
     esc = html.escape
     md = [f"## {title}", ""] + ([note, ""] if note else []) + [f"- {w}" for w in lines] \
         + [f"- **{e}**" for e in failed] + [""]
@@ -614,6 +745,19 @@ def _findings_section(guard: Guard, data: dict, spec: dict, trained: bool) -> _S
             + ["<ul>" + "".join(f"<li>{esc(w)}</li>" for w in lines)
                + "".join(f'<li class="failed">{esc(e)}</li>' for e in failed) + "</ul>"])
     return _Section(md, page)
+
+
+def _budget_section(trials, spec: dict, trained: bool) -> _Section:
+    """Near the top of a trained report: the training budget against He et al.'s
+    schedule (``findings.budget_text``), or that nothing recorded it."""
+    if not trained or trials is None or not len(trials):
+        return _Section([], [])
+    text, _ = findings.budget_text(trials, spec)
+    text = ("Budget: " + text) if text else (
+        "Budget: not recorded (trials.parquet has no steps column and spec.json no train "
+        "settings): the findings cannot say how far into training they are.")
+    return _Section([f"**{text}.**" if not text.endswith(".") else f"**{text}**", ""],
+                    [f"<p><strong>{html.escape(text)}</strong></p>"])
 
 
 def _status_section(trials) -> _Section:
@@ -700,7 +844,8 @@ figcaption{font-size:.9em;color:#444}code{background:#f4f4f4;padding:0 .2em}
 
 
 def _write_reports(out: Path, run_dir: Path, spec: dict, data: dict, items: list[Item],
-                   where: dict, trained: bool, guard: Guard) -> list[str]:
+                   where: dict, trained: bool, guard: Guard,
+                   family: pd.DataFrame | None = None) -> list[str]:
     """report.md and report.html, every section in isolation; a section that raises
     keeps its heading and names the failure. A "Problems" section near the top
     lists every failure of the build, the sections' own included."""
@@ -721,10 +866,11 @@ def _write_reports(out: Path, run_dir: Path, spec: dict, data: dict, items: list
                      f"{esc(str(run_dir))}</code> from the stored results alone.</p>"])
     body = [
         _section(guard, "status totals", None, lambda: _totals(trials)),
+        _section(guard, "budget", None, lambda: _budget_section(trials, spec, trained)),
         _section(guard, "findings section",
                  guard.run("section", "findings title", lambda: _findings_title(trials))
                  or "Findings",
-                 lambda: _findings_section(guard, data, spec, trained)),
+                 lambda: _findings_section(guard, data, spec, trained, family)),
         _section(guard, "spec", "Spec", lambda: _pairs_section("Spec", _spec_lines(spec))),
         _section(guard, "environment", "Environment",
                  lambda: _pairs_section("Environment", _env_lines(spec, trials))),
@@ -806,17 +952,22 @@ def build(run_dir, formats=("pdf", "png"), look: Look = DEFAULT_LOOK, where=None
     if tuned is not None:
         data["tuning"] = tuned
     where = dict(where or {})
+    full = data.get("trials")
     data = apply_where(data, where)
     out = Path(out_dir) if out_dir else (run_dir / "views" / where_slug(where) if where else run_dir)
     spec = load_spec(run_dir, guard)
     trials = data.get("trials")
     trained = trials is not None and "final_test_acc" in trials
     ranges = guard.run("input", "spec.json tune_ranges", lambda: tuning.search_ranges(spec))
+    # One multiplicity family per report, of the run's FULL trials: a --where view shows
+    # the adjusted p values of the full report. Failing, each item computes its own.
+    family = guard.run("section", "multiplicity family",
+                       lambda: _contrasts.report_family(full)) if trained else None
     ctx = _Ctx(run_dir, out, trials, data.get("layers"), data.get("epochs"), formats, look,
-               trained, data.get("tuning"), ranges or {})
+               trained, data.get("tuning"), ranges or {}, family)
     items = _items(ctx, guard, jobs)
     written = [p for i in items for p in i.paths]
-    written += _write_reports(out, run_dir, spec, data, items, where, trained, guard)
+    written += _write_reports(out, run_dir, spec, data, items, where, trained, guard, family)
     log = write_error_log(out, guard.failures,
                           f"python -m analysis {run_dir}: {_dt.datetime.now().isoformat(timespec='seconds')}",
                           write_text)

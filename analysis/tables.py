@@ -4,7 +4,14 @@
 with and without shortcuts, and their ratio); ``degradation_table``,
 ``contrast_table`` and ``degradation_index_table`` put ``analysis.stats`` and
 ``analysis.contrasts`` in paper form (mean ± 95% interval, counts of failed
-trials, raw and Holm-adjusted p values).
+trials, p values adjusted over the report's one multiplicity family:
+``analysis.contrasts.report_family``); ``contrast_table`` leads with the depth x
+residual interactions and ``factor_effects_table`` gives each factor's main effect and
+depth interaction (``analysis.interaction``). ``robust_table``, ``improvement_table``,
+``failures_table`` and ``survivorship_table`` put ``analysis.robust`` next to them
+(interquartile means, P(improvement), Clopper-Pearson failure rates, diverged trials
+counted at chance). Below ``analysis.contrasts.MIN_SEEDS`` seeds a difference is its
+mean alone.
 
 Factor columns: ``variant`` (plain/residual) always, as before the factor registry,
 then one column per other factor that *varies* in the trials (``norm``, ``block``,
@@ -251,67 +258,201 @@ def degradation_table(trials: pd.DataFrame) -> pd.DataFrame:
     return without_redundant_model(out)
 
 
+P_HOLM = "p (t, Holm)"          # the paired t (or Welch t) p, adjusted over the report's family
+P_WILCOXON_HOLM = "p (Wilcoxon, Holm)"
+Q_BH = "q (t, BH)"              # Benjamini-Hochberg over the same family: a discovery rate
+CONTRAST_METRICS = _contrasts.CONTRAST_METRICS
+DEPTH_METRICS = _contrasts.DEPTH_METRICS
+INTERACTION_FACTOR = "depth x residual"
+
+
 def p_adjusted_title(method: str = _contrasts.ADJUSTMENT) -> str:
     """Column title of the adjusted paired-t p value: "p (t, Holm)"."""
     return f"p (t, {_contrasts.ADJUSTMENT_LABEL[method]})"
 
 
-CONTRAST_METRICS = ("final_test_acc", "final_train_loss")
+def adjusted_cells(family: pd.DataFrame | None, key: str, p_raw, n: int) -> tuple[str, str]:
+    """(Holm, BH) text of one test: "—" without pairs or without a p value (constant
+    differences), ``means_only_text`` below ``MIN_SEEDS`` seeds, "n/a (view)" for a
+    test that a ``--where`` view changed (not in the report's family), else the
+    family's adjusted p values."""
+    if not n:
+        return "—", "—"
+    if _contrasts.means_only(n):
+        return _contrasts.means_only_text(n), "n/a"
+    holm_p, bh_p = _contrasts.family_lookup(family, key, p_raw)
+    if not np.isfinite(holm_p) and p_raw is not None and pd.notna(p_raw) \
+            and np.isfinite(float(p_raw)):
+        return "n/a (view)", "n/a (view)"
+    return fmt_p(holm_p), fmt_p(bh_p)
 
 
-def contrast_table(trials: pd.DataFrame, method: str = _contrasts.ADJUSTMENT) -> pd.DataFrame:
-    """Each factor level minus its baseline, paired by seed, per family x depth and metric
-    (``analysis.contrasts.contrasts``): mean difference ± 95% t half width, pairs used,
-    unpaired seeds, p values (paired t and exact Wilcoxon signed-rank, two-sided) and
-    the paired-t p adjusted over the table's contrasts of that metric (Holm by default).
+def fmt_diff(mean: float, lo: float, hi: float, n: int, decimals: int, scale: float) -> str:
+    """A difference as ``fmt_ci``, its interval left out below ``MIN_SEEDS`` seeds."""
+    if _contrasts.means_only(n):
+        lo = hi = math.nan
+    return fmt_ci(mean, lo, hi, decimals, scale)
 
-    A sweep that varies only residual keeps the layout it always had: ``family, model,
-    depth, metric, residual - plain, pairs, unpaired, p (t), p (Wilcoxon)`` plus
-    ``p (t, Holm)``. Otherwise: ``family, model, depth, factor, contrast`` ("zero - one";
-    "batch only" for a baseline cell without a counterpart), ``within`` (the levels of the
-    other varying factors, e.g. "residual, norm=none"), ``metric, difference, pairs,
-    unpaired, p (t), p (Wilcoxon), p (t, Holm)``. ``model`` is dropped when it only
-    repeats ``family``.
+
+def depth_span(base, depth) -> str:
+    """"20 -> 56": the depths a difference of differences compares."""
+    return f"{int(base)} -> {int(depth)}"
+
+
+def interactions(trials: pd.DataFrame, metrics=DEPTH_METRICS) -> dict[str, pd.DataFrame]:
+    """``analysis.interaction.interaction`` of each of ``metrics`` that the trials have
+    (accuracies derived into errors), when both variants and two depths are there; {}
+    otherwise."""
+    if trials is None or not len(trials) or "residual" not in trials \
+            or trials["depth"].nunique() < 2 or trials["residual"].nunique() < 2:
+        return {}
+    from analysis import interaction as _interaction
+    out = {}
+    for m in metrics:
+        if stats.DERIVED.get(m, m) in trials:
+            d = _interaction.interaction(trials, m)
+            if len(d):
+                out[m] = d
+    return out
+
+
+def _unpaired(r) -> int:
+    counts = [int(r[c]) for c in ("n_plain", "n_plain_base", "n_residual", "n_residual_base")
+              if c in r and pd.notna(r[c])]
+    return max(0, max(counts, default=0) - int(r["n_seeds"]))
+
+
+def contrast_table(trials: pd.DataFrame, family: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The depth x residual interactions, then each factor level minus its baseline,
+    paired by seed, per family x depth and metric.
+
+    First rows: per residual cell and depth d above the shallowest d0, the difference of
+    differences ``[plain(d) - plain(d0)] - [residual(d) - residual(d0)]`` of final train
+    loss and test error (``analysis.interaction.interaction``; factor "depth x
+    residual", depth "d0 -> d"; positive: plain degrades more). Then the contrasts of
+    test accuracy and train loss (``analysis.contrasts.contrasts``): mean difference ±
+    95% t half width, pairs used, unpaired seeds.
+
+    Every p value is adjusted over the report's family (``family``, see
+    ``analysis.contrasts.report_family``; computed from ``trials`` when None): ``p (t,
+    Holm)`` the paired t (interactions: paired or Welch t) p, ``p (Wilcoxon, Holm)``
+    the exact signed-rank p, ``q (t, BH)`` the Benjamini-Hochberg q of the t test. Below
+    ``MIN_SEEDS`` pairs a row shows its mean only and "n/a (2 seeds: means only)".
+
+    Columns: ``family, model, depth, factor, contrast`` ("residual - plain", "zero -
+    one"; "batch only" for a baseline cell without a counterpart; "plain change -
+    residual change" for an interaction), ``within`` (the levels of the other varying
+    factors, e.g. "residual, norm=none"; dropped when empty throughout), ``metric,
+    difference, pairs, unpaired, p (t, Holm), p (Wilcoxon, Holm), q (t, BH)``.
+    ``model`` is dropped when it only repeats ``family``.
     """
+    if family is None:
+        family = _contrasts.report_family(trials)
     factors = _contrasts.contrasted_factors(trials) if "residual" in trials else []
     varying = _levels.varying(trials)
-    simple = factors == ["residual"]
-    adj = p_adjusted_title(method)
     parts = []
+    for k, (m, d) in enumerate(interactions(trials).items()):
+        _, scale, decimals = METRICS[m]
+        for i, r in d.iterrows():
+            n = _contrasts.interaction_n(r)
+            holm_t, bh_t = adjusted_cells(family, _contrasts.interaction_key(r, m),
+                                          r["p_value"], n)
+            within = _levels.describe(r, [v for v in varying if v != "residual"])
+            parts.append({"_part": 0, "_row": i, "_metric": k, "family": r["family"],
+                          "model": r["model"], "depth": depth_span(r["base_depth"], r["depth"]),
+                          "factor": INTERACTION_FACTOR,
+                          "contrast": "plain change - residual change"
+                                      + (" (Welch)" if r["method"] == "welch" else ""),
+                          "within": within or "—", "metric": _diff_title(m),
+                          "difference": fmt_diff(r["did"], r["ci_lo"], r["ci_hi"], n,
+                                                 decimals, scale),
+                          "pairs": int(r["n_seeds"]), "unpaired": _unpaired(r),
+                          P_HOLM: holm_t, P_WILCOXON_HOLM: "—", Q_BH: bh_t})
     for k, m in enumerate(CONTRAST_METRICS):
         if m not in trials:
             continue
         _, scale, decimals = METRICS[m]
-        d = _contrasts.contrasts(trials, m, factors=factors, method=method)
+        d = _contrasts.contrasts(trials, m, factors=factors)
         for i, r in d.iterrows():
-            diff = fmt_ci(r["mean_diff"], r["ci_lo"], r["ci_hi"], decimals, scale)
-            row = {"_row": i, "_metric": k, "family": r["family"], "model": r["model"],
-                   "depth": int(r["depth"])}
-            if simple:
-                row.update({"metric": _diff_title(m), "residual - plain": diff})
-            else:
-                within = _levels.describe(r, [n for n in varying if n != r["factor"]])
-                row.update({"factor": r["factor"],
-                            "contrast": (f"{r['level']} - {r['baseline']}" if pd.notna(r["level"])
-                                         else f"{r['baseline']} only"),
-                            "within": within or "—", "metric": _diff_title(m),
-                            "difference": diff})
-            row.update({"pairs": int(r["n_pairs"]), "unpaired": int(r["n_unpaired"]),
-                        "p (t)": fmt_p(r["p_value"]), "p (Wilcoxon)": fmt_p(r["p_wilcoxon"]),
-                        adj: fmt_p(r["p_adjusted"])})
-            parts.append(row)
-    head = (["family", "model", "depth", "metric", "residual - plain"] if simple else
-            ["family", "model", "depth", "factor", "contrast", "within", "metric", "difference"])
-    cols = head + ["pairs", "unpaired", "p (t)", "p (Wilcoxon)", adj]
-    out = pd.DataFrame(parts, columns=["_row", "_metric"] + cols)
-    out = out.sort_values(["_row", "_metric"], kind="stable").drop(columns=["_row", "_metric"])
+            n = int(r["n_pairs"])
+            holm_t, bh_t = adjusted_cells(family, _contrasts.contrast_key(r, m, "t"),
+                                          r["p_value"], n)
+            holm_w, _ = adjusted_cells(family, _contrasts.contrast_key(r, m, "wilcoxon"),
+                                       r["p_wilcoxon"], n)
+            within = _levels.describe(r, [v for v in varying if v != r["factor"]])
+            parts.append({"_part": 1, "_row": i, "_metric": k, "family": r["family"],
+                          "model": r["model"], "depth": int(r["depth"]), "factor": r["factor"],
+                          "contrast": (f"{r['level']} - {r['baseline']}" if pd.notna(r["level"])
+                                       else f"{r['baseline']} only"),
+                          "within": within or "—", "metric": _diff_title(m),
+                          "difference": fmt_diff(r["mean_diff"], r["ci_lo"], r["ci_hi"], n,
+                                                 decimals, scale),
+                          "pairs": n, "unpaired": int(r["n_unpaired"]),
+                          P_HOLM: holm_t, P_WILCOXON_HOLM: holm_w, Q_BH: bh_t})
+    cols = ["family", "model", "depth", "factor", "contrast", "within", "metric", "difference",
+            "pairs", "unpaired", P_HOLM, P_WILCOXON_HOLM, Q_BH]
+    out = pd.DataFrame(parts, columns=["_part", "_row", "_metric"] + cols)
+    out = out.sort_values(["_part", "_row", "_metric"], kind="stable").drop(
+        columns=["_part", "_row", "_metric"])
+    if len(out) and (out["within"] == "—").all():
+        out = out.drop(columns="within")
     return without_redundant_model(out.reset_index(drop=True))
+
+
+def factor_effects_table(trials: pd.DataFrame, family: pd.DataFrame | None = None
+                         ) -> pd.DataFrame:
+    """Per family and contrasted factor level (``analysis.interaction.factor_effects``)
+    and each of final train loss and test error: the main effect (level - baseline,
+    pooled over every matched cell pair: models, depths and the other factors' levels)
+    and the depth x factor interaction (baseline's change minus the level's change from
+    the shallowest to the deepest depth; positive: the baseline degrades more), each
+    mean ± 95% t half width with its p adjusted over the report's family (Holm).
+
+    Columns: ``family, factor, contrast, metric, seeds, main effect, p (main, Holm),
+    depths, depth x factor, p (interaction, Holm), method``. Empty when nothing is
+    contrasted."""
+    if trials is None or not len(trials) or "residual" not in trials:
+        return pd.DataFrame()
+    if family is None:
+        family = _contrasts.report_family(trials)
+    from analysis import interaction as _interaction
+    rows = []
+    for k, m in enumerate(DEPTH_METRICS):
+        if stats.DERIVED.get(m, m) not in trials:
+            continue
+        _, scale, decimals = METRICS[m]
+        for i, r in _interaction.factor_effects(trials, m).iterrows():
+            n_main = _contrasts.factor_effect_n(r, "main", trials, m)
+            n_int = _contrasts.factor_effect_n(r, "interaction", trials, m)
+            p_main, _ = adjusted_cells(family, _contrasts.factor_effect_key(r, m, "main"),
+                                       r["main_p"], n_main)
+            p_int, _ = adjusted_cells(family, _contrasts.factor_effect_key(
+                r, m, "interaction"), r["int_p"], n_int)
+            span = (depth_span(r["depth_lo"], r["depth_hi"])
+                    if pd.notna(r["depth_lo"]) and pd.notna(r["depth_hi"])
+                    and r["depth_lo"] != r["depth_hi"] else "—")
+            rows.append({"_row": i, "_metric": k, "family": r["family"], "factor": r["factor"],
+                         "contrast": f"{r['level']} - {r['baseline']}",
+                         "metric": _diff_title(m), "seeds": int(r["n_seeds"]),
+                         "main effect": fmt_diff(r["main_effect"], r["main_ci_lo"],
+                                                 r["main_ci_hi"], n_main, decimals, scale),
+                         "p (main, Holm)": p_main, "depths": span,
+                         "depth x factor": fmt_diff(r["interaction"], r["int_ci_lo"],
+                                                    r["int_ci_hi"], n_int, decimals, scale),
+                         "p (interaction, Holm)": p_int, "method": str(r["method"])})
+    cols = ["family", "factor", "contrast", "metric", "seeds", "main effect", "p (main, Holm)",
+            "depths", "depth x factor", "p (interaction, Holm)", "method"]
+    out = pd.DataFrame(rows, columns=["_row", "_metric"] + cols)
+    out = out.sort_values(["_row", "_metric"], kind="stable").drop(columns=["_row", "_metric"])
+    return out.reset_index(drop=True)
 
 
 def degradation_index_table(trials: pd.DataFrame) -> pd.DataFrame:
     """How much worse each deeper network is than the shallowest of its combination of
     levels: change in final train loss and test error (pp) vs the base depth, mean ±
-    95% Welch half width; a positive change is degradation."""
+    95% Welch half width (the mean alone below ``MIN_SEEDS`` values on either side); a
+    positive change is degradation. Per variant: these changes do not by themselves
+    compare variants (the depth x residual interaction in ``contrast_table`` does)."""
     parts = {}
     for m in ("final_train_loss", "final_test_error"):
         acc = stats.DERIVED.get(m, m)
@@ -330,10 +471,191 @@ def degradation_index_table(trials: pd.DataFrame) -> pd.DataFrame:
         _, scale, decimals = METRICS[m]
         out["change in " + _diff_title(m)] = [
             "0 (base)" if r["depth"] == r["base_depth"] and np.isfinite(r["delta"])
-            else fmt_ci(r["delta"], r["ci_lo"], r["ci_hi"], decimals, scale)
+            else fmt_diff(r["delta"], r["ci_lo"], r["ci_hi"], min(r["n"], r["n_base"]),
+                          decimals, scale)
             for _, r in d.iterrows()]
     out = out[out["model"].map(out.groupby("model")["depth"].nunique()) > 1]
     return without_redundant_model(out.reset_index(drop=True))
+
+
+# --------------------------------------------------------------------------- robust summaries
+
+def fmt_interval(v: float, lo: float, hi: float, decimals: int, scale: float = 1.0,
+                 show_interval: bool = True) -> str:
+    """"0.512 [0.490, 0.530]": a value and an interval that need not be symmetric
+    (bootstrap, Clopper-Pearson); the value alone without a finite interval; "—"
+    without a value."""
+    if v is None or not np.isfinite(v):
+        return "—"
+    text = f"{v * scale:.{decimals}f}"
+    if show_interval and lo is not None and hi is not None and np.isfinite(lo) \
+            and np.isfinite(hi):
+        text += f" [{lo * scale:.{decimals}f}, {hi * scale:.{decimals}f}]"
+    return text
+
+
+def _cell_head(frame: pd.DataFrame, trials: pd.DataFrame) -> dict:
+    return {"family": frame["family"], "model": frame["model"],
+            "depth": frame["depth"].astype("int64"), **_factor_cells(frame, shown_factors(trials))}
+
+
+def robust_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: usable seeds and the interquartile mean (``analysis.robust.iqm``: the
+    mean of the middle 50% of seeds) of final train loss and test error with its 95%
+    stratified percentile bootstrap interval (``robust.robust_summary``), next to the
+    summary's mean ± t interval."""
+    from analysis import robust
+    parts = {m: robust.robust_summary(trials, m) for m in DEPTH_METRICS
+             if stats.DERIVED.get(m, m) in trials}
+    if not parts:
+        return pd.DataFrame()
+    base = next(iter(parts.values()))
+    out = pd.DataFrame({**_cell_head(base, trials), "n": base["n"].astype("int64")})
+    for m, d in parts.items():
+        title, scale, decimals = METRICS[m]
+        out[f"IQM {title}"] = [fmt_interval(r["iqm"], r["iqm_ci_lo"], r["iqm_ci_hi"], decimals,
+                                            scale) for _, r in d.iterrows()]
+    return without_redundant_model(out)
+
+
+def improvement_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per contrast (``analysis.contrasts.contrasts``, each level against its baseline
+    cell) and each of final train loss and test error: P(improvement), the chance that a
+    run of the level beats a run of the baseline (lower loss or error; ties 1/2), with its
+    95% stratified bootstrap interval (``analysis.robust.improvement``); the estimate
+    alone below ``MIN_SEEDS`` runs on either side."""
+    from analysis import robust
+    if "residual" not in trials:
+        return pd.DataFrame()
+    varying = _levels.varying(trials)
+    rows = []
+    for k, m in enumerate(DEPTH_METRICS):
+        if stats.DERIVED.get(m, m) not in trials:
+            continue
+        for i, r in robust.improvement(trials, m).iterrows():
+            if pd.isna(r["level"]):
+                continue
+            few = _contrasts.means_only(min(r["n_level"], r["n_baseline"]))
+            rows.append({"_row": i, "_metric": k, "family": r["family"], "model": r["model"],
+                         "depth": int(r["depth"]), "factor": r["factor"],
+                         "contrast": f"{r['level']} vs {r['baseline']}",
+                         "within": _levels.describe(r, [v for v in varying
+                                                        if v != r["factor"]]) or "—",
+                         "metric": METRICS[m][0].replace(" (%)", ""),
+                         "runs": f"{int(r['n_level'])} vs {int(r['n_baseline'])}",
+                         "P(improvement)": fmt_interval(r["prob_improvement"], r["prob_ci_lo"],
+                                                        r["prob_ci_hi"], 2,
+                                                        show_interval=not few)})
+    cols = ["family", "model", "depth", "factor", "contrast", "within", "metric", "runs",
+            "P(improvement)"]
+    out = pd.DataFrame(rows, columns=["_row", "_metric"] + cols)
+    out = out.sort_values(["_row", "_metric"], kind="stable").drop(columns=["_row", "_metric"])
+    if len(out) and (out["within"] == "—").all():
+        out = out.drop(columns="within")
+    return without_redundant_model(out.reset_index(drop=True))
+
+
+def _rate(k: int, n: int, lo: float, hi: float) -> str:
+    """"1/3 = 33% [0.84%, 91%]"."""
+    if not n:
+        return "—"
+    def pct(x):
+        v = 100 * x
+        return f"{v:.0f}%" if v >= 10 or v == 0 else f"{v:.2g}%"
+    return f"{int(k)}/{int(n)} = {pct(k / n)} [{pct(lo)}, {pct(hi)}]"
+
+
+def failures_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: finished trials (pending left out), and the diverged and failed
+    (diverged + errored) counts as rates with exact 95% Clopper-Pearson intervals
+    (``analysis.robust.failure_rates``): with 3 seeds, 0/3 is compatible with a rate up to
+    71%. Empty when no trial has finished."""
+    from analysis import robust
+    d = robust.failure_rates(trials)
+    if not len(d) or not d["n_planned"].sum():
+        return pd.DataFrame()
+    out = pd.DataFrame({**_cell_head(d, trials), "finished": d["n_planned"].astype("int64"),
+                        "diverged": [_rate(r["n_diverged"], r["n_planned"], r["diverged_ci_lo"],
+                                           r["diverged_ci_hi"]) for _, r in d.iterrows()],
+                        "failed": [_rate(r["n_diverged"] + r["n_error"], r["n_planned"],
+                                         r["failed_ci_lo"], r["failed_ci_hi"])
+                                   for _, r in d.iterrows()]})
+    return without_redundant_model(out)
+
+
+def survivorship_label(r, varying=()) -> str:
+    """"resnet depth 56 (branch_scale=zero): residual minus plain" or "resnet 20 -> 56:
+    depth x residual": what a ``robust.survivorship`` row tests."""
+    model = str(r["model"]) if r["model"] == r["family"] else f"{r['family']}: {r['model']}"
+    within = _levels.describe(r, [v for v in varying if v != r["factor"]
+                                  and v != "residual"] if r["kind"] == "interaction"
+                              else [v for v in varying if v != r["factor"]])
+    ctx = f" ({within})" if within else ""
+    if r["kind"] == "interaction":
+        return f"{model} {depth_span(r['base_depth'], r['depth'])}{ctx}: depth x residual"
+    what = ("residual minus plain" if r["factor"] == "residual"
+            else f"{r['factor']} {r['level']} minus {r['baseline']}")
+    return f"{model} depth {int(r['depth'])}{ctx}: {what}"
+
+
+def survivorship_frame(trials: pd.DataFrame) -> pd.DataFrame:
+    """``analysis.robust.survivorship`` of final train loss and test error, with a
+    ``metric`` column, only the rows with a diverged trial in their cells."""
+    from analysis import robust
+    parts = []
+    if "residual" not in trials or not (trials["status"] == "diverged").any():
+        return pd.DataFrame()
+    for m in DEPTH_METRICS:
+        if stats.DERIVED.get(m, m) in trials:
+            s = robust.survivorship(trials, m)
+            # a baseline cell that nothing was contrasted with (level NaN) tests nothing
+            parts.append(s[(s["n_diverged"] > 0) & s["level"].notna()].assign(metric=m))
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def survivorship_few(trials: pd.DataFrame) -> dict[str, tuple[bool, bool]]:
+    """Per metric: whether the survivors, and the trials with diverged runs at chance,
+    have a cell with fewer than ``MIN_SEEDS`` usable seeds (then the survivorship table
+    and findings give estimates without intervals, as every contrast does)."""
+    from analysis import robust
+    out = {}
+    for m in DEPTH_METRICS:
+        if stats.DERIVED.get(m, m) in trials:
+            chance = robust.at_chance(trials, m) if robust.chance_value(m) is not None \
+                else trials
+            out[m] = (0 < _contrasts.smallest_cell(trials, m) < _contrasts.MIN_SEEDS,
+                      0 < _contrasts.smallest_cell(chance, m) < _contrasts.MIN_SEEDS)
+    return out
+
+
+def survivorship_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Every contrast and depth x residual interaction whose cells hold a diverged trial:
+    its estimate as is (survivors only) and with every diverged trial counted as a
+    completed run at chance (``analysis.robust.survivorship``: train loss ln 10, test
+    error 90%), each with its 95% t interval, and whether the conclusion changes (sign,
+    or which side of 0 the interval lies). Empty without diverged trials."""
+    s = survivorship_frame(trials)
+    if not len(s):
+        return pd.DataFrame()
+    varying = _levels.varying(trials)
+    few = survivorship_few(trials)
+    rows = []
+    for _, r in s.iterrows():
+        _, scale, decimals = METRICS[r["metric"]]
+        few_as_is, few_chance = few[r["metric"]]
+        rows.append({"test": survivorship_label(r, varying),
+                     "metric": _diff_title(r["metric"]),
+                     "diverged": int(r["n_diverged"]),
+                     "survivors only": fmt_interval(r["estimate"], r["ci_lo"], r["ci_hi"],
+                                                    decimals, scale,
+                                                    show_interval=not few_as_is),
+                     "diverged at chance": fmt_interval(r["estimate_chance"], r["ci_lo_chance"],
+                                                        r["ci_hi_chance"], decimals, scale,
+                                                        show_interval=not few_chance),
+                     "conclusion changes": bool(r["sign_flips"])})
+    return pd.DataFrame(rows, columns=["test", "metric", "diverged", "survivors only",
+                                       "diverged at chance", "conclusion changes"])
 
 
 # --------------------------------------------------------------------------- rendering

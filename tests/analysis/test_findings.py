@@ -176,8 +176,10 @@ def test_report_explains_the_failed_cells(tmp_path):
     # residual minus plain: no plain seed completed; branch_scale zero minus one: 2 pairs
     assert ("- resnet depth 32 (branch_scale=zero): no seed with both variants completed "
             "(plain: 2 diverged).") in section
+    # two seeds: the mean only (analysis.contrasts.MIN_SEEDS), and the report says why once
     assert ("- resnet depth 32 (residual): branch_scale zero minus one test accuracy +50.0 pp "
-            "[+50.0, +50.0] over 2 seed(s).") in section  # equal differences: no t test
+            "over 2 seed(s) (means only).") in section
+    assert section.count("Contrasts with fewer than 3 seeds give means only") == 1
     assert "Holm" not in section  # no finding has a p value: nothing adjusted
     page = (run / "report.html").read_text()
     assert "activations grow 1,900x over 15 blocks at init" in page

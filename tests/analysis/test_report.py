@@ -60,9 +60,11 @@ def _files(run_dir: Path) -> set[str]:
             for p in (run_dir / sub).glob("*")}
 
 
-FIGURES = ["degradation_vs_depth", "training_curves_by_depth", "training_curves", "gradient_flow",
-           "grad_by_layer", "act_by_layer", "act_through_training", "features_mlp-5-residual-s0"]
-TABLES = ["summary", "paired", "degradation", "grad_mlp-5", "grad_mlp-8"]
+FIGURES = ["interaction", "degradation_vs_depth", "training_curves_by_depth", "training_curves",
+           "gradient_flow", "grad_by_layer", "act_by_layer", "act_through_training",
+           "features_mlp-5-residual-s0"]
+TABLES = ["summary", "paired", "factor_effects", "degradation", "robust", "improvement",
+          "failures", "survivorship", "grad_mlp-5", "grad_mlp-8"]
 
 
 def test_build_writes_every_figure_and_table(tmp_path):
@@ -84,8 +86,12 @@ def test_build_writes_every_figure_and_table(tmp_path):
     assert grad[2] == "| layers.0.weight | 1.50e-03 | 1.50e-03 | 1.00 |"
     assert r"\bottomrule" in (tmp_path / "tables" / "grad_mlp-8.tex").read_text()
     md = (tmp_path / "report.md").read_text()
-    assert ("- mlp depth 8: residual minus plain test accuracy +10.0 pp over 1 seed(s); "
-            "1 seed(s) unpaired.") in md
+    assert ("- mlp depth 8: residual minus plain test accuracy +10.0 pp over 1 seed(s) "
+            "(means only); 1 seed(s) unpaired.") in md
+    # the headline comes first: the depth x residual interaction of train loss
+    findings = md.split("## Findings")[1].split("\n## ")[0]
+    assert [ln for ln in findings.splitlines() if ln.startswith("- ")][0].startswith(
+        "- mlp 5 -> 8: plain's train loss")
 
 
 def test_report_references_every_figure_and_table(tmp_path):
@@ -328,8 +334,13 @@ def test_duplicate_trials_fail_the_paired_items_not_the_report(tmp_path):
     dup = trials.iloc[[0]].assign(trial_id="mlp-5-plain-s0-again")
     pd.concat([trials, dup]).to_parquet(tmp_path / "trials.parquet")
     result = report.build(tmp_path, formats=("png",))
-    assert {(f.kind, f.name) for f in result.failures} == {("section", "findings"),
-                                                          ("table", "paired")}
+    # everything built on the seed-paired statistics: the report's multiplicity family,
+    # the interaction figure, the contrast tables and the findings that use them
+    assert {(f.kind, f.name) for f in result.failures} == {
+        ("section", "multiplicity family"), ("section", "interaction findings"),
+        ("section", "findings"), ("section", "survivorship findings"),
+        ("figure", "interaction"), ("table", "paired"), ("table", "factor_effects"),
+        ("table", "improvement"), ("table", "survivorship")}
     assert all(f.reason.startswith("ValueError: more than one trial per (cell, seed)")
                for f in result.failures)
     assert (tmp_path / "tables" / "summary.md").exists()
@@ -449,10 +460,11 @@ def test_residual_only_report_is_the_same_with_or_without_factor_columns(tmp_pat
     for table in sorted((old / "tables").glob("*")):
         assert (new / "tables" / table.name).read_text() == table.read_text(), table.name
     md = (old / "report.md").read_text()
-    assert "## Findings (residual minus plain, paired by seed)" in md
+    assert ("## Findings (the depth x residual interaction first; then residual minus plain, "
+            "paired by seed)") in md
     assert "| family | depth | variant | params |" in md  # no factor columns in the summary
-    assert ("| family | depth | metric | residual - plain | pairs | unpaired | p (t) | "
-            "p (Wilcoxon) | p (t, Holm) |") in md
+    assert ("| family | depth | factor | contrast | metric | difference | pairs | unpaired | "
+            "p (t, Holm) | p (Wilcoxon, Holm) | q (t, BH) |") in md
 
 
 def test_multi_factor_report(tmp_path):
@@ -462,8 +474,9 @@ def test_multi_factor_report(tmp_path):
     assert [(f.kind, f.name) for f in result.failures if f.kind != "figure"] == []
     tables = {p.name for p in (run / "tables").glob("*.md")}
     # one seed-article table per residual cell, named like trial ids (non-default levels)
-    assert tables == {"summary.md", "paired.md", "grad_resnet-32-norm=none.md",
-                      "grad_resnet-32-norm=none-scale=zero.md"}
+    assert tables == {"summary.md", "paired.md", "factor_effects.md", "robust.md",
+                      "improvement.md", "failures.md", "survivorship.md",
+                      "grad_resnet-32-norm=none.md", "grad_resnet-32-norm=none-scale=zero.md"}
     summary = (run / "tables" / "summary.md").read_text().splitlines()
     # norm is "none" throughout and shortcut one level or n/a: neither is shown
     assert summary[0] == ("| family | depth | variant | branch_scale | params | n | train loss "
@@ -471,8 +484,8 @@ def test_multi_factor_report(tmp_path):
     assert summary[2].startswith("| resnet | 32 | plain | n/a | 470,000 | 0/2 (2 diverged) |")
     paired = (run / "tables" / "paired.md").read_text().splitlines()
     assert paired[0].startswith("| family | depth | factor | contrast | within | metric |")
-    assert ("| resnet | 32 | branch_scale | zero - one | residual | test acc (pp) | 50.0 ± 0.0 "
-            "| 2 | 0 | — | 0.5 | — |") in paired
+    assert ("| resnet | 32 | branch_scale | zero - one | residual | test acc (pp) | 50.0 "
+            "| 2 | 0 | n/a (2 seeds: means only) | n/a (2 seeds: means only) | n/a |") in paired
     md = (run / "report.md").read_text()
     assert "| family | depth | variant | branch_scale | planned | completed | diverged |" in md
     assert f"- {PLAIN}" in md and f"- {ONE}" in md

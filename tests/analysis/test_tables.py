@@ -156,15 +156,18 @@ def test_contrast_table_exact():
     res5 = (t.depth == 5) & t.residual
     t.loc[res5, "final_test_acc"] = t.loc[res5, "seed"].map({0: 0.95, 1: 0.9})
     s = contrast_table(t)
+    # the depth x residual interactions (5 -> 8) come first, then the contrasts
+    assert s["factor"].tolist()[:2] == ["depth x residual"] * 2
     row = s[(s.depth == 5) & (s.metric == "test acc (pp)")].iloc[0]
-    # per-seed differences (pp): seed 0: 95 - 80 = 15, seed 1: 90 - 90 = 0; mean 7.5;
-    # sd = 15 / sqrt(2), half width = t(0.975, 1) * sd / sqrt(2) = 12.7062 * 7.5 = 95.3
-    assert row["residual - plain"] == "7.5 ± 95.3"
-    assert row["p (t)"] == "0.5" and row["p (Wilcoxon)"] == "1"  # t = 1 on 1 df; one nonzero pair
+    # per-seed differences (pp): seed 0: 95 - 80 = 15, seed 1: 90 - 90 = 0; mean 7.5; two
+    # seeds: the mean only, no t interval (it would be 7.5 ± 95.3) and no p value
+    assert row["difference"] == "7.5"
+    assert row["p (t, Holm)"] == row["p (Wilcoxon, Holm)"] == "n/a (2 seeds: means only)"
     assert (row["pairs"], row["unpaired"]) == (2, 0)
     deep = s[(s.depth == 8) & (s.metric == "test acc (pp)")].iloc[0]
-    assert (deep["pairs"], deep["unpaired"], deep["p (t)"]) == (1, 1, "—")
-    assert deep["residual - plain"] == "0.0"  # seed 0 only: 0.8 - 0.8
+    assert (deep["pairs"], deep["unpaired"], deep["p (t, Holm)"]) == (
+        1, 1, "n/a (1 seed: means only)")
+    assert deep["difference"] == "0.0"  # seed 0 only: 0.8 - 0.8
 
 
 def test_degradation_index_table_exact():
@@ -220,8 +223,9 @@ def test_write_table_is_atomic_and_complete(tmp_path):
 
 # --------------------------------------------------------------------------- factor columns
 
-RESIDUAL_ONLY_CONTRASTS = ["family", "depth", "metric", "residual - plain", "pairs", "unpaired",
-                           "p (t)", "p (Wilcoxon)", "p (t, Holm)"]
+RESIDUAL_ONLY_CONTRASTS = ["family", "depth", "factor", "contrast", "metric", "difference",
+                           "pairs", "unpaired", "p (t, Holm)", "p (Wilcoxon, Holm)",
+                           "q (t, BH)"]
 
 
 def test_residual_only_tables_keep_their_columns_with_factor_columns_at_defaults():
@@ -233,11 +237,12 @@ def test_residual_only_tables_keep_their_columns_with_factor_columns_at_defaults
                                                     "train loss", "test acc (%)"]
     for table in (degradation_table, contrast_table, degradation_index_table):
         pd.testing.assert_frame_equal(table(new), table(old))
-    # Holm over each metric's contrasts: one finite p (test acc, depth 5: 0.5, see
-    # test_contrast_table_exact) is its own adjustment; constant or single pairs have none
+    # two seeds (one at depth 8): every row gives its mean only, interactions first
     res5 = (old.depth == 5) & old.residual
     old.loc[res5, "final_test_acc"] = old.loc[res5, "seed"].map({0: 0.95, 1: 0.9})
-    assert contrast_table(old)["p (t, Holm)"].tolist() == ["0.5", "—", "—", "—"]
+    assert contrast_table(old)["p (t, Holm)"].tolist() == [
+        "n/a (1 seed: means only)"] * 2 + ["n/a (2 seeds: means only)"] * 2 + [
+        "n/a (1 seed: means only)"] * 2
 
 
 def test_multi_factor_tables_name_factors_levels_and_within():
@@ -250,17 +255,31 @@ def test_multi_factor_tables_name_factors_levels_and_within():
         ["plain", "batch", "n/a"], ["plain", "none", "n/a"], ["residual", "batch", "one"]]
     c = contrast_table(t)
     assert list(c.columns) == ["family", "depth", "factor", "contrast", "within", "metric",
-                               "difference", "pairs", "unpaired", "p (t)", "p (Wilcoxon)",
-                               "p (t, Holm)"]
+                               "difference", "pairs", "unpaired", "p (t, Holm)",
+                               "p (Wilcoxon, Holm)", "q (t, BH)"]
     assert len(c) == 2 * 9  # 4 residual + 3 norm + 2 branch_scale contrasts, two metrics
     first = c.iloc[0]
     assert (first["factor"], first["contrast"], first["within"], first["metric"]) == (
         "residual", "residual - plain", "norm=batch, branch_scale=one", "test acc (pp)")
     # diffs 10, 20, 0 pp: 10 +- 4.30265 * 10 / sqrt 3 = 24.8; t = sqrt 3 on 2 df: p = 0.2254
-    assert (first["difference"], first["pairs"], first["p (t)"]) == ("10.0 ± 24.8", 3, "0.23")
+    assert (first["difference"], first["pairs"]) == ("10.0 ± 24.8", 3)
     d = contrasts.contrasts(t, "final_test_acc")
+    assert d["p_value"].iloc[0] == pytest.approx(0.2254, abs=1e-4)
+    # every p is Holm over the report's family: both metrics' paired t and Wilcoxon p,
+    # and (one depth: no interactions) each factor's main effect on train loss and error
+    fam = contrasts.report_family(t)
+    assert (fam["kind"] == "contrast").sum() == 2 * 2 * 9
+    assert (fam["kind"] == "factor effect").sum() == 2 * 2 * 3
     acc = c[c["metric"] == "test acc (pp)"]
-    assert acc["p (t, Holm)"].tolist() == [fmt_p(p) for p in holm(d["p_value"])]
+    assert acc["p (t, Holm)"].tolist() == [
+        contrasts.means_only_text(r["n_pairs"]) if r["n_pairs"] < 3 else
+        fmt_p(contrasts.family_lookup(fam, contrasts.contrast_key(r, "final_test_acc"))[0])
+        for _, r in d.iterrows()]
+    for which in ("primary", "secondary"):
+        three = fam[(fam["n"] >= 3) & (fam["family"] == which)]
+        got = fam.loc[fam["family"] == which, "p_holm"].dropna().tolist()
+        assert got == pytest.approx(
+            holm(three["p_value"])[np.isfinite(three["p_value"])].tolist())
     norm = acc[acc["factor"] == "norm"]
     assert norm[["contrast", "within"]].values.tolist() == [
         ["none - batch", "plain"], ["none - batch", "residual, branch_scale=one"],
