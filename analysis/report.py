@@ -558,11 +558,20 @@ def _spec_lines(spec: dict) -> list[tuple[str, str]]:
              ("models", ", ".join(map(str, s.get("models") or [])) or "—"),
              ("depths", ", ".join(map(str, s.get("depths") or []))),
              ("residual", str(s.get("residual"))), ("seeds", str(s.get("seeds")))]
+    if s.get("recipe"):  # absent in folders from before recipes: the seed article's
+        lines.append(("recipe", str(s["recipe"])))
+    levels = [f"{n} {','.join(map(str, lv))}" for n, lv in s.get("factors") or []]
+    levels += [f"{fam}: {n} {','.join(map(str, lv))}"
+               for fam, lvs in s.get("family_factors") or [] for n, lv in lvs]
+    if levels:
+        lines.append(("factor levels", "; ".join(levels)))
     if s.get("mode") == "train" and t:
         lines += [("data", f"{t.get('dataset')} ({t.get('data_root') or 'synthetic'}), "
                            f"subset {t.get('subset')}, val fraction {t.get('val_fraction')}"),
                   ("schedule", f"{t.get('epochs')} epochs, SGD lr {t.get('lr')} momentum "
-                               f"{t.get('momentum')} wd {t.get('weight_decay')}, batch "
+                               f"{t.get('momentum')} wd {t.get('weight_decay')}"
+                               + (f" on {'every parameter' if t['decay'] == 'all' else 'weights only'}"
+                                  if t.get("decay") else "") + ", batch "
                                f"{t.get('batch_size')}, milestones {t.get('milestones')}")]
     if s.get("tune"):
         lines.append(("tuning", f"Optuna per cell: {', '.join(s['tune'])}, "
