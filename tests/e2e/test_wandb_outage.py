@@ -21,7 +21,9 @@ from tests.ablations.test_tracking import FAKE_KEY, Server
 from tests.e2e.test_sweep_e2e import ROOT, ray_pids
 
 # --smoke trains with the default recipe: SkipInit residual cells (--branch-scale zero)
-SMOKE_TRIALS = {"mlp-4-plain-s0", "mlp-4-residual-scale=zero-s0", "resnet-4-plain-s0",
+# the default recipe: SkipInit branches, and pre-activation LayerNorm MLPs
+SMOKE_TRIALS = {"mlp-4-plain-norm=layer-block=pre-s0",
+                "mlp-4-residual-norm=layer-block=pre-scale=zero-s0", "resnet-4-plain-s0",
                 "resnet-4-residual-scale=zero-s0"}
 
 
