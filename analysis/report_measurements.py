@@ -119,7 +119,7 @@ def response_rows(c) -> tuple[pd.DataFrame, str, str]:
     were measured, else "init"."""
     from ablations.measurements.responses import responses_as_layers, shown
     df = _of_trials(pd.read_parquet(Path(c.run_dir) / FOLDER / "responses.parquet"), c.trials)
-    rows = responses_as_layers(df, c.layers)
+    rows = responses_as_layers(df, c.layers, c.trials)
     return rows, "late" if (rows["phase"] == "train").any() else "init", shown(df)[2]
 
 

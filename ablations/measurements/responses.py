@@ -208,13 +208,16 @@ def responses_table(df: pd.DataFrame) -> pd.DataFrame | None:
                                      (f"mean std at init{tag}", "init", col)]))
 
 
-def responses_as_layers(df: pd.DataFrame, layers: pd.DataFrame | None = None) -> pd.DataFrame:
+def responses_as_layers(df: pd.DataFrame, layers: pd.DataFrame | None = None,
+                        trials: pd.DataFrame | None = None) -> pd.DataFrame:
     """The merged responses frame as ``layers.parquet`` rows (stat ``act_std``, value: the
     per-channel std, or an old file's whole-tensor one: ``shown``), for
     ``analysis.figures_layers.layer_response_std``: ``init`` rows are phase "init" at
     step 0, epoch 0; ``final`` rows phase "train" at the trial's last training step and
     epoch in ``layers`` (what that figure calls "late"), or step 1, epoch 1 for a trial
-    ``layers`` lacks (then the figure's titles name step 1)."""
+    ``layers`` lacks (then the figure's titles name step 1). With ``trials`` holding
+    ``steps`` and ``epochs_run`` (folders since recipes), ``final`` rows are at the step
+    the network was measured at: the end of training, not the last statistics sample."""
     from ablations.results import factor_columns
     df, col, _ = shown(df)
     keys = [c for c in factor_columns() if c in df]
@@ -223,6 +226,10 @@ def responses_as_layers(df: pd.DataFrame, layers: pd.DataFrame | None = None) ->
         train = layers[layers["phase"] == "train"].sort_values("step")
         last = {t: (int(s), int(e)) for t, s, e in
                 train.groupby("trial_id")[["step", "epoch"]].last().itertuples()}
+    if trials is not None and {"trial_id", "steps", "epochs_run"} <= set(trials.columns):
+        done = trials.dropna(subset=["steps", "epochs_run"])
+        last.update({t: (int(s), int(e)) for t, s, e in
+                     zip(done["trial_id"], done["steps"], done["epochs_run"])})
     final = (df["when"] == "final").to_numpy()
     moment = np.array([last.get(t, (1, 1)) for t in df["trial_id"]], dtype=np.int64)
     moment = np.where(final[:, None], moment.reshape(-1, 2), 0)  # init: step 0, epoch 0

@@ -189,6 +189,11 @@ def test_layers_rows_match_layers_parquet(keys):
     init = snapshot_rows(out, "act_std", "init")
     assert set(init["step"]) == {0} and list(init["value"][:3]) == [1.0, 2.0, 3.0]
     assert set(rs.responses_as_layers(df).query("phase == 'train'")["step"]) == {1}
+    # the trials' own end of training (steps, epochs_run) wins over the last sample
+    ends = pd.DataFrame({"trial_id": sorted(set(df["trial_id"])), "steps": 360,
+                         "epochs_run": 10})
+    end = snapshot_rows(rs.responses_as_layers(df, trained, ends), "act_std", "late")
+    assert set(end["step"]) == {360} and set(end["epoch"]) == {10}
 
 
 def test_nothing_to_draw(keys):
