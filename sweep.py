@@ -678,6 +678,7 @@ def write_wandb_report(run_dir, target: str | None) -> None:
         from analysis.wandb_report import write_spec
         write_spec(run_dir)
     except Exception as e:  # noqa: BLE001  results and report are written: keep them
+        from ablations import results
         results.warn(f"W&B report spec not written ({results.brief(e)})")
     if target:
         from analysis.wandb_publish import publish
