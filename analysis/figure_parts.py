@@ -75,6 +75,22 @@ def fit_parts(head: str, tail: str, width_in: float, sep: str = ", ",
     return f"{fit_title(head, width_in, size)}\n{fit_title(tail, width_in, size)}"
 
 
+def mean_ci_errorbar(ax, cells: pd.DataFrame, metric: str, x: np.ndarray, scale: float,
+                     style, label: str) -> None:
+    """``<metric>_mean`` with its ``_ci_lo``/``_ci_hi`` interval (a ``cell_summary`` frame)
+    as one errorbar line at ``x``, times ``scale``. A non-finite interval end draws no bar;
+    no finite mean (every completed seed's metric NaN) draws no line at all, so a panel's
+    "no completed trials" note sees it as empty."""
+    mean = cells[f"{metric}_mean"].to_numpy(dtype=float) * scale
+    lo = cells[f"{metric}_ci_lo"].to_numpy(dtype=float) * scale
+    hi = cells[f"{metric}_ci_hi"].to_numpy(dtype=float) * scale
+    err = np.vstack([mean - lo, hi - mean])
+    err = np.where(np.isfinite(err), err, 0.0)
+    if np.isfinite(mean).any():
+        ax.errorbar(x, mean, yerr=err, color=style.color, marker=style.marker, capsize=2,
+                    linewidth=1.2, markersize=4, label=label, zorder=3)
+
+
 def epoch_axis(ax) -> None:
     """Integer epoch ticks; a panel whose lines all sit at one epoch gets a unit of room
     either side (an integer locator has nothing to tick in 0.95..1.05)."""

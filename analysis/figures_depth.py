@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis import stats
-from analysis.figure_parts import fit_title, no_data, panels, where
+from analysis.figure_parts import fit_title, mean_ci_errorbar, no_data, panels, where
 from analysis.style import DEFAULT_LOOK, Look, message_figure, model_label
 from analysis.variants import joined, keyed
 
@@ -105,17 +105,7 @@ def degradation_vs_depth(trials: pd.DataFrame, look: Look = DEFAULT_LOOK,
                     style = key.styles[variant]
                     dx = (key.order.index(variant) - (len(key.order) - 1) / 2) * step
                     x = vc["depth"].map(pos).to_numpy(dtype=float) + dx
-                    mean = vc[f"{metric}_mean"].to_numpy(dtype=float) * scale
-                    lo = vc[f"{metric}_ci_lo"].to_numpy(dtype=float) * scale
-                    hi = vc[f"{metric}_ci_hi"].to_numpy(dtype=float) * scale
-                    err = np.vstack([mean - lo, hi - mean])
-                    err = np.where(np.isfinite(err), err, 0.0)
-                    # No finite mean (every completed seed's metric NaN): no line at all,
-                    # so the panel's "no completed trials" note below sees it as empty.
-                    if np.isfinite(mean).any():
-                        ax.errorbar(x, mean, yerr=err, color=style.color, marker=style.marker,
-                                    capsize=2, linewidth=1.2, markersize=4, label=variant,
-                                    zorder=3)
+                    mean_ci_errorbar(ax, vc, metric, x, scale, style, variant)
                     # each seed beside its mean, on the side away from the panel's middle
                     side = dx + 0.4 * step * (1 if dx >= 0 else -1)
                     vr = runs[runs["variant"] == variant]

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from analysis import contrasts as _contrasts
 from analysis import stats
-from analysis.figure_parts import fit_title, no_data, panels, where
+from analysis.figure_parts import fit_title, mean_ci_errorbar, no_data, panels, where
 from analysis.style import DEFAULT_LOOK, Look, message_figure, model_label
 from analysis.variants import joined, keyed
 
@@ -108,15 +108,7 @@ def depth_interaction(trials: pd.DataFrame, look: Look = DEFAULT_LOOK,
                     style = key.styles[variant]
                     dx = (key.order.index(variant) - (len(key.order) - 1) / 2) * DODGE
                     x = vc["depth"].map(pos).to_numpy(dtype=float) + dx
-                    mean = vc[f"{metric}_mean"].to_numpy(dtype=float) * scale
-                    lo = vc[f"{metric}_ci_lo"].to_numpy(dtype=float) * scale
-                    hi = vc[f"{metric}_ci_hi"].to_numpy(dtype=float) * scale
-                    err = np.vstack([mean - lo, hi - mean])
-                    err = np.where(np.isfinite(err), err, 0.0)
-                    if np.isfinite(mean).any():
-                        ax.errorbar(x, mean, yerr=err, color=style.color, marker=style.marker,
-                                    capsize=2, linewidth=1.2, markersize=4, label=variant,
-                                    zorder=3)
+                    mean_ci_errorbar(ax, vc, metric, x, scale, style, variant)
                 # the DiD of each residual variant, deepest depth against the shallowest
                 notes = []
                 d = keyed_ints.get(metric)
