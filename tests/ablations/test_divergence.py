@@ -9,17 +9,9 @@ from ablations import results
 from ablations.plan import expand
 from ablations.spec import AblationSpec, TrainSettings
 from ablations.train import EXPLODE_FACTOR, diverged_reason, run_train_trial
+from tests.ablations.test_train import Recorder
 
 
-class Recorder:
-    def __init__(self):
-        self.reports = []
-
-    def report(self, metrics):
-        self.reports.append(metrics)
-
-    def where(self):
-        return {}
 
 
 def mlp_spec(tmp_path, lr, epochs=2, **kw):

@@ -225,16 +225,10 @@ def test_he2016_data_zero_padding_and_mean_image():
     assert torch.equal(reflect[:, :, 3, 4:-4], x[:2, :, 1])  # reflect: row 1 mirrored
 
 
-def test_constant_warmup_runs_the_deep_trials_at_a_tenth_of_the_lr(tmp_path, monkeypatch):
-    from ablations import optim, results
+def test_constant_warmup_runs_the_deep_trials_at_a_tenth_of_the_lr(tmp_path, sgd_lrs):
+    from ablations import results
     from ablations.train import run_train_trial
-    seen = []
-    real_step = optim.SGD.step
-
-    def spy(self):
-        seen.append(self.param_groups[0]["lr"])
-        return real_step(self)
-    monkeypatch.setattr(optim.SGD, "step", spy)
+    seen = sgd_lrs
     # 240 training images at batch 64: 4 steps per epoch
     t = TrainSettings(dataset="synthetic", subset=300, val_fraction=0.2, epochs=2,
                       milestones=(1,), batch_size=64, stats_every=0, lr=0.05, device="cpu",

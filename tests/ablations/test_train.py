@@ -129,16 +129,8 @@ def test_a_checkpoint_of_another_model_is_set_aside_not_half_loaded(tmp_path, ca
     assert f"checkpoint {ckpt} is unusable" in err
 
 
-def test_warmup_ramps_the_lr_linearly_per_step_then_follows_the_schedule(tmp_path,
-                                                                         monkeypatch):
-    from ablations import optim
-    seen = []
-    real_step = optim.SGD.step
-
-    def spy(self):
-        seen.append(self.param_groups[0]["lr"])
-        return real_step(self)
-    monkeypatch.setattr(optim.SGD, "step", spy)
+def test_warmup_ramps_the_lr_linearly_per_step_then_follows_the_schedule(tmp_path, sgd_lrs):
+    seen = sgd_lrs
     # 240 training images at batch 64: 4 steps per epoch; warmup over 1 epoch = 4 steps
     spec = small_spec(tmp_path, warmup_epochs=1)
     mlp = [t for t in expand(spec)[0] if t.family == "mlp"][0]
