@@ -22,7 +22,7 @@ from pathlib import Path
 
 import models
 from ablations import factors, recipes
-from analysis.cli import OneLineParser
+from ablations.cli import OneLineParser
 from ablations.plan import expand, format_plan, group_by_cell
 from ablations.progress import duration
 from ablations.spec import (DATASET_CHOICES, DECAY_CHOICES, DEFAULT_SEEDS, DEVICE_CHOICES,

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from analysis.cli import OneLineParser
+from ablations.cli import OneLineParser
 
 from . import measure_run, results, weights
 from .spec import SpecError, check_measurements, spec_from_dict
@@ -152,7 +152,7 @@ def prepare(args) -> Job:
 
 def _where(trials, items) -> set:
     """The trial ids ``--where`` keeps (all without it); SpecError for a bad filter."""
-    from analysis.where import ResultsError, apply_where, parse_where
+    from ablations.where import ResultsError, apply_where, parse_where
     try:
         kept = apply_where({"trials": trials}, parse_where(items))["trials"]
     except ResultsError as e:

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from analysis.hooks import (LayerStats, LayerStatsRecorder, activation_stats, grad_stats,
+from ablations.hooks import (LayerStats, LayerStatsRecorder, activation_stats, grad_stats,
                             weight_params)
 from models.layers import FixedScale, LearnedScale
 from models.mlp import MLP, DenseBlock, MLPConfig

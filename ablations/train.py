@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import models
-from analysis.hooks import LayerStatsRecorder
+from ablations.hooks import LayerStatsRecorder
 from models import fused
 
 from . import measure_run, results, weights

@@ -32,7 +32,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from analysis.cli import OneLineParser
+from ablations.cli import OneLineParser
 from analysis.style import STYLES, WIDTHS
 
 FORMATS = ("pdf", "png", "svg")  # kept equal to analysis.report.FORMATS (tested)

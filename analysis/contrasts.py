@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from ablations import factors as _factors
-from analysis import levels as _levels
+from ablations import levels as _levels
 from analysis.stats import (_prepare, _require_metric, _usable, cell_keys, mean_ci,
                             paired_t_pvalue, wilcoxon_exact_pvalue, with_derived)
 

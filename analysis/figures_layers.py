@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from analysis import levels
+from ablations import levels
 from analysis.figure_parts import (finite, fit_parts, fit_title, label_edges, layer_axis, line_band,
                                    median_iqr, no_data, panels, positions, tick_room, where)
 from analysis.style import (DEFAULT_LOOK, Look, depth_linestyles, log_axis, message_figure,
@@ -326,7 +326,7 @@ def layer_response_std(layers: pd.DataFrame, look: Look = DEFAULT_LOOK,
     Fig. 7.
 
     What it shows depends on the rows. ``layers.parquet``'s ``act_std`` is of the
-    model's tap points (``analysis.hooks.default_taps``: the stem, every block's output,
+    model's tap points (``ablations.hooks.default_taps``: the stem, every block's output,
     i.e. after the addition of branch and shortcut where there is one and after a
     post-activation ResNet block's final ReLU, and the classifier), over the whole
     batch: NOT He et al.'s responses, which are the 3x3 convs' outputs after

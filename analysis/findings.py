@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import contrasts as _contrasts
-from analysis import levels as _levels
+from ablations import levels as _levels
 from analysis import stats
 from analysis import tuning as _tuning
 from analysis.tables import snapshot_rows

@@ -42,7 +42,7 @@ import pandas as pd
 from scipy import special as _sp
 
 from ablations import factors as _factors
-from analysis import levels as _levels
+from ablations import levels as _levels
 from analysis.contrasts import _groups, _matches, contrasted_factors, reference_level
 from analysis.stats import (ZERO_SD_RTOL, _prepare, _require_metric, _usable, cell_keys,
                             mean_ci, paired_t_pvalue, t_quantile, with_derived)

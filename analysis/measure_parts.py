@@ -19,7 +19,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from ablations.measurements import WHEN
-from analysis import levels, stats
+from analysis import stats
+from ablations import levels
 from analysis.figure_parts import (depth_colors, finite, fit_title, label_edges, line_band,
                                    median_iqr, no_data, panels, where)
 from analysis.figures_layers import PANEL_KEYS

@@ -46,7 +46,7 @@ the items are made by one forked process per CPU (``jobs``; see ``build``),
 which keep the isolation above: an item that raises, or a worker that dies
 while making it, is that item's "could not" line.
 ``where`` restricts everything to some values of family, model, depth, seed or
-any factor (``analysis.where``: ``{"family": ["resnet"], "norm": ["none"]}``);
+any factor (``ablations.where``: ``{"family": ["resnet"], "norm": ["none"]}``);
 such a view is written to its own folder (``views/family=resnet_norm=none`` by
 default) so the full report is never replaced by a partial one. Tables and
 findings show a factor other than residual only when it varies, so a sweep that
@@ -69,7 +69,8 @@ import pandas as pd
 
 from ablations import factors as _factors
 from analysis import contrasts as _contrasts
-from analysis import figures, findings, levels, stats, tuning
+from analysis import figures, findings, stats, tuning
+from ablations import levels
 from analysis import report_measurements as measured
 from analysis.failures import (ERRORS_LOG, BuildResult, Guard, ItemFailure, one_line,
                                write_error_log)
@@ -80,7 +81,7 @@ from analysis.tables import (GRAD_TABLE_FORMAT, _cell, _numeric, _specs, contras
                              improvement_table, robust_table, shown_factors, snapshot_rows,
                              survivorship_table, to_markdown, without_redundant_model,
                              write_table, write_text)
-from analysis.where import (ResultsError, apply_where, parse_where, safe_name as _safe,  # noqa: F401
+from ablations.where import (ResultsError, apply_where, parse_where, safe_name as _safe,  # noqa: F401
                             where_keys, where_slug)
 
 RESULT_FILES = ("trials", "layers", "epochs")

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import interaction as _interaction
-from analysis import levels as _levels
+from ablations import levels as _levels
 from analysis.contrasts import _matches, contrasts
 from analysis.stats import (DERIVED, _check_level, _finite, _prepare, _require_metric,
                             _status_counts, _usable, cell_keys, with_derived)

@@ -44,7 +44,7 @@ every factor column the frame has, in registry order. A folder from before the
 registry has only ``residual``, so its keys are today's (family, model, depth,
 residual) and its outputs are unchanged. A missing value in a present factor column
 (old rows concatenated with new ones) is the family's default level
-(``analysis.levels.with_levels``). Output rows are sorted by family, model, depth,
+(``ablations.levels.with_levels``). Output rows are sorted by family, model, depth,
 then the factors in their registry level order (plain before residual, batch before
 layer before none). Contrasts between levels (residual minus plain, and every other
 factor's levels against its baseline) and the multiple-comparison adjustment are in
@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 from scipy import special as _sp  # not scipy.stats: ~0.3 s more import per report
 
-from analysis import levels as _levels
+from ablations import levels as _levels
 
 STATUSES = ("completed", "diverged", "error", "pending")  # pending: a sweep still running
 # Relative spread below which paired differences count as constant (floating-point noise).

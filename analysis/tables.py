@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import contrasts as _contrasts
-from analysis import levels as _levels
+from ablations import levels as _levels
 from analysis import stats
 from analysis.style import VARIANT_ORDER, variant_of, with_variant
 

@@ -39,9 +39,9 @@ import numpy as np
 import pandas as pd
 
 from ablations.factors import TUNE_SPACE
-from analysis import levels as _levels
+from ablations import levels as _levels
 from analysis.failures import Guard, one_line
-from analysis.where import ResultsError
+from ablations.where import ResultsError
 
 MARGIN = 0.1            # "at a bound": within 10% of the range's log width from it
 REL_TOL = 1e-9          # a value at exactly 10% in floating point counts as inside

@@ -2,7 +2,7 @@
 called, and its colour and marker, the same for a level in every figure.
 
 A *variant* is the combination of the factor levels that vary in a frame
-(``analysis.levels.varying``); a factor with one level throughout is not part of
+(``ablations.levels.varying``); a factor with one level throughout is not part of
 it. A residual-only sweep, with or without the factor columns, therefore has the
 variants it always had, "plain" (orange squares) and "residual" (blue circles).
 
@@ -40,7 +40,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from ablations import factors as _factors
-from analysis import levels as _levels
+from ablations import levels as _levels
 
 NA = _factors.NA
 # Colours and markers a residual-only level takes when its registry entry is plain's

@@ -40,7 +40,7 @@ import pandas as pd
 from ablations import factors as _factors
 from ablations import results as _results
 from ablations import tracking
-from analysis import levels
+from ablations import levels
 
 SPEC_FILE = "wandb_report.json"
 PLACEHOLDER_ENTITY = "<entity>"                 # write_spec without an entity

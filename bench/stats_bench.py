@@ -27,7 +27,6 @@ CONFIGS = {"off": 0, "every 50": 50, "every 1": 1}
 
 
 def one_run(stats_every: int, epochs: int, threads: int, out: str, precision: str) -> float:
-    import dataclasses
 
     from ablations import results, train
     from ablations.plan import expand

@@ -46,7 +46,7 @@ None). ``spec_records()`` draws a spec.json value (None: no file).
 
 Used by the property tests of analysis.stats, analysis.tables and
 analysis.report (tests/analysis/test_properties.py) and by the figure tests.
-The stat names are those of ``analysis.hooks.STAT_NAMES`` (copied, not
+The stat names are those of ``ablations.hooks.STAT_NAMES`` (copied, not
 imported: hooks imports torch; test_properties checks that they agree).
 """
 from __future__ import annotations

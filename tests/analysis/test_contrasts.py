@@ -1,4 +1,4 @@
-"""Exact values of analysis.contrasts and analysis.levels on hand-built multi-factor frames.
+"""Exact values of analysis.contrasts and ablations.levels on hand-built multi-factor frames.
 
 Every expected number is worked out in the comments; two-sided p values of the paired t
 test use the closed forms of Student t with 1 df (Cauchy) and 2 df, not the code under
@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from analysis import contrasts, levels
+from analysis import contrasts
+from ablations import levels
 from analysis.contrasts import benjamini_hochberg, holm
 from analysis.stats import cell_keys, cell_summary, degradation_index, status_counts
 

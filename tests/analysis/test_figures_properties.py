@@ -29,7 +29,8 @@ from hypothesis.extra import numpy as hnp
 import matplotlib as mpl
 from matplotlib.figure import Figure
 
-from analysis import figures, levels, stats
+from analysis import figures, stats
+from ablations import levels
 from analysis.style import LayerLocator, Look, log_axis, save_figure
 from analysis.variants import keyed
 from tests.analysis.strategies import FACTORS, results_frames

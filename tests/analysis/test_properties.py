@@ -20,7 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis import contrasts, levels, report, stats, tables
+from analysis import contrasts, report, stats, tables
+from ablations import levels
 from analysis.tables import (degradation_index_table, degradation_table, grad_table,
                              network_order, contrast_table, snapshot_rows, to_latex, to_markdown)
 from tests.analysis.strategies import (ACT_STATS, DAMAGED_SPEC, GRAD_STATS, results_frames,
@@ -313,7 +314,7 @@ def test_grad_tables_follow_network_order(frames):
 
 
 def test_strategy_stat_names_are_the_recorders():
-    hooks = pytest.importorskip("analysis.hooks")  # imports torch
+    hooks = pytest.importorskip("ablations.hooks")  # imports torch
     assert (GRAD_STATS, ACT_STATS) == (hooks.GRAD_STATS, hooks.ACT_STATS)
 
 

@@ -434,7 +434,7 @@ def _with_default_factor_columns(src: Path, dst: Path) -> None:
     family's default level ("n/a" where it does not apply)."""
     import shutil
 
-    from analysis import levels
+    from ablations import levels
     shutil.copytree(src, dst)
     for name in ("trials", "layers", "epochs"):
         path = dst / f"{name}.parquet"

@@ -106,7 +106,6 @@ def responses_rows(trials: pd.DataFrame) -> pd.DataFrame:
     small MLPs of their depths (init and trained: here both at init weights)."""
     import torch
 
-    import models
     from ablations import measure_run
     from ablations.measurements import MeasureData
     from ablations.plan import expand

@@ -9,7 +9,8 @@ from analysis.tables import (GRAD_TABLE_FORMAT, escape_latex, grad_table, networ
                              stat_rows, to_latex, to_markdown, write_table, degradation_table,
                              degradation_index_table, contrast_table, fmt_ci, fmt_p,
                              snapshot_rows)
-from analysis import contrasts, levels
+from analysis import contrasts
+from ablations import levels
 from analysis.contrasts import holm
 from tests.analysis.test_contrasts import _crossed
 

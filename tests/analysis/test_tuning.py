@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from analysis import figures_tuning, findings, tuning
 from analysis.failures import Guard
 from analysis.style import Look
-from analysis.where import ResultsError
+from ablations.where import ResultsError
 
 LR = (1e-3, 1.0)
 RANGES = {"lr": LR}

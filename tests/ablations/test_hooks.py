@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from analysis.hooks import LayerStatsRecorder, activation_stats, grad_stats
+from ablations.hooks import LayerStatsRecorder, activation_stats, grad_stats
 
 
 def test_activation_stats_hand_computed():

@@ -12,7 +12,7 @@ import re
 import pandas as pd
 
 from ablations import factors as _factors
-from analysis import levels
+from ablations import levels
 
 
 class ResultsError(ValueError):
