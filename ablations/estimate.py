@@ -28,18 +28,18 @@ def step_seconds(model_cfg, batch: int, in_features, num_classes: int, threads: 
     import torch.nn.functional as F
 
     from models import fused
+    from models.interface import check_network
 
+    from .device import autocast, use_fused
     from .optim import SGD
-    from .train import autocast, use_fused
     saved = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
         torch.manual_seed(0)
-        model = model_cfg.with_input(in_features, num_classes).build().to(device)
-        conv = hasattr(model, "stages")
-        fmt = torch.channels_last if conv else torch.contiguous_format
-        if conv:
-            model = model.to(memory_format=torch.channels_last)
+        model = check_network(model_cfg.with_input(in_features, num_classes).build(),
+                              model_cfg.family)
+        fmt = model.memory_format  # the trainer's layout (models/interface.py)
+        model = model.to(device).to(memory_format=fmt)
         opt = SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         fuse = use_fused(model, device, precision, compiled=False)
 
@@ -74,7 +74,7 @@ def estimate_epochs(trials, spec, n_train: int, n_eval: int, in_features, num_cl
     first appearance; models left when ``budget_s`` has run out are absent."""
     from models import fused
 
-    from .train import pick_precision
+    from .device import pick_precision
     t = spec.train
     threads = int(t.threads or spec.cpus_per_trial or 1)
     precision = pick_precision(device, t.precision)

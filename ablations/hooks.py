@@ -18,6 +18,8 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from models.interface import Network
+
 ACT_STATS = ("act_mean_abs", "act_std", "act_zero_frac")
 GRAD_STATS = ("grad_mean_abs", "grad_norm")
 STAT_NAMES = GRAD_STATS + ACT_STATS
@@ -44,8 +46,9 @@ def grad_stats(g: torch.Tensor, lead: int = 0) -> torch.Tensor:
 
 
 def default_taps(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model's own tap points, else every Linear/Conv module, in registration order."""
-    if hasattr(model, "tap_points"):
+    """A family's network (``models.interface.Network``): its own tap points; any other
+    module: every Linear/Conv module, in registration order."""
+    if isinstance(model, Network):
         return model.tap_points()
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 

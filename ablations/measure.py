@@ -15,7 +15,8 @@ it again), so an interrupted run continues where it stopped. A completed trial i
 measured at init and final, a diverged one at init only (as in the worker); a
 missing ``init.pt`` is rebuilt from the trial's seed (the same bits). Then the
 fragments are merged into ``measurements/<name>.parquet`` and the report is
-rebuilt (a report failure is a warning, as after a sweep).
+rebuilt by ``python -m analysis`` in a child process (a report failure is a
+warning, as after a sweep).
 
 Bad input (not a sweep folder, an unknown measurement, a sweep that kept no
 weights, unreadable data): one line on stderr naming the problem and the valid
@@ -29,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -231,6 +233,33 @@ def record(job: Job, argv, outcomes: dict, started: float) -> None:
     results.write_json(path, runs)
 
 
+def rebuild_report(run_dir) -> str:
+    """The report rebuilt by ``python -m analysis RUN_DIR`` in a child process (this
+    interpreter, this environment, the project on its path): this package never imports
+    ``analysis``. Its warnings reach stderr as they happen; its paths are counted into
+    one line. A failure is one warning line, never a crash: the measurements are written.
+    Returns how the report went, for the last line."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        d for d in (root, os.environ.get("PYTHONPATH")) if d)}
+    try:
+        p = subprocess.run([sys.executable, "-m", "analysis", str(run_dir)], env=env,
+                           stdout=subprocess.PIPE, text=True)
+        why = None if p.returncode in (0, 1) else f"python -m analysis exited with {p.returncode}"
+    except OSError as e:  # the interpreter could not be started again
+        why = results.brief(e)
+    if why:
+        print(f"warning: the report could not be built ({why}); rebuild it with: "
+              f"python -m analysis {run_dir}", file=sys.stderr)
+        return "report not built"
+    written = [line for line in p.stdout.splitlines() if line.strip()]
+    print(f"wrote {len(written)} figure/table/report files; report: {run_dir}/report.html")
+    if p.returncode:
+        return (f"report: item(s) failed (see {run_dir}/report.html and "
+                f"{Path(run_dir) / 'report_errors.log'})")
+    return "report: every item written"
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -245,10 +274,10 @@ def main(argv=None) -> int:
         ms = measure_run.requested(job.names)
         print(f"measuring {len(job.todo)} trial(s) of {job.run_dir}: " + "; ".join(
             f"{m.name} ({', '.join(m.when)})" for m in ms), flush=True)
-        from . import runner
+        from . import cluster
         try:
-            runner.connect(args.address)
-            spec = runner.resolve_resources(dataclasses.replace(
+            cluster.connect(args.address)
+            spec = cluster.resolve_resources(dataclasses.replace(
                 job.spec, cpus_per_trial=args.cpus_per_trial,
                 gpus_per_trial=args.gpus_per_trial), len(job.todo))
             outcomes = run_tasks(job, spec)
@@ -260,7 +289,7 @@ def main(argv=None) -> int:
                   "again to continue", file=sys.stderr)
             return 130
         finally:
-            runner.disconnect()
+            cluster.disconnect()
         rebuilt = [tid for tid, o in outcomes.items() if o.get("init_rebuilt")]
         if rebuilt:
             print(f"init.pt not kept for {len(rebuilt)} trial(s): their initial networks "
@@ -272,7 +301,7 @@ def main(argv=None) -> int:
     if job.todo:
         record(job, argv, outcomes, started)
     failed = [tid for tid, o in outcomes.items() if o.get("measure_errors")]
-    note = results.build_report(job.run_dir)
+    note = rebuild_report(job.run_dir)
     print(f"done: {len(outcomes)} trial(s) measured, {len(failed)} with failures; "
           f"{', '.join(f'{n} ({len(df)} rows)' for n, df in merged.items()) or 'no rows'} "
           f"in {job.run_dir / 'measurements'}; {note}")

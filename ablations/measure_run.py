@@ -24,6 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import results, weights
+from .data import load_dataset
+from .device import pick_device
 
 
 def fragment_path(run_dir, trial_id: str, name: str) -> Path:
@@ -198,8 +200,6 @@ def measure_kept(trial, status: str, spec, run_dir, names, redo: bool = False) -
     Returns ``{"measure_seconds_<name>": s, ..., "measure_errors": ...,
     "init_rebuilt": bool, "skipped": {name: why}}``.
     """
-    from .data import load_dataset
-    from .train import pick_device
     device = pick_device(spec.train.device)
     points = {"init", "final"} if status == "completed" else {"init"}
     todo = [m for m in requested(names) if set(m.when) & points and

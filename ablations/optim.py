@@ -2,7 +2,7 @@
 
 Why not ``torch.optim.SGD``: constructing any ``torch.optim`` optimizer imports
 ``torch._dynamo`` on first use (its methods are wrapped in ``torch._disable_dynamo``),
-which costs ~2 s of CPU in every fresh worker process, i.e. a whole short trial
+which costs seconds of CPU in every fresh worker process, as much as a short trial
 (see bench/README.md, sweep efficiency). The update here is the one
 ``torch.optim.SGD`` computes with ``dampening=0, nesterov=False, maximize=False``,
 operation for operation, so the results are bit-identical (tested against it), and

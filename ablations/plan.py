@@ -1,14 +1,16 @@
-"""``expand``: a spec becomes the list of trials (pure; printed as the plan)."""
+"""``expand``: a spec becomes the list of trials (pure; printed as the plan, after
+``settings_line``)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import models
 
-from . import factors
+from . import factors, recipes
 from .spec import AblationSpec
 
 
@@ -153,3 +155,32 @@ def format_plan(trials: list[TrialConfig], skipped: list[tuple[str, str]], mode:
     for label, reason in skipped:
         lines.append(f"  skipped {label}: {reason}")
     return "\n".join(lines)
+
+
+def settings_line(spec: AblationSpec) -> str:
+    """What every trial trains with, printed before the plan: the recipe, its resolved
+    settings, the share of the recipe's schedule run, and the seeds per cell."""
+    seeds = f"{spec.seeds} seed(s) per cell" + (" (--smoke)" if spec.smoke else "")
+    levels = ", ".join(f"{factors.get(n).flag} {','.join(lv)}" for n, lv in spec.factors)
+    for fam, lvs in spec.family_factors:
+        levels += ("; " if levels else "") + f"{fam}: " + ", ".join(
+            f"{factors.get(n).flag} {','.join(lv)}" for n, lv in lvs)
+    if spec.mode != "train":
+        return f"recipe {spec.recipe}" + (f" ({levels})" if levels else "") + f"; {seeds}"
+    t = spec.train
+    n, steps_per_epoch = t.train_images, math.ceil(t.train_images / t.batch_size)
+    full = recipes.get(spec.recipe).schedule_steps(n, t.batch_size)
+    drops = f"x0.1 after epochs {','.join(map(str, t.milestones))}" if t.milestones \
+        else "no lr drops"
+    warm = f", linear warmup {t.warmup_epochs} epoch(s)" if t.warmup_epochs else ""
+    depths = [models.get_config(m).depth for m in spec.models] or spec.depths
+    if t.constant_warmup_steps and t.constant_warmup_depth and \
+            max(depths) >= t.constant_warmup_depth:
+        warm += (f", lr x{recipes.CONSTANT_WARMUP_FACTOR:g} for {t.constant_warmup_steps} "
+                 f"steps at depth >= {t.constant_warmup_depth}")
+    return (f"recipe {spec.recipe}: lr {t.lr:g}, momentum {t.momentum:g}, weight decay "
+            f"{t.weight_decay:g} on {'every parameter' if t.decay == 'all' else 'weights only'}"
+            f", batch {t.batch_size}, {t.epochs} epoch(s) = {t.epochs * steps_per_epoch} steps "
+            f"({100 * t.epochs * steps_per_epoch / full:.0f}% of the recipe's {full}), "
+            f"{drops}{warm}, {t.pad_mode}-padded crops, {t.normalize} "
+            f"normalization" + (f"; {levels}" if levels else "") + f"; {seeds}")

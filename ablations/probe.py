@@ -8,7 +8,7 @@ it draws each seed's weights from a ``torch.Generator`` in exactly the order
 and with exactly the bounds ``nn.Linear`` uses (so seed s gives bit-identical
 weights to ``probe_one``), stacks them to ``(S, out, in)`` and runs the whole
 stack through batched matmuls. The block semantics come from the model's own
-``DenseBlock.run`` (norm, ReLU, branch scale, shortcut), so the two paths cannot
+``DenseBlock.run`` (norm, activation, branch scale, shortcut), so the two paths cannot
 drift apart; a self-check against a freshly built model guards against PyTorch
 changing its init.
 
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ablations.hooks import (LayerStats, LayerStatsRecorder, activation_stats, grad_stats,
                             weight_params)
+from models.interface import check_network
 from models.layers import FixedScale, LearnedScale
 from models.mlp import MLP, DenseBlock, MLPConfig
 
@@ -43,10 +44,9 @@ _BATCHABLE = {MLP, nn.ModuleList, nn.Linear, DenseBlock, nn.LayerNorm, nn.BatchN
 
 
 def probe_input_shape(cfg) -> tuple[int, ...]:
-    """Shape of one probe example: a feature vector (MLP) or a 32x32 image (ResNet)."""
-    if isinstance(cfg, MLPConfig):
-        return (cfg.in_features,)
-    return (cfg.in_channels, 32, 32)
+    """Shape of one probe example, as the family's config declares it (``input_shape``,
+    models/interface.py): a feature vector, or a 32x32 image."""
+    return tuple(cfg.input_shape)
 
 
 def draw_probe_batch(cfg, batch: int, generator: torch.Generator | None = None):
@@ -71,10 +71,10 @@ def _meta_model(cfg) -> nn.Module:
 
 
 def can_batch(cfg) -> bool:
-    """Whether ``probe_mlp_variants`` computes ``cfg``'s seeds in one batched pass
-    (every MLP level does); False: it probes one model per seed."""
-    return isinstance(cfg, MLPConfig) and all(
-        type(m) in _BATCHABLE for m in _meta_model(cfg).modules())
+    """Whether ``probe_mlp_variants`` computes ``cfg``'s seeds in one batched pass: its
+    network is built of the modules the batched pass runs only (every MLP level is);
+    False: it probes one model per seed."""
+    return all(type(m) in _BATCHABLE for m in _meta_model(cfg).modules())
 
 
 def check_probe_batch(cfg, batch: int) -> None:
@@ -89,7 +89,7 @@ def probe_one(cfg, seed: int, batch: int) -> tuple[LayerStats, float]:
     """Statistics of one model at ``seed``; returns (stats, loss)."""
     check_probe_batch(cfg, batch)
     torch.manual_seed(seed)
-    model = cfg.build().train()
+    model = check_network(cfg.build(), cfg.family).train()
     x, target = draw_probe_batch(cfg, batch)
     with LayerStatsRecorder(model) as rec:
         with rec.capture():

@@ -187,3 +187,20 @@ class SweepProgress:
     def _refresh(self) -> None:
         if self.bar is not None:
             self.bar.set_postfix_str(f"ETA {duration(self.eta())}", refresh=True)
+
+
+def for_groups(groups, spec, run_dir, per_epoch: dict, slots: int) -> SweepProgress:
+    """The progress of one Tune run over ``groups`` (each a list of planned trials run as
+    one Tune trial), ``slots`` at a time; ``per_epoch``: the plan's seconds per epoch by
+    cell (``ablations.estimate``); finished rows are read from the fragments in ``run_dir``."""
+    from . import results
+    units = []
+    for g in groups:
+        first = g[0]
+        label = first.trial_id if len(g) == 1 else f"{first.model}-{first.depth} probe"
+        units.append(Unit(
+            label=label, trial_ids=[t.trial_id for t in g], key=(first.model, first.depth),
+            epochs=spec.train.epochs if spec.mode == "train" else 1,
+            estimate_s=per_epoch.get(first.cell)))
+    return SweepProgress(units, slots, lambda tid: results.read_fragment_row(run_dir, tid))
+

@@ -10,7 +10,7 @@ Layout of ``<out>/<name>/``::
                        measure-<name>.parquet: its rows of each measurement)
     measurements/      <name>.parquet: a measurement's rows of every trial (merged)
     weights/           kept networks (ablations.weights)
-    figures/ tables/   written by analysis.report
+    figures/ tables/   written by analysis.report (sweep.py, python -m analysis; never here)
 
 Every file is written to a temporary name in the same folder and renamed, so a
 reader (or a crash) never sees half a file.
@@ -26,7 +26,6 @@ warning line and ``python -m ablations.measure`` measures it again.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import json
 import os
@@ -157,6 +156,16 @@ def frame_files(run_dir, trial_id: str) -> list[Path]:
     merged into measurements/ and cost only themselves when damaged)."""
     return [p for p in sorted(trial_dir(run_dir, trial_id).glob("*.parquet"))
             if not p.name.startswith(MEASURE_PREFIX)]
+
+
+def layer_frame(trial, stats, phase: str, step: int = 0, epoch: int = 0) -> pd.DataFrame:
+    """A LayerStats snapshot as tidy ``layers.parquet`` rows keyed by the trial's factors."""
+    df = stats.frame()
+    for k, v in trial.factors().items():
+        df[k] = v
+    df["phase"], df["step"], df["epoch"] = phase, step, epoch
+    return df[factor_columns() + ["phase", "step", "epoch", "layer", "layer_index",
+                                  "stat", "value"]]
 
 
 def write_fragment(run_dir, trial_id: str, row: dict, frames: dict[str, pd.DataFrame]) -> None:
@@ -302,24 +311,6 @@ def archive_error(run_dir, trial_id: str) -> None:
     os.replace(d / "row.json", d / "errors" / f"{n}.json")
 
 
-def build_report(run_dir) -> str:
-    """Figures, tables and the report, each item in isolation (``analysis.report.build``);
-    never raises: the results are kept whatever happens here. Returns how the report
-    went, for the caller's last line."""
-    try:
-        from analysis.report import build
-        built = build(run_dir)
-    except Exception as e:  # noqa: BLE001  a report fault must not turn results into a crash
-        print(f"warning: the report could not be built ({type(e).__name__}: {e}); rebuild it "
-              f"with: python -m analysis {run_dir}", file=sys.stderr)
-        return "report not built"
-    print(f"wrote {len(built.written)} figure/table/report files; report: {run_dir}/report.html")
-    if built.failures:
-        return (f"report: {len(built.failures)} item(s) failed (see {run_dir}/report.html and "
-                f"{built.log})")
-    return "report: every item written"
-
-
 def git_commit() -> str:
     here = Path(__file__).resolve().parent.parent
     try:
@@ -362,4 +353,6 @@ def environment() -> dict:
 
 
 def spec_record(spec) -> dict:
-    return {"spec": dataclasses.asdict(spec), "environment": environment()}
+    """spec.json's record of a new sweep: the resolved spec and where it runs."""
+    from .spec import spec_to_dict
+    return {"spec": spec_to_dict(spec), "environment": environment()}

@@ -1,5 +1,9 @@
-"""The ablation study as a value: ``AblationSpec`` (frozen) and its validation.
+"""A sweep as a value, and its validation.
 
+``Study`` is what a sweep studies (cells, factor levels, seeds, the training recipe,
+what is measured and kept); ``Execution`` is how and where it runs (the results
+folder, W&B, Ray, resources, retries). ``AblationSpec`` is both in one frozen value:
+what spec.json stores (``spec_to_dict``/``spec_from_dict``) and the workers read.
 Scientific factors: family/model, depth, residual. Nuisance: lr, weight decay
 (fixed, or tuned per cell with Optuna: ``tune``). Seeds: ``range(seeds)``.
 ``validate`` runs before any compute or write and raises ``SpecError`` with one
@@ -13,7 +17,7 @@ from dataclasses import dataclass, field
 
 import models
 
-from .factors import TUNE_SPACE  # noqa: F401  (re-exported: sweep.py, tests)
+from .factors import TUNE_SPACE
 
 RESIDUAL_CHOICES = ("on", "off", "both")
 MODE_CHOICES = ("probe", "train")
@@ -21,7 +25,6 @@ WANDB_CHOICES = ("auto", "online", "offline", "disabled")
 DATASET_CHOICES = ("cifar10", "synthetic")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware has it natively
-KEEP_WEIGHTS_CHOICES = ("final", "all", "none")  # ablations.weights
 # weight decay on every parameter (the seed article, He et al. 2016), or on weight
 # matrices only (conv/linear weights: not norm gains/biases, biases, branch scalars)
 DECAY_CHOICES = ("all", "weights")
@@ -45,8 +48,8 @@ class SpecError(ValueError):
 @dataclass(frozen=True)
 class TrainSettings:
     """Fixed training settings shared by every trial of a sweep. The defaults are the
-    seed article's recipe (``ablations.recipes``: ``seed``); sweep.py resolves every
-    field from ``--recipe`` and the typed flags."""
+    seed article's recipe (``ablations.recipes``: ``seed``); ``ablations.arguments``
+    resolves every field from ``--recipe`` and the typed flags."""
     dataset: str = "cifar10"
     data_root: str = "data"
     subset: int = 5000
@@ -83,24 +86,19 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
-class AblationSpec:
+class Study:
+    """What a sweep studies: the cells, their factor levels, the seeds, the training
+    recipe and what is measured and kept. Fixed for the life of a sweep: ``--resume``
+    and ``--retry-failed`` continue it only with an equal study (``ablations.resume``)."""
     families: tuple[str, ...] = ("mlp", "resnet")
     depths: tuple[int, ...] = (5, 18, 34)
     residual: str = "both"
     models: tuple[str, ...] = ()
     mode: str = "train"
-    seeds: int = 1      # sweep.py resolves its default per mode (3 train, 100 probe)
-    recipe: str = "seed"  # ablations.recipes; what sweep.py resolved train and factors from
-    out: str = "results"
-    name: str = "sweep"
-    wandb: str = "disabled"
+    seeds: int = 1      # ablations.arguments resolves its default per mode (3 train, 100 probe)
+    recipe: str = "seed"  # ablations.recipes; what train and factors were resolved from
     smoke: bool = False
     probe_batch: int = 1
-    cpus_per_trial: float | None = None  # None: share all CPUs among the trials
-    gpus_per_trial: float | None = None  # None: a share of the GPUs when there are any
-    address: str | None = None           # None: a local Ray; "auto" or host:port: a cluster
-    storage: str | None = None           # Ray Tune state + checkpoints; None: <run_dir>/ray
-    max_failures: int = 2                # retries of a trial that raises (not of diverged)
     tune: tuple[str, ...] = ()           # hyperparameters searched per cell (Optuna TPE)
     samples: int = 8                     # Optuna samples per cell
     tune_ranges: tuple[tuple[str, float, float], ...] = ()  # overrides of TUNE_SPACE
@@ -114,16 +112,8 @@ class AblationSpec:
     # measurements run at the end of each trial (ablations.measurements); None: the
     # registry's default set in train mode (resolve_measure), () in probe mode
     measure: tuple[str, ...] | None = None
-    keep_weights: str = "final"          # "final" | "all" | "none" (ablations.weights)
+    keep_weights: str = "final"          # ablations.weights.KEEP_CHOICES
     train: TrainSettings = field(default_factory=TrainSettings)
-
-    @property
-    def run_dir(self) -> str:
-        return os.path.join(self.out, self.name)
-
-    @property
-    def storage_dir(self) -> str:
-        return self.storage or os.path.join(self.run_dir, "ray")
 
     def search_space(self) -> dict[str, tuple[float, float]]:
         """The log-uniform range of every tuned hyperparameter (defaults + overrides)."""
@@ -140,6 +130,61 @@ class AblationSpec:
         residual = tuple("residual" if r else "plain" for r in self.residual_variants())
         own = dict(dict(self.family_factors).get(family, ())) if family else {}
         return {"residual": residual, **own, **dict(self.factors)}
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How and where a sweep runs: its results folder ``out/name``, W&B, the Ray
+    cluster and storage, the resources per trial and the retries. Every field but
+    ``name`` may be given again with ``--resume``/``--retry-failed``."""
+    out: str = "results"
+    name: str = "sweep"
+    wandb: str = "disabled"
+    cpus_per_trial: float | None = None  # None: share all CPUs among the trials
+    gpus_per_trial: float | None = None  # None: a share of the GPUs when there are any
+    address: str | None = None           # None: a local Ray; "auto" or host:port: a cluster
+    storage: str | None = None           # Ray Tune state + checkpoints; None: <run_dir>/ray
+    max_failures: int = 2                # retries of a trial that raises (not of diverged)
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.out, self.name)
+
+    @property
+    def storage_dir(self) -> str:
+        return self.storage or os.path.join(self.run_dir, "ray")
+
+
+@dataclass(frozen=True)
+class AblationSpec(Study, Execution):
+    """A sweep: its ``Study`` and its ``Execution`` as one flat value (every field of
+    both, by name), which the plan, the workers and spec.json read. ``study`` and
+    ``execution`` are the two parts; ``AblationSpec.of`` joins two parts again."""
+
+    @property
+    def study(self) -> Study:
+        return Study(**_values(self, Study))
+
+    @property
+    def execution(self) -> Execution:
+        return Execution(**_values(self, Execution))
+
+    @classmethod
+    def of(cls, study: Study, execution: Execution) -> AblationSpec:
+        return cls(**_values(study, Study), **_values(execution, Execution))
+
+
+def _values(obj, part) -> dict:
+    """The fields of dataclass ``part`` read from ``obj`` (shallow: nested values kept)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(part)}
+
+
+# spec.json's keys in the order sweeps have always written them (a reader does not care;
+# a person comparing two spec.json files does)
+RECORD_ORDER = ("families", "depths", "residual", "models", "mode", "seeds", "recipe", "out",
+                "name", "wandb", "smoke", "probe_batch", "cpus_per_trial", "gpus_per_trial",
+                "address", "storage", "max_failures", "tune", "samples", "tune_ranges",
+                "factors", "family_factors", "measure", "keep_weights", "train")
 
 
 def _choices(values, valid, what, plural=None):
@@ -245,7 +290,8 @@ def resolve_measure(spec: AblationSpec) -> AblationSpec:
 
 
 def validate_measure(spec: AblationSpec) -> None:
-    _choices([spec.keep_weights], KEEP_WEIGHTS_CHOICES, "--keep-weights value")
+    from .weights import KEEP_CHOICES
+    _choices([spec.keep_weights], KEEP_CHOICES, "--keep-weights value")
     if not spec.measure:
         return
     if spec.mode != "train":
@@ -321,3 +367,9 @@ def spec_from_dict(d: dict) -> AblationSpec:
     train = TrainSettings(**{k: _tuples(v) for k, v in d.get("train", {}).items()
                              if k in TrainSettings.__dataclass_fields__})
     return AblationSpec(**{k: v for k, v in fields.items() if k in known}, train=train)
+
+
+def spec_to_dict(spec: AblationSpec) -> dict:
+    """``dataclasses.asdict(spec)`` with the keys in ``RECORD_ORDER``: spec.json's "spec"."""
+    d = dataclasses.asdict(spec)
+    return {k: d[k] for k in sorted(d, key=RECORD_ORDER.index)}

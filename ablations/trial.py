@@ -14,19 +14,10 @@ import torch
 
 import models
 
-from . import results
+from . import results, tracking
 from .plan import model_label
 from .probe import can_batch, probe_mlp_variants, probe_one
-
-
-def layer_frame(trial, stats, phase: str, step: int = 0, epoch: int = 0) -> pd.DataFrame:
-    """A LayerStats snapshot as tidy ``layers.parquet`` rows keyed by the trial's factors."""
-    df = stats.frame()
-    for k, v in trial.factors().items():
-        df[k] = v
-    df["phase"], df["step"], df["epoch"] = phase, step, epoch
-    return df[results.factor_columns() + ["phase", "step", "epoch", "layer", "layer_index",
-                                 "stat", "value"]]
+from .train import run_train_trial
 
 
 def run_probe_group(trials, spec, run_dir, reporter=None) -> list[str]:
@@ -35,7 +26,6 @@ def run_probe_group(trials, spec, run_dir, reporter=None) -> list[str]:
     W&B: one run per group (a cell with its seeds), not per seed: a probe takes
     milliseconds and thousands of runs would swamp the tracker.
     """
-    from . import tracking
     outcomes = {}
     # Trials whose networks differ only in the shortcut share each seed's draws (one
     # batched pass for plain and residual); other factor levels are their own pass.
@@ -72,7 +62,7 @@ def run_probe_group(trials, spec, run_dir, reporter=None) -> list[str]:
         status = "completed" if math.isfinite(loss) else "diverged"
         row = {**trial.factors(), "params": params[trial.model_cfg], "status": status,
                "probe_loss": loss, "attempts": 1, **where, "finished_at": time.time()}
-        frame = layer_frame(trial, stats, "init")
+        frame = results.layer_frame(trial, stats, "init")
         results.write_fragment(run_dir, trial.trial_id, row, {"layers": frame})
         statuses.append(status)
         frames.append(frame)
@@ -97,5 +87,4 @@ def run_group(trials, spec, run_dir, reporter=None) -> list[str]:
         return statuses
     if spec.mode == "probe":
         return statuses + run_probe_group(todo, spec, run_dir, reporter)
-    from .train import run_train_trial
     return statuses + [run_train_trial(t, spec, run_dir, reporter) for t in todo]

@@ -2,7 +2,7 @@
 worker takes any work (Ray's ``preload_python_modules``; see ``runner.connect``).
 
 A trial's first seconds in a fresh worker would otherwise go to importing Ray Tune's
-trainable wrapper, torch and the trainer (~3.8 s of CPU here). Ray starts these
+trainable wrapper, torch and the trainer (bench/README.md). Ray starts these
 workers as the driver connects, so the imports overlap what the driver does before
 the Tune run. ``runner.TuneReporter.where`` records for every trial whether its
 worker was warmed this way (``worker_preloaded``).

@@ -89,13 +89,13 @@ def trial_record(trial) -> dict:
 
 # --------------------------------------------------------------------------- networks
 
-def place(model, device: str):
-    """On ``device``, conv nets channels_last: the layout the trainer uses."""
-    import torch
-    model = model.to(device)
-    if hasattr(model, "stages"):
-        model = model.to(memory_format=torch.channels_last)
-    return model
+def place(model, device: str, family: str | None = None):
+    """On ``device``, in the network's own ``memory_format`` (channels_last for a conv
+    net): the layout the trainer uses. TypeError for a model that is not a
+    ``models.interface.Network`` (naming ``family``)."""
+    from models.interface import check_network  # torch: only where a network is placed
+    model = check_network(model, family).to(device)
+    return model.to(memory_format=model.memory_format)
 
 
 def initial(cfg, seed: int, device: str = "cpu"):
@@ -103,14 +103,14 @@ def initial(cfg, seed: int, device: str = "cpu"):
     cfg.build()``, placed on ``device`` (what ``train.run_train_trial`` starts from)."""
     import torch
     torch.manual_seed(seed)
-    return place(cfg.build(), device)
+    return place(cfg.build(), device, cfg.family)
 
 
 def network(cfg, state_dict: dict, device: str = "cpu"):
     """A network of ``cfg`` holding ``state_dict``, in eval mode, placed like in training.
     The same function builds it in the worker and after the fact, so a measurement sees
     the same network (same layout, same bits) either way."""
-    model = place(cfg.build(), device)
+    model = place(cfg.build(), device, cfg.family)
     model.load_state_dict(state_dict)
     return model.eval()
 

@@ -1,4 +1,4 @@
-"""Contrasts between factor levels, paired by seed, and the multiple-comparison adjustment.
+"""Contrasts between factor levels, paired by seed, and the rule for too few seeds.
 
 Pure functions on the trials frame (see ``analysis.stats`` for the statistical choices
 shared with it: Student t intervals, completed trials with a finite metric as the only
@@ -28,94 +28,28 @@ level-l cell matches, keep a row with ``n_pairs = 0`` (its seeds counted as unpa
 nothing planned disappears from the table. Residual always gets its rows (a view with
 only plain cells says "no seed with both variants"); another factor only when it varies.
 
-**Multiple comparisons.** A report lists many contrasts; the p values are adjusted
-with **Holm's step-down method** (``holm``): it controls the family-wise error rate
-(the chance of *any* false claim among the findings) under any dependence between the
-tests. Our tests are dependent by construction (every residual level is contrasted with
-one shared plain cell, and the same seeds recur), which Holm needs no assumption about;
-a report's findings are read as separate claims, for which the family-wise rate is the
-right guarantee; and with tens of contrasts its loss of power against
-Benjamini-Hochberg is small. ``benjamini_hochberg`` (false discovery rate; valid under
-independence or positive dependence) is here for comparison. The family is every
-contrast with a finite paired-t p value in one call (one metric); NaN p values are
-left out of the count and stay NaN.
+**Multiple comparisons.** ``contrasts`` adjusts the p values of one call (one metric)
+over every contrast with a finite paired-t p value, with Holm's step-down method by
+default (``analysis.pvalues``, which says why Holm); the report's p values are adjusted
+over its whole family of tests instead (``analysis.multiplicity``).
+
+**Seeds enough to test** (``MIN_SEEDS``, ``means_only``): below three seeds a contrast,
+an interaction or a factor effect gives its mean alone; ``smallest_cell``,
+``interaction_n`` and ``factor_effect_n`` count the seeds behind each.
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 
 from ablations import factors as _factors
 from ablations import levels as _levels
-from analysis.stats import (_prepare, _require_metric, _usable, cell_keys, mean_ci,
-                            paired_t_pvalue, wilcoxon_exact_pvalue, with_derived)
+from analysis.pvalues import ADJUSTMENT, adjust, paired_t_pvalue, wilcoxon_exact_pvalue
+from analysis.stats import (cell_keys, mean_ci, prepare_trials, require_metric, usable_rows,
+                            with_derived)
 
 NA = _levels.NA
-ADJUSTMENT = "holm"  # the report's choice (see the module docstring)
-ADJUSTMENT_LABEL = {"holm": "Holm", "bh": "Benjamini-Hochberg"}
-
-
-# --------------------------------------------------------------------------- adjustment
-
-def _finite_order(pvalues) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    p = np.asarray(pd.to_numeric(pd.Series(list(pvalues), dtype=object), errors="coerce"),
-                   dtype=float)
-    ok = np.flatnonzero(np.isfinite(p))
-    order = ok[np.argsort(p[ok], kind="stable")]
-    return p, ok, order
-
-
-def holm(pvalues: Iterable) -> np.ndarray:
-    """Holm's step-down adjusted p values (family-wise error), in the input order.
-
-    With the m finite p values sorted, ``p_(1) <= ... <= p_(m)``:
-    ``adj_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))``. Reject at level a where
-    ``adj <= a``; this is exactly Holm's procedure. NaN stays NaN and is not counted in m.
-
-    >>> holm([0.01, 0.04, 0.03, 0.005])  # 0.005*4, 0.01*3, 0.03*2, max(0.04*1, 0.06)
-    array([0.03, 0.06, 0.06, 0.02])
-    """
-    p, ok, order = _finite_order(pvalues)
-    out = np.full(p.shape, math.nan)
-    m = ok.size
-    running = 0.0
-    for j, i in enumerate(order):
-        running = max(running, min(1.0, (m - j) * p[i]))
-        out[i] = running
-    return out
-
-
-def benjamini_hochberg(pvalues: Iterable) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p values (false discovery rate), in the input order.
-
-    ``adj_(i) = min_{j >= i} min(1, m p_(j) / j)`` over the m finite p values sorted
-    ascending; NaN stays NaN and is not counted in m (= ``scipy.stats.
-    false_discovery_control`` on the finite values).
-
-    >>> benjamini_hochberg([0.01, 0.04, 0.03, 0.005])
-    array([0.02, 0.04, 0.04, 0.02])
-    """
-    p, ok, order = _finite_order(pvalues)
-    out = np.full(p.shape, math.nan)
-    m = ok.size
-    running = 1.0
-    for j in range(m - 1, -1, -1):
-        i = order[j]
-        running = min(running, min(1.0, m * p[i] / (j + 1)))
-        out[i] = running
-    return out
-
-
-def adjust(pvalues: Iterable, method: str = ADJUSTMENT) -> np.ndarray:
-    """``holm`` (method "holm") or ``benjamini_hochberg`` ("bh")."""
-    if method == "holm":
-        return holm(pvalues)
-    if method == "bh":
-        return benjamini_hochberg(pvalues)
-    raise ValueError(f"unknown adjustment {method!r}; valid: holm, bh")
 
 
 # --------------------------------------------------------------------------- contrasts
@@ -137,8 +71,9 @@ def reference_level(trials: pd.DataFrame, name: str) -> str:
     return found[0]
 
 
-def _groups(df: pd.DataFrame, keys: list[str]):
-    """``(key tuple, frame)`` per group; one group with key ``()`` when ``keys`` is empty."""
+def cell_groups(df: pd.DataFrame, keys: list[str]):
+    """``(key tuple, frame)`` per group of ``df`` by ``keys`` (missing values kept, first-seen
+    order); one group with key ``()`` when ``keys`` is empty, none when ``df`` is."""
     if not len(df):
         return []
     if not keys:
@@ -147,7 +82,7 @@ def _groups(df: pd.DataFrame, keys: list[str]):
             for k, g in df.groupby(keys, sort=False, dropna=False)]
 
 
-def _matches(base_ctx: tuple, ctx: tuple) -> bool:
+def matches_baseline(base_ctx: tuple, ctx: tuple) -> bool:
     """A baseline cell serves a cell when each other factor is equal or n/a at the baseline."""
     return all(b == c or b == NA for b, c in zip(base_ctx, ctx))
 
@@ -155,8 +90,8 @@ def _matches(base_ctx: tuple, ctx: tuple) -> bool:
 def _pair(treat: pd.DataFrame, base: pd.DataFrame, metric: str, level: float,
           wilcoxon: bool, resolution: float | None = None) -> dict:
     """Seed-paired statistics of ``treat - base`` (either frame may be empty)."""
-    a = _usable(treat, metric).set_index("seed")[metric].astype(float)
-    b = _usable(base, metric).set_index("seed")[metric].astype(float)
+    a = usable_rows(treat, metric).set_index("seed")[metric].astype(float)
+    b = usable_rows(base, metric).set_index("seed")[metric].astype(float)
     both = a.index.intersection(b.index)
     diffs = (a.loc[both] - b.loc[both]).to_numpy(dtype=float)
     mean, lo, hi, n = mean_ci(diffs, level)
@@ -179,15 +114,15 @@ def _factor_rows(t: pd.DataFrame, name: str, metric: str, level: float,
     refs = {f: reference_level(g, name) for f, g in t.groupby("family", sort=False)
             if name == "residual" or len(_levels.levels(g, name)) > 1}
     rows = []
-    for base_key, g in _groups(t[(lv != NA) & t["family"].isin(refs)],
+    for base_key, g in cell_groups(t[(lv != NA) & t["family"].isin(refs)],
                                list(_levels.BASE_KEYS)):
         ref = refs[base_key[0]]
         glv = lv.loc[g.index]
-        base_cells = _groups(g[glv == ref], others)
+        base_cells = cell_groups(g[glv == ref], others)
         used = set()
-        for key, cell in _groups(g[glv != ref], [name] + others):
+        for key, cell in cell_groups(g[glv != ref], [name] + others):
             ctx = key[1:]
-            found = [i for i, (bctx, _) in enumerate(base_cells) if _matches(bctx, ctx)]
+            found = [i for i, (bctx, _) in enumerate(base_cells) if matches_baseline(bctx, ctx)]
             if len(found) > 1:
                 raise ValueError(f"{name} {_levels.level_of(name, key[0])} at "
                                  f"{dict(zip(_levels.BASE_KEYS, base_key))}: more than one "
@@ -226,9 +161,9 @@ def contrasts(trials: pd.DataFrame, metric: str, factors: Sequence[str] | None =
 
     >>> contrasts(trials, "final_test_acc")[["factor", "level", "depth", "mean_diff"]]
     """
-    t = with_derived(_prepare(trials))
-    _require_metric(t, metric)
-    _require_metric(t, "seed")
+    t = with_derived(prepare_trials(trials))
+    require_metric(t, metric)
+    require_metric(t, "seed")
     keys = cell_keys(t)
     dup = t.duplicated(keys + ["seed"], keep=False)
     if dup.any():
@@ -269,20 +204,11 @@ def paired_differences(trials: pd.DataFrame, metric: str, level: float = 0.95,
     return d.drop(columns=["factor", "level", "baseline", "residual", "p_adjusted"])
 
 
-# --------------------------------------------------------------------------- the report's family
+# --------------------------------------------------------------------------- seeds enough to test
 #
-# One multiplicity family per report. Every p value a report prints is adjusted over a
-# pre-declared set of tests computed on the run's FULL trials. The PRIMARY family holds
-# one test per hypothesis: each contrast's paired t, each depth x residual interaction,
-# and each other factor's main effect and depth x factor interaction. Tests that restate
-# a primary hypothesis form a SECONDARY family, adjusted among themselves so that they
-# cannot dilute the primary one: each contrast's exact Wilcoxon p (a distribution-free
-# check of the same contrast) and the residual factor's summary effects (its depth
-# interaction is the deepest depth x residual interaction again).
-# A ``--where`` view filters the trials it shows but looks its adjusted p values up in
-# this family (``family_lookup``), so the same contrast reads the same adjusted p in
-# the full report and in any view. A test the view changes (fewer seeds: another raw p)
-# is not a member, and its adjusted p is not shown.
+# The report's rule for small samples, shared by its tables, findings and figures: a
+# test with fewer than MIN_SEEDS seeds shows its mean alone, and is left out of the
+# report's multiplicity family (``analysis.multiplicity``).
 
 MIN_SEEDS = 3  # below this many seeds (pairs) a contrast shows its mean only
 # The metrics of the report's tests: contrasts of test accuracy and train loss (the
@@ -291,9 +217,6 @@ MIN_SEEDS = 3  # below this many seeds (pairs) a contrast shows its mean only
 CONTRAST_METRICS = ("final_test_acc", "final_train_loss")
 DEPTH_METRICS = ("final_train_loss", "final_test_error")
 TEST_SIZE_COLUMN = "n_test"  # test-set images per trial, where the sweep records it
-_FAMILY_COLUMNS = ["key", "kind", "test", "metric", "n", "p_value", "family", "p_holm",
-                   "p_bh"]
-PRIMARY, SECONDARY = "primary", "secondary"
 
 
 def means_only(n) -> bool:
@@ -327,44 +250,6 @@ def metric_resolution(trials: pd.DataFrame, metric: str) -> float | None:
     return 1.0 / float(n[0]) if len(n) == 1 and n[0] > 0 else None
 
 
-def _key_value(name: str, v) -> str:
-    if name in _factors.names():
-        return _levels.level_of(name, v)
-    if v is None or (pd.api.types.is_scalar(v) and pd.isna(v)):
-        return "-"
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        return str(int(v))
-    return str(v)
-
-
-def make_key(kind: str, metric: str, row, names) -> str:
-    """A stable name of one test: its kind, metric and the values of ``names`` in ``row``
-    (factor columns by level name), e.g. ``t|final_test_acc|factor=residual|...``."""
-    parts = [kind, metric] + [f"{n}={_key_value(n, row[n])}" for n in names if n in row]
-    return "|".join(parts)
-
-
-def contrast_key(row, metric: str, test: str = "t") -> str:
-    """Key of a ``contrasts`` row's paired t (``test="t"``) or Wilcoxon test."""
-    names = ["factor", "level", "baseline", *_levels.BASE_KEYS,
-             *[n for n in _factors.names() if n in row]]
-    return make_key(test, metric, row, names)
-
-
-def interaction_key(row, metric: str) -> str:
-    """Key of an ``analysis.interaction.interaction`` row."""
-    names = ["family", "model", *[n for n in _factors.names() if n in row],
-             "depth", "base_depth"]
-    return make_key("depth x residual", metric, row, names)
-
-
-def factor_effect_key(row, metric: str, part: str) -> str:
-    """Key of an ``analysis.interaction.factor_effects`` row's main effect
-    (``part="main"``) or depth x factor interaction (``part="interaction"``)."""
-    names = ["family", "factor", "level", "baseline", "depth_lo", "depth_hi"]
-    return make_key(f"factor {part}", metric, row, names)
-
-
 def interaction_n(row) -> int:
     """Seeds behind an interaction: the pairs when paired, else the smallest of its four
     cells (plain and residual at both depths)."""
@@ -375,7 +260,9 @@ def interaction_n(row) -> int:
     return min(counts) if counts else int(row.get("n_seeds", 0) or 0)
 
 
-def _effect_method(row, part: str) -> str:
+def effect_method(row, part: str) -> str:
+    """"paired", "welch" or "none": how a factor effect's main effect (``part="main"``) or
+    depth interaction was computed."""
     col = "main_method" if part == "main" else "int_method"
     return str(row.get(col, row.get("method", "")))
 
@@ -383,12 +270,12 @@ def _effect_method(row, part: str) -> str:
 def smallest_cell(trials: pd.DataFrame, metric: str, family=None) -> int:
     """The fewest usable values (completed, finite ``metric``) of any cell of ``family``
     (all families: None) that has one; 0 when none has."""
-    t = with_derived(_prepare(trials))
+    t = with_derived(prepare_trials(trials))
     if metric not in t:
         return 0
     if family is not None:
         t = t[t["family"] == family]
-    u = _usable(t, metric)
+    u = usable_rows(t, metric)
     if not len(u):
         return 0
     return int(u.groupby(cell_keys(u), dropna=False).size().min())
@@ -398,133 +285,10 @@ def factor_effect_n(row, part: str, trials: pd.DataFrame, metric: str) -> int:
     """Seeds behind a factor effect's main effect (``part="main"``) or depth interaction:
     its paired seeds when paired, else (Welch over cells) the smallest usable cell of the
     family, so that the ``MIN_SEEDS`` rule holds for either method."""
-    method = _effect_method(row, part)
+    method = effect_method(row, part)
     if method == "paired":
         col = "n_seeds" if part == "main" else "int_n_seeds"
         return int(row.get(col, 0) or 0)
     if method == "none":
         return 0
     return smallest_cell(trials, metric, row.get("family"))
-
-
-def _masked(p, n) -> float:
-    p = float(p) if p is not None and pd.notna(p) else math.nan
-    return math.nan if means_only(n) else p
-
-
-def report_family(trials: pd.DataFrame | None, contrast_metrics=CONTRAST_METRICS,
-                  depth_metrics=DEPTH_METRICS, level: float = 0.95) -> pd.DataFrame:
-    """Every test of a report, keyed, with its raw and adjusted p (see above).
-
-    Rows: each contrast (``contrasts``) of each of ``contrast_metrics``, twice (kind
-    "contrast", test "paired t" and "Wilcoxon"); each depth x residual interaction
-    (``analysis.interaction.interaction``, kind "interaction", test its method) and
-    each factor's main effect and depth x factor interaction
-    (``analysis.interaction.factor_effects``, kind "factor effect") of each of
-    ``depth_metrics``. Columns ``key`` (``contrast_key``, ``interaction_key``,
-    ``factor_effect_key``: unique), ``kind, test, metric, n`` (seeds),
-    ``p_value`` (raw; NaN when undefined or below ``MIN_SEEDS`` seeds: such a test is
-    not printed and not counted), ``family`` ("primary" or "secondary", see above),
-    ``p_holm`` (Holm over the finite p values of the row's family) and ``p_bh``
-    (Benjamini-Hochberg over the same). Metrics that are not columns
-    are skipped; an empty frame (same columns) without trials or results.
-    """
-    rows: list[dict] = []
-    if trials is not None and len(trials) and "residual" in trials:
-        t = with_derived(_prepare(trials))
-        for m in contrast_metrics:
-            if m not in t or "seed" not in t:
-                continue
-            for _, r in contrasts(t, m).iterrows():
-                n = int(r["n_pairs"])
-                rows.append(dict(key=contrast_key(r, m, "t"), kind="contrast", test="paired t",
-                                 metric=m, n=n, p_value=_masked(r["p_value"], n),
-                                 family=PRIMARY))
-                rows.append(dict(key=contrast_key(r, m, "wilcoxon"), kind="contrast",
-                                 test="Wilcoxon", metric=m, n=n,
-                                 p_value=_masked(r["p_wilcoxon"], n), family=SECONDARY))
-        depth_metrics = [m for m in depth_metrics if m in t and "seed" in t]
-        if depth_metrics:  # one depth: no interaction, but the factors' main effects
-            from analysis import interaction as _interaction  # noqa: PLC0415
-            for m in depth_metrics:
-                for _, r in _interaction.interaction(t, m, level).iterrows():
-                    n = interaction_n(r)
-                    rows.append(dict(key=interaction_key(r, m), kind="interaction",
-                                     test=str(r.get("method", "")), metric=m, n=n,
-                                     p_value=_masked(r["p_value"], n), family=PRIMARY))
-                for _, r in _interaction.factor_effects(t, m, level).iterrows():
-                    for part, col in (("main", "main_p"), ("interaction", "int_p")):
-                        n = factor_effect_n(r, part, t, m)
-                        rows.append(dict(key=factor_effect_key(r, m, part),
-                                         kind="factor effect",
-                                         test=f"{part} ({_effect_method(r, part)})", metric=m,
-                                         n=n, p_value=_masked(r[col], n),
-                                         family=SECONDARY if r["factor"] == "residual"
-                                         else PRIMARY))
-    out = pd.DataFrame(rows, columns=_FAMILY_COLUMNS[:7])
-    dup = out["key"].duplicated(keep=False)
-    if dup.any():
-        raise ValueError(f"tests with the same key in the report's family: "
-                         f"{sorted(set(out.loc[dup, 'key']))[:3]}")
-    out["n"] = out["n"].astype("int64")
-    out["p_value"] = out["p_value"].astype(float)
-    out["p_holm"] = math.nan
-    out["p_bh"] = math.nan
-    for fam in (PRIMARY, SECONDARY):
-        rows_ = out["family"] == fam
-        out.loc[rows_, "p_holm"] = holm(out.loc[rows_, "p_value"])
-        out.loc[rows_, "p_bh"] = benjamini_hochberg(out.loc[rows_, "p_value"])
-    return out
-
-
-def family_size(family: pd.DataFrame | None, which: str = PRIMARY) -> int:
-    """Tests of the primary (or secondary) family with a p value (the m of Holm's
-    adjustment)."""
-    if family is None or not len(family):
-        return 0
-    return int((np.isfinite(family["p_value"]) & (family["family"] == which)).sum())
-
-
-def family_lookup(family: pd.DataFrame | None, key: str, p_raw=None) -> tuple[float, float]:
-    """``(p_holm, p_bh)`` of the test ``key``; NaN when it is not in the family, and when
-    ``p_raw`` (the raw p the caller computed on its own, possibly filtered, trials) is
-    not the family's raw p: a view that changed the test is not a member."""
-    if family is None or not len(family):
-        return (math.nan, math.nan)
-    hit = family[family["key"] == key]
-    if not len(hit):
-        return (math.nan, math.nan)
-    r = hit.iloc[0]
-    if p_raw is not None:
-        a, b = float(p_raw) if pd.notna(p_raw) else math.nan, float(r["p_value"])
-        same = (math.isnan(a) and math.isnan(b)) or (
-            not math.isnan(a) and not math.isnan(b) and math.isclose(a, b, rel_tol=1e-9,
-                                                                     abs_tol=1e-15))
-        if not same:
-            return (math.nan, math.nan)
-    return (float(r["p_holm"]), float(r["p_bh"]))
-
-
-def family_caption(family: pd.DataFrame | None) -> str:
-    """"Holm over all 24 tests of this report: ..." (the family the adjusted p values
-    of a caption's table belong to)."""
-    m = family_size(family)
-    if not m:
-        return (f"no test of this report has a p value (none has {MIN_SEEDS} or more seeds "
-                "with a spread to test), so nothing is adjusted")
-    parts = []
-    if family is not None and len(family):
-        have = family[np.isfinite(family["p_value"]) & (family["family"] == PRIMARY)]
-        for kind, what in (("contrast", "contrasts' paired t"),
-                           ("interaction", "depth x residual interactions"),
-                           ("factor effect", "other factors' main and depth effects")):
-            k = int((have["kind"] == kind).sum())
-            if k:
-                parts.append(f"{k} {what}")
-    m2 = family_size(family, SECONDARY)
-    return (f"Holm over the {m} primary tests of this report (" + "; ".join(parts or ["none"])
-            + f"; computed on the run's full trials, tests with fewer than {MIN_SEEDS} seeds "
-            "left out), the same in every --where view" + (
-                f"; Wilcoxon p values and the residual factor's summary effects restate "
-                f"primary tests and are adjusted among themselves (Holm over {m2})"
-                if m2 else ""))

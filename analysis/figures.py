@@ -2,7 +2,7 @@
 
 Figures are built on ``Figure`` directly (no pyplot), inside ``look.context()``
 (``analysis.style.Look``: paper or slides, single or double column), so they
-look the same whoever calls them; ``analysis.style.save_figure``
+look the same whoever calls them; ``analysis.saving.save_figure``
 writes them. Non-finite values (a diverged trial) are dropped before any
 median, and log axes drop values <= 0, so no figure fails on a bad trial: a
 panel with nothing left says so instead of staying blank. Panels that share

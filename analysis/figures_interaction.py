@@ -52,7 +52,7 @@ def did_label(row, scale: float, unit: str) -> str:
 
 
 def _interactions(trials: pd.DataFrame) -> dict:
-    from analysis.tables import interactions
+    from analysis.tables_contrasts import interactions
     return interactions(trials)
 
 

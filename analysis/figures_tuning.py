@@ -6,7 +6,7 @@ ablation cell with the final validation accuracy of every Optuna sample against 
 hyperparameter's value, the search range and its 10% margins drawn, so a reader sees
 whether plain and residual networks were searched equally well and whether a cell's
 optimum sits against the edge of its range. Several tuned hyperparameters make one
-figure each (``report_entries`` in ``analysis.tuning``): a figure per name keeps a
+figure each (``report_items`` in ``analysis.tuning``): a figure per name keeps a
 24-cell sweep at one panel per cell, and each panel's x axis is one search range.
 
 Cells are grouped by family, model, depth and facet (the levels plain and residual

@@ -43,9 +43,11 @@ from scipy import special as _sp
 
 from ablations import factors as _factors
 from ablations import levels as _levels
-from analysis.contrasts import _groups, _matches, contrasted_factors, reference_level
-from analysis.stats import (ZERO_SD_RTOL, _prepare, _require_metric, _usable, cell_keys,
-                            mean_ci, paired_t_pvalue, t_quantile, with_derived)
+from analysis.contrasts import (cell_groups, contrasted_factors, matches_baseline,
+                                reference_level)
+from analysis.pvalues import paired_t_pvalue
+from analysis.stats import (ZERO_SD_RTOL, cell_keys, mean_ci, prepare_trials, require_metric,
+                            t_quantile, usable_rows, with_derived)
 
 NA = _levels.NA
 INTERACTION_COLUMNS = ["depth", "base_depth", "method", "n_seeds", "n_plain", "n_plain_base",
@@ -63,7 +65,7 @@ EFFECT_COLUMNS = ["family", "factor", "level", "baseline", "n_seeds", "main_effe
 
 def _values(cell: pd.DataFrame, metric: str) -> pd.Series:
     """Usable values of a cell, indexed by seed."""
-    u = _usable(cell, metric)
+    u = usable_rows(cell, metric)
     return pd.Series(u[metric].to_numpy(dtype=float), index=u["seed"].to_numpy())
 
 
@@ -124,9 +126,9 @@ def combine(units: list[list[tuple]], level: float = 0.95) -> dict:
 # --------------------------------------------------------------------------- matching
 
 def _frame(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
-    t = with_derived(_prepare(trials))
-    _require_metric(t, metric)
-    _require_metric(t, "seed")
+    t = with_derived(prepare_trials(trials))
+    require_metric(t, metric)
+    require_metric(t, "seed")
     dup = t.duplicated(cell_keys(t) + ["seed"], keep=False)
     if dup.any():
         ids = t.loc[dup, "trial_id"].tolist() if "trial_id" in t else t.index[dup].tolist()
@@ -149,12 +151,12 @@ def matched_pairs(t: pd.DataFrame, name: str) -> list[dict]:
     lv = t[name].map(lambda v: _levels.level_of(name, v))
     refs = _references(t, name)
     out = []
-    for (family, model, depth), g in _groups(t[(lv != NA) & t["family"].isin(refs)],
+    for (family, model, depth), g in cell_groups(t[(lv != NA) & t["family"].isin(refs)],
                                              list(_levels.BASE_KEYS)):
         ref, glv = refs[family], lv.loc[g.index]
-        bases = _groups(g[glv == ref], others)
-        for key, cell in _groups(g[glv != ref], [name] + others):
-            found = [(bctx, b) for bctx, b in bases if _matches(bctx, key[1:])]
+        bases = cell_groups(g[glv == ref], others)
+        for key, cell in cell_groups(g[glv != ref], [name] + others):
+            found = [(bctx, b) for bctx, b in bases if matches_baseline(bctx, key[1:])]
             if len(found) > 1:
                 raise ValueError(f"{name} at {family}/{model}/{depth}: more than one {ref} "
                                  f"cell matches {dict(zip(others, key[1:]))}")

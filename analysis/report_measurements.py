@@ -1,31 +1,38 @@
-"""The report's "Measurements" section: the figures and tables each measurement
-registers (``ablations.measurements``), drawn from its merged results
-``RESULTS/measurements/<name>.parquet``.
+"""The report's "Measurements" section: the figures and tables of each measurement's view
+(``analysis.views``), drawn from its merged results ``RESULTS/measurements/<name>.parquet``.
 
-One report entry per ``FigureSpec`` and per ``TableSpec`` of every measurement whose
-file is there, each made in isolation like every other entry of ``analysis.report``
-(a figure that raises is a "could not draw" line, not a crash). A file that cannot
-be read is one "input" failure that costs only its own measurement's entries; a
-file of a measurement that is not registered is named in the section and left
-out. Rows are restricted to the report's trials (a ``--where`` view).
+Importing this module registers, in ``analysis.registry``, the section (its intro: one
+line per measurement file, the measurement's summary or why it is not shown) and a
+provider of its items: one per ``FigureSpec`` and per ``TableSpec`` of the view of every
+registered measurement (``ablations.measurements``) whose file is there, each made in
+isolation like every other report item (a figure that raises is a "could not draw"
+line, not a crash). A file that cannot be read is one "input" failure that costs only
+its own measurement's items; a file of a measurement that is not registered is named in
+the section and left out. Rows are restricted to the report's trials (a ``--where``
+view).
 
-Also: when ``measurements/responses.parquet`` is there, the report's
-``layer_response_std`` figure draws He et al.'s responses from it (``response_rows``,
-captioned as their Fig. 7) instead of the block outputs of ``layers.parquet`` (after the
-addition: a different quantity, captioned so by ``analysis.report``).
+Also ``LAYER_RESPONSE_STD``, the report's ``layer_response_std`` figure
+(``analysis.report_items`` registers it among its figures): when
+``measurements/responses.parquet`` is there it draws He et al.'s responses from it
+(``analysis.views.responses.responses_as_layers``, captioned as their Fig. 7); else the
+block outputs of ``layers.parquet`` (after the addition: a different quantity, and
+captioned so).
 
-No torch: the registry and the measurement modules import it only inside the
-functions that measure.
+No torch: the measurement registry imports it only inside the functions that measure.
 """
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import pandas as pd
 
+from analysis import figures
+from analysis.registry import (Provider, ReportItem, has_stat, register_provider,
+                               register_section)
+
 SECTION = "Measurements"
 FOLDER = "measurements"
+RESPONSES = "responses"  # the measurement whose file replaces layer_response_std's rows
 RESPONSES_CAPTION = (
     "Std of each 3x3 conv's output after BN, before the addition (He et al. 2016, Fig. 7), "
     "{how}; MLPs: each Linear's output after its norm; from measurements/responses.parquet, "
@@ -34,6 +41,13 @@ RESPONSES_CAPTION = (
 PER_CHANNEL = "per channel over images and positions, averaged over channels"
 WHOLE_TENSOR = ("over every element of the output at once (an old file, measured before "
                 "the per-channel std existed)")
+BLOCK_OUTPUT_CAPTION = (
+    "Block output std: the std of the stem's, each block's and the classifier's output over "
+    "the whole batch (a block's: after the addition of branch and shortcut, and a "
+    "post-activation ResNet block's final ReLU), from layers.parquet ({when}), in network "
+    "order and sorted by magnitude; not He et al.'s Fig. 7, whose responses are the 3x3 "
+    "convs' outputs after BN, before the ReLU and the addition (the responses measurement); "
+    "median over seeds; trials that did not complete are left out and named in the panel.")
 
 
 def files(run_dir) -> dict[str, Path]:
@@ -60,76 +74,105 @@ def item_name(measurement: str, name: str) -> str:
     return name if name.startswith(measurement) else f"{measurement}_{name}"
 
 
-def entries(c, guard) -> list[tuple[str, object]]:
-    """``[(kind, _Entry)]``: every figure, then every table, of each measurement with a
-    readable file, in file-name order. Each file is read once, here."""
-    from analysis.report import _Entry
+def _items(c, guard) -> list[ReportItem]:
+    """Every figure, then every table, of each registered measurement with a readable
+    file, in file-name order. Each file is read once, here."""
+    from analysis import views
     present = files(c.run_dir)
     if not present:
         return []
     registry = guard.run("input", "the measurement registry", _registry) or {}
     out = []
     for name, path in present.items():
-        m = registry.get(name)
-        if m is None:
-            continue  # named in the section (unregistered)
+        if name not in registry:
+            continue  # named in the section's intro (unregistered)
         df = guard.run("input", f"{FOLDER}/{path.name}",
                        lambda p=path: _of_trials(pd.read_parquet(p), c.trials))
         if df is None:
             continue
-        out += [("figure", _Entry(item_name(name, f.name), lambda _: True,
-                                  lambda c, f=f, df=df: f.draw(df, c.look), f.caption))
-                for f in m.figures]
-        out += [("table", _Entry(item_name(name, t.name), lambda _: True,
-                                 lambda c, t=t, df=df: t.make(df), t.caption))
-                for t in m.tables]
+        shown = guard.run("input", f"the view of {name}",
+                          lambda n=name: (views.figures(n), views.tables(n)))
+        if shown is None:
+            continue
+        out += [ReportItem("figure", item_name(name, f.name), lambda _: True,
+                           lambda c, f=f, df=df: f.draw(df, c.look), f.caption, SECTION)
+                for f in shown[0]]
+        out += [ReportItem("table", item_name(name, t.name), lambda _: True,
+                           lambda c, t=t, df=df: t.make(df), t.caption, SECTION)
+                for t in shown[1]]
     return out
 
 
-def section(run_dir, items: list, guard, rel):
-    """The "Measurements" section: one line per measurement file (its summary, or why
-    it is not shown), then its items; empty when there is no measurement file."""
-    from analysis.report import _Section, _figure_section, _item_sections, _table_section
-    present = files(run_dir)
-    if not present and not items:
-        return _Section([], [])
+def _intro(c, guard) -> list[str]:
+    """One line per measurement file: its measurement's summary, or why it is not shown."""
+    present = files(c.run_dir)
+    if not present:
+        return []
     registry = guard.run("section", "measurement summaries", _registry) or {}
-    lines = [f"{n}: {registry[n].summary}" if n in registry else
-             f"{n}: {FOLDER}/{p.name} has no registered measurement of that name; not shown"
-             for n, p in present.items()]
-    out = _item_sections(guard, SECTION, items,
-                         lambda i, r: (_figure_section if i.kind == "figure"
-                                       else _table_section)(i, r), rel)
-    esc = html.escape
-    out.md[2:2] = [f"- {w}" for w in lines] + [""]
-    out.html[1:1] = ["<ul>" + "".join(f"<li>{esc(w)}</li>" for w in lines) + "</ul>"]
-    return out
+    return [f"{n}: {registry[n].summary}" if n in registry else
+            f"{n}: {FOLDER}/{p.name} has no registered measurement of that name; not shown"
+            for n, p in present.items()]
 
 
-# --------------------------------------------------------------------------- responses
+# --------------------------------------------------------------------------- layer_response_std
+
+def _responses_file(c) -> Path:
+    return Path(c.run_dir) / FOLDER / f"{RESPONSES}.parquet"
+
 
 def has_responses(c) -> bool:
-    return (Path(c.run_dir) / FOLDER / "responses.parquet").is_file()
+    return _responses_file(c).is_file()
 
 
 def response_rows(c) -> tuple[pd.DataFrame, str, str]:
     """``(layers-shaped act_std rows, when, y label)`` for ``figures.layer_response_std``
-    from ``measurements/responses.parquet`` (``responses.responses_as_layers``: the
-    per-channel std, or an old file's whole-tensor one): "late" when trained networks
-    were measured, else "init"."""
-    from ablations.measurements.responses import responses_as_layers, shown
-    df = _of_trials(pd.read_parquet(Path(c.run_dir) / FOLDER / "responses.parquet"), c.trials)
+    from ``measurements/responses.parquet`` (``responses_as_layers``: the per-channel
+    std, or an old file's whole-tensor one): "late" when trained networks were
+    measured, else "init"."""
+    from analysis.views.responses import responses_as_layers, shown
+    df = _of_trials(pd.read_parquet(_responses_file(c)), c.trials)
     rows = responses_as_layers(df, c.layers, c.trials)
     return rows, "late" if (rows["phase"] == "train").any() else "init", shown(df)[2]
 
 
 def responses_caption(c) -> str:
-    from ablations.measurements.responses import CHANNEL, shown
+    from analysis.views.responses import CHANNEL, shown
     try:
-        df = pd.read_parquet(Path(c.run_dir) / FOLDER / "responses.parquet")
+        df = pd.read_parquet(_responses_file(c))
         trained = (df["when"] == "final").any()
         per_channel = shown(df)[1] == CHANNEL
     except Exception:  # noqa: BLE001  the figure's own read names the damage
         trained, per_channel = True, True
     return RESPONSES_CAPTION.format(when="trained networks" if trained else "at init",
                                     how=PER_CHANNEL if per_channel else WHOLE_TENSOR)
+
+
+def _std_when(c) -> str:
+    return "late" if has_stat(c.layers, "act_std", "train") else "init"
+
+
+def response_std(c):
+    """He et al. Fig. 7 from measurements/responses.parquet (the 3x3 convs after BN, before
+    the ReLU and the addition) when it is there; else, under the same name, the block
+    outputs in layers.parquet (after the addition: not Fig. 7's quantity, and labelled so)."""
+    if has_responses(c):
+        rows, when, ylabel = response_rows(c)
+        return figures.layer_response_std(rows, c.look, when=when, trials=c.trials,
+                                          ylabel=ylabel)
+    return figures.layer_response_std(c.layers, c.look, when=_std_when(c), trials=c.trials)
+
+
+def _response_std_caption(c) -> str:
+    if has_responses(c):
+        return responses_caption(c)
+    return BLOCK_OUTPUT_CAPTION.format(
+        when="end of training" if _std_when(c) == "late" else "at init")
+
+
+LAYER_RESPONSE_STD = ReportItem(
+    "figure", "layer_response_std",
+    lambda c: has_stat(c.layers, "act_std") or has_responses(c), response_std,
+    _response_std_caption)
+
+register_section(SECTION, _intro)
+register_provider(Provider("measurement files", "input", _items, SECTION))

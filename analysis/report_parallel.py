@@ -1,29 +1,25 @@
 """The report's figures and tables made by several processes (``build(..., jobs=N)``).
 
-The plan is the serial one (``analysis.report._main_plan``, then the
-"Measurements" entries); each entry is made by ``report._run_entry`` in a forked
-worker (``analysis.report_pool``), each figure laid out once for all its formats
-(``style.save_figure_once``). What comes back is merged so that the build reads
-as the serial build does:
+The plan is the serial one (``analysis.registry.plan``); each item is made by
+``analysis.report_runner.run_item`` in a forked worker (``analysis.report_pool``), each
+figure laid out once for all its formats (``saving.save_figure_once``). What comes back
+is merged so that the build reads as the serial build does:
 
 * the items, in plan order;
-* the failures, in the serial order (the main items', then the measurement
-  files' that could not be read, then the measurement items'), each warned on
-  stderr as soon as everything before it is done, so the warnings keep that
-  order too;
-* an entry that raises is a "could not draw/make table" failure of that entry,
-  as in the serial build (the worker made it in its own quiet ``Guard``); a
-  worker that dies (a segfault, the OOM killer) is a failure of the one entry
-  it was making ("worker process died (signal SIGKILL)"), whose files are
-  removed, and the others are made by a new worker.
+* the failures, in the serial order (each section's planning failures, such as a
+  measurement file that could not be read, then its items'), each warned on stderr as
+  soon as everything before it is done, so the warnings keep that order too;
+* an item that raises is a "could not draw/make table" failure of that item, as in
+  the serial build (the worker made it in its own quiet ``Guard``); a worker that dies
+  (a segfault, the OOM killer) is a failure of the one item it was making ("worker
+  process died (signal SIGKILL)"), whose files are removed, and the others are made
+  by a new worker.
 """
 from __future__ import annotations
 
-import dataclasses
-
-from analysis import report_measurements as measured
-from analysis import report_pool
+from analysis import registry, report_pool
 from analysis.failures import Guard, ItemFailure
+from analysis.report_runner import MadeItem, failed_item, outputs, remove_files, run_item
 
 
 # Handed out first, so that the longest figures do not start last and leave one worker
@@ -35,9 +31,9 @@ HEAVY_FIRST = ("act_through_training", "training_curves", "gradient_flow")
 
 def _dispatch_order(plan) -> list[int]:
     def rank(i):
-        kind, e, _ = plan[i]
-        heavy = HEAVY_FIRST.index(e.name) if e.name in HEAVY_FIRST else len(HEAVY_FIRST)
-        return (kind != "figure", heavy, i)
+        item = plan[i]
+        heavy = HEAVY_FIRST.index(item.name) if item.name in HEAVY_FIRST else len(HEAVY_FIRST)
+        return (item.kind != "figure", heavy, i)
     return sorted(range(len(plan)), key=rank)
 
 
@@ -45,31 +41,30 @@ def available() -> bool:
     return report_pool.available()
 
 
-def items(c, guard: Guard, jobs: int) -> list:
-    """``report._items`` with ``jobs`` worker processes (see the module docstring)."""
-    from analysis import report
-    plan = [(kind, e, "") for kind, e in report._main_plan(c, guard)]
-    n_main = len(plan)
-    reading = Guard.quiet()  # measurement files that cannot be read: warned in serial order
-    plan += [(kind, e, measured.SECTION) for kind, e in measured.entries(c, reading)]
+def make_items(c, guard: Guard, jobs: int) -> list[MadeItem]:
+    """``report_runner.make_items`` with ``jobs`` worker processes (see the module
+    docstring)."""
+    sections = registry.plan(c)
+    plan = [item for s in sections for item in s.items]
 
     def run(i):  # in a worker
-        kind, e, _ = plan[i]
-        return report._run_entry(c, Guard.quiet(), kind, e)
+        return run_item(c, Guard.quiet(), plan[i])
 
-    # The order in which failures are adopted: each item's, with the unreadable
-    # measurement files between the main items and the measurement items.
-    sequence = [*range(n_main), "reading", *range(n_main, len(plan))]
-    failed: dict = {"reading": reading.failures}
+    # The order in which failures are adopted: each section's planning failures, then
+    # each of its items'.
+    sequence, failed, at = [], {}, 0
+    for k, s in enumerate(sections):
+        sequence += [("plan", k), *range(at, at + len(s.items))]
+        failed[("plan", k)] = s.failures
+        at += len(s.items)
     made: dict = {}
     at = 0
 
     def on_result(i, item):
         nonlocal at
         if isinstance(item, report_pool.Lost):
-            kind, e, _ = plan[i]
-            report._remove(report._outputs(c, kind, e)[1])
-            item = report.Item(kind, e.name, "", failure=ItemFailure(e.name, kind, item.reason))
+            remove_files(outputs(c, plan[i])[1])
+            item = failed_item(plan[i], ItemFailure(plan[i].name, plan[i].kind, item.reason))
         made[i] = item
         failed[i] = [item.failure] if item is not None and item.failure is not None else []
         while at < len(sequence) and sequence[at] in failed:
@@ -79,6 +74,6 @@ def items(c, guard: Guard, jobs: int) -> list:
     if plan:
         report_pool.run_tasks(_dispatch_order(plan), run, jobs, on_result)
     else:
-        guard.adopt(reading.failures)
-    return [made[i] if not section else dataclasses.replace(made[i], section=section)
-            for i, (_, _, section) in enumerate(plan) if made[i] is not None]
+        for s in sections:
+            guard.adopt(s.failures)
+    return [made[i] for i in range(len(plan)) if made[i] is not None]

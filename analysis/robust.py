@@ -39,9 +39,9 @@ import pandas as pd
 
 from analysis import interaction as _interaction
 from ablations import levels as _levels
-from analysis.contrasts import _matches, contrasts
-from analysis.stats import (DERIVED, _check_level, _finite, _prepare, _require_metric,
-                            _status_counts, _usable, cell_keys, with_derived)
+from analysis.contrasts import contrasts, matches_baseline
+from analysis.stats import (DERIVED, cell_keys, check_level, count_statuses, finite_values,
+                            prepare_trials, require_metric, usable_rows, with_derived)
 
 NAN = math.nan
 
@@ -49,12 +49,12 @@ NAN = math.nan
 # --------------------------------------------------------------------------- primitives
 
 def _values(values) -> np.ndarray:
-    """The finite values as float64 (``stats._finite``; a fast path for a numeric array,
+    """The finite values as float64 (``stats.finite_values``; a fast path for a numeric array,
     which the bootstrap passes thousands of times)."""
     if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
         v = values.astype(float, copy=False).ravel()
         return v[np.isfinite(v)]
-    return _finite(values)
+    return finite_values(values)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -97,7 +97,7 @@ def bootstrap_ci(fn: Callable[..., float], samples: Sequence, level: float = 0.9
     ``fn(*(x_j[idx_j[r]]))``. Non-finite replicates are dropped (NaN if none is left).
     (NaN, NaN) when any stratum has fewer than two values or there is no stratum.
     """
-    level = _check_level(level)
+    level = check_level(level)
     strata = [_values(s) for s in samples]
     if not strata or any(x.size < 2 for x in strata):
         return (NAN, NAN)
@@ -116,7 +116,7 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Exact binomial interval of k successes in n trials (``scipy.stats.beta``);
     lower 0 at k = 0, upper 1 at k = n, (NaN, NaN) for n = 0."""
     from scipy.stats import beta
-    level = _check_level(level)
+    level = check_level(level)
     k, n = int(k), int(n)
     if not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
@@ -154,15 +154,15 @@ def robust_summary(trials: pd.DataFrame, metric: str, level: float = 0.95,
     """Per cell (``cell_keys``): ``n`` (usable values), ``iqm, iqm_ci_lo, iqm_ci_hi``
     (stratified bootstrap, one stratum), then ``n_planned, n_completed, n_diverged,
     n_error, n_pending``."""
-    t = with_derived(_prepare(trials))
-    _require_metric(t, metric)
+    t = with_derived(prepare_trials(trials))
+    require_metric(t, metric)
     keys = cell_keys(t)
     rows = []
     for key, g in _cells(t).items():
-        v = _usable(g, metric)[metric].to_numpy(dtype=float)
+        v = usable_rows(g, metric)[metric].to_numpy(dtype=float)
         lo, hi = bootstrap_ci(iqm, [v], level, reps, seed)
         rows.append({**dict(zip(keys, key)), "n": int(v.size), "iqm": iqm(v),
-                     "iqm_ci_lo": lo, "iqm_ci_hi": hi, **_status_counts(g)})
+                     "iqm_ci_lo": lo, "iqm_ci_hi": hi, **count_statuses(g)})
     cols = keys + ["n", "iqm", "iqm_ci_lo", "iqm_ci_hi", "n_planned", "n_completed",
                    "n_diverged", "n_error", "n_pending"]
     return _levels.sort_cells(pd.DataFrame(rows, columns=cols), keys)
@@ -185,7 +185,7 @@ def _contrast_cells(t: pd.DataFrame, rows: pd.DataFrame) -> list[tuple]:
         at = keys.index(name)
         base = [g for k, g in cells.items() if k[:3] == key[:3]
                 and _levels.level_of(name, k[at]) == r["baseline"]
-                and _matches(tuple(k[i] for i in others), tuple(key[i] for i in others))]
+                and matches_baseline(tuple(k[i] for i in others), tuple(key[i] for i in others))]
         out.append((mine, base[0] if base else empty))
     return out
 
@@ -198,7 +198,7 @@ def improvement(trials: pd.DataFrame, metric: str, level: float = 0.95,
 
     Columns: ``factor, level, baseline``, the cell keys, ``n_level, n_baseline,
     prob_improvement, prob_ci_lo, prob_ci_hi``; rows in ``contrasts``' order."""
-    t = with_derived(_prepare(trials))
+    t = with_derived(prepare_trials(trials))
     rows = contrasts(t, metric, wilcoxon=False)
     keys = cell_keys(t)
     hib = higher_is_better(metric)
@@ -208,8 +208,8 @@ def improvement(trials: pd.DataFrame, metric: str, level: float = 0.95,
     out = rows[["factor", "level", "baseline", *keys]].copy()
     stats = []
     for cell, base in _contrast_cells(t, rows):
-        a = _usable(cell, metric)[metric].to_numpy(dtype=float)
-        b = _usable(base, metric)[metric].to_numpy(dtype=float)
+        a = usable_rows(cell, metric)[metric].to_numpy(dtype=float)
+        b = usable_rows(base, metric)[metric].to_numpy(dtype=float)
         lo, hi = bootstrap_ci(prob, [a, b], level, reps, seed)
         stats.append((a.size, b.size, prob(a, b), lo, hi))
     cols = ["n_level", "n_baseline", "prob_improvement", "prob_ci_lo", "prob_ci_hi"]
@@ -225,11 +225,11 @@ def failure_rates(trials: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     n_error, diverged_rate, diverged_ci_lo, diverged_ci_hi, failed_rate`` (diverged +
     error), ``failed_ci_lo, failed_ci_hi`` (Clopper-Pearson), then ``n_completed,
     n_pending``. A cell with only pending trials has NaN rates."""
-    t = _prepare(trials)
+    t = prepare_trials(trials)
     keys = cell_keys(t)
     rows = []
     for key, g in _cells(t).items():
-        c = _status_counts(g)
+        c = count_statuses(g)
         n = c["n_planned"] - c["n_pending"]
         failed = c["n_diverged"] + c["n_error"]
         dlo, dhi = clopper_pearson(c["n_diverged"], n, level)
@@ -291,8 +291,8 @@ def survivorship(trials: pd.DataFrame, metric: str, level: float = 0.95) -> pd.D
     they exclude it on opposite sides. A metric without ``chance_value``: the chance
     columns are NaN and nothing flips.
     """
-    t = with_derived(_prepare(trials))
-    _require_metric(t, metric)
+    t = with_derived(prepare_trials(trials))
+    require_metric(t, metric)
     factors = _levels.present(t)
     chance = at_chance(t, metric) if chance_value(metric) is not None else None
     ids = ["factor", "level", "baseline", "family", "model", "depth", "base_depth", *factors]

@@ -15,7 +15,7 @@ Statistical choices (the same in every function):
   e.g. *residual minus plain* within one seed, and the interval and the test are
   on those per-seed differences. A seed with only one usable side is counted in
   ``n_unpaired``.
-* **Tests are two-sided.** The paired t test (equivalent to
+* **Tests are two-sided** (``analysis.pvalues``). The paired t test (equivalent to
   ``scipy.stats.ttest_rel``) and an exact Wilcoxon signed-rank test, whose ties are
   ties of the measurement (|d| on a resolution grid, or equal up to rounding), not of
   the floats' last bits.
@@ -47,8 +47,8 @@ residual) and its outputs are unchanged. A missing value in a present factor col
 (``ablations.levels.with_levels``). Output rows are sorted by family, model, depth,
 then the factors in their registry level order (plain before residual, batch before
 layer before none). Contrasts between levels (residual minus plain, and every other
-factor's levels against its baseline) and the multiple-comparison adjustment are in
-``analysis.contrasts``.
+factor's levels against its baseline) are in ``analysis.contrasts``; the tests and the
+multiple-comparison adjustment in ``analysis.pvalues``.
 """
 from __future__ import annotations
 
@@ -77,37 +77,24 @@ DERIVED = {"final_train_error": "final_train_acc",
 
 # --------------------------------------------------------------------------- helpers
 
-def _check_level(level: float) -> float:
+def check_level(level: float) -> float:
+    """``level`` as a float, checked to lie in (0, 1) (ValueError otherwise)."""
     level = float(level)
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     return level
 
 
-def _finite(values) -> np.ndarray:
+def finite_values(values) -> np.ndarray:
     """The finite values as float64 (NaN, None, pd.NA, non-numbers and +-inf removed)."""
     v = pd.to_numeric(pd.Series(np.asarray(values, dtype=object).ravel(), dtype=object),
                       errors="coerce").astype("float64").to_numpy()
     return v[np.isfinite(v)]
 
 
-def mid_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties sharing the mean of their ranks (``scipy.stats.rankdata``'s
-    default "average" method)."""
-    v = np.asarray(values, dtype=float)
-    order = np.argsort(v, kind="mergesort")
-    s = v[order]
-    first = np.r_[True, s[1:] != s[:-1]]           # a new value starts at this position
-    group = np.cumsum(first) - 1                  # 0-based tie group of each sorted value
-    starts = np.r_[np.flatnonzero(first), v.size]  # first position of each group, then n
-    ranks = np.empty(v.size)
-    ranks[order] = (starts[group] + starts[group + 1] + 1) / 2.0  # mean of ranks lo+1..hi
-    return ranks
-
-
 def t_quantile(level: float, df: float) -> float:
     """Two-sided Student t critical value: ``t.ppf(1 - (1 - level) / 2, df)``; NaN if df <= 0."""
-    level = _check_level(level)
+    level = check_level(level)
     if not df > 0:  # also catches NaN
         return float("nan")
     return float(_sp.stdtrit(df, 0.5 + level / 2.0))  # = scipy.stats.t.ppf
@@ -125,9 +112,10 @@ def degradation_keys(trials: pd.DataFrame) -> list[str]:
     return [k for k in cell_keys(trials) if k != "depth"]
 
 
-def _prepare(trials: pd.DataFrame) -> pd.DataFrame:
-    """Check the columns and statuses; add ``family`` (= model) when it is missing; a
-    missing value in a factor column becomes the family's default level."""
+def prepare_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials frame every statistic starts from: columns and statuses checked,
+    ``family`` (= model) added when it is missing, and a missing value in a factor column
+    made the family's default level."""
     need = {"model", "depth", "residual", "status"}
     missing = sorted(need - set(trials.columns))
     if missing:
@@ -141,21 +129,24 @@ def _prepare(trials: pd.DataFrame) -> pd.DataFrame:
     return _levels.with_levels(t, _levels.present(t))
 
 
-def _require_metric(t: pd.DataFrame, metric: str) -> None:
+def require_metric(t: pd.DataFrame, metric: str) -> None:
+    """KeyError naming the frame's columns when ``metric`` (or any needed column, such as
+    ``seed``) is not one of them."""
     if metric not in t:
         raise KeyError(f"metric {metric!r} is not a column of the trials frame "
                        f"(columns: {sorted(t.columns)})")
 
 
-def _status_counts(g: pd.DataFrame) -> dict:
+def count_statuses(g: pd.DataFrame) -> dict:
+    """``n_planned, n_completed, n_diverged, n_error, n_pending`` of one group of trials."""
     s = g["status"]
     return {"n_planned": len(g), "n_completed": int((s == "completed").sum()),
             "n_diverged": int((s == "diverged").sum()), "n_error": int((s == "error").sum()),
             "n_pending": int((s == "pending").sum())}
 
 
-def _usable(g: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Completed rows whose metric is finite."""
+def usable_rows(g: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The rows of ``g`` that are samples of ``metric``: completed, with a finite value."""
     v = pd.to_numeric(g[metric], errors="coerce").astype(float)
     return g[(g["status"] == "completed") & np.isfinite(v)]
 
@@ -173,8 +164,8 @@ def mean_ci(values: Iterable, level: float = 0.95) -> tuple[float, float, float,
     >>> mean_ci([1, 2, 3])  # 2 +- 4.3027 * 1 / sqrt(3)
     (2.0, -0.4841..., 4.4841..., 3)
     """
-    level = _check_level(level)
-    v = _finite(values)
+    level = check_level(level)
+    v = finite_values(values)
     n = int(v.size)
     if n == 0:
         return (math.nan, math.nan, math.nan, 0)
@@ -196,8 +187,8 @@ def welch_ci(a: Iterable, b: Iterable, level: float = 0.95) -> dict:
     estimated). If both variances are zero, df is undefined (0/0): the
     interval is ``[diff, diff]`` and df NaN, as in ``mean_ci``.
     """
-    level = _check_level(level)
-    va, vb = _finite(a), _finite(b)
+    level = check_level(level)
+    va, vb = finite_values(a), finite_values(b)
     na, nb = int(va.size), int(vb.size)
     out = {"diff": math.nan, "ci_lo": math.nan, "ci_hi": math.nan, "df": math.nan,
            "n_a": na, "n_b": nb}
@@ -216,95 +207,6 @@ def welch_ci(a: Iterable, b: Iterable, level: float = 0.95) -> dict:
     half = t_quantile(level, df) * math.sqrt(se2)
     out.update(ci_lo=diff - half, ci_hi=diff + half, df=float(df))
     return out
-
-
-# --------------------------------------------------------------------------- tests
-
-def paired_t_pvalue(diffs: Iterable) -> float:
-    """Two-sided one-sample t test of mean(diffs) == 0 (= ``scipy.stats.ttest_rel``).
-
-    NaN for fewer than two finite differences, and NaN for zero variance
-    (t is 0/0 or +-inf; scipy would return NaN or 0.0 with a precision
-    warning, a "significance" that no noise estimate supports). "Zero" means
-    ``sd <= ZERO_SD_RTOL * max|d|``: equal differences computed in floating
-    point, e.g. ``(0.3 - 0.2, 0.2 - 0.1)``, differ by rounding (sd ~ 1e-17)
-    and would otherwise give p ~ 1e-32 (scipy does).
-    """
-    d = _finite(diffs)
-    n = d.size
-    if n < 2:
-        return math.nan
-    sd = float(d.std(ddof=1))
-    if sd <= ZERO_SD_RTOL * float(np.abs(d).max()):
-        return math.nan
-    t = float(d.mean()) / (sd / math.sqrt(n))
-    return float(2.0 * _sp.stdtr(n - 1, -abs(t)))  # = 2 t.sf(|t|, n - 1)
-
-
-def _magnitude_classes(d: np.ndarray, resolution: float | None) -> np.ndarray:
-    """|d| as whole numbers (floats), equal exactly where the magnitudes are ties (0: a
-    zero difference); ``d`` is not empty. With ``resolution``: ``rint(|d| /
-    resolution)``, the count of grid steps. Without: sorted |d| within ``ZERO_SD_RTOL * max|d|`` of the previous one share
-    a class, and |d| within that tolerance of 0 is 0."""
-    a = np.abs(d)
-    if resolution is not None:
-        resolution = float(resolution)
-        if not (math.isfinite(resolution) and resolution > 0):
-            raise ValueError(f"resolution must be a positive number, got {resolution!r}")
-        return np.rint(a / resolution)
-    tol = ZERO_SD_RTOL * float(a.max())
-    order = np.argsort(a, kind="mergesort")
-    s = a[order]
-    new = np.r_[s[0] > tol, np.diff(s) > tol]  # a class starts here
-    classes = np.empty(a.size)
-    classes[order] = np.cumsum(new)  # 0 for the values within tol of zero
-    return classes
-
-
-def wilcoxon_exact_pvalue(diffs: Iterable, *, resolution: float | None = None) -> float:
-    """Two-sided exact Wilcoxon signed-rank p value of the finite differences.
-
-    Zero differences are dropped (Wilcoxon's convention, scipy's
-    ``zero_method="wilcox"``); tied |d| get mid-ranks, and the null
-    distribution of ``W+`` (sum of the ranks of positive differences) is the
-    exact one over all ``2^n`` equally likely sign assignments of *those*
-    ranks (so ties are handled exactly, unlike the tie-free tables). It is
-    counted by dynamic programming on doubled ranks (integers), not by
-    enumeration. ``p = min(1, 2 * min(P(W+ <= w), P(W+ >= w)))``.
-    No finite difference -> NaN; all differences zero -> 1.0 (``W+ = 0``
-    is the only possible value: no evidence either way). With n nonzero
-    differences the smallest attainable p is ``2 / 2^n`` (0.25 for n = 3).
-
-    **Ties on the measurement's resolution.** Differences of accuracies (counts / 1017)
-    that are equal as counts differ in their last bits as floats, and ranking the raw
-    floats would split a tie (``[10, 10, -10, 20, 30] / 1017`` built from accuracies
-    can give 0.125 or 0.1875 instead of 0.25). So |d| is put on a grid before ranking:
-    ``resolution`` (e.g. ``1 / n_test``) rounds |d| to ``rint(|d| / resolution)``
-    steps (0 steps = a zero difference); without it, |d| values within
-    ``ZERO_SD_RTOL * max|d|`` of each other (sorted, chained) are ties and |d| within
-    that tolerance of 0 is zero. The sign is the sign of d.
-    """
-    d = _finite(diffs)
-    if d.size == 0:
-        return math.nan
-    mag = _magnitude_classes(d, resolution)
-    nonzero = mag != 0
-    d, mag = d[nonzero], mag[nonzero]
-    n = d.size
-    if n == 0:
-        return 1.0
-    ranks2 = np.rint(2 * mid_ranks(mag)).astype(np.int64)  # mid-ranks * 2
-    w2 = int(ranks2[d > 0].sum())
-    counts = np.zeros(int(ranks2.sum()) + 1, dtype=object)  # exact integers for any n
-    counts[0] = 1
-    for r in ranks2:
-        shifted = np.zeros_like(counts)
-        shifted[r:] = counts[:-r]
-        counts = counts + shifted
-    total = 2 ** n
-    lower = sum(counts[: w2 + 1])
-    upper = sum(counts[w2:])
-    return float(min(1.0, 2 * min(lower, upper) / total))
 
 
 # --------------------------------------------------------------------------- frames
@@ -346,13 +248,13 @@ def cell_summary(trials: pd.DataFrame,
     is not a column (after derivation) raises KeyError rather than giving
     silent NaN: a probe-only frame has no training metrics, pass ``metrics=()``.
     """
-    t = with_derived(_prepare(trials))
+    t = with_derived(prepare_trials(trials))
     for m in metrics:
-        _require_metric(t, m)
+        require_metric(t, m)
     keys = cell_keys(t)
     rows = []
     for key, g in t.groupby(keys, sort=False, dropna=False):
-        row = dict(zip(keys, key), **_status_counts(g))
+        row = dict(zip(keys, key), **count_statuses(g))
         params = g["params"].dropna() if "params" in g else pd.Series(dtype=float)
         row["params"] = int(params.iloc[0]) if len(params) else pd.NA
         done = g[g["status"] == "completed"]
@@ -392,20 +294,20 @@ def degradation_index(trials: pd.DataFrame, metric: str, level: float = 0.95) ->
     with ``delta`` NaN and its counts. A preset model has one depth, hence
     only its base row. For a loss or an error, ``delta > 0`` is degradation.
     """
-    t = with_derived(_prepare(trials))
-    _require_metric(t, metric)
+    t = with_derived(prepare_trials(trials))
+    require_metric(t, metric)
     keys = degradation_keys(t)
     rows = []
     for key, g in t.groupby(keys, sort=False, dropna=False):
         depths = sorted(g["depth"].unique())
         base_depth = depths[0]
-        base = _usable(g[g["depth"] == base_depth], metric)[metric].to_numpy(dtype=float)
+        base = usable_rows(g[g["depth"] == base_depth], metric)[metric].to_numpy(dtype=float)
         base_mean = float(base.mean()) if base.size else math.nan
         for d in depths:
             gd = g[g["depth"] == d]
-            vals = _usable(gd, metric)[metric].to_numpy(dtype=float)
+            vals = usable_rows(gd, metric)[metric].to_numpy(dtype=float)
             row = dict(zip(keys, key), depth=d, base_depth=base_depth,
-                       **_status_counts(gd), n=int(vals.size), n_base=int(base.size),
+                       **count_statuses(gd), n=int(vals.size), n_base=int(base.size),
                        depth_mean=float(vals.mean()) if vals.size else math.nan,
                        base_mean=base_mean)
             if d == base_depth:
@@ -431,9 +333,9 @@ def status_counts(trials: pd.DataFrame) -> pd.DataFrame:
     depth and residual, with the column sums; so ``depth`` is ``Int64`` and
     ``residual`` is ``boolean``.
     """
-    t = _prepare(trials)
+    t = prepare_trials(trials)
     keys = cell_keys(t)
-    rows = [dict(zip(keys, key), **_status_counts(g))
+    rows = [dict(zip(keys, key), **count_statuses(g))
             for key, g in t.groupby(keys, sort=False, dropna=False)]
     counts = ["n_planned", "n_completed", "n_diverged", "n_error", "n_pending"]
     out = _sorted(pd.DataFrame(rows, columns=keys + counts), keys)

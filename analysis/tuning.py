@@ -25,15 +25,14 @@ search uses); tests/analysis/test_tuning.py checks that ``search_ranges`` resolv
 usable spec.json the ranges are unknown: no bounds are drawn and nothing is flagged
 (a default range guessed for a sweep run with ``--tune-range`` would be wrong).
 
-Pure functions on DataFrames, plus ``load_tuning`` and the report's entries
-(``report_entries``).
+Pure functions on DataFrames, plus ``load_tuning`` and the report's items
+(``report_items``).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -41,6 +40,7 @@ import pandas as pd
 from ablations.factors import TUNE_SPACE
 from ablations import levels as _levels
 from analysis.failures import Guard, one_line
+from analysis.registry import ReportItem
 from ablations.where import ResultsError
 
 MARGIN = 0.1            # "at a bound": within 10% of the range's log width from it
@@ -240,20 +240,7 @@ def tuning_table(samples: pd.DataFrame, ranges: dict | None = None,
                                       "val acc (%)", *OUTCOMES, "at bound"])
 
 
-# --------------------------------------------------------------------------- report entries
-
-class ReportEntry(NamedTuple):
-    """A figure or table for ``analysis.report``'s registry: the fields of its
-    ``_Entry`` after ``kind``. ``applies``, ``make`` and a callable ``caption`` take the
-    report's context and read ``c.tuning`` (``load_tuning``'s frame or None),
-    ``c.tune_ranges`` (``search_ranges``) and ``c.look``."""
-    kind: str
-    name: str
-    applies: Callable
-    make: Callable
-    caption: object
-    floatfmt: object = "auto"
-
+# --------------------------------------------------------------------------- report items
 
 def _has(c, name: str | None = None) -> bool:
     t = getattr(c, "tuning", None)
@@ -272,26 +259,29 @@ def _isolation_caption(name: str) -> Callable:
     return caption
 
 
-def report_entries() -> list[ReportEntry]:
+def report_items() -> list[ReportItem]:
     """The tuning figures (one isolation plot per hyperparameter of ``TUNE_SPACE`` that
-    was tuned, and the search progress) and the ``tuning`` table."""
+    was tuned, and the search progress) and the ``tuning`` table, as report items
+    (``analysis.registry``; ``analysis.report_items`` registers them). They read
+    ``c.tuning`` (``load_tuning``'s frame or None), ``c.tune_ranges``
+    (``search_ranges``) and ``c.look`` of the report's context."""
     from analysis import figures_tuning as ft  # it imports this module
-    iso = [ReportEntry("figure", f"tuning_isolation_{n}", lambda c, n=n: _has(c, n),
-                       lambda c, n=n: ft.tuning_isolation(c.tuning, n, c.tune_ranges, c.look),
-                       _isolation_caption(n)) for n in TUNE_SPACE]
+    iso = [ReportItem("figure", f"tuning_isolation_{n}", lambda c, n=n: _has(c, n),
+                      lambda c, n=n: ft.tuning_isolation(c.tuning, n, c.tune_ranges, c.look),
+                      _isolation_caption(n)) for n in TUNE_SPACE]
     return iso + [
-        ReportEntry("figure", "tuning_progress", _has,
-                    lambda c: ft.tuning_progress(c.tuning, c.look),
-                    "Tuning progress: per cell, the best validation accuracy among the "
-                    "completed Optuna samples so far against the sample number (dots: each "
-                    "completed sample; star: the selected one)."),
-        ReportEntry("table", "tuning", _has,
-                    lambda c: tuning_table(c.tuning, c.tune_ranges),
-                    f"Per cell: the selected value of each tuned hyperparameter (best final "
-                    f"validation accuracy among completed Optuna samples; a dash when none "
-                    f"completed and the fixed default was used), its search range "
-                    f"(log-uniform), the selected sample's validation accuracy, the samples "
-                    f"completed, pruned and failed (diverged included), and whether the "
-                    f"selected value lies within {MARGIN:.0%} of a bound on the log scale "
-                    f"(then the optimum may lie outside the range)."),
+        ReportItem("figure", "tuning_progress", _has,
+                   lambda c: ft.tuning_progress(c.tuning, c.look),
+                   "Tuning progress: per cell, the best validation accuracy among the "
+                   "completed Optuna samples so far against the sample number (dots: each "
+                   "completed sample; star: the selected one)."),
+        ReportItem("table", "tuning", _has,
+                   lambda c: tuning_table(c.tuning, c.tune_ranges),
+                   f"Per cell: the selected value of each tuned hyperparameter (best final "
+                   f"validation accuracy among completed Optuna samples; a dash when none "
+                   f"completed and the fixed default was used), its search range "
+                   f"(log-uniform), the selected sample's validation accuracy, the samples "
+                   f"completed, pruned and failed (diverged included), and whether the "
+                   f"selected value lies within {MARGIN:.0%} of a bound on the log scale "
+                   f"(then the optimum may lie outside the range)."),
     ]

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from ablations import results as _results
-from ablations import tracking
+from ablations import tracking, wandb_log
 from analysis.wandb_report import (SPEC_FILE, build_report, parse_target, publish_command,
                                    write_spec)
 
@@ -45,7 +45,7 @@ def _readable(run_folder: Path) -> bool:
     that does not (an attempt killed before wandb wrote it), syncing nothing after it
     and exiting 0."""
     try:
-        return tracking.read_offline_run(run_folder)["id"] is not None
+        return wandb_log.read_offline_run(run_folder)["id"] is not None
     except Exception:
         return False
 

@@ -19,12 +19,19 @@ the figures are one "analysis" run, one image per file stem. ``build_report`` ma
   and a run comparer; the figures; report.md's findings as a Markdown block; the tuning
   samples in their own grid when ``tuning.parquet`` exists.
 
-Run sets are filtered with the expression API (``expr.Metric("Group") == name``) and
-``check_filter`` refuses one whose serialized filter lacks it: a filter string in a wrong
-syntax (``"run.group == 'x'"``) serializes to an empty filter, i.e. every run of the
-project. Serializing looks the project's internal id up over GraphQL (``Runset._to_model``,
-once per run set): ``write_spec`` answers that one query locally with a placeholder
-(``project_lookup``: no network, no login); ``Report.save`` in ``publish`` asks the server.
+Run sets are filtered by a filter string (``run_filter``): the library turns any filter
+into one and parses it again when it serializes, after rewriting ``=``, ``<``, ``>`` and
+``within_last`` everywhere in it, quotes included, and it quotes values without escaping
+them; so a sweep named ``lr=0.1`` or ``bob's`` would select no group or fail to parse.
+``run_filter`` writes each value as a literal that parses back to exactly that value
+(``filter_literal``: all but letters, digits, space and ``_-.,:+@`` escaped), and
+``check_filter`` refuses a run set whose serialized filter does not select the group: a
+filter string in a wrong syntax (``"run.group == 'x'"``) serializes to an empty filter,
+i.e. every run of the project. A sweep name that is not valid UTF-8 (``--name`` given
+bytes of another encoding) is refused: no W&B run can have it as its group. Serializing
+looks the project's internal id up over GraphQL (``Runset._to_model``, once per run set):
+``write_spec`` answers that one query locally with a placeholder (``project_lookup``: no
+network, no login); ``Report.save`` in ``publish`` asks the server.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ import contextlib
 import json
 import os
 import shlex
+import string
 from importlib.metadata import version
 from pathlib import Path
 
@@ -84,6 +92,41 @@ def findings_markdown(report_md: Path) -> str:
     return f"**{lines[start][3:]}**\n\n" + "\n".join(lines[start + 1:end]).strip()
 
 
+_PLAIN = frozenset(string.ascii_letters + string.digits + " _-.,:+@")
+
+
+def filter_literal(value: str | bool) -> str:
+    """``value`` as a literal of a filter string that parses back to exactly ``value``: a
+    bool as ``True``/``False``, a string in single quotes with every character outside
+    ``_PLAIN`` as a ``\\x``, ``\\u`` or ``\\U`` escape, so that none of ``=<>'()\\``, a
+    newline or a lone surrogate (``os.fsdecode`` of a non-UTF-8 argument) reaches the
+    parser's rewrites or breaks the quotes."""
+    if isinstance(value, bool):
+        return str(value)
+    return "'" + "".join(c if c in _PLAIN else _escape(ord(c)) for c in value) + "'"
+
+
+def _escape(n: int) -> str:
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: os.fsdecode of bytes that are not UTF-8
+        return False
+    return True
+
+
+def run_filter(group: str, job_type: str, **config) -> str:
+    """The filter string of the runs of ``group`` with ``job_type`` and each config key
+    equal to its value (a str or bool), e.g. ``Metric("Group") == 'lr\\x3d0.1' and
+    Metric("JobType") == 'trial' and Config("residual") == True``."""
+    leaves = [("Metric", "Group", group), ("Metric", "JobType", job_type),
+              *(("Config", k, v) for k, v in config.items())]
+    return " and ".join(f'{kind}("{key}") == {filter_literal(v)}' for kind, key, v in leaves)
+
+
 def check_filter(runset, group: str) -> dict:
     """The run set's serialized filter; ValueError unless it has ``group == <group>``."""
     from wandb_workspaces import expr
@@ -112,22 +155,24 @@ def build_report(run_dir, entity: str, project: str, findings=None):
     """The ``wandb_workspaces.reports.v2.Report`` of the sweep in ``run_dir`` (see the
     module docstring), for the runs of ``entity/project``. ``findings``: the report.md
     to quote (default ``run_dir/report.md``). Reads spec.json, trials.parquet,
-    tuning.parquet and figures/; no network."""
+    tuning.parquet and figures/; no network. ValueError for a sweep name that is not
+    valid UTF-8, or a run set whose filter would not select the sweep's group."""
     import wandb_workspaces.reports.v2 as wr
-    from wandb_workspaces import expr
     run_dir = Path(run_dir)
     spec, trials, tuning = _read(run_dir)
     name = str(spec.get("name") or run_dir.name)
+    if not _utf8(name):
+        raise ValueError(f"sweep name {name!r} is not valid UTF-8 (an --name of other bytes): "
+                         "no W&B run can have it as its group, so no report can select them")
     mode = spec.get("mode") or ("probe" if trials is not None and "probe_loss" in trials
                                 and "final_test_acc" not in trials else "train")
     keys = cell_keys(trials)
     present = levels.present(trials) if trials is not None else ["residual"]
     C, S = wr.Config, wr.SummaryMetric
 
-    def runset(title, job_type, *extra, groupby=(), columns=()):
+    def runset(title, job_type, where=None, groupby=(), columns=()):
         rs = wr.Runset(entity=entity, project=project, name=title,
-                       filters=expr.And(expr.Metric("Group") == name,
-                                        expr.Metric("JobType") == job_type, *extra),
+                       filters=run_filter(name, job_type, **(where or {})),
                        groupby=[f"config.{k}" for k in groupby],
                        pinned_columns=["run:displayName"], visible_columns=list(columns),
                        lock_columns=True if columns else None)
@@ -156,7 +201,7 @@ def build_report(run_dir, entity: str, project: str, findings=None):
         res = sorted(trials["residual"].dropna().unique()) if trials is not None \
             and "residual" in trials else []
         sets = [runset(_factors.get("residual").level_of(bool(r)), "trial",
-                       expr.Config("residual") == bool(r)) for r in res] \
+                       {"residual": bool(r)}) for r in res] \
             or [runset("trials", "trial")]
         final = wr.ScatterPlot(title="final test accuracy against depth (error = 1 - "
                                      "accuracy)", x=C("depth"), y=S("final_test_acc"),

@@ -21,6 +21,9 @@ training runs PyTorch's ops.
 
     with fused.enabled():               # the trainer, around its training steps
         loss = loss_fn(model(x), y)     # the blocks call norm_relu(bn, x, skip)
+
+The families reach it through ``models.norm_act`` (``norm_act`` with a ReLU,
+``NormActSequential`` ending in one); any other activation runs PyTorch's ops.
 """
 from __future__ import annotations
 
@@ -109,6 +112,11 @@ def unavailable() -> str | None:
     return _state["why"]
 
 
+def is_enabled() -> bool:
+    """Whether ``norm_relu`` may use the kernel now (inside ``enabled()``, kernel loaded)."""
+    return _state["enabled"]
+
+
 @contextlib.contextmanager
 def enabled(on: bool = True):
     """Inside, ``norm_relu`` uses the kernel where it applies (and ``on``)."""
@@ -163,22 +171,3 @@ def norm_relu(norm: nn.Module, x: torch.Tensor, skip: torch.Tensor | None = None
                                norm.running_var, norm.momentum, norm.eps)
     out = norm(x)
     return F.relu(out if skip is None else out + skip)
-
-
-class NormReLUSequential(nn.Sequential):
-    """``nn.Sequential(..., norm, nn.ReLU())`` whose last two run as ``norm_relu`` (the
-    stem of a post-activation ResNet, the final norm-ReLU of a pre-activation one).
-    Same modules, names and state dict as the plain Sequential."""
-
-    def __init__(self, *mods: nn.Module):
-        if len(mods) < 2 or not isinstance(mods[-1], nn.ReLU):
-            raise ValueError("NormReLUSequential ends with a norm and an nn.ReLU")
-        super().__init__(*mods)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _state["enabled"]:
-            return super().forward(x)
-        mods = list(self)
-        for m in mods[:-2]:
-            x = m(x)
-        return norm_relu(mods[-2], x)

@@ -1,71 +1,29 @@
-"""Factor levels -> layers: the lookup tables every model family builds from.
+"""Factor levels -> layers: the shortcut and branch-scale tables every family builds from.
 
 A study factor reaches a network as a plain string field on its frozen config
-(``norm="layer"``), resolved here in one table each (timm's ``_NORM_MAP`` +
-``get_norm_layer``), never by an ``if`` per factor in the model code. Adding a
-level is one entry.
+(``shortcut="pad"``), resolved in one table each (timm's ``_NORM_MAP`` +
+``get_norm_layer``), never by an ``if`` per factor in the model code. Adding a level
+is one entry here and its name in ``models.levels``.
 
-- ``norm``: the normalization layer (``get_norm_layer``).
-- ``block``: where a residual block puts its norm-ReLU: ``post`` (He et al. 2016,
-  arXiv 1512.03385, weight-norm-ReLU) or ``pre`` (He et al. 2016b, arXiv
-  1603.05027, norm-ReLU-weight, nothing after the addition). The family modules
-  hold what each order means for their layers.
 - ``branch_scale``: what multiplies every residual branch (``make_branch_scale``).
-- ``shortcut``: a ResNet's shortcut on a shape change (``models.resnet``).
+- ``shortcut``: a ResNet's shortcut on a shape change (``make_shortcut``).
+- ``norm`` and ``activation``: ``models.norm_act``.
+- ``block``: where a residual block puts its norm-activation: ``post`` (He et al. 2016,
+  arXiv 1512.03385, weight-norm-ReLU) or ``pre`` (He et al. 2016b, arXiv 1603.05027,
+  norm-ReLU-weight, nothing after the addition). The family modules hold what each
+  order means for their layers.
 """
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# level -> (factory for (B, F) features, factory for (B, C, H, W) maps); None: no module.
-# "layer" on maps is GroupNorm with one group (Wu & He 2018, arXiv 1803.08494): LayerNorm
-# statistics over (C, H, W) with a per-channel affine, the usual LayerNorm for conv nets.
-_NORM_MAP: dict[str, tuple[Callable[[int], nn.Module] | None, ...]] = {
-    "batch": (nn.BatchNorm1d, nn.BatchNorm2d),
-    "layer": (nn.LayerNorm, partial(nn.GroupNorm, 1)),
-    "none": (None, None),
-}
-NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
-
-BLOCK_LEVELS = ("post", "pre")
-
-# Fields that only change a network that has shortcuts: a plain network ignores them
-# (it has no residual branch to scale and no shortcut to choose), so it builds the
-# same whatever they say, and ``layout()`` does not name them for it.
-RESIDUAL_ONLY = ("branch_scale", "shortcut")
-
-
-def check_level(field: str, value: str, levels) -> str:
-    """``value`` if it is one of ``levels``, else ValueError naming the valid levels."""
-    if value not in levels:
-        raise ValueError(f"{field} {value!r} is not a level; valid levels: "
-                         f"{', '.join(levels)}")
-    return value
-
-
-def get_norm_layer(level: str, dim: int) -> Callable[[int], nn.Module] | None:
-    """``channels -> norm module`` for a ``norm`` level on 1-d features or 2-d maps;
-    None for ``"none"``.
-
-    >>> get_norm_layer("layer", 2)(16)
-    GroupNorm(1, 16, eps=1e-05, affine=True)
-    """
-    return _NORM_MAP[check_level("norm", level, tuple(_NORM_MAP))][dim - 1]
-
-
-def conv_norm(level: str) -> tuple[Callable[[int], nn.Module], bool]:
-    """(norm factory, conv bias) for a norm level on maps. none: ``nn.Identity`` (keeps
-    the module names and Sequential indices of the other levels) and a conv bias, which
-    stands in for the norm's shift (torchvision's ``Conv2dNormActivation`` rule:
-    a bias exactly when there is no norm layer)."""
-    make = get_norm_layer(level, 2)
-    return (nn.Identity, True) if make is None else (make, False)
+from .levels import BRANCH_SCALE_LEVELS, SHORTCUT_LEVELS, check_level
+from .norm_act import conv_norm
 
 
 class PadShortcut(nn.Module):
@@ -98,7 +56,8 @@ _SHORTCUTS = {
     "projection": _projection,
     "pad": lambda in_ch, out_ch, stride, **_: PadShortcut(in_ch, out_ch, stride),
 }
-SHORTCUT_LEVELS = tuple(_SHORTCUTS)
+if tuple(_SHORTCUTS) != SHORTCUT_LEVELS:
+    raise ImportError("models.layers' shortcut table and models.levels' names differ")
 
 
 def make_shortcut(level: str, in_ch: int, out_ch: int, stride: int, *, norm: str,
@@ -147,7 +106,8 @@ _BRANCH_SCALES: dict[str, Callable[[int], nn.Module] | None] = {
     "invsqrt": lambda n: FixedScale(1 / math.sqrt(n)),
     "zero": lambda n: LearnedScale(),
 }
-BRANCH_SCALE_LEVELS = tuple(_BRANCH_SCALES)
+if tuple(_BRANCH_SCALES) != BRANCH_SCALE_LEVELS:
+    raise ImportError("models.layers' branch-scale table and models.levels' names differ")
 
 
 def make_branch_scale(level: str, num_blocks: int) -> nn.Module | None:
@@ -155,24 +115,3 @@ def make_branch_scale(level: str, num_blocks: int) -> nn.Module | None:
     residual blocks; None for ``"one"`` (no module, today's networks unchanged)."""
     make = _BRANCH_SCALES[check_level("branch_scale", level, BRANCH_SCALE_LEVELS)]
     return None if make is None else make(num_blocks)
-
-
-def norm_levels(*order: str) -> tuple[str, ...]:
-    """Every norm level, in a family's order (its default first)."""
-    if sorted(order) != sorted(_NORM_MAP):
-        raise ValueError(f"norm levels {order} are not {tuple(_NORM_MAP)} reordered")
-    return order
-
-
-def check_levels(cfg) -> None:
-    """Every factor field of a config (``cfg.FACTORS``) holds one of its levels."""
-    for field, levels in cfg.FACTORS.items():
-        check_level(field, getattr(cfg, field), levels)
-
-
-def level_suffix(cfg) -> str:
-    """``", norm=none, block=pre"``: the factor fields not at their default (the first
-    level of ``cfg.FACTORS``), minus those a plain network ignores; "" for defaults."""
-    return "".join(f", {field}={getattr(cfg, field)}" for field, levels in cfg.FACTORS.items()
-                   if getattr(cfg, field) != levels[0]
-                   and (cfg.residual or field not in RESIDUAL_ONLY))

@@ -19,24 +19,28 @@ Factor levels (``models.layers``), defaults first (the seed's network):
   multiplied by 1, by 1/sqrt(number of residual blocks), or by a learnable scalar
   initialized at 0 (every residual block is then exactly the identity at init).
   A plain network has no branch to scale and ignores it.
+- ``activation`` relu | gelu: the nonlinearity of every norm-activation
+  (``models.norm_act``); "ReLU" below stands for it.
 
 Every Linear keeps its bias (the ``bias`` field) at every norm level: the norm is
 the one thing a norm level changes. Norm and scale modules draw no random numbers,
 so one seed gives the same Linear weights at every level.
+
+The config (fields, declared levels, registration) is ``models.mlp_config``.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import (BLOCK_LEVELS, BRANCH_SCALE_LEVELS, check_level, check_levels,
-                     get_norm_layer, level_suffix, make_branch_scale, norm_levels)
-from .registry import register_family, register_model
+from .interface import Network, Response, Unit, named_taps, output_response
+from .layers import make_branch_scale
+from .levels import ACTIVATION_LEVELS, BLOCK_LEVELS, BRANCH_SCALE_LEVELS, check_level
+from .mlp_config import MLPConfig, mlp, seed_mlp5, validate_mlp_depth  # noqa: F401
+from .norm_act import get_norm_layer, norm_act
 
 # Where each layer applies its norm-ReLU, per block order: "after" its weight (post),
 # "before" it (pre), or None (a bare nn.Linear). Roles: "projection" is a hidden layer
@@ -48,9 +52,10 @@ ACTIVATION_SITES = {
 }
 
 
-class DenseBlock(nn.Linear):
+class DenseBlock(nn.Linear, Unit):
     """Linear layer with a norm-ReLU after (post) or before (pre) it, plus an identity
-    shortcut when ``shortcut``, the branch multiplied by ``branch_scale`` (a module).
+    shortcut when ``shortcut``, the branch multiplied by ``branch_scale`` (a module);
+    ``activation``: the ReLU's level (``models.norm_act``), held as a name, not a module.
 
     Subclassing ``nn.Linear`` keeps the parameter names of the seed
     (``layers.0.weight``) and its initialization order, so the same seed gives
@@ -60,7 +65,7 @@ class DenseBlock(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool, shortcut: bool,
                  norm: str = "none", site: str = "after",
-                 branch_scale: nn.Module | None = None):
+                 branch_scale: nn.Module | None = None, activation: str = "relu"):
         super().__init__(in_features, out_features, bias=bias)
         if shortcut and in_features != out_features:
             raise ValueError("an identity shortcut needs in_features == out_features")
@@ -70,10 +75,17 @@ class DenseBlock(nn.Linear):
         self.norm = None if make_norm is None else make_norm(
             in_features if site == "before" else out_features)
         self.branch_scale = branch_scale if shortcut else None
+        self.activation = check_level("activation", activation, ACTIVATION_LEVELS)
 
     def activate(self, h: torch.Tensor) -> torch.Tensor:
-        """norm (if any), then ReLU."""
-        return F.relu(h if self.norm is None else self.norm(h))
+        """norm (if any), then the activation."""
+        return norm_act(self.norm, h, act=self.activation)
+
+    def response(self, x: torch.Tensor) -> torch.Tensor:
+        """The Linear output after its norm (site "after"), or of the activated input
+        (site "before"): ``run``'s operations up to the activation or the addition."""
+        z = F.linear(self.activate(x) if self.site == "before" else x, self.weight, self.bias)
+        return self.norm(z) if self.site == "after" and self.norm is not None else z
 
     def combine(self, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Block output from the branch output and the block input ``x``."""
@@ -127,18 +139,23 @@ class DenseBlock(nn.Linear):
 
 
 def dense_layer(in_features: int, out_features: int, *, bias: bool, site: str | None,
-                shortcut: bool, norm: str, branch_scale: nn.Module | None) -> nn.Linear:
+                shortcut: bool, norm: str, branch_scale: nn.Module | None,
+                activation: str = "relu") -> nn.Linear:
     """A bare nn.Linear when the layer has neither norm-ReLU nor shortcut, else a DenseBlock."""
     if site is None and not shortcut:
         return nn.Linear(in_features, out_features, bias=bias)
     return DenseBlock(in_features, out_features, bias=bias, shortcut=shortcut, norm=norm,
-                      site=site or "after", branch_scale=branch_scale)
+                      site=site or "after", branch_scale=branch_scale, activation=activation)
 
 
-class MLP(nn.Module):
+def _dense_response(module: DenseBlock, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    return module.response(inputs[0])
+
+
+class MLP(Network):
     def __init__(self, *, depth: int, width: int, in_features: int, num_classes: int,
                  bias: bool, residual: bool, norm: str = "none", block: str = "post",
-                 branch_scale: str = "one"):
+                 branch_scale: str = "one", activation: str = "relu"):
         super().__init__()
         if depth < 2:
             raise ValueError(f"mlp depth must be >= 2 (got {depth})")
@@ -151,10 +168,11 @@ class MLP(nn.Module):
             dense_layer(dims[i], dims[i + 1], bias=bias, shortcut=shortcut[i], norm=norm,
                         site=sites["block" if dims[i] == dims[i + 1] else "projection"],
                         branch_scale=make_branch_scale(branch_scale, n_res) if shortcut[i]
-                        else None)
+                        else None, activation=activation)
             for i in range(depth - 1)]
         layers.append(dense_layer(width, num_classes, bias=bias, shortcut=False, norm=norm,
-                                  site=sites["head"], branch_scale=None))  # output head
+                                  site=sites["head"], branch_scale=None,
+                                  activation=activation))  # output head
         self.layers = nn.ModuleList(layers)
         self.residual = residual
 
@@ -180,6 +198,12 @@ class MLP(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers[-1](x)
 
+    def response_taps(self) -> list[tuple[str, nn.Module, Response]]:
+        """Every hidden layer: a DenseBlock's Linear output after its norm
+        (``DenseBlock.response``), a bare Linear's own output."""
+        return named_taps(self, [(u, _dense_response if isinstance(u, DenseBlock)
+                                  else output_response) for _, u in self.units()])
+
     def blocks(self) -> list[tuple[str, DenseBlock]]:
         """The residual blocks (those with a shortcut), in network order. Each has
         ``shortcut``, ``branch_scale`` and ``run``/``combine``."""
@@ -188,57 +212,3 @@ class MLP(nn.Module):
 
     def num_shortcuts(self) -> int:
         return len(self.blocks())
-
-
-@dataclass(frozen=True)
-class MLPConfig:
-    depth: int
-    width: int = 256
-    in_features: int = 3 * 32 * 32  # flattened CIFAR image
-    num_classes: int = 10
-    bias: bool = True
-    residual: bool = True
-    norm: str = "none"
-    block: str = "post"
-    branch_scale: str = "one"
-    family: str = "mlp"
-
-    # factor field -> levels, default first (models.layers)
-    FACTORS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "norm": norm_levels("none", "layer", "batch"), "block": BLOCK_LEVELS,
-        "branch_scale": BRANCH_SCALE_LEVELS}
-
-    def __post_init__(self):
-        check_levels(self)
-
-    def build(self) -> MLP:
-        return MLP(depth=self.depth, width=self.width, in_features=self.in_features,
-                   num_classes=self.num_classes, bias=self.bias, residual=self.residual,
-                   norm=self.norm, block=self.block, branch_scale=self.branch_scale)
-
-    def layout(self) -> str:
-        hidden = f"{self.width} x{self.depth - 1}"
-        return (f"{self.in_features} -> {hidden} -> {self.num_classes}, "
-                f"{'bias' if self.bias else 'no bias'}, ReLU{level_suffix(self)}")
-
-    def with_input(self, in_features: int, num_classes: int) -> "MLPConfig":
-        return dataclasses.replace(self, in_features=in_features, num_classes=num_classes)
-
-
-def validate_mlp_depth(depth: int) -> None:
-    if depth < 2:
-        raise ValueError(f"mlp depth {depth} is too small; valid depths are integers >= 2")
-
-
-@register_family("mlp")
-def mlp(*, depth: int, **overrides) -> MLPConfig:
-    validate_mlp_depth(depth)
-    return MLPConfig(depth=depth, **overrides)
-
-
-@register_model("seed_mlp5")
-def seed_mlp5(**overrides) -> MLPConfig:
-    """The seed article's network: 5 bias-free Linear layers, 10 -> 10 x4 -> 1."""
-    kw = dict(depth=5, width=10, in_features=10, num_classes=1, bias=False)
-    kw.update(overrides)
-    return MLPConfig(**kw)

@@ -3,18 +3,31 @@
 Families (``mlp``, ``resnet``) are built from a depth; presets (``seed_mlp5``,
 ``small_resnet18``) are fixed configurations that reproduce the seed articles.
 A duplicate registration raises (torchvision does; timm only warns).
+
+A family registers its config class with it, and the class declares the factor levels
+the family supports (``FACTORS``, ``models.levels``): ``family_factors`` and
+``factor_families`` read those declarations for the factor registry
+(``ablations.factors``). Nothing here imports torch, so reading them does not either.
 """
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-import torch.nn as nn
+from .levels import FactorLevels, level_fields
+
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 # name -> (kind, builder). kind is "family" (needs depth) or "preset".
 _REGISTRY: dict[str, tuple[str, Callable[..., Any]]] = {}
+_CONFIGS: dict[str, type] = {}  # family -> its config class
+
+# What a family's config class must have (models/interface.py): dataclass fields, then
+# class attributes and methods.
+CONFIG_FIELDS = ("family", "depth", "residual", "num_classes")
+CONFIG_PARTS = ("FACTORS", "input_shape", "build", "layout", "with_input")
 
 
 class UnknownModelError(ValueError):
@@ -27,12 +40,33 @@ def _register(name: str, kind: str, builder: Callable[..., Any]) -> None:
     _REGISTRY[name] = (kind, builder)
 
 
-def register_family(name: str):
-    """Register ``builder(depth=..., **overrides) -> config`` for a family."""
+def check_config_class(name: str, config: type) -> None:
+    """TypeError naming what ``config`` lacks of a family's config (models/interface.py)."""
+    fields = {f.name for f in dataclasses.fields(config)} if dataclasses.is_dataclass(
+        config) else set()
+    missing = [f for f in CONFIG_FIELDS if f not in fields] + \
+        [a for a in CONFIG_PARTS if not hasattr(config, a)]
+    if missing:
+        raise TypeError(f"family {name!r}: config class {config.__name__} lacks "
+                        f"{', '.join(missing)} (a family's config: models/interface.py)")
+
+
+def register_family(name: str, config: type):
+    """Register ``builder(depth=..., **overrides) -> config`` for a family whose configs
+    are instances of the class ``config`` (checked: ``check_config_class``)."""
+    check_config_class(name, config)
+
     def deco(builder):
         _register(name, "family", builder)
+        _CONFIGS[name] = config
         return builder
     return deco
+
+
+def unregister(name: str) -> None:
+    """Remove a family or preset (tests that register a toy family clean up with this)."""
+    _REGISTRY.pop(name, None)
+    _CONFIGS.pop(name, None)
 
 
 def register_model(name: str):
@@ -55,6 +89,24 @@ def list_families() -> list[str]:
 
 def list_presets() -> list[str]:
     return list_models(kind="preset")
+
+
+def family_config(family: str) -> type:
+    """The config class of a registered family; UnknownModelError otherwise."""
+    _lookup(family)
+    if family not in _CONFIGS:
+        raise UnknownModelError(f"{family!r} is a preset, not a family")
+    return _CONFIGS[family]
+
+
+def family_factors(family: str) -> dict[str, FactorLevels]:
+    """``factor -> FactorLevels(levels, default)``: what ``family`` declares it supports."""
+    return dict(family_config(family).FACTORS)
+
+
+def factor_families(factor: str) -> tuple[str, ...]:
+    """The registered families that declare ``factor``, sorted."""
+    return tuple(f for f in list_families() if factor in _CONFIGS[f].FACTORS)
 
 
 def _lookup(name: str) -> tuple[str, Callable[..., Any]]:
@@ -90,18 +142,20 @@ def count_params(model: nn.Module) -> int:
 def variant_params(cfg) -> dict[bool, int]:
     """``{residual: parameter count}`` for the plain and residual variants of a config,
     built on the meta device (no memory, no init, no random numbers)."""
+    import torch
     with torch.device("meta"):
         return {r: count_params(dataclasses.replace(cfg, residual=r).build())
                 for r in (False, True)}
 
 
 def level_params(cfg) -> list[tuple[str, str, dict[bool, int]]]:
-    """``(field, level, variant_params)`` for each factor level (``cfg.FACTORS``), one
-    field changed at a time, where the counts differ from ``cfg``'s own."""
+    """``(field, level, variant_params)`` for each level of each level field
+    (``models.levels.level_fields``), one field changed at a time, where the counts
+    differ from ``cfg``'s own."""
     base = variant_params(cfg)
     rows = []
-    for field, levels in cfg.FACTORS.items():
-        for level in levels:
+    for field, decl in level_fields(cfg).items():
+        for level in decl.levels:
             if level != getattr(cfg, field):
                 counts = variant_params(dataclasses.replace(cfg, **{field: level}))
                 if counts != base:

@@ -40,54 +40,39 @@ Factor levels (``models.layers``), defaults first (He et al. 2016's network):
   post blocks), option B; or option A, the stride-2 subsampled input with the new
   channels zero, no parameters, so a residual network has exactly the plain
   network's parameters. A plain network ignores it.
+- ``activation`` relu | gelu: the nonlinearity of every norm-activation (stem, blocks,
+  final; ``models.norm_act``); "relu" above stands for it. Only ReLU runs as the fused
+  kernel (``models.fused``). The conv init keeps He et al.'s ReLU gain at every level,
+  so one seed gives the same weights whatever the activation.
+
+The config (fields, depth rule, declared levels, registration) is
+``models.resnet_config``.
 """
 from __future__ import annotations
-
-import dataclasses
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fused import NormReLUSequential, norm_relu
-from .layers import (BLOCK_LEVELS, BRANCH_SCALE_LEVELS, SHORTCUT_LEVELS, check_level,
-                     check_levels, conv_norm, level_suffix, make_branch_scale,
-                     make_shortcut, norm_levels)
-from .registry import register_family, register_model
-
-IMAGENET_LAYOUTS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
-
-
-def nearest_valid_depths(depth: int) -> list[int]:
-    if depth < 4:
-        return [4]
-    return [depth] if depth % 2 == 0 else [depth - 1, depth + 1]
+from .interface import Network, Response, Unit, named_taps, output_response
+from .layers import make_branch_scale, make_shortcut
+from .levels import (ACTIVATION_LEVELS, BLOCK_LEVELS, BRANCH_SCALE_LEVELS, SHORTCUT_LEVELS,
+                     check_level)
+from .norm_act import NormActSequential, act_fn, conv_norm, norm_act, norm_act_layers
+from .resnet_config import (IMAGENET_LAYOUTS, ResNetConfig, nearest_valid_depths,  # noqa: F401
+                            resnet, resnet_layout, small_resnet18)
 
 
-def resnet_layout(depth: int) -> tuple[int, ...]:
-    """Blocks per stage for a depth (see module docstring for the rule)."""
-    if depth in IMAGENET_LAYOUTS:
-        return IMAGENET_LAYOUTS[depth]
-    if depth < 4 or depth % 2:
-        near = " or ".join(map(str, nearest_valid_depths(depth)))
-        raise ValueError(f"resnet cannot be built at depth {depth}: depth = 2 + 2 x blocks "
-                         f"must be even and >= 4; nearest valid: {near}")
-    blocks = (depth - 2) // 2
-    stages = min(3, blocks)
-    n, rem = divmod(blocks, stages)
-    return tuple(n + (i >= stages - rem) for i in range(stages))
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-norm layers; ``relu(F(x) + shortcut(x))`` or ``relu(F(x))`` when plain."""
+class BasicBlock(Unit):
+    """Two 3x3 conv-norm layers; ``relu(F(x) + shortcut(x))`` or ``relu(F(x))`` when plain
+    (``relu``: the ``activation`` level)."""
 
     preact = False  # the network gives the stem a norm-ReLU and nothing before the pool
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, *, residual: bool,
                  norm: str = "batch", shortcut: str = "projection",
-                 branch_scale: nn.Module | None = None, stage_start: bool = False):
+                 branch_scale: nn.Module | None = None, stage_start: bool = False,
+                 activation: str = "relu"):
         super().__init__()
         make_norm, bias = conv_norm(norm)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=bias)
@@ -101,22 +86,24 @@ class BasicBlock(nn.Module):
             self.shortcut = make_shortcut(shortcut, in_ch, out_ch, stride, norm=norm,
                                           with_norm=True)
         self.branch_scale = branch_scale if residual else None
+        self.activation = check_level("activation", activation, ACTIVATION_LEVELS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # norm_relu(n, v, s) is F.relu(n(v) + s), one fused kernel while training on a CPU
-        out = self.conv2(norm_relu(self.bn1, self.conv1(x)))
+        # norm_act(n, v, s) is act(n(v) + s); a ReLU's is one fused kernel while training
+        act = self.activation
+        out = self.conv2(norm_act(self.bn1, self.conv1(x), act=act))
         if self.shortcut is None:
-            return norm_relu(self.bn2, out)
+            return norm_act(self.bn2, out, act=act)
         if self.branch_scale is not None:
-            return F.relu(self.branch_scale(self.bn2(out)) + self.shortcut(x))
-        return norm_relu(self.bn2, out, self.shortcut(x))
+            return act_fn(act)(self.branch_scale(self.bn2(out)) + self.shortcut(x))
+        return norm_act(self.bn2, out, self.shortcut(x), act=act)
 
     # The block as branch and skip (measurements: signal propagation, lesion study).
     # ``join(*split(x))`` is ``forward(x)``, the same operations in the same order.
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(branch, skip) just before the addition: the branch after its scale, the
         skip ``shortcut(x)``; skip is None for a plain block (no addition)."""
-        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        out = self.bn2(self.conv2(act_fn(self.activation)(self.bn1(self.conv1(x)))))
         if self.shortcut is None:
             return out, None
         if self.branch_scale is not None:
@@ -125,13 +112,17 @@ class BasicBlock(nn.Module):
 
     def join(self, branch: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         """What the block does after the addition: ``relu(branch + skip)``."""
-        return F.relu(branch if skip is None else branch + skip)
+        return act_fn(self.activation)(branch if skip is None else branch + skip)
 
     def lesioned(self, x: torch.Tensor) -> torch.Tensor:
         """The block with its branch deleted (Veit et al. 2016): ``relu(shortcut(x))``,
         exactly the block with a zero branch. A plain block becomes the identity where
         its input and output shapes match; ValueError where they do not."""
         return _lesioned(self, x)
+
+    def responses(self) -> list[nn.Module]:
+        """The norms after its two convs: He et al.'s layer responses."""
+        return [self.bn1, self.bn2]
 
 
 def _lesioned(block, x: torch.Tensor) -> torch.Tensor:
@@ -143,7 +134,7 @@ def _lesioned(block, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class PreActBlock(nn.Module):
+class PreActBlock(Unit):
     """Pre-activation BasicBlock (He et al. 2016b): ``F(x) + shortcut(x)`` with
     ``F = conv(relu(norm(conv(relu(norm(.))))))``; nothing after the addition. A block
     that starts a stage feeds ``relu(norm x)`` to its shortcut too (``both_preact``)."""
@@ -152,7 +143,8 @@ class PreActBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, *, residual: bool,
                  norm: str = "batch", shortcut: str = "projection",
-                 branch_scale: nn.Module | None = None, stage_start: bool = False):
+                 branch_scale: nn.Module | None = None, stage_start: bool = False,
+                 activation: str = "relu"):
         super().__init__()
         make_norm, bias = conv_norm(norm)
         self.bn1 = make_norm(in_ch)
@@ -167,10 +159,12 @@ class PreActBlock(nn.Module):
             self.shortcut = make_shortcut(shortcut, in_ch, out_ch, stride, norm=norm,
                                           with_norm=False)
         self.branch_scale = branch_scale if residual else None
+        self.activation = check_level("activation", activation, ACTIVATION_LEVELS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = norm_relu(self.bn1, x)  # F.relu(self.bn1(x)), fused where it applies
-        out = self.conv2(norm_relu(self.bn2, self.conv1(a)))
+        act = self.activation
+        a = norm_act(self.bn1, x, act=act)  # act(self.bn1(x)), fused where it applies
+        out = self.conv2(norm_act(self.bn2, self.conv1(a), act=act))
         if self.shortcut is None:
             return out
         if self.branch_scale is not None:
@@ -179,12 +173,13 @@ class PreActBlock(nn.Module):
 
     def preact_input(self, x: torch.Tensor) -> torch.Tensor:
         """What the shortcut reads: ``relu(norm x)`` for a stage's first block, else x."""
-        return F.relu(self.bn1(x)) if self.share_preact else x
+        return act_fn(self.activation)(self.bn1(x)) if self.share_preact else x
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(branch, skip) just before the addition (see ``BasicBlock.split``)."""
-        a = F.relu(self.bn1(x))
-        out = self.conv2(F.relu(self.bn2(self.conv1(a))))
+        act = act_fn(self.activation)
+        a = act(self.bn1(x))
+        out = self.conv2(act(self.bn2(self.conv1(a))))
         if self.shortcut is None:
             return out, None
         if self.branch_scale is not None:
@@ -200,14 +195,22 @@ class PreActBlock(nn.Module):
         for a stage's first block); a plain block: identity where shapes match."""
         return _lesioned(self, x)
 
+    def responses(self) -> list[nn.Module]:
+        """The second norm and the last conv: the branch's weight layers' responses
+        (the first conv's output is normalized by ``bn2``)."""
+        return [self.bn2, self.conv2]
 
-BLOCKS = {"post": BasicBlock, "pre": PreActBlock}  # keys: models.layers.BLOCK_LEVELS
+
+BLOCKS = {"post": BasicBlock, "pre": PreActBlock}  # keys: models.levels.BLOCK_LEVELS
 
 
-class ResNet(nn.Module):
+class ResNet(Network):
+    memory_format = torch.channels_last  # conv nets train channels_last (ablations.train)
+
     def __init__(self, *, layout: tuple[int, ...], base_width: int, num_classes: int,
                  in_channels: int, residual: bool, norm: str = "batch", block: str = "post",
-                 branch_scale: str = "one", shortcut: str = "projection"):
+                 branch_scale: str = "one", shortcut: str = "projection",
+                 activation: str = "relu"):
         super().__init__()
         block_cls = BLOCKS[check_level("block", block, BLOCK_LEVELS)]
         check_level("branch_scale", branch_scale, BRANCH_SCALE_LEVELS)
@@ -216,7 +219,7 @@ class ResNet(nn.Module):
         self.residual = residual
         stem = nn.Conv2d(in_channels, base_width, 3, 1, 1, bias=bias)
         self.stem = nn.Sequential(stem) if block_cls.preact else \
-            NormReLUSequential(stem, make_norm(base_width), nn.ReLU(inplace=True))
+            NormActSequential(stem, *norm_act_layers(norm, activation, base_width, inplace=True))
         self.stage_names = []
         ch = base_width
         for i, n in enumerate(layout):
@@ -225,14 +228,16 @@ class ResNet(nn.Module):
             blocks = [block_cls(ch if j == 0 else out_ch, out_ch, stride if j == 0 else 1,
                                 residual=residual, norm=norm, shortcut=shortcut,
                                 branch_scale=make_branch_scale(branch_scale, sum(layout))
-                                if residual else None, stage_start=j == 0)
+                                if residual else None, stage_start=j == 0,
+                                activation=activation)
                       for j in range(n)]
             name = f"layer{i + 1}"
             self.add_module(name, nn.Sequential(*blocks))
             self.stage_names.append(name)
             ch = out_ch
         # pre-activation: the last blocks' sum is normalized and rectified before the pool
-        self.final = NormReLUSequential(make_norm(ch), nn.ReLU()) if block_cls.preact else None
+        self.final = NormActSequential(*norm_act_layers(norm, activation, ch)) \
+            if block_cls.preact else None
         self.fc = nn.Linear(ch, num_classes)
         for m in self.modules():  # He et al. 2015 (arXiv 1502.01852) init, as torchvision
             if isinstance(m, nn.Conv2d):
@@ -242,6 +247,7 @@ class ResNet(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
 
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, n) for n in self.stage_names]
@@ -279,62 +285,15 @@ class ResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
     def first_block(self) -> nn.Module:
+        """The first block: its output maps are kept for one test image."""
         return self.stages()[0][0]
+
+    def response_taps(self) -> list[tuple[str, nn.Module, Response]]:
+        """He et al. 2016, Fig. 7: the stem's norm (its conv on a pre-activation net),
+        then each block's ``responses()``; each module's own output."""
+        first = self.stem[1] if len(self.stem) > 1 else self.stem[0]
+        found = [first] + [m for _, unit in self.units() for m in unit.responses()]
+        return named_taps(self, [(m, output_response) for m in found])
 
     def num_shortcuts(self) -> int:
         return len(self.blocks())
-
-
-@dataclass(frozen=True)
-class ResNetConfig:
-    depth: int
-    base_width: int = 16
-    num_classes: int = 10
-    in_channels: int = 3
-    residual: bool = True
-    norm: str = "batch"
-    block: str = "post"
-    branch_scale: str = "one"
-    shortcut: str = "projection"
-    family: str = "resnet"
-
-    # factor field -> levels, default first (models.layers)
-    FACTORS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "norm": norm_levels("batch", "layer", "none"), "block": BLOCK_LEVELS,
-        "branch_scale": BRANCH_SCALE_LEVELS, "shortcut": SHORTCUT_LEVELS}
-
-    def __post_init__(self):
-        check_levels(self)
-
-    def layout_blocks(self) -> tuple[int, ...]:
-        return resnet_layout(self.depth)
-
-    def build(self) -> ResNet:
-        return ResNet(layout=self.layout_blocks(), base_width=self.base_width,
-                      num_classes=self.num_classes, in_channels=self.in_channels,
-                      residual=self.residual, norm=self.norm, block=self.block,
-                      branch_scale=self.branch_scale, shortcut=self.shortcut)
-
-    def layout(self) -> str:
-        blocks = self.layout_blocks()
-        widths = [self.base_width * 2 ** i for i in range(len(blocks))]
-        return (f"stem 3x3/{self.base_width}, BasicBlocks {list(blocks)} "
-                f"widths {widths}, fc {self.num_classes}{level_suffix(self)}")
-
-    def with_input(self, in_features: int, num_classes: int) -> "ResNetConfig":
-        return dataclasses.replace(self, num_classes=num_classes)
-
-
-@register_family("resnet")
-def resnet(*, depth: int, **overrides) -> ResNetConfig:
-    resnet_layout(depth)  # validate now, with the nearest valid depths in the message
-    return ResNetConfig(depth=depth, **overrides)
-
-
-@register_model("small_resnet18")
-def small_resnet18(**overrides) -> ResNetConfig:
-    """The seed article's SmallResNet-18: 3 stages x 2 BasicBlocks, 16/32/64, 175,258
-    parameters. By He et al.'s count (stem + 2 x 6 blocks + fc) it is 14 layers deep."""
-    kw = dict(depth=14, base_width=16)
-    kw.update(overrides)
-    return ResNetConfig(**kw)

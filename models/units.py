@@ -1,35 +1,38 @@
 """A network as ``stem``, units, ``head``: what the measurements read (lesion study,
 signal propagation) without knowing the family.
 
-Every family's model has ``stem(x)``, ``units() -> [(name, module)]`` in network
-order and ``head(x)``, with ``forward(x) == head(units[-1](...units[0](stem(x))))``.
-A unit is a block, residual or plain. The functions below read any unit, including a
-bare ``nn.Linear`` (an MLP's pre-activation projection layer): it has no skip and
-never keeps its shape.
+Every family's network (``models.interface.Network``) has ``stem(x)``,
+``units() -> [(name, module)]`` in network order and ``head(x)``, with
+``forward(x) == head(units[-1](...units[0](stem(x))))``. A unit is a
+``models.interface.Unit`` (a block, residual or plain) or a bare layer (an MLP's
+pre-activation projection, a bare ``nn.Linear``), which has no skip and never keeps
+its shape. The functions below read either.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
+from .interface import Unit
+
 
 def split(unit: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(branch, skip) just before the addition; skip None where the unit has none."""
-    return unit.split(x) if hasattr(unit, "split") else (unit(x), None)
+    return unit.split(x) if isinstance(unit, Unit) else (unit(x), None)
 
 
 def join(unit: nn.Module, branch: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
     """The unit's output from its branch and skip: ``join(u, *split(u, x)) == u(x)``."""
-    return unit.join(branch, skip) if hasattr(unit, "join") else branch
+    return unit.join(branch, skip) if isinstance(unit, Unit) else branch
 
 
 def keeps_shape(unit: nn.Module) -> bool:
     """Whether the unit's output has its input's shape (a plain unit can be deleted)."""
-    return bool(getattr(unit, "keeps_shape", False))
+    return isinstance(unit, Unit) and bool(unit.keeps_shape)
 
 
 def has_skip(unit: nn.Module) -> bool:
-    return getattr(unit, "shortcut", None) not in (None, False)
+    return isinstance(unit, Unit) and unit.shortcut is not None and unit.shortcut is not False
 
 
 def deletable(unit: nn.Module) -> bool:
@@ -40,7 +43,7 @@ def deletable(unit: nn.Module) -> bool:
 
 def lesioned(unit: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The unit with its branch deleted (Veit et al. 2016); ValueError if not deletable."""
-    if not hasattr(unit, "lesioned"):
+    if not isinstance(unit, Unit):
         raise ValueError(f"{type(unit).__name__} has no identity to fall back to")
     return unit.lesioned(x)
 

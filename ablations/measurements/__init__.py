@@ -1,26 +1,28 @@
 """Measurements of kept networks, as registered units: one file each.
 
 A measurement is a name, when it runs (``init``: the network as initialized, from
-the trial's seed; ``final``: the trained network), a cost class, a function
-``fn(model, data, trial) -> tidy DataFrame`` and the figures and tables drawn
-from its results, registered beside it. Its rows get the trial's key columns
-(``ablations.results.factor_columns()``) and ``when`` added by the framework and
-go to ``RESULTS/measurements/<name>.parquet``; the report shows its figures and
-tables when that file is there.
+the trial's seed; ``final``: the trained network), a cost class and a function
+``fn(model, data, trial) -> tidy DataFrame``: numbers only. Its rows get the trial's
+key columns (``ablations.results.factor_columns()``) and ``when`` added by the
+framework and go to ``RESULTS/measurements/<name>.parquet``. The figures and tables
+drawn from that file are its view, in ``analysis.views`` (matched by name); the
+report shows them when the file is there.
 
-This module and every measurement module import no torch at module level: the
-report (``analysis``) reads the figures and tables registered here without
-torch. A measurement's ``fn`` imports torch inside.
+This module and every measurement module import no torch at module level (the
+report reads the registry without torch; a measurement's ``fn`` imports torch
+inside), and no plotting library and nothing of ``analysis``: a training worker
+that measures loads neither.
 
 Adding a measurement = one file in this folder (see README "Adding a
-measurement"), listed in ``BUILTINS``, or any module that calls ``register``.
+measurement"), listed in ``BUILTINS``, or any module that calls ``register``; its
+view = one module in ``analysis/views/`` or ``analysis.views.register_view``.
 """
 from __future__ import annotations
 
 import importlib
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -44,24 +46,6 @@ class MeasureData:
 
 
 @dataclass(frozen=True)
-class FigureSpec:
-    """A figure drawn from the measurement's merged results: ``draw(df, look) -> Figure``
-    (``analysis.style.Look``); ``df`` has the trial key columns, ``when`` and the
-    measurement's own columns, rows of every trial."""
-    name: str
-    draw: Callable[..., Any]
-    caption: str
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """A table: ``make(df) -> DataFrame`` (None or empty: nothing to show)."""
-    name: str
-    make: Callable[[pd.DataFrame], pd.DataFrame | None]
-    caption: str
-
-
-@dataclass(frozen=True)
 class Measurement:
     name: str
     when: tuple[str, ...]
@@ -69,8 +53,6 @@ class Measurement:
     fn: Callable[..., pd.DataFrame]
     summary: str                       # one line: what it measures (help, docs)
     default: bool = False              # in the default ``--measure`` set
-    figures: tuple[FigureSpec, ...] = field(default=())
-    tables: tuple[TableSpec, ...] = field(default=())
 
     def __post_init__(self):
         if not self.when or any(w not in WHEN for w in self.when):
@@ -98,11 +80,19 @@ def unregister(name: str) -> None:
 
 
 def load_builtins() -> None:
-    """Import the built-in measurement modules (each registers itself) once."""
+    """Import the built-in measurement modules (each registers itself) once. The
+    registry then lists the built-in measurements in ``BUILTINS`` order whichever
+    module was imported first (a view in ``analysis.views`` imports its measurement's
+    module for the column names), then the others in the order registered."""
     global _loaded
     if not _loaded:
         for mod in BUILTINS:  # an import that fails raises, and the next call tries again
             importlib.import_module(f"{__name__}.{mod}")
+        rank = {f"{__name__}.{mod}": i for i, mod in enumerate(BUILTINS)}
+        ordered = sorted(_REGISTRY.values(),  # stable: registration order within a rank
+                         key=lambda m: rank.get(m.fn.__module__, len(BUILTINS)))
+        _REGISTRY.clear()
+        _REGISTRY.update((m.name, m) for m in ordered)
         _loaded = True
 
 

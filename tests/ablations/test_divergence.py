@@ -1,4 +1,4 @@
-"""Divergence that stays finite (ablations.train.diverged_reason), for trials and for
+"""Divergence that stays finite (ablations.evaluation.diverged_reason), for trials and for
 tuning samples, and the budget every train row records (steps, schedule_steps)."""
 import math
 
@@ -8,7 +8,8 @@ import pytest
 from ablations import results
 from ablations.plan import expand
 from ablations.spec import AblationSpec, TrainSettings
-from ablations.train import EXPLODE_FACTOR, diverged_reason, run_train_trial
+from ablations.evaluation import EXPLODE_FACTOR, diverged_reason
+from ablations.train import run_train_trial
 from tests.ablations.test_train import Recorder
 
 

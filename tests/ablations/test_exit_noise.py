@@ -4,7 +4,7 @@ import subprocess
 import sys
 import textwrap
 
-from ablations.runner import ExitNoiseFilter
+from ablations.exit_noise import ExitNoiseFilter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -54,8 +54,8 @@ def test_block_split_across_batches_is_held_until_its_end():
 SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
-    from ablations import runner
-    runner.connect(None)
+    from ablations import cluster
+    cluster.connect(None)
     import ray
 
     @ray.remote(num_cpus=0)
@@ -66,7 +66,7 @@ SCRIPT = textwrap.dedent("""
     ray.get(noisy.remote({noise!r}))
     ray.get(noisy.remote({real!r}))
     time.sleep(3)  # let Ray's log monitor forward both
-    runner.disconnect()
+    cluster.disconnect()
 """)
 
 

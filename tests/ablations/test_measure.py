@@ -272,14 +272,14 @@ def test_sweep_measure_flags_bad_input(tmp_path, argv, expected):
 
 
 def test_sweep_flags_resolve_to_the_spec():
-    import sweep
-    parse = sweep.build_parser().parse_args
-    spec = sweep.spec_from_args(parse(["--measure", "none", "--keep-weights", "all"]))
+    from ablations.arguments import build_parser, spec_from_args
+    parse = build_parser().parse_args
+    spec = spec_from_args(parse(["--measure", "none", "--keep-weights", "all"]))
     assert spec.measure == () and spec.keep_weights == "all"
-    spec = sweep.spec_from_args(parse([]))
+    spec = spec_from_args(parse([]))
     assert spec.measure is None and spec.keep_weights == "final"
     assert resolve_measure(spec).measure == tuple(measurements.defaults())
-    probe = sweep.spec_from_args(parse(["--mode", "probe"]))
+    probe = spec_from_args(parse(["--mode", "probe"]))
     assert resolve_measure(probe).measure == ()
     old = spec_from_dict({"mode": "train"})  # spec.json of a sweep before measurements
     assert old.measure == () and old.keep_weights == "none"
@@ -295,3 +295,13 @@ def test_where_selects_the_trials_to_measure():
     assert _where(rows, ["seed=0", "depth=8"]) == {"c"}
     with pytest.raises(SpecError, match="no such trials; present: 0, 1"):
         _where(rows, ["seed=5"])
+
+
+def test_a_report_that_cannot_be_built_is_one_warning(tmp_path, capsys):
+    """The report is rebuilt by ``python -m analysis`` in a child process (ablations never
+    imports analysis); its failure is a warning and a note, never a crash."""
+    from ablations.measure import rebuild_report
+    assert rebuild_report(tmp_path / "missing") == "report not built"
+    err = capsys.readouterr().err
+    assert "warning: the report could not be built (python -m analysis exited with 2)" in err
+    assert f"rebuild it with: python -m analysis {tmp_path / 'missing'}" in err

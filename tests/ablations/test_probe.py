@@ -52,7 +52,8 @@ from ablations import probe  # noqa: E402
 from ablations.probe import can_batch, check_probe_batch, probe_mlp_variants  # noqa: E402
 from models.mlp import MLPConfig  # noqa: E402
 
-LEVELS = list(itertools.product(*MLPConfig.FACTORS.values()))  # norm x block x branch_scale
+LEVELS = list(itertools.product(*(MLPConfig.FACTORS[f].levels
+                                   for f in ("norm", "block", "branch_scale"))))
 
 
 @pytest.fixture

@@ -117,9 +117,9 @@ def test_step_seconds_times_a_real_step_of_each_family(monkeypatch):
 
 
 def test_estimate_is_keyed_by_cell_with_factor_levels():
-    import sweep
+    from ablations.arguments import build_parser, spec_from_args
     from ablations.plan import expand
-    spec = sweep.spec_from_args(sweep.build_parser().parse_args(
+    spec = spec_from_args(build_parser().parse_args(
         ["--families", "mlp", "--depths", "4", "--norm", "none,layer", "--dataset",
          "synthetic", "--batch-size", "16", "--threads", "1"]))
     trials, _ = expand(spec)

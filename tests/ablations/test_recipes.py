@@ -10,9 +10,8 @@ import sys
 import pytest
 import torch
 
-import sweep
-from ablations import recipes
-from ablations.plan import expand
+from ablations import arguments, recipes
+from ablations.plan import expand, settings_line
 from ablations.spec import AblationSpec, SpecError, TrainSettings, spec_from_dict, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -20,7 +19,7 @@ DATA = os.path.abspath("data")
 
 
 def spec_of(argv):
-    return sweep.spec_from_args(sweep.build_parser().parse_args(argv))
+    return arguments.spec_from_args(arguments.build_parser().parse_args(argv))
 
 
 def test_he2016_resolves_to_the_papers_recipe_scaled_to_the_training_set():
@@ -132,22 +131,22 @@ def test_seeds_default_per_mode_and_smoke_keeps_one():
     assert spec_of(["--seeds", "5", "--mode", "probe"]).seeds == 5
     smoke = spec_of(["--smoke"])
     assert smoke.seeds == 1
-    assert "1 seed(s) per cell (--smoke)" in sweep.settings_line(smoke)
-    assert "3 seed(s) per cell" in sweep.settings_line(spec_of(["--depths", "8"]))
+    assert "1 seed(s) per cell (--smoke)" in settings_line(smoke)
+    assert "3 seed(s) per cell" in settings_line(spec_of(["--depths", "8"]))
 
 
 def test_settings_line_names_the_recipe_and_the_share_of_its_schedule():
-    line = sweep.settings_line(spec_of(["--families", "resnet", "--depths", "20", "--recipe",
+    line = settings_line(spec_of(["--families", "resnet", "--depths", "20", "--recipe",
                                         "he2016", "--epochs", "89"]))
     assert line.startswith("recipe he2016: lr 0.1, momentum 0.9, weight decay 0.0001 on every "
                            "parameter, batch 128, 89 epoch(s) = 3204 steps (50% of the "
                            "recipe's 6400), x0.1 after epochs 44,67, zero-padded")
     assert "zero-padded crops, pixel-mean normalization; --branch-scale one, --shortcut pad" \
         in line
-    deep = sweep.settings_line(spec_of(["--families", "resnet", "--depths", "20,110",
+    deep = settings_line(spec_of(["--families", "resnet", "--depths", "20,110",
                                         "--recipe", "he2016"]))
     assert "x0.1 after epochs 89,133, lr x0.1 for 40 steps at depth >= 110, zero" in deep
-    assert "no lr drops" in sweep.settings_line(spec_of(["--depths", "8", "--milestones", ""]))
+    assert "no lr drops" in settings_line(spec_of(["--depths", "8", "--milestones", ""]))
 
 
 def test_an_old_spec_json_without_recipe_loads_as_the_seed_recipe():

@@ -6,15 +6,15 @@ import sys
 
 import pytest
 
-import sweep
+from ablations import arguments, resume
 from ablations.plan import expand, group_by_cell
-from ablations.spec import AblationSpec, SpecError, validate
+from ablations.spec import AblationSpec, Execution, SpecError, Study, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def spec_of(argv):
-    return sweep.spec_from_args(sweep.build_parser().parse_args(argv))
+    return arguments.spec_from_args(arguments.build_parser().parse_args(argv))
 
 
 def test_defaults_are_the_products_main_command():
@@ -151,12 +151,12 @@ def test_explicit_milestones_are_kept_and_checked():
     ((16, 1, 16, 1), 10, (3, 0.5), (3, 0.5)),       # explicit requests are kept
 ])
 def test_plan_resources_defaults_use_every_cpu_and_gpu(res, units, asked, expected):
-    from ablations.runner import plan_resources
+    from ablations.cluster import plan_resources
     assert plan_resources(*res, units, *asked) == expected
 
 
 def test_plan_resources_refuses_what_no_node_has():
-    from ablations.runner import plan_resources
+    from ablations.cluster import plan_resources
     with pytest.raises(SpecError, match="--gpus-per-trial 2: the Ray cluster has no GPU"):
         plan_resources(2, 0, 2, 0, 4, None, 2)
     with pytest.raises(SpecError, match="at most 1 GPU"):
@@ -179,31 +179,31 @@ def test_prewarm_only_when_every_cpu_runs_a_trial(monkeypatch, cpus, gpus, units
     import ray._private.utils
     import torch
 
-    from ablations import runner
+    from ablations import cluster
     monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda: cpus)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     monkeypatch.delenv("RESABLATE_PREWARM", raising=False)
     spec = AblationSpec(cpus_per_trial=asked[0], gpus_per_trial=asked[1])
-    assert runner.plan_local(spec, units) is expected
+    assert cluster.plan_local(spec, units) is expected
     monkeypatch.setenv("RESABLATE_PREWARM", "0")
-    assert runner.plan_local(spec, units) is False
+    assert cluster.plan_local(spec, units) is False
     monkeypatch.delenv("RESABLATE_PREWARM")
     import dataclasses
-    assert runner.plan_local(dataclasses.replace(spec, address="auto"), units) is False
+    assert cluster.plan_local(dataclasses.replace(spec, address="auto"), units) is False
 
 
 def test_plan_local_refuses_what_this_machine_lacks_even_without_prewarm(monkeypatch):
     import ray._private.utils
     import torch
 
-    from ablations import runner
+    from ablations import cluster
     monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda: 2)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.setenv("RESABLATE_PREWARM", "0")
     with pytest.raises(SpecError, match="--gpus-per-trial 2: the Ray cluster has no GPU"):
-        runner.plan_local(AblationSpec(gpus_per_trial=2), 4)
+        cluster.plan_local(AblationSpec(gpus_per_trial=2), 4)
     with pytest.raises(SpecError, match=r"--cpus-per-trial 3: no node .*\(largest: 2\)"):
-        runner.plan_local(AblationSpec(cpus_per_trial=3), 4)
+        cluster.plan_local(AblationSpec(cpus_per_trial=3), 4)
 
 
 def test_stored_spec_round_trips_through_json(tmp_path):
@@ -227,8 +227,8 @@ def _stored_sweep(tmp_path, argv, name="x"):
 
 def _resume(tmp_path, argv):
     argv = [*argv, "--out", str(tmp_path)]
-    parser = sweep.build_parser()
-    return sweep.stored_spec(parser.parse_args(argv), parser, argv)
+    parser = arguments.build_parser()
+    return resume.stored_spec(parser.parse_args(argv), arguments.given_flags(parser, argv))
 
 
 ORIGINAL = ["--families", "mlp", "--depths", "4,5", "--mode", "train", "--dataset", "synthetic",
@@ -303,7 +303,7 @@ def test_plan_does_not_cross_a_factor_where_it_does_not_apply():
 
 
 def test_device_cuda_without_a_gpu_per_trial_is_one_line():
-    from ablations.runner import check_device
+    from ablations.cluster import check_device
     check_device("cuda", 1.0, 0.25)
     check_device("cpu", 0.0, 0.0)
     check_device("auto", 0.0, 0.0)
@@ -312,3 +312,67 @@ def test_device_cuda_without_a_gpu_per_trial_is_one_line():
         check_device("cuda", 0.0, 0.0)
     with pytest.raises(SpecError, match=r"--gpus-per-trial 0 gives the trials no GPU"):
         check_device("cuda", 2.0, 0.0)
+
+
+# spec.json's "spec" as sweeps wrote it before the spec was split into Study and Execution
+BEFORE_SPLIT = json.loads(
+    '{"families": ["mlp", "resnet"], "depths": [4, 6], "residual": "both", "models": [], '
+    '"mode": "train", "seeds": 3, "recipe": "default", "out": "/tmp/r", "name": "fixed", '
+    '"wandb": "disabled", "smoke": false, "probe_batch": 1, "cpus_per_trial": 1, '
+    '"gpus_per_trial": 0.0, "address": null, "storage": null, "max_failures": 2, "tune": [], '
+    '"samples": 8, "tune_ranges": [], "factors": [["branch_scale", ["zero"]]], '
+    '"family_factors": [["mlp", [["norm", ["layer"]], ["block", ["pre"]]]]], '
+    '"measure": ["lesion", "shattering", "responses", "signal"], "keep_weights": "final", '
+    '"train": {"dataset": "synthetic", "data_root": "/tmp/data", "subset": 512, '
+    '"val_fraction": 0.1, "epochs": 2, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0005, '
+    '"batch_size": 128, "milestones": [1], "stats_every": 4, "threads": null, '
+    '"device": "auto", "precision": "auto", "compile": false, "warmup_epochs": 0, '
+    '"decay": "weights", "pad_mode": "reflect", "normalize": "channel", '
+    '"constant_warmup_steps": 0, "constant_warmup_depth": 0}}')
+
+
+def test_spec_is_its_study_and_its_execution():
+    spec = spec_of(["--depths", "4,6", "--norm", "none", "--cpus-per-trial", "2", "--name", "n"])
+    study, execution = {f.name for f in dataclasses.fields(Study)}, \
+        {f.name for f in dataclasses.fields(Execution)}
+    assert not study & execution
+    assert study | execution == {f.name for f in dataclasses.fields(AblationSpec)}
+    assert spec.study.depths == (4, 6) and spec.execution.cpus_per_trial == 2
+    assert AblationSpec.of(spec.study, spec.execution) == spec
+    assert spec.execution.run_dir == spec.run_dir == os.path.join("results", "n")
+
+
+def test_spec_json_keeps_its_keys_values_and_order():
+    from ablations.spec import spec_from_dict, spec_to_dict
+    spec = spec_from_dict(BEFORE_SPLIT)
+    # written again, byte for byte what the sweep wrote before the split
+    assert json.dumps(spec_to_dict(spec)) == json.dumps(BEFORE_SPLIT)
+    assert spec.family_factors == (("mlp", (("norm", ("layer",)), ("block", ("pre",)))),)
+    fresh = spec_of(["--tune", "lr", "--depths", "5"])
+    assert spec_from_dict(json.loads(json.dumps(spec_to_dict(fresh)))) == fresh
+
+
+def test_every_flag_is_an_execution_or_a_study_flag():
+    """A flag typed with --resume is either one that may change, the sweep's --name, or a
+    study flag whose stored value can be compared (once, --wandb-report was none)."""
+    parser = arguments.build_parser()
+    spec = spec_of([])
+    for action in parser._actions:
+        dest = action.dest
+        if dest in resume.EXECUTION_FLAGS | resume.INVOCATION_FLAGS | {"help", "name"}:
+            continue
+        resume.study_value(spec.study, dest)  # AttributeError for a flag of neither kind
+    assert resume.EXECUTION_FLAGS == {"out", "wandb", "cpus_per_trial", "gpus_per_trial",
+                                      "address", "storage", "max_failures", "resume",
+                                      "retry_failed", "wandb_report"}
+
+
+def test_resume_takes_the_execution_flags_typed_now(tmp_path):
+    stored = _stored_sweep(tmp_path, [*ORIGINAL, "--max-failures", "5", "--cpus-per-trial",
+                                      "2"])
+    spec, _ = _resume(tmp_path, ["--resume", "x", "--wandb-report", "team/project"])
+    assert spec == dataclasses.replace(stored, out=str(tmp_path))  # nothing typed: stored
+    spec, _ = _resume(tmp_path, ["--resume", "x", "--max-failures", "2", "--storage", "st",
+                                 "--address", "auto"])
+    assert spec.max_failures == 2 and spec.cpus_per_trial == 2 and spec.address == "auto"
+    assert spec.storage == os.path.abspath("st") and spec.study == stored.study

@@ -1,4 +1,5 @@
-"""Adding a factor = its registry entry + the model code: a toy factor registered here
+"""Adding a factor = its registry entry + the families' declarations (+ the model code
+that reads it): a toy factor registered here, and declared by the MLP family only,
 reaches the CLI, the plan, trial ids, trials.parquet, layers.parquet, the statistics,
 the contrasts and a figure's legend without any other change."""
 import dataclasses
@@ -8,18 +9,25 @@ import pytest
 
 import sweep
 from ablations import factors, results
-from ablations.factors import Factor, _levels
+from ablations.arguments import spec_from_args
+from ablations.factors import Factor, styled_levels
 from ablations.plan import expand
 from ablations.trial import run_group
+from models.levels import FactorLevels
+from models.mlp import MLPConfig
 
 
 @pytest.fixture
-def toy():
-    # "width_mult": no model field of that name; configure maps it onto the MLP's width
+def toy(monkeypatch):
+    # "width_mult": no model field of that name; configure maps it onto the MLP's width.
+    # The MLP family declares it (levels and default); the registry entry names no family.
+    monkeypatch.setitem(MLPConfig.FACTORS, "width_mult", FactorLevels.of(("x1", "x2")))
     f = factors.register(Factor(
-        name="width_mult", label="width", tag="w", levels=_levels(("x1", "x1"), ("x2", "x2")),
-        baseline="x1", default={"mlp": "x1"}, families=("mlp",), help="toy: MLP width x1/x2",
+        name="width_mult", label="width", tag="w",
+        levels=styled_levels(("x1", "x1"), ("x2", "x2")), baseline="x1",
+        help="toy: MLP width x1/x2",
         configure=lambda cfg, lv: dataclasses.replace(cfg, width=cfg.width * int(lv[1:]))))
+    assert f.families == ("mlp",) and f.default == {"mlp": "x1"}
     yield f
     factors.unregister("width_mult")
 
@@ -27,7 +35,7 @@ def toy():
 def test_a_toy_factor_flows_from_the_flag_to_a_figure(toy, tmp_path):
     argv = ["--families", "mlp", "--depths", "3", "--width-mult", "x1,x2", "--mode", "probe",
             "--seeds", "3", "--out", str(tmp_path), "--name", "toy", "--wandb", "disabled"]
-    spec = sweep.spec_from_args(sweep.build_parser().parse_args(argv))
+    spec = spec_from_args(sweep.build_parser().parse_args(argv))
     trials, skipped = expand(spec)
     assert not skipped
     ids = sorted(t.trial_id for t in trials)

@@ -21,7 +21,7 @@ import time
 import pandas as pd
 import pytest
 
-from ablations import tracking
+from ablations import tracking, wandb_log, wandb_mode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -113,26 +113,26 @@ def refusing(monkeypatch):
 # ---------------------------------------------------------------- modes and credentials
 
 def test_auto_is_offline_without_credentials(env):
-    assert not tracking.has_credentials()
-    mode, why = tracking.resolve_mode("auto", "res/a")
+    assert not wandb_mode.has_credentials()
+    mode, why = wandb_mode.resolve_mode("auto", "res/a")
     assert mode == "offline" and "no W&B credentials" in why
     assert "wandb sync res/a/wandb/offline-run-*" in why
     for mode in ("offline", "disabled"):
-        assert tracking.resolve_mode(mode).mode == mode
+        assert wandb_mode.resolve_mode(mode).mode == mode
     # forced online without a key: tracking degrades, it does not stop the sweep
-    mode, why = tracking.resolve_mode("online")
+    mode, why = wandb_mode.resolve_mode("online")
     assert mode == "offline" and why.startswith("--wandb online but no W&B credentials")
 
 
 def test_auto_is_online_with_an_api_key_and_a_server_that_answers(env, monkeypatch,
                                                                   answering):
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
-    assert tracking.has_credentials()
-    assert tracking.resolve_mode("auto") == ("online",
-                                             f"credentials found and {answering.url} answers")
-    assert tracking.resolve_mode("online").mode == "online"
+    assert wandb_mode.has_credentials()
+    assert wandb_mode.resolve_mode("auto") == ("online",
+                                               f"credentials found and {answering.url} answers")
+    assert wandb_mode.resolve_mode("online").mode == "online"
     monkeypatch.setenv("WANDB_API_KEY", "  ")
-    assert tracking.resolve_mode("auto").mode == "offline"
+    assert wandb_mode.resolve_mode("auto").mode == "offline"
 
 
 def test_auto_is_offline_when_the_server_never_answers(env, monkeypatch, silent_server,
@@ -140,7 +140,7 @@ def test_auto_is_offline_when_the_server_never_answers(env, monkeypatch, silent_
     """The outage that made every trial fail: a key, and no answer from the server."""
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     t0 = time.perf_counter()
-    mode, why = tracking.resolve_mode("auto", "res/a")
+    mode, why = wandb_mode.resolve_mode("auto", "res/a")
     seconds = time.perf_counter() - t0
     assert mode == "offline"
     assert why == (f"credentials found, but no answer from {silent_server} within 3 s; "
@@ -153,7 +153,7 @@ def test_auto_is_offline_when_the_server_never_answers(env, monkeypatch, silent_
 def test_auto_is_offline_at_once_when_the_server_refuses(env, monkeypatch, refusing):
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     t0 = time.perf_counter()
-    mode, why = tracking.resolve_mode("auto")
+    mode, why = wandb_mode.resolve_mode("auto")
     assert mode == "offline" and time.perf_counter() - t0 < 2
     assert f"no answer from {refusing} (Connection refused)" in why
 
@@ -161,30 +161,30 @@ def test_auto_is_offline_at_once_when_the_server_refuses(env, monkeypatch, refus
 def test_server_check_counts_any_http_answer(env):
     server = Server(status=404)  # an API root need not say 200
     try:
-        assert tracking.server_problem(server.url) is None
+        assert wandb_mode.server_problem(server.url) is None
     finally:
         server.close()
-    assert "no answer" in tracking.server_problem("http://127.0.0.1:1", timeout=1)
+    assert "no answer" in wandb_mode.server_problem("http://127.0.0.1:1", timeout=1)
 
 
 def test_netrc_entry_for_the_wandb_host_is_detected(env, tmp_path, monkeypatch):
     write_netrc(env / ".netrc", "api.wandb.ai")  # ~/.netrc
-    assert tracking.has_credentials()
+    assert wandb_mode.has_credentials()
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # another host
-    assert not tracking.has_credentials()
+    assert not wandb_mode.has_credentials()
     other = tmp_path / "other-netrc"
     write_netrc(other, "wandb.example.org")
     monkeypatch.setenv("NETRC", str(other))
-    assert tracking.has_credentials()
+    assert wandb_mode.has_credentials()
     other.write_text("default login user password secret\n")  # not a W&B entry
-    assert not tracking.has_credentials()
+    assert not wandb_mode.has_credentials()
     other.write_text("machine wandb.example.org login user password\n")  # no key
-    assert not tracking.has_credentials()
+    assert not wandb_mode.has_credentials()
 
 
 def test_invalid_mode_names_the_choices(env, tmp_path):
     with pytest.raises(ValueError, match="auto, online, offline, disabled"):
-        tracking.resolve_mode("cloud")
+        wandb_mode.resolve_mode("cloud")
     with pytest.raises(ValueError, match="auto, online, offline, disabled"):
         tracking.TrialTracker("cloud", str(tmp_path), "g", "t", {})
 
@@ -196,7 +196,7 @@ def test_online_without_credentials_logs_offline_with_a_warning(env, tmp_path, c
     t.finish({"status": "completed"})
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("warning: W&B: t: no W&B credentials; logging offline")
-    run = tracking.read_offline_run(t.run_path)
+    run = wandb_log.read_offline_run(t.run_path)
     assert run["history"][0]["loss"] == 0.5 and run["summary"]["status"] == "completed"
 
 
@@ -279,7 +279,7 @@ def test_offline_trials_in_one_process_are_read_back_from_disk(env, tmp_path):
     assert tracking.sync_command(tmp_path / "elsewhere") is None
 
     for seed, (name, t) in enumerate(trackers.items()):
-        run = tracking.read_offline_run(t.run_path)
+        run = wandb_log.read_offline_run(t.run_path)
         assert (run["id"], run["name"], run["group"]) == \
             (tracking.run_id("sweep-a", name), name, "sweep-a")
         assert (run["project"], run["job_type"], run["exit_code"]) == ("resablate", "trial", 0)
@@ -312,7 +312,7 @@ def test_an_exception_in_the_block_finishes_the_run_as_failed(env, tmp_path):
         with tracking.TrialTracker("offline", str(tmp_path), "g", "t", {"depth": 2}) as t:
             t.log_epoch({"epoch": 1, "train_loss": 1.5})
             raise KeyError("boom")
-    run = tracking.read_offline_run(t.run_path)
+    run = wandb_log.read_offline_run(t.run_path)
     assert run["exit_code"] == 1 and run["summary"]["status"] == "error"
     assert run["history"][0]["train_loss"] == 1.5
 
@@ -326,7 +326,7 @@ def test_a_new_tracker_finishes_an_unfinished_one_as_abandoned(env, tmp_path):
     b.log_epoch({"epoch": 1, "loss": 2.0})
     b.finish({"status": "completed"})
     got = {r["name"]: (r["exit_code"], r["summary"]["status"], [h["loss"] for h in r["history"]])
-           for r in map(tracking.read_offline_run, tracking.offline_run_dirs(tmp_path))}
+           for r in map(wandb_log.read_offline_run, tracking.offline_run_dirs(tmp_path))}
     assert got == {"a": (1, "abandoned", [1.0]), "b": (0, "completed", [2.0])}
 
 
@@ -339,7 +339,7 @@ def test_long_runs_span_log_blocks_and_read_back_exactly(env, tmp_path):
         t.finish({"status": "completed"})
     (log,) = [p for p in os.listdir(t.run_path) if p.endswith(".wandb")]
     assert os.path.getsize(os.path.join(t.run_path, log)) > 2 * 32768  # records cross blocks
-    history = tracking.read_offline_run(t.run_path)["history"]
+    history = wandb_log.read_offline_run(t.run_path)["history"]
     assert [{k: r[k] for k in rows[0]} for r in history] == rows
 
 
@@ -354,7 +354,7 @@ def test_log_figures_writes_an_analysis_run(env, tmp_path):
     path = tracking.log_figures("offline", str(run_dir), "sweep-a", [str(png)],
                                 {"trials": 12, "status": "completed"})
     assert [str(d) for d in tracking.offline_run_dirs(run_dir)] == [path]
-    run = tracking.read_offline_run(path)
+    run = wandb_log.read_offline_run(path)
     assert (run["name"], run["group"], run["job_type"]) == \
         ("sweep-a-figures", "sweep-a", "analysis")
     image = run["history"][0]["depth_vs_acc"]
@@ -364,7 +364,7 @@ def test_log_figures_writes_an_analysis_run(env, tmp_path):
 
 
 def read_runs(run_dir):
-    return {r["name"]: r for r in map(tracking.read_offline_run,
+    return {r["name"]: r for r in map(wandb_log.read_offline_run,
                                       tracking.offline_run_dirs(run_dir))}
 
 
@@ -516,7 +516,7 @@ def test_log_figures_in_an_outage_logs_offline(env, tmp_path, monkeypatch, refus
     Image.new("RGB", (4, 4)).save(png)
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     path = tracking.log_figures("online", str(tmp_path / "res"), "sweep-a", [str(png)])
-    assert path is not None and tracking.read_offline_run(path)["summary"]["figures"] == 1
+    assert path is not None and wandb_log.read_offline_run(path)["summary"]["figures"] == 1
     assert "sweep-a-figures" in capsys.readouterr().err
 
 

@@ -164,7 +164,7 @@ def test_precision_asked_is_used_and_recorded(tmp_path):
     the row records the precision, whether the model was compiled, the ATen ISA and
     whether its norm-ReLUs ran the fused kernel (fp32 with batch norm on a CPU only)."""
     import torch
-    from ablations.train import pick_precision
+    from ablations.device import pick_precision
     from models import fused
     assert pick_precision("cpu", "fp32") == "fp32" and pick_precision("cpu", "bf16") == "bf16"
     assert pick_precision("cpu") == ("bf16" if results.cpu_has_bf16() else "fp32")

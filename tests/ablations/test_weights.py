@@ -12,8 +12,10 @@ import models
 from ablations import results, weights
 from ablations.plan import expand
 from ablations.spec import AblationSpec, TrainSettings
-from ablations.train import evaluate, pick_precision, run_train_trial
 from ablations.data import load_dataset
+from ablations.device import pick_precision
+from ablations.evaluation import evaluate
+from ablations.train import run_train_trial
 
 
 def tiny_spec(tmp_path, keep="final", epochs=1, **kw):

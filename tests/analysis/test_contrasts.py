@@ -13,7 +13,8 @@ from scipy import stats as sps
 
 from analysis import contrasts
 from ablations import levels
-from analysis.contrasts import benjamini_hochberg, holm
+from analysis import pvalues
+from analysis.pvalues import benjamini_hochberg, holm
 from analysis.stats import cell_keys, cell_summary, degradation_index, status_counts
 
 NA = "n/a"
@@ -54,9 +55,9 @@ def test_benjamini_hochberg_by_hand():
     assert benjamini_hochberg([0.9, 0.02, 0.01]) == pytest.approx([0.9, 0.03, 0.03])
     p = [0.001, 0.008, 0.039, 0.041, 0.042, 0.06, 0.074, 0.205, 0.212, 0.216]
     assert benjamini_hochberg(p) == pytest.approx(sps.false_discovery_control(p))
-    assert contrasts.adjust(p, "bh") == pytest.approx(benjamini_hochberg(p))
+    assert pvalues.adjust(p, "bh") == pytest.approx(benjamini_hochberg(p))
     with pytest.raises(ValueError, match="valid: holm, bh"):
-        contrasts.adjust(p, "bonferroni")
+        pvalues.adjust(p, "bonferroni")
 
 
 # --------------------------------------------------------------------------- a crossed sweep
@@ -85,13 +86,13 @@ def _row(residual, norm, scale, seed, acc, family="mlp", depth=4):
                 final_train_loss=math.nan if acc is None else 1.0 - acc)
 
 
-def _crossed(acc=ACC, **kw):
+def crossed(acc=ACC, **kw):
     return pd.DataFrame([_row(*cell, seed, a, **kw) for cell, accs in acc.items()
                          for seed, a in enumerate(accs)])
 
 
 def test_cell_keys_are_the_factors_present():
-    t = _crossed()
+    t = crossed()
     assert cell_keys(t) == ["family", "model", "depth", "residual", "norm", "block",
                             "branch_scale", "shortcut"]
     old = t[t["norm"] == "batch"].drop(columns=["norm", "block", "branch_scale", "shortcut"])
@@ -109,7 +110,7 @@ def test_cell_keys_are_the_factors_present():
 
 
 def test_residual_levels_share_one_plain_cell():
-    d = contrasts.contrasts(_crossed(), "final_test_acc")
+    d = contrasts.contrasts(crossed(), "final_test_acc")
     r = d[d["factor"] == "residual"].set_index(["norm", "branch_scale"])
     assert r.index.tolist() == [("batch", "one"), ("batch", "zero"), ("none", "one"),
                                 ("none", "zero")]
@@ -131,14 +132,14 @@ def test_residual_levels_share_one_plain_cell():
     n_zero = r.loc[("none", "zero")]                                  # 0.55, 0.6: t = 23
     assert n_zero.mean_diff == pytest.approx(0.575) and n_zero.p_value == pytest.approx(t1_p(23.0))
     # paired_differences is the residual part: the residual cell's levels after depth
-    p = contrasts.paired_differences(_crossed(), "final_test_acc")
+    p = contrasts.paired_differences(crossed(), "final_test_acc")
     assert list(p.columns[:7]) == ["family", "model", "depth", "norm", "block",
                                    "branch_scale", "shortcut"]
     assert p["mean_diff"].tolist() == pytest.approx(r["mean_diff"].tolist())
 
 
 def test_other_factors_within_equal_levels_of_the_rest():
-    d = contrasts.contrasts(_crossed(), "final_test_acc")
+    d = contrasts.contrasts(crossed(), "final_test_acc")
     assert d["factor"].tolist() == ["residual"] * 4 + ["norm"] * 3 + ["branch_scale"] * 2
     norm = d[d["factor"] == "norm"]
     assert set(norm["level"]) == {"none"} and set(norm["baseline"]) == {"batch"}
@@ -168,7 +169,7 @@ def test_other_factors_within_equal_levels_of_the_rest():
 
 def test_unmatched_cells_keep_a_row():
     acc = {(False, "batch", NA): [0.5, 0.6], (True, "none", "one"): [0.2, 0.3]}
-    d = contrasts.contrasts(_crossed(acc), "final_test_acc", factors=["residual"])
+    d = contrasts.contrasts(crossed(acc), "final_test_acc", factors=["residual"])
     # the residual cell (norm none) has no plain(none); the plain(batch) cell has no
     # residual(batch): one row each, nothing paired, every seed unpaired
     assert d[["norm", "n_pairs", "n_unpaired"]].values.tolist() == [["batch", 0, 2],
@@ -180,20 +181,20 @@ def test_unmatched_cells_keep_a_row():
 def test_reference_without_the_baseline_and_per_family():
     # norm layer and none only: layer (first in registry order) is the reference
     acc = {(True, "layer", "one"): [0.5, 0.6, 0.9], (True, "none", "one"): [0.4, 0.4, 0.6]}
-    d = contrasts.contrasts(_crossed(acc), "final_test_acc")
+    d = contrasts.contrasts(crossed(acc), "final_test_acc")
     norm = d[d["factor"] == "norm"].iloc[0]
     assert (norm.level, norm.baseline) == ("none", "layer")
     assert norm.mean_diff == pytest.approx(-0.2)                      # -0.1, -0.2, -0.3
     # mlp at its default norm none beside resnet at batch: norm is not a contrast
-    mixed = pd.concat([_crossed({(True, "none", "one"): [0.5, 0.6]}),
-                       _crossed({(True, "batch", "one"): [0.5, 0.6]}, family="resnet")])
+    mixed = pd.concat([crossed({(True, "none", "one"): [0.5, 0.6]}),
+                       crossed({(True, "batch", "one"): [0.5, 0.6]}, family="resnet")])
     assert levels.varying(mixed) == []
     assert contrasts.contrasted_factors(mixed) == ["residual"]
     assert set(contrasts.contrasts(mixed, "final_test_acc")["factor"]) == {"residual"}
 
 
 def test_duplicate_seed_in_a_cell_is_an_error():
-    t = _crossed()
+    t = crossed()
     with pytest.raises(ValueError, match="more than one trial per"):
         contrasts.contrasts(pd.concat([t, t.iloc[[0]]]), "final_test_acc")
 

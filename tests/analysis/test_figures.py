@@ -6,8 +6,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from analysis import figures
-from analysis.style import (MARKERS, PALETTE, VARIANT_ORDER, Look, paper_context, save_figure,
-                            variant_of)
+from analysis.saving import save_figure
+from analysis.style import MARKERS, PALETTE, VARIANT_ORDER, Look, paper_context, variant_of
 
 SEEDS = (0, 1)
 DEPTHS = (5, 8)

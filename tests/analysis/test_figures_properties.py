@@ -5,7 +5,7 @@ depths, seeds and 1..n layers; every status; NaN and inf; values from 1e-30
 to 1e30, constant columns and spreads narrower than 1e-6; one variant or
 both; probe sweeps, train sweeps sampled only at step 0 or later. Whatever
 it draws, each figure function must return a Figure that saves as PDF and
-PNG (``analysis.style.save_figure``), and what it draws must be true: no
+PNG (``analysis.saving.save_figure``), and what it draws must be true: no
 line without a finite point (a blank panel that does not say so), nothing
 infinite, positive values on log axes, layer names as the x tick labels of
 per-layer panels, and no "late" panel without a sample after initialization.
@@ -31,7 +31,8 @@ from matplotlib.figure import Figure
 
 from analysis import figures, stats
 from ablations import levels
-from analysis.style import LayerLocator, Look, log_axis, save_figure
+from analysis.saving import save_figure
+from analysis.style import LayerLocator, Look, log_axis
 from analysis.variants import keyed
 from tests.analysis.strategies import FACTORS, results_frames
 

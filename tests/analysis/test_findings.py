@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import findings, report
+from analysis import findings_training, report
 
 NA = "n/a"
 BLOCKS = 15  # resnet-32: 3 stages x 5 blocks
@@ -90,7 +90,7 @@ ONE = ("resnet depth 32 (residual, branch_scale=one): 2/2 seed(s) stayed at chan
 
 def test_init_ratios_use_the_first_sample_and_drop_stem_and_head():
     _, layers, _ = folder_frames()
-    r = findings.init_ratios(layers).set_index("trial_id")
+    r = findings_training.init_ratios(layers).set_index("trial_id")
     plain = r.loc["resnet-32-plain-norm=none-s0"]
     assert plain.act_stat == "act_std" and plain.n_blocks == BLOCKS
     assert plain.act_ratio == pytest.approx(1900.0)   # step 30 (ratio 1) is not init
@@ -101,26 +101,26 @@ def test_init_ratios_use_the_first_sample_and_drop_stem_and_head():
                           "value": [2.0, 1.0, 0.01]})
     g = pd.DataFrame({"trial_id": "p", "phase": "init", "step": 0, "stat": "grad_mean_abs",
                       "layer": ["w0", "w1"], "layer_index": [0, 1], "value": [1e-6, 1e-2]})
-    r = findings.init_ratios(pd.concat([probe, g])).iloc[0]
+    r = findings_training.init_ratios(pd.concat([probe, g])).iloc[0]
     assert (r.act_stat, r.n_blocks) == ("act_mean_abs", 3)
     assert r.act_ratio == pytest.approx(0.005) and r.grad_ratio == pytest.approx(1e-4)
 
 
 def test_mechanism_sentences():
-    assert findings.mechanism(1900.0, 34, "act_std", 1.0) == (
+    assert findings_training.mechanism(1900.0, 34, "act_std", 1.0) == (
         "activations grow 1,900x over 34 blocks at init (act_std, last block / first)", "act")
-    assert findings.mechanism(0.01, 8, "act_std", 1.0)[0].startswith(
+    assert findings_training.mechanism(0.01, 8, "act_std", 1.0)[0].startswith(
         "activations shrink 100x over 8 blocks")
-    assert findings.mechanism(2.0, 8, "act_std", 0.002) == (
+    assert findings_training.mechanism(2.0, 8, "act_std", 0.002) == (
         "gradients vanish toward the input: the first layer's mean |dL/dW| is 1/500 of the "
         "last layer's at init", "grad")
-    assert findings.mechanism(2.0, 8, "act_std", 40.0)[0].startswith("gradients grow toward")
-    assert findings.mechanism(math.inf, 8, "act_std", 1.0)[0] == \
+    assert findings_training.mechanism(2.0, 8, "act_std", 40.0)[0].startswith("gradients grow toward")
+    assert findings_training.mechanism(math.inf, 8, "act_std", 1.0)[0] == \
         "activations are already non-finite at init"
-    assert findings.mechanism(1.3, 6, "act_std", 0.8)[0] == (
+    assert findings_training.mechanism(1.3, 6, "act_std", 0.8)[0] == (
         "no activation growth or vanishing gradient at init (activations 1.3x over 6 "
         "blocks, first/last-layer gradient 0.8x)")
-    assert findings.mechanism(math.nan, 0, "act_std", math.nan)[0] == \
+    assert findings_training.mechanism(math.nan, 0, "act_std", math.nan)[0] == \
         "no layer statistics at init for this cell"
 
 
@@ -130,28 +130,28 @@ def test_trial_outcomes():
                       _trial(True, "one", 2, "completed", 0.50, 1.00),
                       _trial(True, "one", 3, "diverged"),
                       _trial(True, "one", 4, "error")])
-    assert findings.trial_outcomes(t).tolist() == ["chance", "chance", "trained", "diverged",
+    assert findings_training.trial_outcomes(t).tolist() == ["chance", "chance", "trained", "diverged",
                                                    None]
 
 
 def test_failure_findings_name_mechanism_and_avoiders():
     trials, layers, _ = folder_frames()
-    assert findings.failure_findings(trials, layers) == [PLAIN, ONE]
+    assert findings_training.failure_findings(trials, layers) == [PLAIN, ONE]
     # without layers.parquet the failure is still named
-    assert findings.failure_findings(trials)[0] == (
+    assert findings_training.failure_findings(trials)[0] == (
         "resnet depth 32 (plain): 2/2 seed(s) diverged; no layer statistics at init for this "
         "cell; trained at this depth: residual branch_scale=zero.")
     # nothing trained at this depth
     bad = trials[trials["branch_scale"] != "zero"]
-    assert findings.failure_findings(bad, layers)[0].endswith(
+    assert findings_training.failure_findings(bad, layers)[0].endswith(
         "; no other cell of this sweep trained at this depth.")
     # every cell trained: nothing to explain
-    assert findings.failure_findings(trials[trials["branch_scale"] == "zero"], layers) == []
+    assert findings_training.failure_findings(trials[trials["branch_scale"] == "zero"], layers) == []
 
 
 def test_warmup_findings():
     trials, _, epochs = folder_frames()
-    found = findings.warmup_findings(trials, epochs)
+    found = findings_training.warmup_findings(trials, epochs)
     assert found == [
         "resnet depth 32 (plain): first-epoch train loss above chance (ln 10 = 2.30) in 2/2 "
         "seed(s) (median non-finite: diverged): the first steps overshoot; try "
@@ -160,8 +160,8 @@ def test_warmup_findings():
         "(ln 10 = 2.30) in 2/2 seed(s) (median 5.00): the first steps overshoot; try "
         "--warmup-epochs N or --branch-scale zero."]
     assert "a longer --warmup-epochs (this sweep used 2) or --branch-scale zero" in \
-        findings.warmup_findings(trials, epochs, warmup_epochs=2)[1]
-    assert findings.warmup_findings(trials, None) == []
+        findings_training.warmup_findings(trials, epochs, warmup_epochs=2)[1]
+    assert findings_training.warmup_findings(trials, None) == []
 
 
 def test_report_explains_the_failed_cells(tmp_path):

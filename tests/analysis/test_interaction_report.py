@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from matplotlib.figure import Figure
 
-from analysis import contrasts, findings, report, tables
+from analysis import (budget, findings, multiplicity, pvalues, report, tables,
+                      tables_contrasts, tables_robust)
 from analysis.figures import depth_interaction
 from tests.analysis.strategies import results_frames
 
@@ -70,7 +71,7 @@ def _lines(md: str) -> list[str]:
 
 def test_resolved_interaction_is_worded_as_consistent_with():
     t = planted(seeds=5)
-    found = findings.interaction_findings(t, budget_tag=findings.budget_text(t, None)[1])
+    found = findings.interaction_findings(t, budget_tag=budget.budget_text(t, None)[1])
     assert len(found) == 2  # train loss, then test error
     loss = found[0]
     assert loss.startswith("resnet 20 -> 56: plain's train loss rose by 0.4")
@@ -94,10 +95,10 @@ def test_unresolved_interaction_says_so():
 def test_resolved_needs_the_adjusted_p_not_the_raw_one():
     # a family of many tests: a raw p of ~0.01 that Holm lifts above 0.05 is unresolved
     t = planted(seeds=3, noise=0.15, degrade=0.45, scales=("one", "zero"), seed=7)
-    fam = contrasts.report_family(t)
-    d = tables.interactions(t)["final_train_loss"]
+    fam = multiplicity.report_family(t)
+    d = tables_contrasts.interactions(t)["final_train_loss"]
     for (_, r), text in zip(d.iterrows(), findings.interaction_findings(t, fam)):
-        holm_p, _ = contrasts.family_lookup(fam, contrasts.interaction_key(r, "final_train_loss"),
+        holm_p, _ = multiplicity.family_lookup(fam, multiplicity.interaction_key(r, "final_train_loss"),
                                             r["p_value"])
         assert ("consistent with" in text) == (holm_p < 0.05 and (r["ci_lo"] > 0 or r["ci_hi"] < 0))
 
@@ -118,7 +119,7 @@ def test_two_seeds_give_means_only_and_say_why_once(tmp_path):
     effects = (run / "tables" / "factor_effects.md").read_text()
     assert "±" not in effects and "n/a (2 seeds: means only)" in effects
     assert "±" not in (run / "tables" / "degradation.md").read_text()
-    assert contrasts.family_size(contrasts.report_family(planted(seeds=2))) == 0
+    assert multiplicity.family_size(multiplicity.report_family(planted(seeds=2))) == 0
 
 
 # --------------------------------------------------------------------------- one family
@@ -158,25 +159,25 @@ def test_a_where_view_does_not_change_an_adjusted_p(tmp_path):
     assert len(b) == 6 and b["p (t, Holm)"].str.match(r"^[0-9<]").all()
     pd.testing.assert_frame_equal(a, b)
     # the view's own family would be smaller, so it would adjust less
-    own = contrasts.report_family(t[t["branch_scale"].isin(["zero", "n/a"])])
-    assert contrasts.family_size(own) < contrasts.family_size(contrasts.report_family(t))
+    own = multiplicity.report_family(t[t["branch_scale"].isin(["zero", "n/a"])])
+    assert multiplicity.family_size(own) < multiplicity.family_size(multiplicity.report_family(t))
     # and the captions name the one family
     md = (view / "report.md").read_text()
-    n = contrasts.family_size(contrasts.report_family(t))
+    n = multiplicity.family_size(multiplicity.report_family(t))
     assert f"Holm over the {n} primary tests of this report" in md
 
 
 def test_a_view_that_changes_a_test_prints_no_adjusted_p():
     t = planted(seeds=4, noise=0.05)
-    fam = contrasts.report_family(t)
-    fewer = contrast_view = tables.contrast_table(t[t["seed"] < 3], fam)
+    fam = multiplicity.report_family(t)
+    fewer = contrast_view = tables_contrasts.contrast_table(t[t["seed"] < 3], fam)
     assert (fewer["p (t, Holm)"] == "n/a (view)").all()
     assert len(contrast_view) == 6
 
 
 def test_report_family_is_holm_and_bh_over_every_printed_test():
     t = planted(seeds=4, scales=("one", "zero"))
-    fam = contrasts.report_family(t)
+    fam = multiplicity.report_family(t)
     assert fam["key"].is_unique
     assert set(fam["kind"]) == {"contrast", "interaction", "factor effect"}
     ok = np.isfinite(fam["p_value"])
@@ -185,16 +186,16 @@ def test_report_family_is_holm_and_bh_over_every_printed_test():
     # summaries (restating primary tests) adjusted among themselves
     wil = fam["test"] == "Wilcoxon"
     res_summary = (fam["kind"] == "factor effect") & fam["key"].str.contains("residual")
-    assert (fam.loc[wil | res_summary, "family"] == contrasts.SECONDARY).all()
-    assert (fam.loc[~(wil | res_summary), "family"] == contrasts.PRIMARY).all()
-    for which in (contrasts.PRIMARY, contrasts.SECONDARY):
+    assert (fam.loc[wil | res_summary, "family"] == multiplicity.SECONDARY).all()
+    assert (fam.loc[~(wil | res_summary), "family"] == multiplicity.PRIMARY).all()
+    for which in (multiplicity.PRIMARY, multiplicity.SECONDARY):
         sel = ok & (fam["family"] == which)
         assert sel.any()
         assert fam.loc[sel, "p_holm"].tolist() == pytest.approx(
-            contrasts.holm(fam.loc[sel, "p_value"]).tolist())
+            pvalues.holm(fam.loc[sel, "p_value"]).tolist())
         assert fam.loc[sel, "p_bh"].tolist() == pytest.approx(
-            contrasts.benjamini_hochberg(fam.loc[sel, "p_value"]).tolist())
-    assert contrasts.family_size(fam) == int((ok & (fam["family"] == "primary")).sum())
+            pvalues.benjamini_hochberg(fam.loc[sel, "p_value"]).tolist())
+    assert multiplicity.family_size(fam) == int((ok & (fam["family"] == "primary")).sum())
     assert fam.loc[~ok, "p_holm"].isna().all()
 
 
@@ -233,7 +234,7 @@ def test_survivorship_finding_when_the_sign_flips():
 def test_budget_from_the_spec_is_about():
     spec = {"spec": {"train": {"dataset": "cifar10", "subset": 5000, "val_fraction": 0.1,
                                "epochs": 10, "batch_size": 128}}}
-    text, tag = findings.budget_text(planted(steps=False), spec)
+    text, tag = budget.budget_text(planted(steps=False), spec)
     # 4,500 images / 128 = 36 steps an epoch, 10 epochs
     assert text.startswith("early training: about 360 steps = 0.56% of He et al.'s 64k "
                            "iterations (33% of this recipe's 1,080-step schedule); about 10.2 "
@@ -241,15 +242,15 @@ def test_budget_from_the_spec_is_about():
     # a folder from before recipes ran the seed recipe (30 epochs); another recipe's
     # length is not known without the trials' columns
     he = {"spec": {**spec["spec"], "recipe": "he2016"}}
-    assert "this recipe's" not in findings.budget_text(planted(steps=False), he)[0]
+    assert "this recipe's" not in budget.budget_text(planted(steps=False), he)[0]
     assert tag == " [early training: about 360 steps = 0.56% of He et al.'s 64k iterations]"
-    assert findings.budget_text(planted(steps=False), {}) == ("", "")
+    assert budget.budget_text(planted(steps=False), {}) == ("", "")
 
 
 # --------------------------------------------------------------------------- properties
 
-NEW_TABLES = (tables.factor_effects_table, tables.robust_table, tables.improvement_table,
-              tables.failures_table, tables.survivorship_table, tables.contrast_table,
+NEW_TABLES = (tables_contrasts.factor_effects_table, tables_robust.robust_table, tables_robust.improvement_table,
+              tables_robust.failures_table, tables_robust.survivorship_table, tables_contrasts.contrast_table,
               tables.degradation_index_table)
 
 
@@ -268,19 +269,19 @@ def _finite_or_nan(df: pd.DataFrame) -> None:
 @given(frames=results_frames(mode="train", max_cells=3, max_seeds=3))
 def test_new_tables_and_family_never_raise(frames):
     trials = frames["trials"]
-    fam = contrasts.report_family(trials)
+    fam = multiplicity.report_family(trials)
     p = fam["p_value"].to_numpy(dtype=float)
     assert np.all(np.isnan(p) | ((p >= 0) & (p <= 1)))
     assert fam["key"].is_unique
     for table in NEW_TABLES:
-        out = table(trials, fam) if table in (tables.factor_effects_table,
-                                               tables.contrast_table) else table(trials)
+        out = table(trials, fam) if table in (tables_contrasts.factor_effects_table,
+                                               tables_contrasts.contrast_table) else table(trials)
         assert isinstance(out, pd.DataFrame)
         _finite_or_nan(out)
     findings.interaction_findings(trials, fam)
     findings.contrast_findings(trials, family=fam)
     findings.survivorship_findings(trials)
-    findings.budget_text(trials, None)
+    budget.budget_text(trials, None)
 
 
 @settings(max_examples=10, deadline=None,

@@ -20,10 +20,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis import contrasts, report, stats, tables
-from ablations import levels
+from analysis import contrasts, pvalues, report, stats, tables_contrasts
+from ablations import factors, levels
 from analysis.tables import (degradation_index_table, degradation_table, grad_table,
-                             network_order, contrast_table, snapshot_rows, to_latex, to_markdown)
+                             network_order, snapshot_rows, to_latex, to_markdown)
+from analysis.tables_contrasts import contrast_table
 from tests.analysis.strategies import (ACT_STATS, DAMAGED_SPEC, GRAD_STATS, results_frames,
                                        spec_records, write_results_folder)
 
@@ -81,17 +82,17 @@ def test_welch_ci_contains_the_difference(a, b):
 def test_p_values_are_probabilities_and_two_sided(diffs):
     finite = [d for d in diffs if math.isfinite(d)]
     neg = [-d for d in diffs]
-    p_t, p_w = stats.paired_t_pvalue(diffs), stats.wilcoxon_exact_pvalue(diffs)
+    p_t, p_w = pvalues.paired_t_pvalue(diffs), pvalues.wilcoxon_exact_pvalue(diffs)
     assert math.isnan(p_t) or 0.0 <= p_t <= 1.0
     if len(finite) < 2:
         assert math.isnan(p_t)
     # Two-sided: the sign of every difference flipped gives the same p.
-    assert p_t == pytest.approx(stats.paired_t_pvalue(neg), rel=1e-9, nan_ok=True)
+    assert p_t == pytest.approx(pvalues.paired_t_pvalue(neg), rel=1e-9, nan_ok=True)
     assert math.isnan(p_w) == (not finite)
     if finite:
         nonzero = sum(d != 0 for d in finite)
         assert min(1.0, 2.0 / 2 ** nonzero) - 1e-15 <= p_w <= 1.0  # the smallest exact p
-        assert p_w == stats.wilcoxon_exact_pvalue(neg)
+        assert p_w == pvalues.wilcoxon_exact_pvalue(neg)
 
 
 # --------------------------------------------------------------------------- frames
@@ -170,7 +171,7 @@ def test_contrasts_account_for_every_seed(frames):
 @given(st.lists(st.one_of(st.floats(0, 1), st.just(math.nan)), max_size=12))
 def test_adjusted_p_values_bound_the_raw_ones(p):
     raw = np.array(p, dtype=float)
-    holm, bh = contrasts.holm(raw), contrasts.benjamini_hochberg(raw)
+    holm, bh = pvalues.holm(raw), pvalues.benjamini_hochberg(raw)
     ok = np.isfinite(raw)
     assert (np.isnan(holm) == ~ok).all() and (np.isnan(bh) == ~ok).all()
     assert (holm[ok] <= 1).all() and (holm[ok] >= raw[ok] - 1e-15).all()
@@ -245,8 +246,8 @@ def _check_tables(frames):
     d = contrasts.contrasts(trials, "final_test_acc")
     # the depth x residual interactions first (train loss and test error), then test
     # accuracy and train loss for every contrast
-    inter = paired["factor"] == tables.INTERACTION_FACTOR if len(paired) else []
-    n_inter = sum(len(x) for x in tables.interactions(trials).values())
+    inter = paired["factor"] == tables_contrasts.INTERACTION_FACTOR if len(paired) else []
+    n_inter = sum(len(x) for x in tables_contrasts.interactions(trials).values())
     assert int(np.sum(inter)) == n_inter and not np.any(np.asarray(inter)[n_inter:])
     contrast_rows = paired[~np.asarray(inter, dtype=bool)] if len(paired) else paired
     assert len(contrast_rows) == 2 * len(d)
@@ -290,8 +291,7 @@ def test_factor_columns_at_defaults_change_no_table(frames):
     factor registry."""
     old = frames["trials"]
     new = levels.with_levels(old)
-    assert set(levels.present(new)) == set(levels.present(old)) | {"norm", "block",
-                                                                     "branch_scale", "shortcut"}
+    assert set(levels.present(new)) == set(levels.present(old)) | set(factors.names())
     for table in (degradation_table, contrast_table, degradation_index_table):
         if table is not degradation_table and "final_test_acc" not in old:
             continue

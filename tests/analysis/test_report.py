@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import report
+from ablations import factors
+from analysis import figures, report, report_items, report_text
 from analysis.__main__ import FORMATS as CLI_FORMATS
 from analysis.__main__ import main
 
@@ -153,8 +154,9 @@ def test_where_writes_a_view_and_leaves_the_full_report(tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--where", "family=cnn"], "present: mlp"),
     (["--where", "depth=x"], "integers"),
-    (["--where", "colour=red"],
-     "valid: family, model, depth, residual, norm, block, branch_scale, shortcut, seed"),
+    # every registered factor between depth and seed (activation: added with its factor)
+    (["--where", "colour=red"], "valid: family, model, depth, residual, norm, block, "
+     "branch_scale, shortcut, " + "".join(f"{n}, " for n in factors.names()[5:]) + "seed"),
     (["--where", "depth"], "FACTOR=VALUE"),
     (["--where", "norm=group"], "norm takes batch, layer, none, n/a; got 'group'"),
     (["--where", "branch_scale=half"], "branch_scale takes one, invsqrt, zero, n/a"),
@@ -259,9 +261,9 @@ def test_failing_figure_and_table_cost_only_themselves(tmp_path, monkeypatch, ca
     report.build(tmp_path, formats=("png",))  # a good build first: its files must not linger
     assert (tmp_path / "figures" / "gradient_flow.png").exists()
     capsys.readouterr()
-    monkeypatch.setattr(report.figures, "gradient_flow",
+    monkeypatch.setattr(figures, "gradient_flow",
                         _raise(AttributeError(SCALAR + "\nsecond line of the message")))
-    monkeypatch.setattr(report, "contrast_table", _raise(KeyError("final_test_acc")))
+    monkeypatch.setattr(report_items, "contrast_table", _raise(KeyError("final_test_acc")))
     result = report.build(tmp_path, formats=("png",))
 
     assert [(f.kind, f.name) for f in result.failures] == [("figure", "gradient_flow"),
@@ -298,11 +300,11 @@ def test_failing_figure_and_table_cost_only_themselves(tmp_path, monkeypatch, ca
 
 def test_error_log_describes_the_latest_build_only(tmp_path, monkeypatch):
     _write_results(tmp_path, train=False)
-    monkeypatch.setattr(report.figures, "grad_by_layer", _raise(ValueError("first")))
+    monkeypatch.setattr(figures, "grad_by_layer", _raise(ValueError("first")))
     first = report.build(tmp_path, formats=("png",))
     assert "=== figure grad_by_layer: ValueError: first" in Path(first.log).read_text()
-    monkeypatch.setattr(report.figures, "grad_by_layer", _raise(ValueError("second")))
-    monkeypatch.setattr(report.figures, "act_by_layer", _raise(ValueError("third")))
+    monkeypatch.setattr(figures, "grad_by_layer", _raise(ValueError("second")))
+    monkeypatch.setattr(figures, "act_by_layer", _raise(ValueError("third")))
     log = Path(report.build(tmp_path, formats=("png",)).log).read_text()
     assert "first" not in log and "2 item(s) failed" in log
     monkeypatch.undo()
@@ -314,7 +316,7 @@ def test_error_log_describes_the_latest_build_only(tmp_path, monkeypatch):
 
 def test_failing_section_keeps_the_others(tmp_path, monkeypatch):
     _write_results(tmp_path)
-    monkeypatch.setattr(report, "_env_lines", _raise(TypeError("bad environment record")))
+    monkeypatch.setattr(report_text, "env_lines", _raise(TypeError("bad environment record")))
     result = report.build(tmp_path, formats=("png",))
     assert [(f.kind, f.name) for f in result.failures] == [("section", "environment")]
     md = (tmp_path / "report.md").read_text()
@@ -385,7 +387,7 @@ def test_damaged_trials_is_still_bad_input(tmp_path):
 
 def test_main_exits_1_after_writing_the_rest(tmp_path, monkeypatch, capsys):
     _write_results(tmp_path, train=False)
-    monkeypatch.setattr(report.figures, "act_by_layer", _raise(AttributeError(SCALAR)))
+    monkeypatch.setattr(figures, "act_by_layer", _raise(AttributeError(SCALAR)))
     assert main([str(tmp_path), "--format", "png"]) == 1
     out, err = capsys.readouterr()
     assert out.split()[-1] == str(tmp_path / "report.html")

@@ -1,7 +1,7 @@
-"""The report's "Measurements" section (analysis.report_measurements): one entry per
-registered figure and table of each measurements/<name>.parquet, each isolated; a
-damaged file costs only its own items; He et al.'s responses replace the block outputs
-in layer_response_std; and building it imports no torch."""
+"""The report's "Measurements" section (analysis.report_measurements): one item per
+figure and table of the view (analysis.views) of each measurements/<name>.parquet, each
+isolated; a damaged file costs only its own items; He et al.'s responses replace the
+block outputs in layer_response_std; and building it imports no torch."""
 import dataclasses
 import subprocess
 import sys
@@ -13,8 +13,10 @@ import pytest
 from matplotlib.figure import Figure
 
 from ablations import measurements
-from ablations.measurements import FigureSpec, Measurement, TableSpec
-from analysis import report
+from ablations.measurements import Measurement
+from analysis import report, views
+from analysis import report_measurements as measured
+from analysis.views import FigureSpec, TableSpec
 from tests.analysis.test_report import _write_results
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,14 +41,15 @@ def table(df):
 @pytest.fixture
 def run_dir(tmp_path):
     """The report tests' results folder (MLP depths 5 and 8, both variants, 2 seeds),
-    with a measurement ``tiny`` registered (two figures, one raising, and a table) and its
-    merged file written."""
+    with a measurement ``tiny`` registered, its view (two figures, one raising, and a
+    table) and its merged file written."""
     measurements.load_builtins()
     measurements.register(Measurement(
-        "tiny", ("final",), "cheap", lambda m, d, t: None, "a test measurement",
-        figures=(FigureSpec("curve", curve, "y against x per trial."),
-                 FigureSpec("tiny_broken", broken, "never drawn.")),
-        tables=(TableSpec("summary", table, "mean y per cell."),)))
+        "tiny", ("final",), "cheap", lambda m, d, t: None, "a test measurement"))
+    views.register_view("tiny",
+                        figures=(FigureSpec("curve", curve, "y against x per trial."),
+                                 FigureSpec("tiny_broken", broken, "never drawn.")),
+                        tables=(TableSpec("summary", table, "mean y per cell."),))
     run = tmp_path / "run"
     _write_results(run)
     trials = pd.read_parquet(run / "trials.parquet")
@@ -57,6 +60,7 @@ def run_dir(tmp_path):
     rows.to_parquet(run / "measurements" / "tiny.parquet")
     yield run
     measurements.unregister("tiny")
+    views.unregister_view("tiny")
 
 
 def test_each_figure_and_table_is_an_isolated_entry_in_a_measurements_section(run_dir):
@@ -168,13 +172,12 @@ def test_layer_response_std_without_responses_is_block_output_std_not_fig_7(run_
     from analysis.style import DEFAULT_LOOK
     c = SimpleNamespace(run_dir=run_dir, layers=pd.concat([layers, act]), trials=None,
                         look=DEFAULT_LOOK)
-    assert _ylabels(report._response_std(c)) == {BLOCK_OUTPUT_STD}
+    assert _ylabels(measured.response_std(c)) == {BLOCK_OUTPUT_STD}
 
 
 def test_responses_caption_and_label_say_per_channel_or_old_file(run_dir):
     from tests.measurements.conftest import trial_keys as keys
-    from ablations.measurements import responses as rs
-    from analysis import report_measurements as measured
+    from analysis.views import responses as rs
     from analysis.style import DEFAULT_LOOK
     rows = [dict(keys("resnet", 8, r, 0, w), layer=f"l{i}", layer_index=i,
                  std_channel=1.0 + i, std_tensor=2.0 + i)
@@ -186,7 +189,7 @@ def test_responses_caption_and_label_say_per_channel_or_old_file(run_dir):
     got, when, ylabel = measured.response_rows(c)
     assert (when, ylabel) == ("late", "response std (per channel)")
     assert list(got["value"][:3]) == [1.0, 2.0, 3.0]
-    assert _ylabels(report._response_std(c)) == {"response std (per channel)"}
+    assert _ylabels(measured.response_std(c)) == {"response std (per channel)"}
     # a file measured before the per-channel std: its "std" is the whole-tensor one
     old = pd.DataFrame(rows).drop(columns=["std_channel", "std_tensor"]).assign(
         std=[2.0 + r["layer_index"] for r in rows])
@@ -195,4 +198,4 @@ def test_responses_caption_and_label_say_per_channel_or_old_file(run_dir):
     assert measured.WHOLE_TENSOR in caption and measured.PER_CHANNEL not in caption
     got, _, ylabel = measured.response_rows(c)
     assert ylabel == f"response std ({rs.OLD_FILE})" and list(got["value"][:3]) == [2.0, 3.0, 4.0]
-    assert _ylabels(report._response_std(c)) == {ylabel}
+    assert _ylabels(measured.response_std(c)) == {ylabel}

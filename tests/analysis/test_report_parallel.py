@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis import report, report_pool
+from analysis import figures, report, report_items, report_pool
 from analysis.__main__ import main
-from analysis.style import save_figure, save_figure_once
+from analysis.saving import save_figure, save_figure_once
 from tests.analysis.test_report import FIGURES, TABLES, _files, _raise, _write_results
 
 pytestmark = pytest.mark.skipif(not report_pool.available(), reason="needs the fork start method")
@@ -60,8 +60,8 @@ def test_failures_in_workers_read_as_in_the_serial_build(tmp_path, monkeypatch, 
     """A figure and a table that raise, and a worker that dies: each is a "could not"
     line of its own item, the failures and their warnings in the serial build's order
     (plan order, whichever worker finished first), everything else written."""
-    monkeypatch.setattr(report.figures, "gradient_flow", _raise(AttributeError("no ticks")))
-    monkeypatch.setattr(report, "contrast_table", _raise(KeyError("final_test_acc")))
+    monkeypatch.setattr(figures, "gradient_flow", _raise(AttributeError("no ticks")))
+    monkeypatch.setattr(report_items, "contrast_table", _raise(KeyError("final_test_acc")))
     (serial, run1, err1), (parallel, run2, err2) = _build_both(tmp_path, capsys,
                                                                formats=("png",))
     entries = ["could not draw gradient_flow: AttributeError: no ticks",
@@ -85,7 +85,7 @@ def test_a_worker_that_dies_costs_only_the_figure_it_was_drawing(tmp_path, monke
     def die(*_, **__):
         assert os.getpid() != parent, "drawn in the test process: it would be killed"
         os.kill(os.getpid(), signal.SIGKILL)
-    monkeypatch.setattr(report.figures, "act_through_training", die)
+    monkeypatch.setattr(figures, "act_through_training", die)
     capsys.readouterr()
     result = report.build(run, formats=("png",), jobs=2)
 

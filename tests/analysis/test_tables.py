@@ -5,14 +5,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.tables import (GRAD_TABLE_FORMAT, escape_latex, grad_table, network_order,
-                             stat_rows, to_latex, to_markdown, write_table, degradation_table,
-                             degradation_index_table, contrast_table, fmt_ci, fmt_p,
-                             snapshot_rows)
-from analysis import contrasts
-from ablations import levels
-from analysis.contrasts import holm
-from tests.analysis.test_contrasts import _crossed
+from analysis.formatting import escape_latex, fmt_ci, fmt_p
+from analysis.tables import (GRAD_TABLE_FORMAT, grad_table, network_order, stat_rows, to_latex,
+                             to_markdown, write_table, degradation_table,
+                             degradation_index_table, snapshot_rows)
+from analysis.tables_contrasts import contrast_table
+from analysis import contrasts, multiplicity
+from ablations import factors, levels
+from analysis.pvalues import holm
+from tests.analysis.test_contrasts import crossed
 
 # (variant, seed) -> mean |grad| of layers.0, layers.1, fc (network order).
 GRADS = {
@@ -232,7 +233,7 @@ RESIDUAL_ONLY_CONTRASTS = ["family", "depth", "factor", "contrast", "metric", "d
 def test_residual_only_tables_keep_their_columns_with_factor_columns_at_defaults():
     old = _trials()
     new = levels.with_levels(old)  # today's rows: norm none, block post, branch_scale one/n/a
-    assert set(levels.present(new)) == {"residual", "norm", "block", "branch_scale", "shortcut"}
+    assert set(levels.present(new)) == set(factors.names())  # every factor, at its default
     assert list(contrast_table(old).columns) == RESIDUAL_ONLY_CONTRASTS
     assert list(degradation_table(old).columns) == ["family", "depth", "variant", "params", "n",
                                                     "train loss", "test acc (%)"]
@@ -247,7 +248,7 @@ def test_residual_only_tables_keep_their_columns_with_factor_columns_at_defaults
 
 
 def test_multi_factor_tables_name_factors_levels_and_within():
-    t = _crossed()
+    t = crossed()
     s = degradation_table(t)
     # block and shortcut are one level (or n/a) throughout: not shown
     assert list(s.columns) == ["family", "depth", "variant", "norm", "branch_scale", "params",
@@ -268,13 +269,13 @@ def test_multi_factor_tables_name_factors_levels_and_within():
     assert d["p_value"].iloc[0] == pytest.approx(0.2254, abs=1e-4)
     # every p is Holm over the report's family: both metrics' paired t and Wilcoxon p,
     # and (one depth: no interactions) each factor's main effect on train loss and error
-    fam = contrasts.report_family(t)
+    fam = multiplicity.report_family(t)
     assert (fam["kind"] == "contrast").sum() == 2 * 2 * 9
     assert (fam["kind"] == "factor effect").sum() == 2 * 2 * 3
     acc = c[c["metric"] == "test acc (pp)"]
     assert acc["p (t, Holm)"].tolist() == [
         contrasts.means_only_text(r["n_pairs"]) if r["n_pairs"] < 3 else
-        fmt_p(contrasts.family_lookup(fam, contrasts.contrast_key(r, "final_test_acc"))[0])
+        fmt_p(multiplicity.family_lookup(fam, multiplicity.contrast_key(r, "final_test_acc"))[0])
         for _, r in d.iterrows()]
     for which in ("primary", "secondary"):
         three = fam[(fam["n"] >= 3) & (fam["family"] == which)]
@@ -290,14 +291,14 @@ def test_multi_factor_tables_name_factors_levels_and_within():
         ["zero - one", "residual, norm=batch", "6.7 ± 37.9"],
         ["zero - one", "residual, norm=none", "40.0 ± 12.4"]]   # 45, 40, 35 pp
     # a plain cell without a residual counterpart keeps its row
-    lone = contrast_table(_crossed({(False, "batch", "n/a"): [0.5, 0.6],
+    lone = contrast_table(crossed({(False, "batch", "n/a"): [0.5, 0.6],
                                     (True, "none", "one"): [0.2, 0.3],
                                     (True, "none", "zero"): [0.4, 0.3]}))
     assert "batch only" in set(lone["contrast"])
 
 
 def test_multi_factor_degradation_index_table():
-    t = pd.concat([_crossed(), _crossed(depth=8)], ignore_index=True)
+    t = pd.concat([crossed(), crossed(depth=8)], ignore_index=True)
     s = degradation_index_table(t)
     assert list(s.columns[:5]) == ["family", "variant", "norm", "branch_scale", "depth"]
     assert len(s) == 12  # six combinations of levels x two depths, each vs its own depth 4

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.figure import Figure
 
-from analysis import figures_tuning, findings, tuning
+from analysis import figures_tuning, findings_training, tuning
 from analysis.failures import Guard
 from analysis.style import Look
 from ablations.where import ResultsError
@@ -138,17 +138,17 @@ def test_table_on_the_real_frame():
 def test_boundary_warning_present_and_absent():
     at = real_frame(plain_pick_lr=0.93)
     assert tuning.tuning_table(at, RANGES)["at bound"].iloc[0] == "lr (upper)"
-    assert findings.tuning_findings(at, RANGES) == [
+    assert findings_training.tuning_findings(at, RANGES) == [
         "mlp-3-plain: selected lr 0.93 is within 10% (log scale) of the upper bound 1 of its "
         "range [0.001, 1]: the range was likely too narrow; widen it with --tune-range "
         "lr=LOW:HIGH, e.g. lr=0.001:10."]
     low = real_frame(plain_pick_lr=0.0015)
-    assert "lower bound 0.001" in findings.tuning_findings(low, RANGES)[0]
-    assert "lr=0.0001:1." in findings.tuning_findings(low, RANGES)[0]
-    out = findings.tuning_findings(real_frame(plain_pick_lr=2.0), RANGES)
+    assert "lower bound 0.001" in findings_training.tuning_findings(low, RANGES)[0]
+    assert "lr=0.0001:1." in findings_training.tuning_findings(low, RANGES)[0]
+    out = findings_training.tuning_findings(real_frame(plain_pick_lr=2.0), RANGES)
     assert "lies above its range [0.001, 1]" in out[0]
-    assert findings.tuning_findings(real_frame(), RANGES) == []
-    assert findings.tuning_findings(at, {}) == [] and findings.tuning_findings(None, RANGES) == []
+    assert findings_training.tuning_findings(real_frame(), RANGES) == []
+    assert findings_training.tuning_findings(at, {}) == [] and findings_training.tuning_findings(None, RANGES) == []
 
 
 def test_no_selection_is_not_flagged():
@@ -156,7 +156,7 @@ def test_no_selection_is_not_flagged():
     t = tuning.tuning_table(df, RANGES)
     assert t["lr"].isna().all() and t["val acc (%)"].isna().all()
     assert list(t["at bound"]) == [NA, NA]
-    assert findings.tuning_findings(df, RANGES) == []
+    assert findings_training.tuning_findings(df, RANGES) == []
 
 
 # --------------------------------------------------------------------------- loading
@@ -247,7 +247,7 @@ def test_table_and_findings_agree_with_the_samples(drawn):
                 assert np.isnan(r[n])
         assert r["at bound"] == (", ".join(flags) if flags else "no" if len(pick) else NA)
         assert len(rows[rows["cell"] == r["cell"]]) == len(flags)
-    warned = findings.tuning_findings(df, ranges)
+    warned = findings_training.tuning_findings(df, ranges)
     assert len(warned) == len(rows)
     assert all(w.startswith(f"{cell}: selected {n} ") for w, cell, n
                in zip(warned, rows["cell"], rows["name"]))
@@ -303,10 +303,10 @@ def test_best_so_far_ignores_pruned_and_failed():
     assert list(g["best"]) == [0.86, 0.86, 1.0, 1.0]
 
 
-# --------------------------------------------------------------------------- report entries
+# --------------------------------------------------------------------------- report items
 
-def test_report_entries(tmp_path):
-    entries = tuning.report_entries()
+def test_report_items(tmp_path):
+    entries = tuning.report_items()
     assert [(e.kind, e.name) for e in entries] == [
         ("figure", "tuning_isolation_lr"), ("figure", "tuning_isolation_weight_decay"),
         ("figure", "tuning_progress"), ("table", "tuning")]
@@ -322,3 +322,9 @@ def test_report_entries(tmp_path):
     assert "[0.001, 1]" in entries[0].caption(ctx)
     none = SimpleNamespace(tuning=None, tune_ranges={}, look=Look())
     assert not any(e.applies(none) for e in entries)
+    # the report registers them (analysis.report_items), in this order
+    import analysis.report  # noqa: F401  registers the built-in items
+    from analysis import registry
+    names = [(e.kind, e.name) for e in registry.registered()
+             if isinstance(e, registry.ReportItem) and e.name.startswith("tuning")]
+    assert names == [(e.kind, e.name) for e in entries]

@@ -20,13 +20,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("wandb_workspaces")
 
 import wandb_workspaces.reports.v2 as wr  # noqa: E402
+from wandb_workspaces import expr  # noqa: E402
 
 from ablations import factors as F  # noqa: E402
+from ablations import spec as sweep_spec  # noqa: E402
 from analysis import wandb_publish, wandb_report  # noqa: E402
 from tests.analysis.strategies import results_frames, write_results_folder  # noqa: E402
 
@@ -123,6 +126,85 @@ def test_a_wrong_filter_string_serializes_to_no_filter_and_is_refused():
     assert bad._to_model().filters["filters"] == []  # the pitfall: every run of the project
     with pytest.raises(ValueError, match="every run"):
         wandb_report.check_filter(bad, "s")
+
+
+# Names as they reach ``--name``: any argv bytes but NUL, decoded as Python decodes argv
+# (bytes that are not UTF-8 become lone surrogates), or text heavy in the characters the
+# filter parser rewrites or quotes with; ``cli_accepts`` keeps those the sweep accepts.
+TRICKY = "=<>!'\"\\()[]{},.:;#% \n\t\x7fé€😀"
+NAMES = st.one_of(st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b)
+                  .map(os.fsdecode),
+                  st.text(st.one_of(st.sampled_from(TRICKY), st.characters(
+                      blacklist_characters="\0")), min_size=1, max_size=40),
+                  st.just("Metric('Group') within_last 5 days"))
+
+
+def cli_accepts(name: str) -> bool:
+    """Whether the sweep's own validation (``ablations.spec.validate``) takes --name NAME."""
+    try:
+        sweep_spec.validate(sweep_spec.AblationSpec(families=("mlp",), depths=(4,),
+                                                    out=str(ROOT / "no-such-dir"), name=name))
+    except sweep_spec.SpecError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def any_name_folder(tmp_path_factory):
+    """One folder with every kind of run set (tuning included); tests rename its sweep."""
+    return make_folder(tmp_path_factory.mktemp("names") / "run", tuning=True)
+
+
+def rename(folder: Path, name: str) -> Path:
+    (folder / "spec.json").write_text(json.dumps(
+        {"spec": {"name": name, "mode": "train", "tune": ["lr"]}}))
+    return folder
+
+
+def test_the_cli_accepts_names_the_filter_parser_would_rewrite():
+    assert all(map(cli_accepts, ["lr=0.1", "bob's", 'a"b', "a<b", "x\\n", "a\nb"]))
+    assert not any(map(cli_accepts, ["", ".", "..", "a/b"]))
+
+
+@pytest.mark.parametrize("name", ["lr=0.1", "bob's", 'say "hi"', "a<b>c", "x\\y", "x\\n",
+                                  "two\nlines", "Metric('x') within_last 5 days", "é 😀"])
+def test_a_name_the_filter_parser_would_rewrite_still_selects_its_group(any_name_folder, name):
+    sets = [rs for rss, _ in grids(spec_of(rename(any_name_folder, name))).values()
+            for rs in rss]
+    assert len(sets) == 6  # trials, plain, residual, trials by cell, figures, tuning samples
+    assert all(("run", "group", "=", name) in leaves(rs) for rs in sets)
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(name=NAMES)
+@example(name="lr=0.1")
+@example(name="bob's")
+def test_every_name_the_cli_accepts_selects_exactly_its_group(any_name_folder, name):
+    assume(cli_accepts(name))
+    folder = rename(any_name_folder, name)
+    try:
+        name.encode()
+    except UnicodeEncodeError:  # not UTF-8: W&B cannot hold it as a group; said, not built
+        with pytest.raises(ValueError, match="not valid UTF-8"):
+            wandb_report.build_report(folder, "team", "proj")
+        return
+    for runsets, _ in grids(spec_of(folder)).values():  # build_report checks each filter
+        for rs in runsets:
+            found = leaves(rs)
+            assert [v for _, key, _, v in found if key == "group"] == [name]
+            assert ("run", "jobType") in {(section, key) for section, key, _, _ in found}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=NAMES)
+def test_the_filter_string_parses_back_to_the_exact_values(name):
+    parsed = expr.filters_tree_to_v2(expr.expr_to_filters(
+        wandb_report.run_filter(name, "trial", residual=False)))["filters"]
+    assert [(f["key"], f["op"], f["value"]) for f in parsed] == [
+        ({"section": "run", "name": "group"}, "=", name),
+        ({"section": "run", "name": "jobType"}, "=", "trial"),
+        ({"section": "config", "name": "residual"}, "=", False)]
 
 
 def test_cells_are_grouped_by_config_keys_of_the_factors_that_vary(tmp_path):

@@ -73,8 +73,8 @@ def test_failing_trial_is_retried_recorded_as_error_then_retry_failed(tmp_path):
     assert trials.loc["mlp-4-residual-s0"].lr == 0.02 and trials.hp_source.eq("fixed").all()
 
     # W&B offline: one run per trial with its factors as config and per-epoch metrics
-    from ablations import tracking
-    offline = {r["name"]: r for r in map(tracking.read_offline_run,
+    from ablations import tracking, wandb_log
+    offline = {r["name"]: r for r in map(wandb_log.read_offline_run,
                                          tracking.offline_run_dirs(run_dir))}
     assert {"mlp-4-plain-s0", "mlp-4-residual-s0", "f-figures"} <= set(offline)
     good = offline["mlp-4-residual-s0"]

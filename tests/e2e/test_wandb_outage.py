@@ -16,7 +16,7 @@ import time
 import pandas as pd
 import pytest
 
-from ablations import tracking
+from ablations import tracking, wandb_log
 from tests.ablations.test_tracking import FAKE_KEY, Server
 from tests.e2e.test_sweep_e2e import ROOT, ray_pids
 
@@ -70,7 +70,7 @@ def run_smoke(tmp_path, mode, base_url, name, **env):
     assert "4 trials: 4 completed, 0 diverged, 0 errored" in p.stdout
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
     assert FAKE_KEY not in p.stdout + p.stderr
-    runs = {r["name"]: r for r in map(tracking.read_offline_run,
+    runs = {r["name"]: r for r in map(wandb_log.read_offline_run,
                                       tracking.offline_run_dirs(run_dir))}
     assert set(runs) == SMOKE_TRIALS | {f"{name}-figures"}  # every run kept, offline
     assert all(r["exit_code"] == 0 for r in runs.values())

@@ -1,5 +1,6 @@
 """Loss landscape (ablations/measurements/landscape.py): Li et al.'s filter normalization,
-the slices on tiny networks, ``roughness`` as properties, figures on generated frames."""
+the slices on tiny networks, ``roughness`` as properties, figures (analysis/views/landscape.py,
+landscape2d.py) on generated frames."""
 from __future__ import annotations
 
 import copy
@@ -16,6 +17,9 @@ from matplotlib.figure import Figure
 
 from ablations.measurements import MeasureData, get, seed_for
 from ablations.measurements import landscape as ls
+from analysis import views
+from analysis.views import landscape as view
+from analysis.views.landscape2d import landscape_2d
 from ablations.plan import TrialConfig
 from models import create_model
 
@@ -114,7 +118,8 @@ def test_registered():
     assert (one.when, one.cost, one.default, one.fn) == (("final",), "expensive", False, ls.measure)
     assert (two.when, two.cost, two.default, two.fn) == (("final",), "expensive", False,
                                                           ls.measure_2d)
-    assert [f.name for f in one.figures + two.figures] == ["landscape_1d", "landscape2d"]
+    assert [f.name for f in views.figures("landscape") + views.figures("landscape2d")] == [
+        "landscape_1d", "landscape2d"]
 
 
 # --------------------------------------------------------------------------- roughness
@@ -200,15 +205,15 @@ def landscape_frames(draw, keys, crossed, kind):
 def test_figures_and_table_render_on_generated_frames(keys, crossed_cells, data):
     one = data.draw(landscape_frames(keys, crossed_cells, "1d"))
     two = data.draw(landscape_frames(keys, crossed_cells, "2d"))
-    for fig in (ls.landscape_1d(one), ls.landscape_2d(two), ls.landscape_1d(two),
-                ls.landscape_2d(one)):
+    for fig in (view.landscape_1d(one), landscape_2d(two), view.landscape_1d(two),
+                landscape_2d(one)):
         assert isinstance(fig, Figure)
         fig.canvas.draw()
-    table = ls.landscape_table(one)
+    table = view.landscape_table(one)
     assert len(table) == one.groupby(["depth", "residual", "norm", "branch_scale"]).ngroups
     assert {"trained loss", "roughness"} <= set(table.columns)
-    assert ls.landscape_table(two) is None
-    for f in (ls.landscape_1d, ls.landscape_2d):  # nothing to draw: a figure that says so
+    assert view.landscape_table(two) is None
+    for f in (view.landscape_1d, landscape_2d):  # nothing to draw: a figure that says so
         assert "landscape: no" in f(pd.DataFrame()).axes[0].texts[0].get_text()
 
 
@@ -220,6 +225,6 @@ def test_table_numbers(keys):
             loss = [3, 1, 1, 1, 3] if d < 2 else [2, 3, 1, 1, 1]
             rows += [dict(key, direction=d, alpha=a, loss=v)
                      for a, v in zip([-1, -.5, 0, .5, 1], loss)]
-    t = ls.landscape_table(pd.DataFrame(rows)).iloc[0]
+    t = view.landscape_table(pd.DataFrame(rows)).iloc[0]
     assert t["roughness"] == "0.67 ± 0.00" and t["trained loss"] == "1.000 ± 0.000"
     assert t["rise at |alpha|=1 (median)"] == "2" and t["variant"] == "plain"

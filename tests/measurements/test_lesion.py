@@ -1,5 +1,5 @@
 """Lesion study (ablations/measurements/lesion.py): exact checks on tiny networks, and the
-figures and table on generated frames."""
+figures and table (analysis/views/lesion.py) on generated frames."""
 from __future__ import annotations
 
 import copy
@@ -14,6 +14,8 @@ from matplotlib.figure import Figure
 
 from ablations.measurements import MeasureData, get, seed_for
 from ablations.measurements import lesion
+from analysis import views
+from analysis.views import lesion as view
 from ablations.plan import TrialConfig
 from models import create_model, units
 
@@ -171,7 +173,7 @@ def test_model_unchanged_by_measuring():
 def test_registered():
     m = get("lesion")
     assert (m.when, m.cost, m.default, m.fn) == (("final",), "moderate", True, lesion.measure)
-    assert [f.name for f in m.figures] == ["lesion_by_unit", "lesion_vs_k"]
+    assert [f.name for f in views.figures("lesion")] == ["lesion_by_unit", "lesion_vs_k"]
 
 
 # --------------------------------------------------------------------------- figures, table
@@ -213,10 +215,10 @@ def lesion_frames(draw, keys, crossed):
 @given(data=st.data())
 def test_figures_and_table_render_on_generated_frames(keys, crossed_cells, data):
     df = data.draw(lesion_frames(keys, crossed_cells))
-    for fig in (lesion.lesion_by_unit(df), lesion.lesion_vs_k(df)):
+    for fig in (view.lesion_by_unit(df), view.lesion_vs_k(df)):
         assert isinstance(fig, Figure)
         fig.canvas.draw()  # layout and tick locators run at draw time
-    table = lesion.lesion_table(df)
+    table = view.lesion_table(df)
     cells = df.groupby(["depth", "residual", "norm", "branch_scale"]).ngroups
     assert len(table) == cells and "median single increase (pp)" in table
 
@@ -227,10 +229,10 @@ def test_figures_say_when_there_is_nothing_to_draw(keys):
                                      unit="", unit_index=-1, deletable=True, error=0.5,
                                      intact_error=0.5, images=10)])
     for frame in (empty, pd.DataFrame(), only_intact):
-        for f in (lesion.lesion_by_unit, lesion.lesion_vs_k):
+        for f in (view.lesion_by_unit, view.lesion_vs_k):
             fig = f(frame)
             assert isinstance(fig, Figure) and "lesion: no" in fig.axes[0].texts[0].get_text()
-        assert lesion.lesion_table(frame) is None or frame is only_intact
+        assert view.lesion_table(frame) is None or frame is only_intact
 
 
 def test_table_numbers(keys):
@@ -241,7 +243,7 @@ def test_table_numbers(keys):
                          error=intact))
         rows += [dict(base, kind="single", unit=f"u{i}", unit_index=i, deletable=True, error=e)
                  for i, e in enumerate(errs)]
-    t = lesion.lesion_table(pd.DataFrame(rows)).iloc[0]
+    t = view.lesion_table(pd.DataFrame(rows)).iloc[0]
     # median increases per seed: 0.1 and 0.1 -> 10.0 ± 0; largest: u2, mean(0.4, 0.1) = 25 pp
     assert t["median single increase (pp)"] == "10.0 ± 0.0"
     assert t["largest increase (pp)"] == "25.0 (u2)" and t["not deletable"] == 0

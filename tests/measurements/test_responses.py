@@ -1,6 +1,6 @@
 """Layer responses (ablations/measurements/responses.py): the hook trace against the
 responses computed by hand from each network's modules, network order, and the figure,
-table and layers rows on generated frames."""
+table and layers rows (analysis/views/responses.py) on generated frames."""
 from __future__ import annotations
 
 import copy
@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 
 from ablations.measurements import get
 from ablations.measurements import responses as rs
+from analysis import views
+from analysis.views import responses as view
 from analysis.figures_layers import layer_response_std
 from analysis.tables import snapshot_rows
 from models import create_model
@@ -132,7 +134,7 @@ def test_model_unchanged_and_no_hooks_left(settled, measure_data):
 def test_registered():
     m = get("responses")
     assert (m.when, m.cost, m.default, m.fn) == (("init", "final"), "cheap", True, rs.measure)
-    assert [f.name for f in m.figures] == ["responses_std"]
+    assert [f.name for f in views.figures("responses")] == ["responses_std"]
 
 
 # --------------------------------------------------------------------------- figure, table, layers
@@ -161,12 +163,12 @@ def responses_frames(draw, keys):
 @given(data=st.data())
 def test_figure_table_and_layers_rows_on_generated_frames(keys, data):
     df = data.draw(responses_frames(keys))
-    fig = rs.responses_std(df)
+    fig = view.responses_std(df)
     assert isinstance(fig, Figure)
     fig.canvas.draw()
-    table = rs.responses_table(df)
+    table = view.responses_table(df)
     assert len(table) == df.groupby(["depth", "residual"]).ngroups
-    layers = rs.responses_as_layers(df)
+    layers = view.responses_as_layers(df)
     assert len(layers) == len(df) and (layers["stat"] == "act_std").all()
     layer_response_std(layers).canvas.draw()
 
@@ -179,7 +181,7 @@ def test_layers_rows_match_layers_parquet(keys):
     trained = pd.DataFrame([dict(keys("resnet", 8, r, 0), phase="train", step=s, epoch=e,
                                  layer="x", layer_index=0, stat="act_std", value=1.0)
                             for r in (True, False) for s, e in ((0, 1), (350, 10))])
-    out = rs.responses_as_layers(df, trained)
+    out = view.responses_as_layers(df, trained)
     from ablations.results import factor_columns
     assert list(out.columns) == factor_columns() + ["phase", "step", "epoch", "layer",
                                                     "layer_index", "stat", "value"]
@@ -188,25 +190,25 @@ def test_layers_rows_match_layers_parquet(keys):
     assert set(late["epoch"]) == {10} and set(late["phase"]) == {"train"}
     init = snapshot_rows(out, "act_std", "init")
     assert set(init["step"]) == {0} and list(init["value"][:3]) == [1.0, 2.0, 3.0]
-    assert set(rs.responses_as_layers(df).query("phase == 'train'")["step"]) == {1}
+    assert set(view.responses_as_layers(df).query("phase == 'train'")["step"]) == {1}
     # the trials' own end of training (steps, epochs_run) wins over the last sample
     ends = pd.DataFrame({"trial_id": sorted(set(df["trial_id"])), "steps": 360,
                          "epochs_run": 10})
-    end = snapshot_rows(rs.responses_as_layers(df, trained, ends), "act_std", "late")
+    end = snapshot_rows(view.responses_as_layers(df, trained, ends), "act_std", "late")
     assert set(end["step"]) == {360} and set(end["epoch"]) == {10}
 
 
 def test_nothing_to_draw(keys):
     empty = pd.DataFrame(columns=[*keys("resnet", 8, True, 0), *rs.COLUMNS])
-    assert isinstance(rs.responses_std(empty), Figure)
-    assert rs.responses_table(empty) is None
+    assert isinstance(view.responses_std(empty), Figure)
+    assert view.responses_table(empty) is None
 
 
 def test_table_numbers(keys):
     rows = [dict(keys("resnet", 8, True, seed, "final"), layer=f"l{i}", layer_index=i,
                  std_channel=v, std_tensor=9.0)
             for seed, pair in enumerate([(1.0, 3.0), (2.0, 2.0)]) for i, v in enumerate(pair)]
-    t = rs.responses_table(pd.DataFrame(rows)).iloc[0]
+    t = view.responses_table(pd.DataFrame(rows)).iloc[0]
     assert t["mean std trained"] == "2.00 ± 0.00" and t["mean std at init"] == "—"
     assert np.isclose(float(t["mean std trained"].split()[0]), 2.0)
 
@@ -221,19 +223,19 @@ def _old_file(keys):
 
 def test_an_old_file_shows_the_whole_tensor_std_and_says_so(keys):
     old = _old_file(keys)
-    t = rs.responses_table(old)
+    t = view.responses_table(old)
     assert "mean std trained (whole tensor, old file)" in t.columns
     assert "mean std trained" not in t.columns
     assert set(t["mean std trained (whole tensor, old file)"]) == {"4.00 ± 0.00"}
-    fig = rs.responses_std(old)
+    fig = view.responses_std(old)
     fig.canvas.draw()
     labels = {ax.get_ylabel() for ax in fig.axes} - {""}
-    assert labels == {f"response std ({rs.OLD_FILE})"}
-    layers = rs.responses_as_layers(old)
+    assert labels == {f"response std ({view.OLD_FILE})"}
+    layers = view.responses_as_layers(old)
     assert list(layers["value"][:3]) == [1.0, 2.0, 3.0]
     # a new file: the per-channel std, labelled so
     new = old.drop(columns="std").assign(std_channel=0.5, std_tensor=old["std"])
-    assert {ax.get_ylabel() for ax in rs.responses_std(new).axes} - {""} == {
+    assert {ax.get_ylabel() for ax in view.responses_std(new).axes} - {""} == {
         "response std (per channel)"}
-    assert set(rs.responses_table(new)["mean std trained"]) == {"0.500 ± 0.000"}
-    assert (rs.responses_as_layers(new)["value"] == 0.5).all()
+    assert set(view.responses_table(new)["mean std trained"]) == {"0.500 ± 0.000"}
+    assert (view.responses_as_layers(new)["value"] == 0.5).all()

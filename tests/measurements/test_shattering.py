@@ -1,6 +1,7 @@
 """Shattered gradients (ablations/measurements/shattering.py): the autocorrelation on
 known sequences, exact per-input gradients on tiny networks, and the figures and table
-(with the helpers ``signal`` and ``responses`` share) on generated frames."""
+(analysis/views/shattering.py, with the helpers ``signal`` and ``responses`` share) on
+generated frames."""
 from __future__ import annotations
 
 import copy
@@ -20,6 +21,8 @@ from matplotlib.figure import Figure
 
 from ablations.measurements import MeasureData, get, seed_for
 from ablations.measurements import shattering as sh
+from analysis import views
+from analysis.views import shattering as view
 from ablations.plan import TrialConfig
 from models import create_model
 
@@ -196,7 +199,7 @@ def test_segments_are_seeded_and_the_same_at_init_and_final():
 def test_registered_and_no_torch_at_import():
     m = get("shattering")
     assert (m.when, m.cost, m.default, m.fn) == (("init", "final"), "cheap", True, sh.measure)
-    assert [f.name for f in m.figures] == ["shattering_acf", "shattering_lag1"]
+    assert [f.name for f in views.figures("shattering")] == ["shattering_acf", "shattering_lag1"]
     code = ("import sys; import ablations.measurements.shattering, "
             "ablations.measurements.responses, ablations.measurements.signal; "
             "assert 'torch' not in sys.modules")
@@ -227,19 +230,19 @@ def shattering_frames(draw, keys):
 @given(data=st.data())
 def test_figures_and_table_render_on_generated_frames(keys, data):
     df = data.draw(shattering_frames(keys))
-    for fig in (sh.shattering_acf(df), sh.shattering_lag1(df)):
+    for fig in (view.shattering_acf(df), view.shattering_lag1(df)):
         assert isinstance(fig, Figure)
         fig.canvas.draw()
-    table = sh.shattering_table(df)
+    table = view.shattering_table(df)
     assert len(table) == df.groupby(["depth", "residual"]).ngroups
     assert {"variant", "seeds", "lag-1 at init", "lag-1 trained"} <= set(table.columns)
 
 
 def test_figures_say_when_there_is_nothing_to_draw(keys):
     empty = pd.DataFrame(columns=[*keys("resnet", 8, True, 0), *sh.COLUMNS])
-    for f in (sh.shattering_acf, sh.shattering_lag1):
+    for f in (view.shattering_acf, view.shattering_lag1):
         assert isinstance(f(empty), Figure)
-    assert sh.shattering_table(empty) is None
+    assert view.shattering_table(empty) is None
 
 
 def test_table_numbers(keys):
@@ -248,7 +251,7 @@ def test_table_numbers(keys):
     rows = [dict(keys("resnet", 8, False, seed, "final"), segment=s, lag=1, points=256,
                  autocorr_centred=v, autocorr_uncentred=0.9)
             for seed, pair in enumerate([(0.2, 0.4), (0.5, 0.5)]) for s, v in enumerate(pair)]
-    t = sh.shattering_table(pd.DataFrame(rows)).iloc[0]
+    t = view.shattering_table(pd.DataFrame(rows)).iloc[0]
     half = 12.706204736 * 0.1414213562 / math.sqrt(2)  # t_{0.975, 1} * sd(0.3, 0.5) / sqrt(2)
     assert t["lag-1 trained"] == f"0.400 ± {half:.3f}" and t["lag-1 at init"] == "—"
     assert (t["variant"], t["seeds"], t["depth"]) == ("plain", 2, 8)
@@ -264,20 +267,20 @@ def _old_file(keys):
 
 def test_an_old_file_shows_the_uncentred_autocorrelation_and_says_so(keys):
     old = _old_file(keys)
-    t = sh.shattering_table(old)
+    t = view.shattering_table(old)
     assert "lag-1 trained (uncentred, old file)" in t.columns
     assert "lag-1 trained" not in t.columns
     assert set(t["lag-1 trained (uncentred, old file)"]) == {"0.800 ± 0.000"}
     assert set(t["lag-2 at init (uncentred, old file)"]) == {"0.700 ± 0.000"}
-    for f in (sh.shattering_acf, sh.shattering_lag1):
+    for f in (view.shattering_acf, view.shattering_lag1):
         fig = f(old)
         fig.canvas.draw()
-        assert "UNCENTRED" in fig._supylabel.get_text() and sh.OLD_FILE in fig._supylabel.get_text()
+        assert "UNCENTRED" in fig._supylabel.get_text() and view.OLD_FILE in fig._supylabel.get_text()
     # a new file: centred, labelled so
     new = old.drop(columns="autocorr").assign(autocorr_centred=0.1, autocorr_uncentred=0.9)
-    assert "centred" in sh.shattering_acf(new)._supylabel.get_text()
-    assert "UNCENTRED" not in sh.shattering_lag1(new)._supylabel.get_text()
-    assert set(sh.shattering_table(new)["lag-1 trained"]) == {"0.100 ± 0.000"}
+    assert "centred" in view.shattering_acf(new)._supylabel.get_text()
+    assert "UNCENTRED" not in view.shattering_lag1(new)._supylabel.get_text()
+    assert set(view.shattering_table(new)["lag-1 trained"]) == {"0.100 ± 0.000"}
 
 
 def test_a_merged_file_of_old_and_new_trials_shows_the_centred_one(keys):
@@ -286,8 +289,8 @@ def test_a_merged_file_of_old_and_new_trials_shows_the_centred_one(keys):
     new = old[old["depth"] == 8].drop(columns="autocorr").assign(autocorr_centred=0.25,
                                                                  autocorr_uncentred=0.9)
     mixed = pd.concat([old[old["depth"] == 14], new], ignore_index=True)
-    t = sh.shattering_table(mixed).set_index(["depth", "variant"])
+    t = view.shattering_table(mixed).set_index(["depth", "variant"])
     assert t.loc[(8, "plain"), "lag-1 trained"] == "0.250 ± 0.000"
     assert t.loc[(14, "plain"), "lag-1 trained"] == "—"  # old trials: no centred value
-    sh.shattering_acf(mixed).canvas.draw()
-    sh.shattering_lag1(mixed).canvas.draw()
+    view.shattering_acf(mixed).canvas.draw()
+    view.shattering_lag1(mixed).canvas.draw()

@@ -1,6 +1,6 @@
 """Signal propagation (ablations/measurements/signal.py): the unit walk against the
 network's own forward, exact zeros of a zero-initialized branch, the statistics by hand,
-and the figures and table on generated frames."""
+and the figures and table (analysis/views/signal.py) on generated frames."""
 from __future__ import annotations
 
 import copy
@@ -15,6 +15,8 @@ from matplotlib.figure import Figure
 
 from ablations.measurements import get
 from ablations.measurements import signal as sg
+from analysis import views
+from analysis.views import signal as view
 from models import create_model
 
 
@@ -107,7 +109,7 @@ def test_model_unchanged(settled, measure_data):
 def test_registered():
     m = get("signal")
     assert (m.when, m.cost, m.default, m.fn) == (("init", "final"), "cheap", True, sg.measure)
-    assert [f.name for f in m.figures] == ["signal_ratio", "signal_variance"]
+    assert [f.name for f in views.figures("signal")] == ["signal_ratio", "signal_variance"]
 
 
 # --------------------------------------------------------------------------- figures, table
@@ -141,19 +143,19 @@ def signal_frames(draw, keys):
 @given(data=st.data())
 def test_figures_and_table_render_on_generated_frames(keys, data):
     df = data.draw(signal_frames(keys))
-    for fig in (sg.signal_ratio(df), sg.signal_variance(df)):
+    for fig in (view.signal_ratio(df), view.signal_variance(df)):
         assert isinstance(fig, Figure)
         fig.canvas.draw()
-    table = sg.signal_table(df)
+    table = view.signal_table(df)
     assert len(table) == df.groupby(["depth", "residual"]).ngroups
     assert (table.loc[table["variant"] == "plain", "branch/skip trained"] == "—").all()
 
 
 def test_nothing_to_draw(keys):
     empty = pd.DataFrame(columns=[*keys("resnet", 8, True, 0), *sg.COLUMNS])
-    for f in (sg.signal_ratio, sg.signal_variance):
+    for f in (view.signal_ratio, view.signal_variance):
         assert isinstance(f(empty), Figure)
-    assert sg.signal_table(empty) is None
+    assert view.signal_table(empty) is None
 
 
 def test_table_numbers(keys):
@@ -162,7 +164,7 @@ def test_table_numbers(keys):
                  act_channel_mean_sq=0.0, act_var=v)
             for seed, (ratios, var) in enumerate([((0.5, 1.5), 4.0), ((1.0, 1.0), 6.0)])
             for i, (r, v) in enumerate(zip(ratios, (99.0, var)))]
-    t = sg.signal_table(pd.DataFrame(rows)).iloc[0]
+    t = view.signal_table(pd.DataFrame(rows)).iloc[0]
     # ratio: per trial the mean over units (1.0, 1.0); variance: the last unit's (4, 6)
     assert t["branch/skip at init"] == "1.00 ± 0.00" and t["branch/skip trained"] == "—"
     # sd(4, 6) = sqrt(2): half width t_{0.975, 1} * sqrt(2) / sqrt(2)

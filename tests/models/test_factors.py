@@ -10,8 +10,10 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 import models
-from models.layers import NORM_MODULES, FixedScale, LearnedScale, PadShortcut
+from models.layers import FixedScale, LearnedScale, PadShortcut
+from models.levels import ACTIVATION_NAMES, FactorLevels
 from models.mlp import MLP, DenseBlock, MLPConfig
+from models.norm_act import NORM_MODULES
 from models.resnet import BasicBlock, PreActBlock, ResNet, ResNetConfig
 
 from .legacy import legacy_build
@@ -29,10 +31,15 @@ def res_cfg(**kw):
     return models.get_config("resnet", **{**RES_KW, **kw})
 
 
+def level_fields(cfg_cls):
+    """The declared factors held as string fields (all but residual, a bool)."""
+    return {k: v for k, v in cfg_cls.FACTORS.items() if k != "residual"}
+
+
 def combos(cfg_cls):
     """Every combination of the factor levels, crossed with residual."""
-    fields = list(cfg_cls.FACTORS)
-    for values in itertools.product(*cfg_cls.FACTORS.values(), (False, True)):
+    fields = level_fields(cfg_cls)
+    for values in itertools.product(*(d.levels for d in fields.values()), (False, True)):
         yield {**dict(zip(fields, values[:-1])), "residual": values[-1]}
 
 
@@ -43,22 +50,29 @@ def kw_id(kw):
 # ---- levels, names, validation -------------------------------------------------------
 
 def test_field_names_levels_and_defaults():
-    assert MLPConfig.FACTORS == {"norm": ("none", "layer", "batch"), "block": ("post", "pre"),
-                                 "branch_scale": ("one", "invsqrt", "zero")}
-    assert ResNetConfig.FACTORS == {"norm": ("batch", "layer", "none"),
-                                    "block": ("post", "pre"),
-                                    "branch_scale": ("one", "invsqrt", "zero"),
-                                    "shortcut": ("projection", "pad")}
-    for cls in (MLPConfig, ResNetConfig):  # the first level is the field's default
+    assert {k: v.levels for k, v in MLPConfig.FACTORS.items()} == {
+        "residual": ("residual", "plain"), "norm": ("none", "layer", "batch"),
+        "block": ("post", "pre"), "branch_scale": ("one", "invsqrt", "zero"),
+        "activation": ("relu", "gelu")}
+    assert {k: v.levels for k, v in ResNetConfig.FACTORS.items()} == {
+        "residual": ("residual", "plain"), "norm": ("batch", "layer", "none"),
+        "block": ("post", "pre"), "branch_scale": ("one", "invsqrt", "zero"),
+        "shortcut": ("projection", "pad"), "activation": ("relu", "gelu")}
+    for cls in (MLPConfig, ResNetConfig):  # the declared default is the field's default
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        assert {k: v[0] for k, v in cls.FACTORS.items()} == {k: defaults[k] for k in cls.FACTORS}
+        assert {k: v.default for k, v in cls.FACTORS.items()} == \
+            {k: defaults[k] if k != "residual" else "residual" for k in cls.FACTORS}
+        assert defaults["residual"] is True
+    with pytest.raises(ValueError, match="default 'x' is not one of the levels"):
+        FactorLevels.of(("a", "b"), "x")
 
 
 @pytest.mark.parametrize("family,field,valid", [
     ("mlp", "norm", "none, layer, batch"), ("mlp", "block", "post, pre"),
     ("mlp", "branch_scale", "one, invsqrt, zero"),
     ("resnet", "norm", "batch, layer, none"), ("resnet", "block", "post, pre"),
-    ("resnet", "branch_scale", "one, invsqrt, zero"), ("resnet", "shortcut", "projection, pad")])
+    ("resnet", "branch_scale", "one, invsqrt, zero"), ("resnet", "shortcut", "projection, pad"),
+    ("mlp", "activation", "relu, gelu"), ("resnet", "activation", "relu, gelu")])
 def test_invalid_level_raises_naming_the_valid_levels(family, field, valid):
     with pytest.raises(ValueError, match=f"{field} 'bogus' is not a level; valid levels: {valid}$"):
         models.get_config(family, depth=6, **{field: "bogus"})
@@ -79,7 +93,7 @@ def test_constructors_reject_invalid_levels_too():
 
 LEGACY_TYPES = {"LegacyDenseBlock": "DenseBlock", "LegacyMLP": "MLP",
                 "LegacyBasicBlock": "BasicBlock", "LegacyResNet": "ResNet"}
-NEW_TYPES = {"NormReLUSequential": "Sequential"}
+NEW_TYPES = {"NormActSequential": "Sequential"}
 
 
 @pytest.mark.parametrize("name,kw", [
@@ -98,8 +112,8 @@ def test_defaults_build_todays_network_bit_for_bit(name, kw, seed):
     torch.manual_seed(seed)
     new = cfg.build()
     assert torch.equal(torch.get_rng_state(), ref_rng)  # the same number of draws
-    # a Sequential ending in norm + ReLU is a NormReLUSequential (models.fused): the same
-    # modules under the same names, its pair fused while training
+    # a Sequential ending in norm + ReLU is a NormActSequential (models.norm_act): the
+    # same modules under the same names, its pair fused while training
     assert [(n, NEW_TYPES.get(type(m).__name__, type(m).__name__))
             for n, m in new.named_modules()] == \
         [(n, LEGACY_TYPES.get(type(m).__name__, type(m).__name__)) for n, m in ref.named_modules()]
@@ -396,7 +410,7 @@ def test_every_resnet_combination_builds_runs_and_keeps_its_protocol(kw):
     assert m.first_block() is m.layer1[0] and len(m.stages()) == 3
     assert isinstance(m.first_block(), PreActBlock if kw["block"] == "pre" else BasicBlock)
     expected = "".join(f", {k}={v}" for k, v in kw.items() if k != "residual"
-                       and v != ResNetConfig.FACTORS[k][0]
+                       and v != ResNetConfig.FACTORS[k].default
                        and (kw["residual"] or k not in ("branch_scale", "shortcut")))
     assert cfg.layout() == "stem 3x3/4, BasicBlocks [1, 1, 2] widths [4, 8, 16], fc 10" + expected
 
@@ -413,10 +427,10 @@ def test_every_mlp_combination_builds_runs_and_keeps_its_protocol(kw):
         assert [n for n, _ in m.tap_points()] == [f"layers.{i}" for i in range(4)]
         n_blocks = (2 if base is MLP_KW else 3) if kw["residual"] else 0
         assert m.num_shortcuts() == len(m.blocks()) == n_blocks
-    assert cfg.layout().startswith("6 -> 6 x3 -> 1, bias, ReLU")
+    assert cfg.layout().startswith(f"6 -> 6 x3 -> 1, bias, {ACTIVATION_NAMES[kw['activation']]}")
     for k, v in kw.items():
         named = f"{k}={v}" in cfg.layout()
-        assert named == (k != "residual" and v != MLPConfig.FACTORS[k][0]
+        assert named == (k != "residual" and v != MLPConfig.FACTORS[k].default
                          and (kw["residual"] or k != "branch_scale"))
 
 

@@ -233,13 +233,6 @@ def test_a_resnet_training_step_fused_matches_the_unfused_step(block, residual):
         assert torch.equal(unit.join(*unit.split(v)), unit(v))
 
 
-def test_norm_relu_sequential_keeps_names_and_wants_a_relu_last():
-    seq = fused.NormReLUSequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
-    assert list(seq.state_dict()) == list(nn.Sequential(*seq).state_dict())
-    with pytest.raises(ValueError, match="ends with a norm and an nn.ReLU"):
-        fused.NormReLUSequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-
-
 def in_fresh_process(code: str, env: dict, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
                           env={**os.environ, **env}, capture_output=True, text=True,
@@ -249,7 +242,7 @@ def in_fresh_process(code: str, env: dict, timeout=300) -> subprocess.CompletedP
 PROBE = """
     import sys
     from models import fused
-    from ablations.train import use_fused
+    from ablations.device import use_fused
     import models
     net = models.get_config("resnet", depth=4, base_width=4).build()
     print(fused.kernel() is not None, fused.unavailable())

@@ -1,11 +1,9 @@
-"""Pieces the measurement modules (``ablations.measurements``) share: per-trial means, the
-one-row-per-cell table, and the two panel layouts (one panel per depth; init and trained
-side by side).
+"""Pieces the measurement views (``analysis.views``) share: the headline column of a
+measurement whose column changed, per-trial means, the one-row-per-cell table, and the
+two panel layouts (one panel per depth; init and trained side by side).
 
-Here rather than in a measurement module: importing a measurement module registers it,
-so a measurement that took its helpers from another would register that one first, out
-of ``BUILTINS`` order (the report's order). Like the measurement modules, this module
-imports no torch: the report draws their figures and tables without it.
+Like the views, this module imports no torch: the report draws their figures and
+tables without it.
 """
 from __future__ import annotations
 
@@ -18,14 +16,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from ablations import levels
 from ablations.measurements import WHEN
 from analysis import stats
-from ablations import levels
 from analysis.figure_parts import (depth_colors, finite, fit_title, label_edges, line_band,
                                    median_iqr, no_data, panels, where)
 from analysis.figures_layers import PANEL_KEYS
+from analysis.formatting import fmt_ci
 from analysis.style import DEFAULT_LOOK, Look, log_axis, message_figure, model_label, variant_of
-from analysis.tables import fmt_ci, shown_factors, without_redundant_model
+from analysis.tables import shown_factors, without_redundant_model
 from analysis.variants import Variants, joined, keyed
 
 WHEN_TITLE = {"init": "at init", "final": "trained"}

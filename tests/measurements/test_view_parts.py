@@ -1,4 +1,4 @@
-"""The table pieces every measurement shares (analysis/measure_parts.py): one row per cell
+"""The table pieces every measurement view shares (analysis/views/parts.py): one row per cell
 in the registry's level order with the single-level factors and a redundant model column
 hidden, the per-trial means, and the mean ± interval columns, on hand-made frames."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 
 import pandas as pd
 
-from analysis.measure_parts import cell_table, per_trial, when_means
+from analysis.views.parts import cell_table, per_trial, when_means
 
 
 def _rows(keys, depths=(20, 8), model=None) -> pd.DataFrame:
@@ -74,9 +74,9 @@ def test_when_means_exact(keys):
 
 
 def test_imports_no_torch_and_registers_nothing():
-    # the report draws every measurement's figures without torch; and a measurement that
-    # imports these helpers must not register another measurement ahead of itself
-    code = ("import sys; import analysis.measure_parts; "
+    # the report draws every measurement's figures without torch; and importing these
+    # helpers registers no measurement
+    code = ("import sys; import analysis.views.parts; "
             "from ablations import measurements as m; assert not m._REGISTRY, m._REGISTRY; "
             "import ablations.measurements.landscape; "
             "assert list(m._REGISTRY) == ['landscape', 'landscape2d'], list(m._REGISTRY); "

@@ -1,0 +1,326 @@
+"""A sweep from its parsed command line to its merged results: the work of sweep.py.
+
+``run`` is all of it, in two steps. ``start`` resolves the spec (a new sweep, or the
+stored one with ``--resume``/``--retry-failed``: ``ablations.resume``), validates and
+expands it, checks the data, resolves the W&B mode and connects to Ray
+(``ablations.cluster``): every check that can fail, before anything is written.
+``execute`` prints the settings and the plan, writes spec.json, records the
+invocation, tunes per cell (``--tune``), runs the trials not yet finished through
+``ablations.runner`` with a live progress, and merges their fragments into the tables
+(``ablations.results``). It returns an ``Outcome``; the report is the entry point's
+(sweep.py builds it with ``analysis.report``).
+
+Ray is reached only through the functions of ``ablations.cluster`` and
+``ablations.runner``, looked up on those modules at each call: a test replaces them
+(``monkeypatch.setattr(runner, "run_groups", ...)``) to run a sweep without Ray.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import cluster, results, resume
+from .arguments import given_flags, spec_from_args
+from .plan import expand, format_plan, group_by_cell, settings_line
+from .progress import duration, for_groups
+from .spec import AblationSpec, SpecError, resolve_measure, validate
+
+
+@dataclass
+class Sweep:
+    """A sweep ready to run: what ``start`` resolved, and what ``execute`` runs."""
+    spec: AblationSpec
+    kind: str             # "start", "resume" or "retry-failed"
+    trials: list          # the plan: ablations.plan.TrialConfig
+    skipped: list         # [(cell, reason)]: the cells the plan cannot build
+    sizes: dict | None    # images per split (train mode: ablations.data.check_data)
+    wandb_mode: str       # online, offline or disabled (ablations.tracking.resolve_mode)
+    argv: list
+    clock: dict           # wall-clock stamps of this invocation (record_timing)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How ``run`` ended. ``code`` 2: bad input, ``error`` says what (nothing written);
+    130: interrupted, resumable; 0 or 1 (``finished``): every trial has a result, 1 when
+    some ended with status=error; the tables are merged and the report is due."""
+    code: int
+    error: str | None = None
+    spec: AblationSpec | None = None
+    wandb_mode: str = "disabled"
+    counts: dict = field(default_factory=dict)  # completed, diverged, error
+    trials: int = 0
+    started: float = 0.0  # time.time() as the trials (or the tuning) began
+
+    @property
+    def finished(self) -> bool:
+        return self.code in (0, 1)
+
+
+def run(parser, args, argv, clock: dict) -> Outcome:
+    """The sweep ``args`` (parsed by ``parser`` from ``argv``) asks for; Ray is left
+    whatever happens."""
+    try:
+        try:
+            sweep = start(args, given_flags(parser, argv), argv, clock)
+        except SpecError as e:
+            return Outcome(2, error=str(e))
+        return execute(sweep)
+    finally:
+        cluster.disconnect()
+
+
+def start(args, given: set[str], argv, clock: dict) -> Sweep:
+    """Resolve, validate and expand the spec, pick the W&B mode, connect to Ray and
+    size the trials' resources; SpecError before anything is written."""
+    from . import tracking
+    if args.resume or args.retry_failed:
+        spec, kind = resume.stored_spec(args, given)
+    else:
+        spec, kind = resolve_measure(spec_from_args(args)), "start"
+    trials, skipped, sizes = prepare(spec, resuming=kind != "start")
+    wandb_mode, why = tracking.resolve_mode(spec.wandb, spec.run_dir)
+    print(f"W&B: {wandb_mode} ({why})", flush=True)
+    units = len(groups_of(trials, spec))
+    prewarm = cluster.plan_local(spec, units)
+    clock["ray_start_at"] = time.time()
+    cluster.connect(spec.address, prewarm=prewarm)
+    clock["connected_at"] = time.time()
+    spec = cluster.resolve_resources(spec, units)
+    return Sweep(spec, kind, trials, skipped, sizes, wandb_mode, list(argv), clock)
+
+
+def prepare(spec: AblationSpec, resuming: bool = False):
+    """Validate and expand; every check that can fail happens here, before any write."""
+    validate(spec, resuming)
+    trials, skipped = expand(spec)
+    if not trials:
+        raise SpecError("no cell can be built: " + "; ".join(f"{l}: {r}" for l, r in skipped))
+    sizes = None
+    if spec.mode == "train":
+        from .data import check_data
+        sizes = check_data(spec.train)
+    return trials, skipped, sizes
+
+
+def groups_of(trials, spec):
+    """The Tune trials: a probe cell with all its seeds together, or one training trial."""
+    return group_by_cell(trials, variants_together=True) if spec.mode == "probe" \
+        else [[t] for t in trials]
+
+
+def execute(sweep: Sweep) -> Outcome:
+    """Write spec.json and the invocation, then tune (``--tune``) and run what is left
+    to run; the tables merged, Ray left (before the report forks its workers)."""
+    spec, run_dir, clock = sweep.spec, sweep.spec.run_dir, sweep.clock
+    # workers run in Tune's trial folders: every path they get is absolute
+    worker_spec = dataclasses.replace(spec, wandb=sweep.wandb_mode,
+                                      out=os.path.abspath(spec.out),
+                                      storage=os.path.abspath(spec.storage_dir))
+    print_plan(sweep)
+    info = {"wandb_mode": sweep.wandb_mode, "cluster": cluster.cluster_info(),
+            "cpus_per_trial": spec.cpus_per_trial, "gpus_per_trial": spec.gpus_per_trial}
+    if sweep.kind == "start":
+        results.write_json(f"{run_dir}/spec.json",
+                           {**results.spec_record(spec),
+                            "plan": [t.factors() for t in sweep.trials],
+                            "skipped": [{"cell": l, "reason": r} for l, r in sweep.skipped]})
+    record_invocation(run_dir, sweep.kind, sweep.argv, info)
+    res = info["cluster"]["resources"]
+    print(f"resources: {spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial on "
+          f"{info['cluster']['nodes']} node(s) with {res.get('CPU', 0):g} CPU, "
+          f"{res.get('GPU', 0):g} GPU; W&B {sweep.wandb_mode}", flush=True)
+    trials = sweep.trials
+    slots = concurrent_slots(spec, info["cluster"], len(groups_of(trials, spec)))
+    todo_now = [t for t in trials if results.read_fragment_row(run_dir, t.trial_id) is None]
+    line, per_epoch = estimate_line(spec, todo_now, sweep.sizes, slots,
+                                    len({t.cell for t in trials}) if sweep.kind == "start"
+                                    else 0)
+    if line:
+        print(line, flush=True)
+    t0 = time.time()
+    if spec.tune:
+        clock["tuning_started_at"] = time.time()
+        tuned = tune_cells(spec, trials, run_dir, worker_spec)
+        clock["tuning_ended_at"] = time.time()
+        if tuned is None:
+            return interrupted(spec, trials, clock, "the per-cell search is not finished")
+        trials = tuned
+    todo = to_run(sweep.kind, trials, run_dir)
+    run_trials(sweep, worker_spec, trials, todo, per_epoch, slots)
+    unfinished = [t for t in todo if results.read_fragment_row(run_dir, t.trial_id) is None]
+    if unfinished:  # interrupted (Ctrl-C): keep them pending, resumable
+        return interrupted(spec, trials, clock, f"{len(unfinished)} trial(s) not finished")
+    tables = results.merge(run_dir, trials)
+    record_timing(run_dir, clock)
+    # Ray is done: leave it before the report forks its figure workers (a fork of a
+    # process with Ray's threads running could inherit a held lock)
+    cluster.disconnect()
+    status = tables["trials"]["status"].value_counts()
+    counts = {k: int(status.get(k, 0)) for k in ("completed", "diverged", "error")}
+    return Outcome(1 if counts["error"] else 0, spec=spec, wandb_mode=sweep.wandb_mode,
+                   counts=counts, trials=len(trials), started=t0)
+
+
+def run_trials(sweep: Sweep, worker_spec, trials, todo, per_epoch: dict, slots: int) -> None:
+    """One Tune run over ``todo`` with a live progress, ``trials.parquet`` refreshed as
+    they end; a group that failed after all its retries gets error rows (its trials
+    without a result)."""
+    from . import runner
+    spec, run_dir = sweep.spec, sweep.spec.run_dir
+    groups = groups_of(todo, spec)
+    if not groups:
+        return
+    sweep.clock["run_started_at"] = time.time()
+    progress = for_groups(groups, spec, run_dir, per_epoch, slots)
+    try:
+        errors = runner.run_groups(
+            groups, worker_spec, run_dir, f"{sweep.kind}-{time.strftime('%Y%m%d-%H%M%S')}",
+            on_trial_end=lambda: results.merge(run_dir, trials, final=False),
+            progress=progress)
+    finally:
+        progress.close()
+    sweep.clock["run_ended_at"] = time.time()
+    for gi, tb in errors.items():
+        for t in groups[gi]:
+            if results.read_fragment_row(run_dir, t.trial_id) is None:
+                results.write_error(run_dir, t, tb)
+
+
+def print_plan(sweep: Sweep) -> None:
+    """The settings line, the plan and (train mode) what weights are kept."""
+    spec = sweep.spec
+    print(settings_line(spec), flush=True)
+    print(format_plan(sweep.trials, sweep.skipped, spec.mode), flush=True)
+    if spec.mode == "train":
+        from . import measure_run, weights
+        for line in weights.plan_lines(spec.keep_weights, measure_run.requested(spec.measure),
+                                       sweep.trials, spec.run_dir):
+            print(line, flush=True)
+
+
+def to_run(kind: str, trials, run_dir) -> list:
+    """The trials this invocation runs: those without a result; with ``retry-failed``
+    also those that ended with status=error (their error rows archived first)."""
+    rows = {t.trial_id: results.read_fragment_row(run_dir, t.trial_id) for t in trials}
+    if kind == "retry-failed":
+        todo = [t for t in trials if rows[t.trial_id] and rows[t.trial_id]["status"] == "error"]
+        for t in todo:
+            results.archive_error(run_dir, t.trial_id)
+        # a trial with no result (its fragment was damaged and moved aside, or never
+        # written) is not finished either: it reruns too
+        todo += [t for t in trials if rows[t.trial_id] is None]
+        print(f"retrying {len(todo)} errored or unfinished trial(s): "
+              + (", ".join(t.trial_id for t in todo) or "none"), flush=True)
+        return todo
+    todo = [t for t in trials if rows[t.trial_id] is None]
+    if kind == "resume":
+        print(f"resuming {run_dir}: {len(trials) - len(todo)} trial(s) already finished, "
+              f"{len(todo)} to run", flush=True)
+    return todo
+
+
+def interrupted(spec, trials, clock: dict, what: str) -> Outcome:
+    """Ctrl-C: the unfinished trials stay pending in trials.parquet; exit 130, resumable."""
+    results.merge(spec.run_dir, trials, final=False)
+    record_timing(spec.run_dir, clock)
+    print(f"interrupted: {what}; continue with python sweep.py --out {spec.out} --resume "
+          f"{spec.name}", file=sys.stderr)
+    return Outcome(130, spec=spec)
+
+
+def tune_cells(spec, trials, run_dir, worker_spec) -> list | None:
+    """Per-cell Optuna searches (resumed when interrupted); trials get the selection.
+
+    None when the search was interrupted before every cell had its samples.
+    """
+    from . import runner, tuning
+    chosen = tuning.load_selection(run_dir)
+    cells = tuning.cells_of(trials)
+    if chosen is None:
+        space = spec.search_space()
+        search = tuning.make_searcher(cells, space, spec.samples, run_dir)
+        left = search.remaining_total()
+        print(f"tuning {','.join(spec.tune)} per cell: {len(cells)} cells x {spec.samples} "
+              f"samples (Optuna TPE, median pruning on val_acc); {left} to run", flush=True)
+        if left:
+            runner.run_tuning(cells, search, worker_spec, run_dir,
+                              f"tuning-{time.strftime('%Y%m%d-%H%M%S')}")
+            # Tune returns normally on Ctrl-C: a search with samples still to run was
+            # interrupted, and selecting from it would train every seed on a partial search.
+            left = tuning.make_searcher(cells, space, spec.samples, run_dir).remaining_total()
+            if left:
+                return None
+        chosen = tuning.selection(cells, space, spec.samples, run_dir)
+        for label, c in chosen.items():
+            hp = ", ".join(f"{k}={v:.3g}" for k, v in c["hp"].items())
+            val = f"val_acc {c['val_acc']:.3f}" if c["val_acc"] is not None else c["source"]
+            print(f"  {label:<24} {hp}  ({val}, {c['samples']} samples)", flush=True)
+    return tuning.apply_selection(trials, chosen)
+
+
+def _edit_invocations(run_dir, edit) -> None:
+    """``edit(invocations)`` on spec.json's list of invocations, written atomically."""
+    path = os.path.join(run_dir, "spec.json")
+    with open(path) as f:
+        rec = json.load(f)
+    edit(rec.setdefault("invocations", []))
+    results.write_json(path, rec)
+
+
+def record_invocation(run_dir, kind: str, argv, extra: dict) -> None:
+    _edit_invocations(run_dir, lambda invs: invs.append(
+        {"kind": kind, "argv": list(argv), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+         **extra}))
+
+
+def record_timing(run_dir, clock: dict) -> None:
+    """Wall-clock stamps of this invocation (process start, Ray start, connected, the
+    Tune run of the trials, and the tuning run if any) into its spec.json record:
+    where a sweep's time went, and what bench/sweep_bench.py reads."""
+    _edit_invocations(run_dir, lambda invs: invs[-1].update(
+        timing={k: round(v, 3) for k, v in clock.items()}))
+
+
+def estimate_line(spec, trials, sizes, slots: int, tuning_cells: int = 0) -> tuple[str, dict]:
+    """The plan's time estimate (one training step of each model timed here, seconds at
+    most) and the per-epoch seconds it used, for the progress ETA."""
+    if spec.mode != "train" or not sizes:
+        return "", {}
+    from . import estimate
+    from .device import pick_device
+    try:
+        device = pick_device(spec.train.device)  # raises for cuda without CUDA in the driver
+        per_epoch = estimate.estimate_epochs(trials, spec, sizes["train"],
+                                             sizes["val"] + sizes["test"], 3 * 32 * 32, 10,
+                                             device)
+    except Exception as e:  # an estimate must never stop a sweep
+        return f"estimate: not available ({type(e).__name__}: {e})", {}
+    known = [per_epoch[t.cell] * spec.train.epochs for t in trials if t.cell in per_epoch]
+    if not known:
+        return "estimate: not available (no model could be timed)", {}
+    total = estimate.sweep_seconds(known, slots)
+    missing = len(trials) - len(known)
+    text = (f"estimate: about {duration(total)} here for {len(known)} trial(s), {slots} at a "
+            f"time (one training step of each model timed on this machine's {device}; "
+            "assumes no trial diverges)")
+    if missing:
+        text += f"; {missing} trial(s) not timed (timing budget spent)"
+    if tuning_cells and spec.tune:
+        search = estimate.sweep_seconds([max(known)] * tuning_cells * spec.samples, slots)
+        text += (f"; tuning first: up to {duration(search)} ({tuning_cells} cells x "
+                 f"{spec.samples} samples, less when pruned)")
+    return text, per_epoch
+
+
+def concurrent_slots(spec, cluster_info: dict, units: int) -> int:
+    """How many trials run at once on the cluster with the resolved per-trial request."""
+    res = cluster_info["resources"]
+    slots = int(res.get("CPU", 1) // max(spec.cpus_per_trial, 1e-9))
+    if spec.gpus_per_trial:
+        slots = min(slots, int(res.get("GPU", 0) // spec.gpus_per_trial))
+    return max(1, min(units, slots))
