@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from ablations.status import Status
 import models
 from ablations import arguments, orchestrate
 
@@ -69,8 +70,8 @@ def finish(outcome: orchestrate.Outcome, wandb_report: str | None) -> int:
     if sync:
         print(f"W&B offline runs in {run_dir}/wandb; upload with: {sync}")
     print(f"done in {time.time() - outcome.started:.0f}s: {outcome.trials} trials: "
-          f"{counts['completed']} completed, {counts['diverged']} diverged, {counts['error']} "
-          f"errored -> {run_dir}; {report_note}")
+          f"{counts[Status.COMPLETED]} completed, {counts[Status.DIVERGED]} diverged, "
+          f"{counts[Status.ERROR]} errored -> {run_dir}; {report_note}")
     return outcome.code
 
 

@@ -128,7 +128,7 @@ def build_parser(report_target=str) -> argparse.ArgumentParser:
                    help="seeds 0..N-1 per cell (default: " + ", ".join(
                        f"{n} in {m} mode" for m, n in DEFAULT_SEEDS.items()) + "; --smoke: 1)")
     g.add_argument("--probe-batch", type=int, default=1,
-                   help="probe mode: random examples per forward/backward (seed article: 1)")
+                   help="probe mode: random examples per forward/backward (replicated article: 1)")
     g.add_argument("--smoke", action="store_true",
                    help="smallest real sweep: depth 4, 1 seed; train: 2 epochs of synthetic data")
     g.add_argument("--list-models", action="store_true",

@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+from ablations.status import Status
 from ablations.cli import OneLineParser
 
 from . import measure_run, results, weights
@@ -140,7 +141,7 @@ def prepare(args) -> Job:
         cifar_folder(spec.train.data_root, download=False)
     from .plan import expand
     plan = {t.trial_id: t for t in expand(spec)[0]}
-    finished = rows[rows["status"].isin(["completed", "diverged"])]
+    finished = rows[rows["status"].isin([Status.COMPLETED, Status.DIVERGED])]
     unknown = [tid for tid in finished["trial_id"] if tid not in plan]
     if unknown:
         results.warn(f"{len(unknown)} trial(s) of trials.parquet are not in the sweep's plan "
@@ -165,7 +166,7 @@ def _where(trials, items) -> set:
 def _missing(run_dir, trial, status, names) -> bool:
     """Whether ``trial`` lacks a fragment of one of ``names`` it can have (a diverged
     trial has none of a final-only measurement)."""
-    points = {"init", "final"} if status == "completed" else {"init"}
+    points = {"init", "final"} if status == Status.COMPLETED else {"init"}
     return any(set(m.when) & points and not measure_run.fragment_done(run_dir, trial.trial_id,
                                                                        m.name)
                for m in measure_run.requested(names))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ablations.status import Status
 from . import results, weights
 from .data import load_dataset
 from .device import pick_device
@@ -160,7 +161,7 @@ def finish_trial(trial, spec, run_dir, cfg, model, init_state, data, device: str
     (``--keep-weights``), then run the requested measurements (a diverged trial: the
     init points only). Returns the row's additions."""
     measured = requested(spec.measure)
-    completed = status == "completed"
+    completed = status == Status.COMPLETED
     states = {"init": init_state, "final": model.state_dict() if completed else None}
     init_measured = any("init" in m.when for m in measured)
     for when in weights.files_to_keep(spec.keep_weights, init_measured, completed):
@@ -201,7 +202,7 @@ def measure_kept(trial, status: str, spec, run_dir, names, redo: bool = False) -
     "init_rebuilt": bool, "skipped": {name: why}}``.
     """
     device = pick_device(spec.train.device)
-    points = {"init", "final"} if status == "completed" else {"init"}
+    points = {"init", "final"} if status == Status.COMPLETED else {"init"}
     todo = [m for m in requested(names) if set(m.when) & points and
             (redo or not fragment_done(run_dir, trial.trial_id, m.name))]
     out: dict = {"init_rebuilt": False, "skipped": {}}

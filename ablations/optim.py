@@ -105,7 +105,7 @@ class SGD:
 
 def param_groups(model, decay: str, weight_decay: float):
     """``model``'s parameters for ``SGD``. ``decay="all"``: one group, decay on every
-    parameter (the seed article; ``SGD(model.parameters(), ...)`` exactly). ``"weights"``:
+    parameter (the replicated article; ``SGD(model.parameters(), ...)`` exactly). ``"weights"``:
     decay only on weight matrices and conv kernels (ndim > 1). Norm gains and biases,
     biases and the SkipInit branch scalars (0-dim) get none. Shrinking a norm gain or a
     branch scalar toward 0 switches its unit off rather than regularising it."""

@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from ablations.status import Status
 from . import cluster, results, resume
 from .arguments import given_flags, spec_from_args
 from .plan import expand, format_plan, group_by_cell, settings_line
@@ -161,8 +162,8 @@ def execute(sweep: Sweep) -> Outcome:
     # process with Ray's threads running could inherit a held lock)
     cluster.disconnect()
     status = tables["trials"]["status"].value_counts()
-    counts = {k: int(status.get(k, 0)) for k in ("completed", "diverged", "error")}
-    return Outcome(1 if counts["error"] else 0, spec=spec, wandb_mode=sweep.wandb_mode,
+    counts = {k: int(status.get(k, 0)) for k in (Status.COMPLETED, Status.DIVERGED, Status.ERROR)}
+    return Outcome(1 if counts[Status.ERROR] else 0, spec=spec, wandb_mode=sweep.wandb_mode,
                    counts=counts, trials=len(trials), started=t0)
 
 
@@ -208,7 +209,7 @@ def to_run(kind: str, trials, run_dir) -> list:
     also those that ended with status=error (their error rows archived first)."""
     rows = {t.trial_id: results.read_fragment_row(run_dir, t.trial_id) for t in trials}
     if kind == "retry-failed":
-        todo = [t for t in trials if rows[t.trial_id] and rows[t.trial_id]["status"] == "error"]
+        todo = [t for t in trials if rows[t.trial_id] and rows[t.trial_id]["status"] == Status.ERROR]
         for t in todo:
             results.archive_error(run_dir, t.trial_id)
         # a trial with no result (its fragment was damaged and moved aside, or never

@@ -70,9 +70,15 @@ class TrialConfig:
         return self.model != self.family
 
 
-def model_label(model: str, depth: int, preset: bool) -> str:
-    """``resnet-34``, ``seed_mlp5``."""
+def network_id(model: str, depth: int, preset: bool) -> str:
+    """A network in trial ids and file names: ``resnet-34``, ``seed_mlp5``."""
     return model if preset else f"{model}-{depth}"
+
+
+def network_title(family, model) -> str:
+    """A network in figure titles and findings: "mlp" for a family's own network,
+    "resnet: small_resnet18" for a preset."""
+    return str(model) if model == family else f"{family}: {model}"
 
 
 def cell_label(model: str, depth: int, residual: bool, preset: bool,
@@ -81,7 +87,7 @@ def cell_label(model: str, depth: int, residual: bool, preset: bool,
     ``resnet-20-residual-norm=none-scale=zero``."""
     lv = {**(levels or {}), "residual": "residual" if residual else "plain"}
     parts = factors.id_parts(family or model, lv)
-    return "-".join([model_label(model, depth, preset), *parts])
+    return "-".join([network_id(model, depth, preset), *parts])
 
 
 def trial_id(model: str, depth: int, residual: bool, seed: int, preset: bool,

@@ -1,7 +1,7 @@
 """Probe mode: statistics of one forward/backward at initialization.
 
 ``probe_one`` is the reference: seed the global RNG, build the model, draw a
-random batch, forward, loss, backward, record (the seed article's recipe).
+random batch, forward, loss, backward, record (the replicated article's recipe).
 
 ``probe_mlp_seeds`` gives the same numbers for many seeds of an MLP at once:
 it draws each seed's weights from a ``torch.Generator`` in exactly the order
@@ -51,7 +51,7 @@ def probe_input_shape(cfg) -> tuple[int, ...]:
 
 def draw_probe_batch(cfg, batch: int, generator: torch.Generator | None = None):
     """Random inputs ~ N(0, 1) and targets: N(0, 1) regression targets when the
-    model has one output (the seed article's MSE set-up), random labels otherwise."""
+    model has one output (the replicated article's MSE set-up), random labels otherwise."""
     x = torch.randn(batch, *probe_input_shape(cfg), generator=generator)
     if cfg.num_classes == 1:
         return x, torch.randn(batch, 1, generator=generator)
@@ -155,7 +155,7 @@ def draw_mlp_seeds(cfg: MLPConfig, seeds: list[int], batch: int):
 def _stacked_linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None
                     ) -> torch.Tensor:
     """Per-seed ``h @ w.T + b``: (S, B, in) x (S, out, in) -> (S, B, out). Tiny matrices
-    (the seed article's 10x10) are faster as a broadcast product than as bmm."""
+    (the replicated article's 10x10) are faster as a broadcast product than as bmm."""
     S, B, n_in = h.shape
     if B * w.shape[1] * n_in <= 4096:
         z = (h.unsqueeze(2) * w.unsqueeze(1)).sum(-1)  # (S, B, out, in) -> (S, B, out)

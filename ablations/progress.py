@@ -19,6 +19,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from ablations.status import Status
+
 
 def duration(seconds: float | None) -> str:
     """``42s``, ``6m12s``, ``1h05m``, ``2d03h``; ``?`` when unknown."""
@@ -54,7 +56,7 @@ def _fmt_row(row: dict | None) -> str:
         return "failed after all retries (status=error; traceback in trials.parquet)"
     status = row.get("status", "?")
     text = status
-    if status == "diverged" and row.get("diverged_epoch") is not None:
+    if status == Status.DIVERGED and row.get("diverged_epoch") is not None:
         text += f" at epoch {int(row['diverged_epoch'])}"
     secs = row.get("wall_seconds")
     if secs is None and row.get("started_at") and row.get("finished_at"):
@@ -70,7 +72,7 @@ def _fmt_row(row: dict | None) -> str:
     probe = row.get("probe_loss")
     if isinstance(probe, (int, float)):
         parts.append(f"probe loss {probe:.3g}")
-    if status == "error":
+    if status == Status.ERROR:
         parts.append(f"{row.get('attempts', '?')} attempt(s); traceback in trials.parquet")
     return text + (": " + ", ".join(parts) if parts else "")
 

@@ -13,7 +13,7 @@ recipe's full schedule in steps for that training set), so a report can say how 
 the recipe a sweep trained.
 
 When ``--recipe`` is not given, ``default_name`` picks the recipe:
-- ``--models`` presets: ``seed``, always. The seed article's networks train exactly as
+- ``--models`` presets: ``seed``, always. The replicated article's networks train exactly as
   they did before recipes existed (bit-identical weights, tested).
 - ``--mode probe``: ``seed``. A probe measures networks at initialisation, and
   ``default``'s branch scalars start at 0. That makes every residual branch's weight
@@ -189,14 +189,14 @@ def default_name(presets: bool, mode: str) -> str:
 
 # --------------------------------------------------------------------------- the recipes
 
-# seed: the seed article's recipe, exactly what sweep.py trained before recipes existed:
+# seed: the replicated article's recipe, exactly what sweep.py trained before recipes existed:
 # SGD lr 0.1, momentum 0.9, weight decay 5e-4 on every parameter, batch 128, 30 epochs,
 # lr x0.1 after epochs 15 and 25 (1/2 and 5/6 of any --epochs), reflect-padded crops,
 # per-channel standardisation, every factor at its family default. These are
 # TrainSettings' defaults, so it overrides nothing.
 register(Recipe(
     name="seed",
-    summary="the seed article's: lr 0.1, momentum 0.9, wd 5e-4 on all parameters, "
+    summary="the replicated article's: lr 0.1, momentum 0.9, wd 5e-4 on all parameters, "
             "batch 128, 30 epochs, x0.1 after 1/2 and 5/6"))
 
 # default: the recipe for family studies, chosen by measurement (docs/recipes.md: 3 seeds,

@@ -32,12 +32,14 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ablations.status import Status
+from ablations.files import atomic_write, write_text
 
 def factor_columns() -> list[str]:
     """The key columns of every results row: trial, family, model, depth, each registered
@@ -51,35 +53,12 @@ PACKAGES = ["torch", "torchvision", "ray", "optuna", "wandb", "seaborn", "pandas
             "numpy", "matplotlib"]
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path`` (same folder, so atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_text(path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
 def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def write_parquet(path, df: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
-
-
-def write_bytes(path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def checkpoint_path(storage_dir, trial_id: str) -> Path:
@@ -234,8 +213,8 @@ def merge(run_dir, trials, final: bool = True) -> dict[str, pd.DataFrame]:
             row = None
         if row is None:
             row = {**t.record(),
-                   **({"status": "error", "error": _no_result(run_dir, t.trial_id)} if final
-                      else {"status": "pending"})}
+                   **({"status": Status.ERROR, "error": _no_result(run_dir, t.trial_id)} if final
+                      else {"status": Status.PENDING})}
         rows.append(row)
         for name, df in (loaded or {}).items():
             frames.setdefault(name, []).append(df)
@@ -246,7 +225,7 @@ def merge(run_dir, trials, final: bool = True) -> dict[str, pd.DataFrame]:
         write_parquet(Path(run_dir) / f"{name}.parquet", df)
     if final:
         merge_measurements(run_dir, [r["trial_id"] for r in rows
-                                     if r.get("status") in ("completed", "diverged")])
+                                     if r.get("status") in (Status.COMPLETED, Status.DIVERGED)])
     return out
 
 
@@ -297,7 +276,7 @@ def _no_result(run_dir, trial_id: str) -> str:
 def write_error(run_dir, trial, error: str) -> None:
     """``status=error`` for a trial that failed after all its retries, with the traceback."""
     write_fragment(run_dir, trial.trial_id,
-                   {**trial.record(), "status": "error", "error": error,
+                   {**trial.record(), "status": Status.ERROR, "error": error,
                     "attempts": read_attempts(run_dir, trial.trial_id),
                     "finished_at": time.time()}, {})
 

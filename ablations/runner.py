@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 
+from ablations.status import Status
 from . import cluster  # noqa: F401  sets Ray's and Tune's environment before ray is imported
 from .trial import run_group
 
@@ -51,8 +52,8 @@ def _trainable(config, *, groups, cells, spec, run_dir):
         return
     statuses = run_group(groups[config["group"]], spec, run_dir, TuneReporter())
     from ray import tune
-    tune.report({"completed": statuses.count("completed"),
-                 "diverged": statuses.count("diverged"), "group_done": 1})
+    tune.report({"completed": statuses.count(Status.COMPLETED),
+                 "diverged": statuses.count(Status.DIVERGED), "group_done": 1})
 
 
 def _tuner_common(spec, experiment: str, callbacks=()):
@@ -191,7 +192,7 @@ def sample_line(config: dict, result: dict | None, samples: int) -> str:
     acc = r.get("val_acc")
     acc = f"val acc {100 * acc:.1f}%" if isinstance(acc, (int, float)) else "no val acc"
     if r.get("tune_final"):
-        if r.get("status") == "diverged":
+        if r.get("status") == Status.DIVERGED:
             return f"{head}: diverged"
         return f"{head}: {acc}"
     if "epoch" in r:

@@ -25,7 +25,7 @@ WANDB_CHOICES = ("auto", "online", "offline", "disabled")
 DATASET_CHOICES = ("cifar10", "synthetic")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware has it natively
-# weight decay on every parameter (the seed article, He et al. 2016), or on weight
+# weight decay on every parameter (the replicated article, He et al. 2016), or on weight
 # matrices only (conv/linear weights: not norm gains/biases, biases, branch scalars)
 DECAY_CHOICES = ("all", "weights")
 # Seeds per cell when --seeds is not typed. Train: 3, the fewest that give a spread
@@ -48,7 +48,7 @@ class SpecError(ValueError):
 @dataclass(frozen=True)
 class TrainSettings:
     """Fixed training settings shared by every trial of a sweep. The defaults are the
-    seed article's recipe (``ablations.recipes``: ``seed``); ``ablations.arguments``
+    replicated article's recipe (``ablations.recipes``: ``seed``); ``ablations.arguments``
     resolves every field from ``--recipe`` and the typed flags."""
     dataset: str = "cifar10"
     data_root: str = "data"

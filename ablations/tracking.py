@@ -49,6 +49,7 @@ import numbers
 import os
 from pathlib import Path
 
+from ablations.status import Status
 from .results import brief, warn
 from .wandb_log import wait_for_exit_record
 from .wandb_mode import (MODES, has_credentials, resolve_mode, server_problem,
@@ -338,7 +339,7 @@ class TrialTracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self.finish({"status": "error"} if exc_type else {}, failed=exc_type is not None)
+        self.finish({"status": Status.ERROR} if exc_type else {}, failed=exc_type is not None)
         return False
 
 

@@ -33,11 +33,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ablations.status import Status
 import models
 from ablations.hooks import LayerStatsRecorder
 from models import fused
 
-from . import measure_run, recipes, results, tracking, weights
+from . import files, measure_run, recipes, results, tracking, weights
 from .checkpoint import discard_checkpoint, load_state, save_state
 from .data import load_dataset, pad_images, random_crop_flip
 from .device import autocast, keep_freed_memory, pick_device, pick_precision, use_fused
@@ -117,7 +118,7 @@ class Training:
     ckpt: Any = None                   # the checkpoint's path
     attempts: int = 1
     step: int = 0                      # optimizer steps taken
-    status: str = "completed"
+    status: Status = Status.COMPLETED
     diverged_epoch: int | None = None
     diverged_why: str | None = None
     wall: float = 0.0                  # training + per-epoch evaluation, seconds
@@ -141,7 +142,7 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     try:
         train_epochs(run, tracker)
     except BaseException:
-        tracker.finish({"status": "error"}, failed=True)
+        tracker.finish({"status": Status.ERROR}, failed=True)
         raise
     return finish(run, tracker)
 
@@ -288,7 +289,7 @@ def end_epoch(run: Training, tracker, epoch: int, lr: float, train_loss: float, 
     data, n = run.data, len(run.data.train_y)
     run.diverged_why = diverged_reason(train_loss, run.init_loss, data.num_classes)
     if run.diverged_why:
-        run.status, run.diverged_epoch = "diverged", epoch
+        run.status, run.diverged_epoch = Status.DIVERGED, epoch
         run.history.append({"epoch": epoch, "train_loss": train_loss, "lr": lr,
                             "epoch_seconds": seconds, "train_images_per_s": n / seconds})
         return False
@@ -301,7 +302,7 @@ def end_epoch(run: Training, tracker, epoch: int, lr: float, train_loss: float, 
            "train_images_per_s": n / seconds}
     run.history.append(row)
     if not run.tuning:
-        results.write_bytes(run.ckpt, save_state(run.model, run.opt, run.sched, run.gen, epoch,
+        files.write_bytes(run.ckpt, save_state(run.model, run.opt, run.sched, run.gen, epoch,
                                                  run.history, run.layer_frames, run.init_loss))
     tracker.log_epoch(row)
     if run.reporter:
@@ -323,7 +324,7 @@ def finish(run: Training, tracker) -> str:
             run.reporter.report({
                 "status": run.status, "diverged_reason": run.diverged_why,
                 "tune_final": 1,  # no "epoch": not a step
-                "val_acc": 0.0 if run.status == "diverged" or not last else last[-1]})
+                "val_acc": 0.0 if run.status == Status.DIVERGED or not last else last[-1]})
         return run.status
     keep_results(run, tracker, row, epochs)
     return run.status
@@ -362,7 +363,7 @@ def keep_results(run: Training, tracker, row: dict, epochs: pd.DataFrame) -> Non
         frames["layers"] = pd.concat(run.layer_frames, ignore_index=True)
         tracker.log_layers(frames["layers"])
     maps = first_block_maps(run.model, data.test_images[0], data.test_x[0]) \
-        if run.status == "completed" else None
+        if run.status == Status.COMPLETED else None
     if maps is not None:
         results.write_npz(f"{run_dir}/features/{trial.trial_id}.npz", maps)
     row["wandb"] = tracker.url or tracker.run_path

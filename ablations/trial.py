@@ -12,10 +12,11 @@ import time
 import pandas as pd
 import torch
 
+from ablations.status import Status
 import models
 
 from . import results, tracking
-from .plan import model_label
+from .plan import network_id
 from .probe import can_batch, probe_mlp_variants, probe_one
 from .train import run_train_trial
 
@@ -48,7 +49,7 @@ def run_probe_group(trials, spec, run_dir, reporter=None) -> list[str]:
     statuses, frames = [], []
     where = reporter.where() if reporter else {}
     first = trials[0]
-    name = f"{model_label(first.model, first.depth, first.preset)}-probe"
+    name = f"{network_id(first.model, first.depth, first.preset)}-probe"
     tracker = tracking.TrialTracker(
         spec.wandb, run_dir, spec.name, name,
         {"family": first.family, "model": first.model, "depth": first.depth,
@@ -59,7 +60,7 @@ def run_probe_group(trials, spec, run_dir, reporter=None) -> list[str]:
          "probe_batch": spec.probe_batch, "mode": "probe", "sweep": spec.name},
         job_type="probe")
     for trial, (stats, loss) in zip(trials, outcomes):
-        status = "completed" if math.isfinite(loss) else "diverged"
+        status = Status.COMPLETED if math.isfinite(loss) else Status.DIVERGED
         row = {**trial.factors(), "params": params[trial.model_cfg], "status": status,
                "probe_loss": loss, "attempts": 1, **where, "finished_at": time.time()}
         frame = results.layer_frame(trial, stats, "init")
@@ -67,8 +68,8 @@ def run_probe_group(trials, spec, run_dir, reporter=None) -> list[str]:
         statuses.append(status)
         frames.append(frame)
     tracker.log_layers(pd.concat(frames, ignore_index=True))
-    tracker.finish({"completed": statuses.count("completed"),
-                    "diverged": statuses.count("diverged"), "status": "completed"})
+    tracker.finish({"completed": statuses.count(Status.COMPLETED),
+                    "diverged": statuses.count(Status.DIVERGED), "status": Status.COMPLETED})
     return statuses
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from ablations.status import Status
 from . import results
 from .plan import TrialConfig, cell_of
 
@@ -147,14 +148,14 @@ def make_searcher(cells: dict[str, TrialConfig], space: dict, samples: int, run_
                 ot.set_user_attr("status", "pruned")
                 study.tell(ot, state=state.PRUNED)
             elif error:
-                ot.set_user_attr("status", "error")
+                ot.set_user_attr("status", Status.ERROR)
                 study.tell(ot, state=state.FAIL)
-            elif status == "diverged":
-                ot.set_user_attr("status", "diverged")
+            elif status == Status.DIVERGED:
+                ot.set_user_attr("status", Status.DIVERGED)
                 ot.set_user_attr("diverged_reason", (result or {}).get("diverged_reason"))
                 study.tell(ot, 0.0)
             elif trial_id in self.last:
-                ot.set_user_attr("status", "completed")
+                ot.set_user_attr("status", Status.COMPLETED)
                 study.tell(ot, self.last.pop(trial_id))
             else:
                 ot.set_user_attr("status", "no result")
@@ -186,7 +187,7 @@ def selection(cells: dict[str, TrialConfig], space: dict, samples: int, run_dir
     for label, base in cells.items():
         study = _study(storage, label, samples)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
-                    and t.user_attrs.get("status") == "completed"]
+                    and t.user_attrs.get("status") == Status.COMPLETED]
         if complete:
             best = max(complete, key=lambda t: (t.value, -t.number))
             chosen[label] = {"hp": dict(best.params), "source": "tuned",

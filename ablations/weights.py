@@ -8,7 +8,7 @@ code state (nanoGPT keeps ``model_args`` beside its weights the same way)::
      "seed": ..., "epoch": 0 for init.pt / the last epoch, "test_acc": final only}
 
 Plain values and tensors only, so ``torch.load(weights_only=True)`` reads it.
-Written atomically (``results.atomic_write``). ``init.pt`` is the network as the
+Written atomically (``ablations.files.atomic_write``). ``init.pt`` is the network as the
 trial's seed builds it before the first step (``initial``): rebuilding it from the
 seed gives the same bits, so a missing ``init.pt`` costs nothing but a rebuild.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import models
 
-from . import results
+from . import files, results
 
 KEEP_CHOICES = ("final", "all", "none")
 FILES = ("init", "final")
@@ -132,7 +132,7 @@ def save(run_dir, trial, when: str, state_dict: dict, cfg, epoch: int,
            "model_config": config_record(cfg), "factors": trial.factors(),
            "trial": trial_record(trial), "seed": int(trial.seed), "epoch": int(epoch),
            "test_acc": None if test_acc is None else float(test_acc)}
-    results.atomic_write(path, lambda tmp: torch.save(rec, tmp))
+    files.atomic_write(path, lambda tmp: torch.save(rec, tmp))
     return path
 
 

@@ -12,11 +12,13 @@ import math
 import numpy as np
 import pandas as pd
 
+from ablations.status import Status
+
 HE_ITERATIONS = 64_000   # He et al. 2016, CIFAR-10: 64k iterations ...
 HE_BATCH = 128           # ... of mini-batches of 128 ...
 HE_TRAIN_IMAGES = 45_000  # ... on a 45k/5k train/val split
 HE_EPOCHS = HE_ITERATIONS * HE_BATCH / HE_TRAIN_IMAGES  # 182 epochs
-SEED_RECIPE_EPOCHS = 30  # the seed and default recipes' full length (ablations.recipes)
+ARTICLE_RECIPE_EPOCHS = 30  # the seed and default recipes' full length (ablations.recipes)
 BUDGET_COLUMNS = ("steps", "schedule_steps", "batch_size", "n_train")
 CIFAR_TRAIN_IMAGES = 50_000
 
@@ -48,7 +50,7 @@ def budgets(trials: pd.DataFrame | None, spec: dict | None) -> list[dict]:
     if trials is not None and len(trials) and "steps" in trials and \
             pd.to_numeric(trials["steps"], errors="coerce").notna().any():
         t = trials[pd.to_numeric(trials["steps"], errors="coerce").notna()]
-        done = t[t["status"] == "completed"] if "status" in t else t
+        done = t[t["status"] == Status.COMPLETED] if "status" in t else t
         t = done if len(done) else t
         groups = (t.groupby(t["recipe"].astype(str), sort=True) if "recipe" in t
                   and t["recipe"].notna().any() else [(None, t)])
@@ -77,14 +79,14 @@ def budgets(trials: pd.DataFrame | None, spec: dict | None) -> list[dict]:
     per_epoch = math.ceil(n_train / batch)
     run = None
     if trials is not None and "epochs_run" in trials:
-        done = trials[trials["status"] == "completed"] if "status" in trials else trials
+        done = trials[trials["status"] == Status.COMPLETED] if "status" in trials else trials
         run = _median(done["epochs_run"])
     steps = (run or epochs) * per_epoch
     # A folder without these columns was written before recipes existed, so it ran the
-    # seed article's recipe, whose full length is 30 epochs (ablations.recipes; not
+    # replicated article's recipe, whose full length is 30 epochs (ablations.recipes; not
     # imported: it needs torch). Another recipe's length is unknown here.
     recipe = (spec or {}).get("recipe") or ((spec or {}).get("spec") or {}).get("recipe")
-    schedule = SEED_RECIPE_EPOCHS * per_epoch if recipe in (None, "seed", "default") else None
+    schedule = ARTICLE_RECIPE_EPOCHS * per_epoch if recipe in (None, "seed", "default") else None
     return [dict(recipe=recipe, steps=steps, steps_lo=steps, steps_hi=steps,
                  schedule_steps=schedule, batch_size=batch, n_train=n_train, about=True)]
 

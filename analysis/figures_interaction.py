@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 from analysis import contrasts as _contrasts
 from analysis import stats
 from analysis.figure_parts import fit_title, mean_ci_errorbar, no_data, panels, where
-from analysis.style import DEFAULT_LOOK, Look, message_figure, model_label
+from ablations.plan import network_title
+from analysis.style import DEFAULT_LOOK, Look, message_figure
 from analysis.variants import joined, keyed
 
 METRICS = [("final_train_loss", "train loss", 1.0, ""),
@@ -139,7 +140,7 @@ def depth_interaction(trials: pd.DataFrame, look: Look = DEFAULT_LOOK,
                 if not any(ln.get_visible() for ln in ax.lines):
                     no_data(ax, "no completed trials", panel_w)
                 if r == 0:
-                    ax.set_title(fit_title(joined(model_label(family, model), facet), panel_w))
+                    ax.set_title(fit_title(joined(network_title(family, model), facet), panel_w))
                 if i % ncols == 0:
                     ax.set_ylabel(f"final {ylabel}" if look.width == "double" else ylabel)
         for j in range(len(boxes), blocks * ncols):

@@ -24,11 +24,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from ablations.status import Status
 from ablations import levels
 from analysis.figure_parts import (finite, fit_parts, fit_title, label_edges, layer_axis, line_band,
                                    median_iqr, no_data, panels, positions, tick_room, where)
-from analysis.style import (DEFAULT_LOOK, Look, depth_linestyles, log_axis, message_figure,
-                            model_label)
+from ablations.plan import network_title
+from analysis.style import DEFAULT_LOOK, Look, depth_linestyles, log_axis, message_figure
 from analysis.tables import network_order, snapshot_rows, stat_rows
 from analysis.variants import Variants, joined, keyed
 
@@ -214,7 +215,7 @@ def _late_rows(late: pd.DataFrame, init: pd.DataFrame,
     out = late[~after].drop_duplicates("trial_id")[cols].assign(reason="sampled only at init")
     if trials is not None and "status" in trials:
         t = trials if "family" in trials else trials.assign(family=trials["model"])
-        bad = t.loc[t["status"] != "completed", [c for c in cols if c in t] + ["status"]]
+        bad = t.loc[t["status"] != Status.COMPLETED, [c for c in cols if c in t] + ["status"]]
         out = pd.concat([bad.rename(columns={"status": "reason"}), out])
         out = out.drop_duplicates("trial_id")  # a failure is the reason given
     return late[after & ~late["trial_id"].isin(set(out["trial_id"]))], out, later
@@ -270,7 +271,7 @@ def _profile_grid(columns: list[_Column], ylabel: str, look: Look, empty: str = 
         subs = {(r, c): where(col.rows, PANEL_KEYS, box)
                 for r, box in enumerate(boxes) for c, col in enumerate(cols)}
         notes = [_notes(col.left_out, key) for col in cols]
-        titles = {(r, c): _title(joined(model_label(*boxes[r][:2]), boxes[r][2]), cols[c], sub,
+        titles = {(r, c): _title(joined(network_title(*boxes[r][:2]), boxes[r][2]), cols[c], sub,
                                  notes[c].get(boxes[r]), width)
                   for (r, c), sub in subs.items()}
         # Rows grow with their titles' extra lines (a step, a note) rather than squeezing

@@ -16,7 +16,8 @@ from matplotlib.lines import Line2D
 from analysis.figure_parts import (depth_colors, epoch_axis, finite, fit_parts, fit_title,
                                    label_edges, line_band, mark_diverged, median_iqr, no_data,
                                    panels, where)
-from analysis.style import DEFAULT_LOOK, Look, log_axis, message_figure, model_label
+from ablations.plan import network_title
+from analysis.style import DEFAULT_LOOK, Look, log_axis, message_figure
 from analysis.variants import Style, joined, keyed
 
 MAX_LR_MARKS = 5      # more drops than this is a smooth schedule, not milestones
@@ -140,7 +141,7 @@ def training_curves_by_depth(epochs: pd.DataFrame, look: Look = DEFAULT_LOOK) ->
                    for d in sorted(colors)]
         handles += [Line2D([], [], color="0.3", linewidth=0.8, linestyle="--", label="train"),
                     Line2D([], [], color="0.3", linewidth=1.8, label="test")]
-        titles = {(r, c): fit_parts(joined(model_label(*row[:2]), row[2]), variant, width)
+        titles = {(r, c): fit_parts(joined(network_title(*row[:2]), row[2]), variant, width)
                   for r, row in enumerate(rows) for c, variant in enumerate(variants)}
         # rows grow with their titles' extra lines (a facet and a long variant name in a
         # narrow panel) rather than squeezing the panels

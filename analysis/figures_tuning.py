@@ -31,7 +31,8 @@ from matplotlib.ticker import MaxNLocator
 
 from analysis import tuning
 from analysis.figure_parts import fit_title, no_data, panels, where
-from analysis.style import DEFAULT_LOOK, Look, message_figure, model_label
+from ablations.plan import network_title
+from analysis.style import DEFAULT_LOOK, Look, message_figure
 from analysis.variants import Variants, joined, keyed
 
 GROUP_KEYS = ["family", "model", "depth", "facet"]
@@ -53,7 +54,7 @@ def _rows(samples: pd.DataFrame) -> tuple[pd.DataFrame, Variants]:
 
 def _group_title(box) -> str:
     family, model, depth, facet = box
-    return joined(model_label(str(family), str(model)) + (f" depth {depth}" if model == family
+    return joined(network_title(str(family), str(model)) + (f" depth {depth}" if model == family
                                                            and str(depth) else ""), str(facet))
 
 

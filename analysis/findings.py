@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ablations.plan import network_title
+from ablations.status import Status
 from ablations import levels as _levels
 from analysis import contrasts as _contrasts
 from analysis import robust, stats
@@ -34,16 +36,11 @@ from analysis.tables_contrasts import interactions
 from analysis.tables_robust import survivorship_few, survivorship_frame, survivorship_label
 
 
-def network_name(family, model) -> str:
-    """"mlp" for a family's own network, "resnet: small_resnet18" for a preset."""
-    return str(model) if model == family else f"{family}: {model}"
-
-
 def cell_title(row, names) -> str:
     """"resnet depth 56 (norm=none)": a cell's network and depth, and its levels of
     ``names`` (``ablations.levels.describe``), as a finding's opening words."""
     within = _levels.describe(row, names)
-    return f"{network_name(row['family'], row['model'])} depth {row['depth']}" + (
+    return f"{network_title(row['family'], row['model'])} depth {row['depth']}" + (
         f" ({within})" if within else "")
 
 
@@ -67,7 +64,7 @@ def _status_why(t: pd.DataFrame, r) -> str:
         sides.append((r["level"], treat))
     parts = []
     for level, mask in sorted(sides, key=lambda s: _levels.rank(name, s[0])):
-        g = t[mask & (t["status"] != "completed")]
+        g = t[mask & (t["status"] != Status.COMPLETED)]
         if len(g):
             parts.append(f"{level}: " + ", ".join(f"{n} {st}" for st, n
                                                   in g["status"].value_counts().items()))
@@ -215,7 +212,7 @@ def interaction_findings(trials: pd.DataFrame | None, family: pd.DataFrame | Non
                              else ("test error", 100.0, " pp"))
         for _, r in d.iterrows():
             ctx = _levels.describe(r, varying)
-            head = (f"{network_name(r['family'], r['model'])} {int(r['base_depth'])} -> "
+            head = (f"{network_title(r['family'], r['model'])} {int(r['base_depth'])} -> "
                     f"{int(r['depth'])}" + (f" ({ctx})" if ctx else ""))
             n = _contrasts.interaction_n(r)
             if not np.isfinite(r["did"]):

@@ -27,6 +27,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from ablations.status import Status
 from ablations import levels as _levels
 from analysis import stats
 from analysis import tuning as _tuning
@@ -152,7 +153,7 @@ def trial_outcomes(trials: pd.DataFrame) -> pd.Series:
                          errors="coerce")
     chance = (err >= AT_CHANCE_ERROR) | (loss >= CHANCE_LOSS - LOSS_TOL)
     out = [("diverged" if st == "diverged" else ("chance" if c else "trained")
-            if st == "completed" else None) for st, c in zip(t["status"], chance)]
+            if st == Status.COMPLETED else None) for st, c in zip(t["status"], chance)]
     return pd.Series(out, index=t.index, dtype=object)
 
 

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import special as _sp
 
+from ablations.status import Status
 from ablations import factors as _factors
 from ablations import levels as _levels
 from analysis.contrasts import (cell_groups, contrasted_factors, matches_baseline,
@@ -226,8 +227,8 @@ def interaction(trials: pd.DataFrame, metric: str, level: float = 0.95) -> pd.Da
                          "base_depth": depths[0], "method": c["method"],
                          "n_seeds": c["n_seeds"], "n_plain": len(pd_), "n_plain_base": len(p0_),
                          "n_residual": len(rd), "n_residual_base": len(r0),
-                         "n_failed": int(four["status"].isin(["diverged", "error"]).sum()),
-                         "n_diverged": int((four["status"] == "diverged").sum()),
+                         "n_failed": int(four["status"].isin([Status.DIVERGED, Status.ERROR]).sum()),
+                         "n_diverged": int((four["status"] == Status.DIVERGED).sum()),
                          "plain_delta": plain_delta, "residual_delta": residual_delta,
                          "did": c["estimate"], "ci_lo": c["ci_lo"], "ci_hi": c["ci_hi"],
                          "df": c["df"], "p_value": c["p_value"]})

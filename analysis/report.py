@@ -74,7 +74,7 @@ from analysis.registry import ReportContext
 from analysis.report_runner import make_items
 from analysis.report_text import write_reports
 from analysis.style import DEFAULT_LOOK, Look
-from analysis.tables import write_text
+from ablations.files import write_text
 
 __all__ = ["FORMATS", "RESULT_FILES", "ResultsError", "build", "load_results", "load_spec",
            "parse_where", "resolve_jobs"]

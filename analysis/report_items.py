@@ -3,7 +3,7 @@
 The figures (the depth x residual interaction first, the headline), the tables (the
 summary, then the contrasts and their checks), the tuning search's items
 (``analysis.tuning.report_items``), and two providers of per-run items: one
-feature-map figure per feature file shown (``feature_files``) and the seed article's
+feature-map figure per feature file shown (``feature_files``) and the replicated article's
 gradient table per (model, depth, residual cell). In the report they appear in that
 order: every figure, then every table.
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ablations.status import Status
 from ablations import factors as _factors
 from ablations import levels
 from ablations.where import safe_name
@@ -221,7 +222,7 @@ TABLES = (
                "trials (pending left out) with exact 95% Clopper-Pearson intervals: with 3 seeds, "
                "0/3 is compatible with a rate up to 71%."),
     ReportItem("table", "survivorship", lambda c: c.trained and has_rows(c.trials)
-               and bool((c.trials["status"] == "diverged").any()),
+               and bool((c.trials["status"] == Status.DIVERGED).any()),
                lambda c: survivorship_table(c.trials),
                "Survivorship sensitivity: every contrast and depth x residual interaction whose "
                "cells hold a diverged trial, on the survivors only and with every diverged trial "
@@ -268,7 +269,7 @@ def _feature_items(c: ReportContext, guard=None) -> list[ReportItem]:
 
 
 def _grad_items(c: ReportContext, guard=None) -> list[ReportItem]:
-    """The seed article's table for every (model, depth) that has both variants at init;
+    """The replicated article's table for every (model, depth) that has both variants at init;
     with other factors varying, one per residual cell (its levels in the name, as in
     trial ids: ``grad_resnet-20-norm=none-scale=zero``) against the plain cell that
     matches it."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ablations.status import Status
 from ablations import levels
 from ablations.where import where_slug
 from analysis import contrasts as _contrasts
@@ -26,7 +27,8 @@ from analysis.render import (Section, empty, guarded, html_table, item_sections,
                              list_section, page, pairs_section, problems_section)
 from analysis.report_items import depth_sweep, multi_factor
 from analysis.report_runner import MadeItem
-from analysis.tables import shown_factors, to_markdown, without_redundant_model, write_text
+from ablations.files import write_text
+from analysis.tables import shown_factors, to_markdown, without_redundant_model
 
 
 # ----------------------------------------------------------------- the spec, environment, W&B
@@ -42,7 +44,7 @@ def spec_lines(spec: dict) -> list[tuple[str, str]]:
              ("models", ", ".join(map(str, s.get("models") or [])) or "—"),
              ("depths", ", ".join(map(str, s.get("depths") or []))),
              ("residual", str(s.get("residual"))), ("seeds", str(s.get("seeds")))]
-    if s.get("recipe"):  # absent in folders from before recipes: the seed article's
+    if s.get("recipe"):  # absent in folders from before recipes: the replicated article's
         lines.append(("recipe", str(s["recipe"])))
     levels = [f"{n} {','.join(map(str, lv))}" for n, lv in s.get("factors") or []]
     levels += [f"{fam}: {n} {','.join(map(str, lv))}"
@@ -124,9 +126,9 @@ def totals(trials: pd.DataFrame | None) -> Section:
     if trials is None or not len(trials):
         return empty()
     c = trials["status"].value_counts()
-    text = (f"{len(trials)} trials: {int(c.get('completed', 0))} completed, "
-            f"{int(c.get('diverged', 0))} diverged, {int(c.get('error', 0))} errored"
-            + (f", {int(c.get('pending', 0))} pending" if c.get("pending", 0) else ""))
+    text = (f"{len(trials)} trials: {int(c.get(Status.COMPLETED, 0))} completed, "
+            f"{int(c.get(Status.DIVERGED, 0))} diverged, {int(c.get(Status.ERROR, 0))} errored"
+            + (f", {int(c.get(Status.PENDING, 0))} pending" if c.get(Status.PENDING, 0) else ""))
     return Section([f"**{text}.**", ""], [f"<p><strong>{html.escape(text)}.</strong></p>"])
 
 

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from ablations.status import Status
 from analysis import interaction as _interaction
 from ablations import levels as _levels
 from analysis.contrasts import contrasts, matches_baseline
@@ -254,8 +255,8 @@ def at_chance(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     if chance is None:
         raise ValueError(f"no chance level for metric {metric!r}")
     t = with_derived(trials)
-    div = t["status"] == "diverged"
-    t.loc[div, "status"] = "completed"
+    div = t["status"] == Status.DIVERGED
+    t.loc[div, "status"] = Status.COMPLETED
     t.loc[div, metric] = chance
     if metric in DERIVED and DERIVED[metric] in t:
         t.loc[div, DERIVED[metric]] = 1.0 - chance
@@ -310,7 +311,7 @@ def survivorship(trials: pd.DataFrame, metric: str, level: float = 0.95) -> pd.D
                                     "estimate_chance", "ci_lo_chance", "ci_hi_chance",
                                     "n_diverged"])
     c = contrasts(t, metric, level=level, wilcoxon=False)
-    n_div = [int((a["status"] == "diverged").sum() + (b["status"] == "diverged").sum())
+    n_div = [int((a["status"] == Status.DIVERGED).sum() + (b["status"] == Status.DIVERGED).sum())
              for a, b in _contrast_cells(t, c)]
     parts = [part("contrast", c, None if chance is None else
                   contrasts(chance, metric, level=level, wilcoxon=False), "mean_diff", n_div)]

@@ -9,29 +9,22 @@ figure; nothing here imports pyplot.
 from __future__ import annotations
 
 import io
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib as mpl
 
+from ablations.files import atomic_write
 from analysis.style import PAPER_RC
 
 
 def _write_atomic(target: Path, write) -> str:
-    """``write(binary file)`` into a temporary file beside ``target``, then ``os.replace``:
-    a reader never sees half a PDF and an interrupted run never leaves one behind."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f"{target.suffix}.tmp",
-                               dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    """``write(binary file)`` into ``target`` through ``ablations.files.atomic_write``: a
+    reader never sees half a PDF and an interrupted run never leaves one behind."""
+    def to_file(tmp):
+        with open(tmp, "wb") as fh:
             write(fh)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return str(target)
+    return atomic_write(target, to_file)
 
 
 def _close(fig) -> None:

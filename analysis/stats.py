@@ -59,9 +59,9 @@ import numpy as np
 import pandas as pd
 from scipy import special as _sp  # not scipy.stats: ~0.3 s more import per report
 
+from ablations.status import STATUSES, Status
 from ablations import levels as _levels
 
-STATUSES = ("completed", "diverged", "error", "pending")  # pending: a sweep still running
 # Relative spread below which paired differences count as constant (floating-point noise).
 ZERO_SD_RTOL = 1e-9
 # Today's keys (a frame with no factor column but residual); ``cell_keys(frame)`` and
@@ -125,7 +125,7 @@ def prepare_trials(trials: pd.DataFrame) -> pd.DataFrame:
         t["family"] = t["model"]
     bad = sorted(set(map(str, t["status"][~t["status"].isin(STATUSES)])))
     if bad:
-        raise ValueError(f"unknown trial status(es) {bad}; expected one of {STATUSES}")
+        raise ValueError(f"unknown trial status(es) {bad}; expected one of {', '.join(STATUSES)}")
     return _levels.with_levels(t, _levels.present(t))
 
 
@@ -148,7 +148,7 @@ def count_statuses(g: pd.DataFrame) -> dict:
 def usable_rows(g: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The rows of ``g`` that are samples of ``metric``: completed, with a finite value."""
     v = pd.to_numeric(g[metric], errors="coerce").astype(float)
-    return g[(g["status"] == "completed") & np.isfinite(v)]
+    return g[(g["status"] == Status.COMPLETED) & np.isfinite(v)]
 
 
 # --------------------------------------------------------------------------- intervals
@@ -257,7 +257,7 @@ def cell_summary(trials: pd.DataFrame,
         row = dict(zip(keys, key), **count_statuses(g))
         params = g["params"].dropna() if "params" in g else pd.Series(dtype=float)
         row["params"] = int(params.iloc[0]) if len(params) else pd.NA
-        done = g[g["status"] == "completed"]
+        done = g[g["status"] == Status.COMPLETED]
         for m in metrics:
             mean, lo, hi, n = mean_ci(done[m], level)
             row.update({f"{m}_mean": mean, f"{m}_ci_lo": lo, f"{m}_ci_hi": hi, f"{m}_n": n})

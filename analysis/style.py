@@ -217,11 +217,6 @@ def with_variant(df: pd.DataFrame) -> pd.DataFrame:
     return out[out["variant"].notna()]
 
 
-def model_label(family: str, model: str) -> str:
-    """"mlp" for a family's own network, "resnet: small_resnet18" for a preset."""
-    return model if model == family else f"{family}: {model}"
-
-
 def depth_linestyles(depths) -> dict:
     """Depth -> line style, assigned in sorted order so the mapping is stable across figures."""
     return {d: LINESTYLES[i % len(LINESTYLES)] for i, d in enumerate(sorted(set(depths)))}

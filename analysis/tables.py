@@ -1,7 +1,7 @@
 """Tables of the ablation: pure statistics on the tidy frames, the per-cell tables, the
 column helpers every table shares, and the Markdown/LaTeX renderers.
 
-``grad_table`` reproduces the seed article's table (mean |dL/dW| per layer with and
+``grad_table`` reproduces the replicated article's table (mean |dL/dW| per layer with and
 without shortcuts, and their ratio); ``degradation_table`` and
 ``degradation_index_table`` put ``analysis.stats`` in paper form (mean ± 95% interval,
 counts of failed trials; below ``analysis.contrasts.MIN_SEEDS`` seeds a difference is
@@ -21,13 +21,12 @@ neither tabulate nor jinja2.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ablations.files import write_text
 from analysis import contrasts as _contrasts
 from ablations import levels as _levels
 from analysis import formatting, stats
@@ -119,7 +118,7 @@ def grad_table(layers: pd.DataFrame, model: str, depth: int, phase: str = "init"
 
     ``when`` ("init"/"late", see ``snapshot_rows``) replaces ``phase``: a
     trained sweep has no "init" phase, and its first training step is the
-    seed article's measurement at initialization.
+    replicated article's measurement at initialization.
 
     ``levels``: ``{factor: column value}`` to compare plain and residual at, e.g.
     ``{"norm": "none", "branch_scale": "zero"}``; a row whose factor is "n/a" (a plain
@@ -308,21 +307,6 @@ def to_latex(df: pd.DataFrame, caption: str, label: str, floatfmt="auto") -> str
 
 
 # --------------------------------------------------------------------------- writers
-
-def write_text(path, text: str) -> str:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return str(path)
-
 
 def write_table(df: pd.DataFrame, path_without_suffix, caption: str, label: str,
                 floatfmt="auto") -> list[str]:

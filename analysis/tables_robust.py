@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ablations.status import Status
 from ablations import levels as _levels
 from analysis import contrasts as _contrasts
 from analysis import robust, stats
@@ -125,7 +126,7 @@ def survivorship_frame(trials: pd.DataFrame) -> pd.DataFrame:
     """``analysis.robust.survivorship`` of final train loss and test error, with a
     ``metric`` column, only the rows with a diverged trial in their cells."""
     parts = []
-    if "residual" not in trials or not (trials["status"] == "diverged").any():
+    if "residual" not in trials or not (trials["status"] == Status.DIVERGED).any():
         return pd.DataFrame()
     for m in _contrasts.DEPTH_METRICS:
         if stats.DERIVED.get(m, m) in trials:

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ablations.status import Status
 from ablations.factors import TUNE_SPACE
 from ablations import levels as _levels
 from analysis.failures import Guard, one_line
@@ -126,7 +127,7 @@ def classify(samples: pd.DataFrame) -> pd.DataFrame:
     status = samples["status"].astype(str) if "status" in samples else \
         pd.Series("", index=samples.index)
     value = pd.to_numeric(samples["value"], errors="coerce").astype(float)
-    done = (state == "COMPLETE") & (status != "diverged") & np.isfinite(value)
+    done = (state == "COMPLETE") & (status != Status.DIVERGED) & np.isfinite(value)
     pruned = (state == "PRUNED") & ~done
     last = last_reported(samples).fillna(value.where(np.isfinite(value)))
     return samples.assign(outcome=np.where(done, "completed", np.where(pruned, "pruned", "failed")),

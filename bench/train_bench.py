@@ -1,6 +1,6 @@
 """The project's trainer vs ../shared/bench/plain_loop.py, side by side, same machine and threads.
 
-Both train the seed article's SmallResNet-18 (175,258 parameters) on the same
+Both train the replicated article's SmallResNet-18 (175,258 parameters) on the same
 CIFAR-10 subset (all 5,085 training images of ../shared/data/cifar10-subset,
 its 1,017 test images), SGD lr 0.1 momentum 0.9 wd 5e-4, batch 128, crop+flip,
 x0.1 at epochs 15 and 25, test evaluation after every epoch. Ours runs through

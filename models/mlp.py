@@ -1,4 +1,4 @@
-"""Fully connected family, following the seed article's code (002_746221ca0ab6ac07).
+"""Fully connected family, following the replicated article's code (002_746221ca0ab6ac07).
 
 ``depth`` counts Linear layers. Hidden layers are ``x = relu(layer(x)) + x``
 when residual (exactly the seed's block); the plain variant drops ``+ x``.

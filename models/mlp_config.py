@@ -76,7 +76,7 @@ def mlp(*, depth: int, **overrides) -> MLPConfig:
 
 @register_model("seed_mlp5")
 def seed_mlp5(**overrides) -> MLPConfig:
-    """The seed article's network: 5 bias-free Linear layers, 10 -> 10 x4 -> 1."""
+    """The replicated article's network: 5 bias-free Linear layers, 10 -> 10 x4 -> 1."""
     kw = dict(depth=5, width=10, in_features=10, num_classes=1, bias=False)
     kw.update(overrides)
     return MLPConfig(**kw)

@@ -1,7 +1,7 @@
 """Model registry: the only way to build a model by name.
 
 Families (``mlp``, ``resnet``) are built from a depth; presets (``seed_mlp5``,
-``small_resnet18``) are fixed configurations that reproduce the seed articles.
+``small_resnet18``) are fixed configurations that reproduce the two replicated articles.
 A duplicate registration raises (torchvision does; timm only warns).
 
 A family registers its config class with it, and the class declares the factor levels

@@ -100,7 +100,7 @@ def resnet(*, depth: int, **overrides) -> ResNetConfig:
 
 @register_model("small_resnet18")
 def small_resnet18(**overrides) -> ResNetConfig:
-    """The seed article's SmallResNet-18: 3 stages x 2 BasicBlocks, 16/32/64, 175,258
+    """The replicated article's SmallResNet-18: 3 stages x 2 BasicBlocks, 16/32/64, 175,258
     parameters. By He et al.'s count (stem + 2 x 6 blocks + fc) it is 14 layers deep."""
     kw = dict(depth=14, base_width=16)
     kw.update(overrides)

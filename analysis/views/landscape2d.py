@@ -13,7 +13,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from analysis.figure_parts import fit_parts, no_data, panels, where
-from analysis.style import DEFAULT_LOOK, Look, message_figure, model_label
+from ablations.plan import network_title
+from analysis.style import DEFAULT_LOOK, Look, message_figure
 from analysis.variants import joined
 from analysis.views import FigureSpec
 from analysis.views.landscape import kind_rows
@@ -50,7 +51,7 @@ def landscape_2d(df: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
                 ax = axes[r, c]
                 vs = sub[sub["variant"] == variant]
                 seed = vs["seed"].min() if len(vs) else None
-                ax.set_title(fit_parts(joined(model_label(box[0], box[1]), box[2],
+                ax.set_title(fit_parts(joined(network_title(box[0], box[1]), box[2],
                                               f"depth {box[3]}"),
                                        joined(variant, "" if seed is None else f"seed {seed}"),
                                        width))

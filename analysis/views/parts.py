@@ -23,7 +23,8 @@ from analysis.figure_parts import (depth_colors, finite, fit_title, label_edges,
                                    median_iqr, no_data, panels, where)
 from analysis.figures_layers import PANEL_KEYS
 from analysis.formatting import fmt_ci
-from analysis.style import DEFAULT_LOOK, Look, log_axis, message_figure, model_label, variant_of
+from ablations.plan import network_title
+from analysis.style import DEFAULT_LOOK, Look, log_axis, message_figure, variant_of
 from analysis.tables import shown_factors, without_redundant_model
 from analysis.variants import Variants, joined, keyed
 
@@ -140,7 +141,7 @@ def depth_panels(rows: pd.DataFrame, key: Variants, look: Look, handles: list,
     out = []
     for ax, box in zip(axes.flat, boxes):
         family, model, facet, depth = box
-        ax.set_title(fit_title(joined(model_label(family, model), facet, f"depth {depth}"), width))
+        ax.set_title(fit_title(joined(network_title(family, model), facet, f"depth {depth}"), width))
         out.append((ax, where(rows, DEPTH_PANEL_KEYS, box)))
     for ax in axes.flat[len(boxes):]:
         ax.set_visible(False)
@@ -183,7 +184,7 @@ def when_grid(df: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str,
                     agg = median_iqr(dsub, x, y)
                     line_band(ax, agg, x, colors[depth], marker=key.marker(box[3]),
                               markersize=2, markevery=max(1, len(agg) // 8))
-                ax.set_title(fit_title(joined(model_label(*box[:2]), box[2], box[3],
+                ax.set_title(fit_title(joined(network_title(*box[:2]), box[2], box[3],
                                               WHEN_TITLE[when]), width), color=key.color(box[3]))
                 ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
                 if not ax.lines:

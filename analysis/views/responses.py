@@ -19,8 +19,8 @@ from matplotlib.ticker import MaxNLocator
 from ablations.measurements.responses import CHANNEL, LEGACY, OWN, TENSOR
 from analysis.figure_parts import finite, fit_title, line_band, median_iqr, panels, where
 from analysis.figures_layers import PANEL_KEYS
-from analysis.style import (DEFAULT_LOOK, Look, depth_linestyles, log_axis, message_figure,
-                            model_label)
+from ablations.plan import network_title
+from analysis.style import DEFAULT_LOOK, Look, depth_linestyles, log_axis, message_figure
 from analysis.variants import joined, keyed
 from analysis.views import FigureSpec, TableSpec
 from analysis.views.parts import cell_table, headline, per_trial, when_means
@@ -79,7 +79,7 @@ def responses_std(df: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
                     line_band(top, agg, "x", band=not faint, **style)
                     y = np.sort(agg["median"].to_numpy())[::-1]  # largest first, as He et al.
                     bottom.plot(np.arange(1, len(y) + 1), y, **style)
-            head = joined(model_label(*box[:2]), box[2]) + ("" if main == "final" else
+            head = joined(network_title(*box[:2]), box[2]) + ("" if main == "final" else
                                                             " (at init: no trained rows)")
             top.set_title(fit_title(head, width))
             bottom.set_title(fit_title("sorted by magnitude", width))

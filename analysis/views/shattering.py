@@ -19,7 +19,8 @@ from ablations.measurements.shattering import CENTRED, LEGACY, OWN, UNCENTRED
 from analysis import stats
 from analysis.figure_parts import finite, fit_title, label_edges, no_data, panels, where
 from analysis.figures_layers import PANEL_KEYS
-from analysis.style import DEFAULT_LOOK, Look, message_figure, model_label
+from ablations.plan import network_title
+from analysis.style import DEFAULT_LOOK, Look, message_figure
 from analysis.variants import joined, keyed
 from analysis.views import FigureSpec, TableSpec
 from analysis.views.parts import (WHEN_TITLE, cell_table, headline, per_trial, when_grid,
@@ -101,7 +102,7 @@ def shattering_lag1(df: pd.DataFrame, look: Look = DEFAULT_LOOK) -> Figure:
                     ax.scatter(v["depth"] + dx, v[col], s=4, color=color, alpha=0.4,
                                linewidths=0)
                     curves.append((ax, depths, m, color, key.styles[variant].residual))
-                ax.set_title(fit_title(joined(model_label(*box[:2]), box[2], WHEN_TITLE[when]),
+                ax.set_title(fit_title(joined(network_title(*box[:2]), box[2], WHEN_TITLE[when]),
                                        width))
                 ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
                 if not variants:

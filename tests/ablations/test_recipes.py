@@ -69,7 +69,7 @@ def test_he2016_epochs_typed_sets_the_length_and_drops_at_half_and_three_quarter
 def test_presets_keep_the_seed_recipe_todays_settings(argv):
     s = spec_of(argv)
     assert s.recipe == "seed" and s.factors == ()
-    # TrainSettings' defaults are today's (the seed article's) settings, field by field
+    # TrainSettings' defaults are today's (the replicated article's) settings, field by field
     assert s.train == TrainSettings(data_root=DATA)
     assert (s.train.lr, s.train.momentum, s.train.weight_decay, s.train.batch_size,
             s.train.epochs, s.train.milestones, s.train.decay) == \

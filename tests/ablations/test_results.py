@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ablations import results
+from ablations import files, results
 from ablations.train import load_state, save_state
 
 
@@ -175,7 +175,7 @@ PT_DAMAGE = {
 
 def test_intact_checkpoint_loads(tmp_path, capsys):
     ckpt = results.checkpoint_path(tmp_path, "t")
-    results.write_bytes(ckpt, checkpoint_bytes())
+    files.write_bytes(ckpt, checkpoint_bytes())
     state = load_state(ckpt)
     assert state["epoch"] == 2 and len(state["history"]) == 2
     assert load_state(tmp_path / "none.pt") is None
@@ -187,7 +187,7 @@ def test_unreadable_checkpoint_is_moved_aside_and_the_trial_starts_over(tmp_path
                                                                         damage):
     ckpt = results.checkpoint_path(tmp_path, "mlp-4-plain-s0")
     damaged = PT_DAMAGE[damage](checkpoint_bytes())
-    results.write_bytes(ckpt, damaged)
+    files.write_bytes(ckpt, damaged)
     assert load_state(ckpt) is None
     assert not ckpt.exists()
     assert (ckpt.parent / "mlp-4-plain-s0.pt.corrupt").read_bytes() == damaged

@@ -1,0 +1,39 @@
+"""The one way the project writes a file: atomically.
+
+Every results file, kept network, table, figure and report goes through
+``atomic_write``: it is written to a temporary file in the target's folder and renamed
+onto the target (``os.replace``, atomic within one filesystem), so a reader never sees
+half a file and an interrupted run never leaves one behind; on failure the temporary
+file is removed and the target is left as it was.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path: str | os.PathLike, write) -> str:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto
+    ``path`` (creating the folder). Returns ``str(path)``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return str(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> str:
+    """Write ``text`` (UTF-8) to ``path`` atomically. Returns ``str(path)``."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically. Returns ``str(path)``."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
