@@ -1,5 +1,5 @@
 """Imported by each Ray worker process of a local sweep as Ray starts it, before the
-worker takes any work (Ray's ``preload_python_modules``; see ``runner.connect``).
+worker takes any work (Ray's ``preload_python_modules``; see ``cluster.connect``).
 
 A trial's first seconds in a fresh worker would otherwise go to importing Ray Tune's
 trainable wrapper, torch and the trainer (bench/README.md). Ray starts these

@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--variants", default="nchw,cl,cl-compile,nchw-compile")
     ap.add_argument("--keep-heap", action="store_true",
-                    help="the trainer's allocator setting (ablations.train.keep_freed_memory)")
+                    help="the trainer's allocator setting (ablations.device.keep_freed_memory)")
     ap.add_argument("--warm-cache", action="store_true",
                     help="reuse torch.compile's on-disk cache (default: a fresh one, so the "
                     "compile time is what a fresh machine pays)")
@@ -77,7 +77,7 @@ def main() -> None:
         import tempfile
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
     if a.keep_heap:
-        from ablations.train import keep_freed_memory
+        from ablations.device import keep_freed_memory
         assert keep_freed_memory()
     torch.set_num_threads(a.threads)
     import resource

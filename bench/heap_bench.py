@@ -1,4 +1,4 @@
-"""The trainer's allocator setting (``ablations.train.keep_freed_memory``) alone: the
+"""The trainer's allocator setting (``ablations.device.keep_freed_memory``) alone: the
 same fp32 SmallResNet-18 training step (bench/fp32_variants.py, variants nchw and cl)
 in fresh processes with and without it, alternated in one command.
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ablations.train import keep_freed_memory  # noqa: E402
+from ablations.device import keep_freed_memory  # noqa: E402
 from models import fused  # noqa: E402
 
 SHAPES = [(16, 32), (32, 16), (64, 8)]  # (channels, side) of SmallResNet-18's three stages

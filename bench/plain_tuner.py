@@ -25,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import sweep  # noqa: E402
+from ablations.arguments import spec_from_args  # noqa: E402
 from ablations.plan import expand  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def main():
     ap.add_argument("--reuse", action="store_true")
     a = ap.parse_args(argv[:cut])
     args = sweep.build_parser().parse_args(argv[cut + 1:] + ["--out", a.out, "--name", a.name])
-    spec = sweep.spec_from_args(args)
+    spec = spec_from_args(args)
     trials, _ = expand(spec)
     run_dir = os.path.abspath(spec.run_dir)
     os.makedirs(run_dir, exist_ok=True)

@@ -63,7 +63,7 @@ def main() -> None:
                 times[name].append(s)
                 print(f"repeat {r + 1} {name:>8}: {s:.2f} s", flush=True)
     base = statistics.median(times["off"])
-    from ablations.train import pick_precision
+    from ablations.device import pick_precision
     print(f"SmallResNet-18, {pick_precision('cpu', a.precision)}, {a.epochs} epochs x 5,085 "
           f"images, {a.threads} threads, "
           f"median of {a.repeats}:")

@@ -1,5 +1,5 @@
 """Where a short sweep's wall time goes: the sweep benchmark's workload
-(`bench/sweep_bench.py`) through `runner.connect` + `runner.run_groups`, with a timeline.
+(`bench/sweep_bench.py`) through `cluster.connect` + `runner.run_groups`, with a timeline.
 
 Prints, relative to the start of `runner.run_groups`:
 - when each Ray process appeared (sampled from /proc every 0.1 s),
@@ -23,7 +23,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ablations import results, runner  # noqa: E402
+from ablations import cluster, results, runner  # noqa: E402
+from ablations.arguments import spec_from_args  # noqa: E402
 from ablations.plan import expand  # noqa: E402
 
 import sweep  # noqa: E402
@@ -76,12 +77,12 @@ def main():
 
     sampler = ProcSampler()
     sampler.start()
-    spec = sweep.spec_from_args(sweep.build_parser().parse_args(
+    spec = spec_from_args(sweep.build_parser().parse_args(
         sweep_args(args.epochs, args.subset)
         + ["--out", tempfile.mkdtemp(prefix="sweep-timeline-"), "--name", "timeline"]))
     trials, _ = expand(spec)
     t0 = time.time()
-    runner.connect(None, prewarm=runner.plan_local(spec, len(trials)))
+    cluster.connect(None, prewarm=cluster.plan_local(spec, len(trials)))
     t1 = time.time()
     errors = runner.run_groups([[t] for t in trials], spec, spec.run_dir, "bench")
     t2 = time.time()

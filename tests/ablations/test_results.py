@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ablations import files, results
-from ablations.train import load_state, save_state
+from ablations.checkpoint import load_state, save_state
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ absent) with the columns of
   ``ablations.trial.run_probe_group`` for probe sweeps (probe_loss, no final_*
   column), ``ablations.results.write_error`` for errors (the traceback in
   ``error``) and ``results.merge(final=False)`` for pending rows;
-* ``layers.parquet``: ``ablations.trial.layer_frame`` (``results.FACTORS`` +
+* ``layers.parquet``: ``ablations.results.layer_frame`` (``results.FACTORS`` +
   phase, step, epoch, layer, layer_index, stat, value): probe sweeps at
   phase "init", train sweeps at phase "train" every few steps; weight layers
   carry the grad statistics, tap points the activation statistics; a plain
@@ -298,7 +298,7 @@ def _train_trial(draw, factors, record, metric, n_epochs, diverged, val_split):
 
 
 def _summarize(rows: list[dict]) -> dict:
-    """``ablations.train.summarize``: final_* from the last epoch with a test accuracy
+    """``ablations.evaluation.summarize``: final_* from the last epoch with a test accuracy
     (a diverged trial keeps the epoch before it diverged), best_* on validation."""
     done = [r for r in rows if "test_acc" in r and not (isinstance(r["test_acc"], float)
                                                          and math.isnan(r["test_acc"]))]
