@@ -344,7 +344,11 @@ class TrialTracker:
 
 
 def _plain(value):
-    """Numbers (numpy scalars included) as Python numbers, other values as they are."""
+    """Numbers (numpy scalars included) as Python numbers, a string subclass (a
+    ``Status``) as a plain string (W&B would store an enum by its member name), other
+    values as they are."""
+    if isinstance(value, str):
+        return str.__str__(value)
     number = _number(value)
     return value if number is None else number
 
