@@ -1,16 +1,34 @@
-"""The one way the project writes a file: atomically.
+"""The one way the project writes a file: atomically, with the mode the umask gives.
 
 Every results file, kept network, table, figure and report goes through
 ``atomic_write``: it is written to a temporary file in the target's folder and renamed
 onto the target (``os.replace``, atomic within one filesystem), so a reader never sees
 half a file and an interrupted run never leaves one behind; on failure the temporary
-file is removed and the target is left as it was.
+file is removed and the target is left as it was. The temporary file is created
+private (``mkstemp``: 0600); before the rename it gets the mode a plain ``open`` would
+have given (0666 minus the umask: 0644 under umask 022, 0600 under 077), so colleagues
+on a shared filesystem or a web server can read a sweep's results when the umask says so.
 """
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status), else
+    by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write) -> str:
@@ -22,6 +40,7 @@ def atomic_write(path: str | os.PathLike, write) -> str:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

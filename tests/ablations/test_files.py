@@ -25,3 +25,19 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
         files.atomic_write(p, half)
     assert p.read_bytes() == b"old"
     assert [x.name for x in tmp_path.iterdir()] == ["b.parquet"]
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o027, 0o640)])
+def test_files_get_the_mode_the_umask_gives(tmp_path, mask, mode):
+    import os
+    old = os.umask(mask)
+    try:
+        assert files.umask() == mask
+        for i, write in enumerate((lambda p: files.write_text(p, "x"),
+                                   lambda p: files.write_bytes(p, b"x"),
+                                   lambda p: files.atomic_write(p, lambda t: open(t, "w").write("x")))):
+            p = tmp_path / f"f{i}"
+            write(p)
+            assert (p.stat().st_mode & 0o777) == mode, oct(p.stat().st_mode)
+    finally:
+        os.umask(old)

@@ -17,11 +17,12 @@ def ray_pids():
     return set(out.stdout.split())
 
 
-def sweep(*argv, cwd, env=None):
+def sweep(*argv, cwd, env=None, umask=None):
     before = ray_pids()
     p = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), *argv],
                        capture_output=True, text=True, cwd=cwd, timeout=600,
-                       env={**os.environ, **(env or {})})
+                       env={**os.environ, **(env or {})},
+                       preexec_fn=None if umask is None else (lambda: os.umask(umask)))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert ray_pids() <= before, "the sweep left Ray processes running"
     return p
@@ -61,9 +62,18 @@ def test_short_training_run_on_cifar_format_data_through_ray(tmp_path):
     p = sweep("--families", "mlp,resnet", "--depths", "4", "--residual", "both",
               "--data-root", "data", "--subset", "200", "--val-fraction", "0.1",
               "--epochs", "2", "--milestones", "1", "--batch-size", "50", "--stats-every", "2",
-              "--recipe", "seed", "--seeds", "1", "--out", "res", "--name", "train", cwd=tmp_path)
+              "--recipe", "seed", "--seeds", "1", "--out", "res", "--name", "train", cwd=tmp_path,
+              umask=0o027)
     run = tmp_path / "res" / "train"
     assert "4 trials: 4 completed" in p.stdout
+    # Every file the sweep wrote has the mode its umask gives (0666 - 027 = 0640), not
+    # mkstemp's 0600: results, weights, tables, figures, report.
+    modes = {str(f.relative_to(run)): oct(f.stat().st_mode & 0o777) for f in run.rglob("*")
+             if f.is_file() and not f.relative_to(run).parts[0] in ("ray", "wandb")}
+    assert {"spec.json", "trials.parquet", "report.html", "tables/summary.md",
+            "figures/training_curves.png"} <= set(modes)
+    assert any(k.startswith("weights/") and k.endswith("final.pt") for k in modes)
+    assert {k: m for k, m in modes.items() if m != oct(0o640)} == {}
     epochs = pd.read_parquet(run / "epochs.parquet")
     assert len(epochs) == 4 * 2 and set(epochs.epoch) == {1, 2}
     trials = pd.read_parquet(run / "trials.parquet")
