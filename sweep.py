@@ -52,7 +52,10 @@ def main(argv=None) -> int:
         return 2
     if not outcome.finished:
         return outcome.code
-    return finish(outcome, args.wandb_report)
+    try:
+        return finish(outcome, args.wandb_report)
+    finally:
+        outcome.release()  # the results folder's lock, held through the report
 
 
 def finish(outcome: orchestrate.Outcome, wandb_report: str | None) -> int:

@@ -153,6 +153,11 @@ def build_parser(report_target=str) -> argparse.ArgumentParser:
     o.add_argument("--max-failures", type=int, default=2,
                    help="retries of a trial that raises (from its checkpoint); diverged "
                    "trials are results and are not retried")
+    o.add_argument("--checkpoint-every", metavar="MINUTES", type=float, default=10.0,
+                   help="a trial also checkpoints mid-epoch when this long has passed since "
+                   "its last checkpoint (besides each epoch's end; 0: epoch ends only): a "
+                   "node lost without notice costs at most this much of a trial's progress; "
+                   "results do not depend on it")
     c = p.add_argument_group("resources and clusters")
     c.add_argument("--address", default=None,
                    help="join a Ray cluster: 'auto' or host:port (default: start Ray on this "
@@ -285,7 +290,7 @@ def execution_from_args(args) -> Execution:
         wandb=args.wandb, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, address=args.address,
         storage=os.path.abspath(args.storage) if args.storage else None,
-        max_failures=args.max_failures)
+        max_failures=args.max_failures, checkpoint_every=args.checkpoint_every)
 
 
 def spec_from_args(args) -> AblationSpec:

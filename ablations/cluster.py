@@ -6,7 +6,8 @@ switched on for the driver when a token is available). ``plan_local`` checks a
 request against this machine before a local Ray starts; ``resolve_resources``
 turns ``--cpus-per-trial``/``--gpus-per-trial`` (or their defaults) into a
 per-trial request every node of the connected cluster can satisfy, and fails
-fast otherwise. Running trials on it: ``ablations.runner``.
+fast otherwise. ``watch`` calls back when the Ray under the driver is lost (its
+processes killed, the head node gone). Running trials on it: ``ablations.runner``.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import math
 import os
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 from .exit_noise import ExitNoiseFilter
@@ -171,8 +174,78 @@ def plan_local(spec, n_units: int) -> bool:
     return slots >= cpus
 
 
+class _Watch:
+    """A daemon thread calling ``on_lost(why)`` once when Ray is lost (see ``watch``)."""
+
+    def __init__(self, on_lost, every_s: float, grace_s: float):
+        self.on_lost, self.every_s, self.grace_s = on_lost, every_s, grace_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="resablate-ray-watch",
+                                       daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        import ray
+        node = getattr(ray._private.worker, "_global_node", None)
+        procs = {kind: [i.process for i in getattr(node, "all_processes", {}).get(kind, [])]
+                 for kind in ("gcs_server", "raylet")}
+        gcs = getattr(node, "_gcs_address", None)
+        unreachable_since = None
+        while not self.stop.wait(self.every_s):
+            dead = [kind for kind, ps in procs.items() if any(p.poll() is not None for p in ps)]
+            if dead:  # a local Ray: the driver started these processes
+                why = " and ".join(dead) + (" processes" if len(dead) > 1 else " process")
+                return self.lost(f"its {why} ended")
+            if gcs and not any(procs.values()):  # a joined cluster: its GCS must answer
+                if _reachable(gcs):
+                    unreachable_since = None
+                elif unreachable_since is None:
+                    unreachable_since = time.monotonic()
+                elif time.monotonic() - unreachable_since > self.grace_s:
+                    return self.lost(f"its head node at {gcs} stopped answering")
+
+    def lost(self, why: str) -> None:
+        if not self.stop.is_set():
+            ExitNoiseFilter.ray_lost = True  # Ray's last words stay out of the terminal
+            self.on_lost(why)
+
+
+def _reachable(address: str, timeout: float = 2.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+_watch: _Watch | None = None
+
+
+def watch(on_lost, every_s: float = 0.25, grace_s: float = 10.0) -> None:
+    """Call ``on_lost(why)`` (in a daemon thread, once) when the connected Ray is lost
+    while the driver uses it: a local Ray's gcs_server or raylet process ended, or a
+    joined cluster's GCS refused connections for ``grace_s`` seconds. The driver's own
+    Ray calls then hang (and Ray ends the process ~60 s later with its internals on the
+    terminal), so ``on_lost`` is expected to end the process itself. ``disconnect``
+    stops the watch first (its ``ray.shutdown`` ends those processes on purpose)."""
+    global _watch
+    unwatch()
+    _watch = _Watch(on_lost, every_s, grace_s)
+
+
+def unwatch() -> None:
+    global _watch
+    if _watch is not None:
+        _watch.stop.set()
+        if _watch.thread is not threading.current_thread():
+            _watch.thread.join(timeout=5)
+        _watch = None
+
+
 def disconnect() -> None:
     """Shut down the local Ray, or leave the cluster (which keeps running)."""
+    unwatch()
     if "ray" not in sys.modules:  # never connected: do not pay for importing ray
         return
     import ray

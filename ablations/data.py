@@ -7,6 +7,14 @@ torchvision downloads it there. ``synthetic`` is a small learnable dataset made
 in memory (tests, offline smoke runs). The training subset is class-stratified
 and deterministic (the same for every trial of a sweep); the validation split
 is held out of it, stratified too; the test split is never used for selection.
+
+Every batch file is checked as it is read (``read_batch``): a file that is unreadable,
+truncated, not a pickle of CIFAR-10 data (only numpy's array classes may be unpickled:
+a foreign pickle is refused, never executed), without ``data``/``labels``, with data
+that is not N x 3072 uint8, or with labels outside 0..9 or not one per row, is a
+``DataError``: one line naming the file and the fault. The driver reads every file
+once before Ray starts (``check_data``: exit 2); a worker whose copy is damaged gets
+the same line as its trial's error row (``ablations.train``).
 """
 from __future__ import annotations
 
@@ -46,19 +54,96 @@ class Dataset:
         return int(np.prod(self.train_x.shape[1:]))
 
 
+class DataError(SpecError):
+    """A dataset that cannot be used (a missing, damaged or foreign batch file, or too few
+    images): one line naming the file and the fault. A SpecError: bad input, exit 2 on
+    the driver before anything is written."""
+
+
+EXPECTED = ("expected an official CIFAR-10 python batch (a dict of 'data', N x 3072 uint8, "
+            "and 'labels', N ints in 0..9): replace the file or pass another --data-root")
+# what an official batch may unpickle (Python 2's and numpy 1/2's names of numpy's
+# array reconstruction); anything else is a foreign pickle and is never called
+_ARRAY_GLOBALS = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+                  for n in ("_reconstruct", "scalar")} | \
+    {(m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")} | \
+    {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _Foreign(pickle.UnpicklingError):
+    """A pickle that refers to something other than numpy arrays."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _ARRAY_GLOBALS:
+            raise _Foreign(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def _field(d: dict, key: str):
+    """``d[key]`` under its Python 2 (str) or Python 3 (bytes) name; None when absent."""
+    return d[key] if key in d else d.get(key.encode())
+
+
+def read_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """One official batch, checked as it is read: images (N, 3, 32, 32) uint8 and labels
+    (N,) int64; DataError (one line: the file and the fault) for anything else."""
+    def fault(what: str) -> DataError:
+        return DataError(f"CIFAR-10 batch {path} {what}; {EXPECTED}")
+    try:
+        with open(path, "rb") as f:
+            if not os.fstat(f.fileno()).st_size:
+                raise fault("is empty")
+            d = _BatchUnpickler(f, encoding="latin1").load()  # straight into the arrays
+    except DataError:
+        raise
+    except OSError as e:
+        raise fault(f"cannot be read ({e.strerror or type(e).__name__})") from None
+    except _Foreign as e:
+        raise fault(f"is a pickle of other objects (it refers to {e}), not CIFAR-10 data"
+                    ) from None
+    except Exception as e:  # noqa: BLE001  arbitrary bytes raise anything while unpickled
+        why = " ".join(str(e).split())[:120] or type(e).__name__
+        if isinstance(e, EOFError) or "truncated" in why:
+            raise fault(f"is truncated ({why})") from None
+        raise fault(f"is not a readable pickle ({why})") from None
+    if not isinstance(d, dict):
+        raise fault(f"holds a {type(d).__name__}, not a dict")
+    data, labels = _field(d, "data"), _field(d, "labels")
+    for key, value in (("data", data), ("labels", labels)):
+        if value is None:
+            keys = ", ".join(repr(k) for k in list(d)[:6])
+            raise fault(f"has no '{key}' key (its keys: {keys or 'none'})")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        kind = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
+        raise fault(f"has 'data' of {kind}, not a uint8 array")
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or not len(data):
+        raise fault(f"has 'data' of shape {data.shape}, not (N, 3072) with N > 0")
+    try:
+        y = np.asarray(labels)
+    except Exception:  # noqa: BLE001  ragged or odd objects: not a list of ints
+        y = np.asarray([None])
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise fault(f"has 'labels' that are not a list of ints ({type(labels).__name__} of "
+                    f"{y.dtype}, shape {y.shape})")
+    if len(y) != len(data):
+        raise fault(f"has {len(y)} labels for {len(data)} images")
+    bad = np.flatnonzero((y < 0) | (y > 9))
+    if len(bad):
+        raise fault(f"has label {y[bad[0]]} at index {bad[0]} ({len(bad)} outside 0..9)")
+    return data.reshape(-1, 3, 32, 32), y.astype(np.int64)  # R, G, B planes
+
+
 def read_cifar_batches(folder: str, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 from official pickle batches."""
-    xs, ys = [], []
-    for n in names:
-        with open(os.path.join(folder, n), "rb") as f:
-            d = pickle.load(f, encoding="latin1")
-        xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))  # R, G, B planes
-        ys.append(np.asarray(d["labels"], dtype=np.int64))
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 from official pickle batches,
+    each read once and checked (``read_batch``)."""
+    xs, ys = zip(*(read_batch(os.path.join(folder, n)) for n in names))
     return np.concatenate(xs), np.concatenate(ys)
 
 
 def cifar_folder(root: str, download: bool = True) -> str:
-    """``<root>/cifar-10-batches-py``, downloading it when missing; SpecError if impossible."""
+    """``<root>/cifar-10-batches-py``, downloading it when missing; DataError if impossible."""
     folder = os.path.join(root, CIFAR_DIR)
     missing = [n for n in TRAIN_FILES + [TEST_FILE] if not os.path.isfile(os.path.join(folder, n))]
     if not missing:
@@ -80,7 +165,7 @@ def cifar_folder(root: str, download: bool = True) -> str:
                 shutil.rmtree(root, ignore_errors=True)
     else:
         reason = f"missing {', '.join(missing)}"
-    raise SpecError(f"CIFAR-10 not found in {folder} ({reason}); put the official python "
+    raise DataError(f"CIFAR-10 not found in {folder} ({reason}); put the official python "
                     "batches (data_batch_1..5, test_batch) there, or pass --data-root DIR "
                     "(e.g. ../shared/data/cifar10-subset), or use --dataset synthetic")
 
@@ -88,7 +173,7 @@ def cifar_folder(root: str, download: bool = True) -> str:
 def stratified_subset(labels: np.ndarray, n: int, seed: int = SUBSET_SEED) -> np.ndarray:
     """``n`` indices with class proportions of ``labels`` (largest remainder), deterministic."""
     if n > len(labels):
-        raise SpecError(f"--subset {n} is larger than the training set ({len(labels)} images); "
+        raise DataError(f"--subset {n} is larger than the training set ({len(labels)} images); "
                         f"valid: 10..{len(labels)}")
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)

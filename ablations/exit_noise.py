@@ -1,5 +1,6 @@
-"""Interpreter-exit noise of Ray's workers, dropped from the output forwarded to the
-driver's terminal (``ExitNoiseFilter``; installed by ``ablations.cluster.connect``)."""
+"""Interpreter-exit noise of Ray's workers and Ray's own internals, dropped from the
+output forwarded to the driver's terminal (``ExitNoiseFilter``; installed by
+``ablations.cluster.connect``)."""
 from __future__ import annotations
 
 
@@ -15,9 +16,16 @@ class ExitNoiseFilter:
     ``SystemExit`` or that never passes through a signal handler is kept), so a real
     error of a worker still reaches the user. A block cut across two batches of one
     worker's lines is held until its end arrives.
+
+    Ray's internals are dropped too: the raylet's ``[state-dump]`` lines (its debug
+    state, which it prints as it dies) always, and, once Ray is lost under the driver
+    (``ray_lost``, set by ``ablations.cluster.watch``), everything still forwarded (the
+    dying processes' last words; they stay in Ray's session logs).
     """
 
     START = "Exception ignored in"
+    INTERNAL = "[state-dump]"
+    ray_lost = False  # set once for the process: Ray died under the driver
 
     def __init__(self):
         self._held: dict = {}
@@ -28,7 +36,10 @@ class ExitNoiseFilter:
                 and any("sigterm_handler" in line or "signal" in line for line in block))
 
     def lines(self, key, lines: list[str]) -> list[str]:
-        lines = self._held.pop(key, []) + list(lines)
+        if self.ray_lost:
+            return []
+        lines = [line for line in self._held.pop(key, []) + list(lines)
+                 if self.INTERNAL not in line]
         out, i = [], 0
         while i < len(lines):
             if not lines[i].startswith(self.START):
@@ -58,6 +69,13 @@ class ExitNoiseFilter:
             return False
 
         def filtered(data):
+            if self.ray_lost:
+                return
+            if data.get("lines") and not data.get("is_err"):
+                data = {**data, "lines": [line for line in data["lines"]
+                                          if self.INTERNAL not in line]}
+                if not data["lines"]:
+                    return
             if data.get("is_err") and data.get("lines"):
                 data = {**data, "lines": self.lines((data.get("ip"), data.get("pid")),
                                                     data["lines"])}

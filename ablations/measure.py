@@ -20,8 +20,9 @@ warning, as after a sweep).
 
 Bad input (not a sweep folder, an unknown measurement, a sweep that kept no
 weights, unreadable data): one line on stderr naming the problem and the valid
-choices, exit 2, before anything is written or Ray starts. Exit codes: 0 every
-measurement written, 1 some failed (each named in one warning line), 2 bad
+choices, exit 2, before anything is written or Ray starts. The folder is locked
+(``ablations.lock``) while this writes to it: a sweep still writing it is refused the
+same way (one line naming it, exit 2). Exit codes: 0 every measurement written, 1 some failed (each named in one warning line), 2 bad
 input, 130 interrupted. Importing this module starts nothing.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -38,7 +40,7 @@ from pathlib import Path
 from ablations.status import Status
 from ablations.cli import OneLineParser
 
-from . import measure_run, results, weights
+from . import lock, measure_run, results, weights
 from .spec import SpecError, check_measurements, spec_from_dict
 
 PROG = "python -m ablations.measure"
@@ -136,9 +138,9 @@ def prepare(args) -> Job:
     if args.data_root:
         spec = dataclasses.replace(spec, train=dataclasses.replace(
             spec.train, data_root=os.path.abspath(args.data_root)))
-    if spec.train.dataset == "cifar10":  # SpecError when the sweep's data is not here
-        from .data import cifar_folder
-        cifar_folder(spec.train.data_root, download=False)
+    if spec.train.dataset == "cifar10":  # SpecError when the data is missing or damaged
+        from .data import load_arrays
+        load_arrays(spec.train, download=False)  # reads and checks every batch file
     from .plan import expand
     plan = {t.trial_id: t for t in expand(spec)[0]}
     finished = rows[rows["status"].isin([Status.COMPLETED, Status.DIVERGED])]
@@ -266,10 +268,20 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     started = time.time()
     try:
+        lock.check(args.results, "measuring")  # a sweep still writing it: refused first
         job = prepare(args)
+        held = lock.acquire(job.run_dir, f"{PROG} {shlex.join(argv)}", "measuring")
     except SpecError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    try:
+        return measure(job, args, argv, started)
+    finally:
+        held.release()
+
+
+def measure(job: Job, args, argv, started: float) -> int:
+    """Measure, merge, record and rebuild the report, with the folder locked."""
     outcomes: dict = {}
     if job.todo:
         ms = measure_run.requested(job.names)

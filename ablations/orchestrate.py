@@ -2,13 +2,15 @@
 
 ``run`` is all of it, in two steps. ``start`` resolves the spec (a new sweep, or the
 stored one with ``--resume``/``--retry-failed``: ``ablations.resume``), validates and
-expands it, checks the data, resolves the W&B mode and connects to Ray
-(``ablations.cluster``): every check that can fail, before anything is written.
+expands it, checks the data, locks the results folder (``ablations.lock``: one writer),
+resolves the W&B mode and connects to Ray (``ablations.cluster``): every check that can
+fail, before anything is written.
 ``execute`` prints the settings and the plan, writes spec.json, records the
 invocation, tunes per cell (``--tune``), runs the trials not yet finished through
 ``ablations.runner`` with a live progress, and merges their fragments into the tables
 (``ablations.results``). It returns an ``Outcome``; the report is the entry point's
-(sweep.py builds it with ``analysis.report``).
+(sweep.py builds it with ``analysis.report``). Ray lost under a running sweep ends the
+process in ``ray_lost`` (a summary, the ``--resume`` command, exit 1).
 
 Ray is reached only through the functions of ``ablations.cluster`` and
 ``ablations.runner``, looked up on those modules at each call: a test replaces them
@@ -19,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 
 from ablations.status import Status
-from . import cluster, results, resume
+from . import cluster, lock, results, resume
 from .arguments import given_flags, spec_from_args
 from .plan import expand, format_plan, group_by_cell, settings_line
 from .progress import duration, for_groups
@@ -42,6 +45,7 @@ class Sweep:
     wandb_mode: str       # online, offline or disabled (ablations.tracking.resolve_mode)
     argv: list
     clock: dict           # wall-clock stamps of this invocation (record_timing)
+    lock: object = None   # ablations.lock.FolderLock of the results folder, held
 
 
 @dataclass(frozen=True)
@@ -56,34 +60,63 @@ class Outcome:
     counts: dict = field(default_factory=dict)  # completed, diverged, error
     trials: int = 0
     started: float = 0.0  # time.time() as the trials (or the tuning) began
+    lock: object = field(default=None, repr=False, compare=False)  # held for the report
 
     @property
     def finished(self) -> bool:
         return self.code in (0, 1)
 
+    def release(self) -> None:
+        """Unlock the results folder (after the report); a no-op when not held."""
+        if self.lock is not None:
+            self.lock.release()
+
 
 def run(parser, args, argv, clock: dict) -> Outcome:
     """The sweep ``args`` (parsed by ``parser`` from ``argv``) asks for; Ray is left
-    whatever happens."""
+    whatever happens. The results folder is locked (``ablations.lock``) before anything
+    is written to it; a finished outcome keeps the lock for the report (its caller ends
+    with ``outcome.release()``; at the latest it goes at exit), any other ending
+    releases it here."""
+    sweep = outcome = None
     try:
         try:
             sweep = start(args, given_flags(parser, argv), argv, clock)
         except SpecError as e:
             return Outcome(2, error=str(e))
-        return execute(sweep)
+        outcome = execute(sweep)
+        return dataclasses.replace(outcome, lock=sweep.lock) if outcome.finished else outcome
     finally:
         cluster.disconnect()
+        if sweep is not None and not (outcome is not None and outcome.finished):
+            sweep.lock.release()
 
 
 def start(args, given: set[str], argv, clock: dict) -> Sweep:
-    """Resolve, validate and expand the spec, pick the W&B mode, connect to Ray and
-    size the trials' resources; SpecError before anything is written."""
-    from . import tracking
+    """Resolve, validate and expand the spec, lock the results folder, pick the W&B
+    mode, connect to Ray and size the trials' resources; SpecError before anything is
+    written (``lock.LockHeld`` when another writer holds the folder)."""
     if args.resume or args.retry_failed:
         spec, kind = resume.stored_spec(args, given)
     else:
         spec, kind = resolve_measure(spec_from_args(args)), "start"
+    who = {"start": "this sweep", "resume": "--resume", "retry-failed": "--retry-failed"}[kind]
+    lock.check(spec.run_dir, who)  # a live writer: refused before any work
     trials, skipped, sizes = prepare(spec, resuming=kind != "start")
+    held = lock.acquire(spec.run_dir, "python sweep.py " + shlex.join(argv), who)
+    try:
+        if kind == "start" and os.path.exists(os.path.join(spec.run_dir, "spec.json")):
+            # a sweep of the same name ran and ended between the checks and the lock
+            raise SpecError(f"results already exist in {spec.run_dir}; choose another "
+                            "--name (nothing was overwritten)")
+        return _connect(spec, kind, trials, skipped, sizes, argv, clock, held)
+    except BaseException:
+        held.release()
+        raise
+
+
+def _connect(spec, kind, trials, skipped, sizes, argv, clock, held) -> Sweep:
+    from . import tracking
     wandb_mode, why = tracking.resolve_mode(spec.wandb, spec.run_dir)
     print(f"W&B: {wandb_mode} ({why})", flush=True)
     units = len(groups_of(trials, spec))
@@ -92,7 +125,7 @@ def start(args, given: set[str], argv, clock: dict) -> Sweep:
     cluster.connect(spec.address, prewarm=prewarm)
     clock["connected_at"] = time.time()
     spec = cluster.resolve_resources(spec, units)
-    return Sweep(spec, kind, trials, skipped, sizes, wandb_mode, list(argv), clock)
+    return Sweep(spec, kind, trials, skipped, sizes, wandb_mode, list(argv), clock, held)
 
 
 def prepare(spec: AblationSpec, resuming: bool = False):
@@ -131,6 +164,7 @@ def execute(sweep: Sweep) -> Outcome:
                             "plan": [t.factors() for t in sweep.trials],
                             "skipped": [{"cell": l, "reason": r} for l, r in sweep.skipped]})
     record_invocation(run_dir, sweep.kind, sweep.argv, info)
+    cluster.watch(lambda why: ray_lost(sweep, why))  # Ray killed under us: ends the process
     res = info["cluster"]["resources"]
     print(f"resources: {spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial on "
           f"{info['cluster']['nodes']} node(s) with {res.get('CPU', 0):g} CPU, "
@@ -232,6 +266,32 @@ def interrupted(spec, trials, clock: dict, what: str) -> Outcome:
     print(f"interrupted: {what}; continue with python sweep.py --out {spec.out} --resume "
           f"{spec.name}", file=sys.stderr)
     return Outcome(130, spec=spec)
+
+
+def ray_lost(sweep: Sweep, why: str) -> None:
+    """Ray died under the sweep (``cluster.watch``, in its thread): one line saying so,
+    what finished merged (``trials.parquet``, the rest pending) and counted, the
+    ``--resume`` command, the lock released, exit 1. The process ends here with
+    ``os._exit``: the main thread is stuck in Ray's calls, and Ray's own teardown would
+    hang, then fill the terminal with its internals."""
+    spec = sweep.spec
+    print(f"sweep.py: Ray was lost under the sweep ({why}); the trials still running "
+          "stopped", file=sys.stderr, flush=True)
+    try:
+        rows = [results.read_fragment_row(spec.run_dir, t.trial_id) for t in sweep.trials]
+        done = [r["status"] for r in rows if r is not None]
+        results.merge(spec.run_dir, sweep.trials, final=False)
+        record_timing(spec.run_dir, sweep.clock)
+        print(f"{len(done)} of {len(sweep.trials)} trial(s) finished: {done.count(Status.COMPLETED)}"
+              f" completed, {done.count(Status.DIVERGED)} diverged, {done.count(Status.ERROR)} "
+              f"errored; {len(sweep.trials) - len(done)} pending in {spec.run_dir}", flush=True)
+    except Exception as e:  # noqa: BLE001  the fragments are kept: --resume merges them
+        print(f"warning: the finished trials could not be merged ({results.brief(e)})",
+              file=sys.stderr, flush=True)
+    print(f"continue with: python sweep.py --out {spec.out} --resume {spec.name}",
+          file=sys.stderr, flush=True)
+    sweep.lock.release()
+    os._exit(1)
 
 
 def tune_cells(spec, trials, run_dir, worker_spec) -> list | None:

@@ -4,9 +4,11 @@
 all its seeds, or one training trial), on reused actors; a trial that raises is
 retried up to ``--max-failures`` times by Tune and continues from its own
 checkpoint (``<storage>/checkpoints``); after the last failure its traceback is
-returned for the results. ``run_tuning``: the per-cell Optuna searches
-(``ablations.tuning``) in one Tuner, so samples of different cells run side by
-side.
+returned for the results. A trial whose worker got SIGTERM (``ablations.preempt``:
+checkpointed mid-epoch) ends with a "preempted" result and runs again in a next
+round, from its checkpoint, without using a retry. ``run_tuning``: the per-cell
+Optuna searches (``ablations.tuning``) in one Tuner, so samples of different cells
+run side by side.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import warnings
 
 from ablations.status import Status
 from . import cluster  # noqa: F401  sets Ray's and Tune's environment before ray is imported
+from .preempt import Preempted, WorkerSetup
 from .trial import run_group
 
 
@@ -50,10 +53,18 @@ def _trainable(config, *, groups, cells, spec, run_dir):
         sample = sample_trial(cells[config["cell"]], config["sample"], config["hp"])
         run_train_trial(sample, spec, run_dir, TuneReporter(), tuning=True)
         return
-    statuses = run_group(groups[config["group"]], spec, run_dir, TuneReporter())
     from ray import tune
+    try:
+        statuses = run_group(groups[config["group"]], spec, run_dir, TuneReporter())
+    except Preempted:  # checkpointed: run_groups runs it again, not as a failure
+        tune.report({"preempted": 1})
+        return
     tune.report({"completed": statuses.count(Status.COMPLETED),
                  "diverged": statuses.count(Status.DIVERGED), "group_done": 1})
+
+
+# the SIGTERM handler, installed on the worker's main thread as Tune sets up the actor
+_trainable.__mixins__ = (WorkerSetup,)
 
 
 def _tuner_common(spec, experiment: str, callbacks=()):
@@ -110,7 +121,10 @@ class _Progress:
 
             def on_trial_complete(self, iteration, trials, trial, **info):
                 self._maybe()  # merge first: the progress line reads the fresh fragment
-                if unit(trial) is not None:
+                if (trial.last_result or {}).get("preempted"):
+                    print(f"{label(trial.config)}: preempted (its worker got SIGTERM): "
+                          "checkpointed, runs again (not counted as a failure)", flush=True)
+                elif unit(trial) is not None:
                     show("finished", unit(trial))
                 elif on_sample is not None:
                     try:
@@ -146,17 +160,26 @@ def run_groups(groups, spec, run_dir: str, experiment: str, on_trial_end=None,
         _resources(spec))
     callbacks = [_Progress(lambda c: ", ".join(t.trial_id for t in groups[c["group"]]),
                            on_trial_end, progress=progress)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tuner = tune.Tuner(
-            trainable, param_space={"group": tune.grid_search(list(range(len(groups))))},
-            tune_config=tune.TuneConfig(reuse_actors=True),
-            run_config=_tuner_common(spec, experiment, callbacks))
-        grid = tuner.fit()
-    errors = {}
-    for r in grid:
-        if r.error is not None:
-            errors[r.config["group"]] = _format_error(r.error)
+    errors, todo, rounds = {}, list(range(len(groups))), 0
+    while todo:  # a next round: the groups preempted in this one, from their checkpoints
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tuner = tune.Tuner(
+                trainable, param_space={"group": tune.grid_search(todo)},
+                tune_config=tune.TuneConfig(reuse_actors=True),
+                run_config=_tuner_common(spec, experiment + (f"-{rounds}" if rounds else ""),
+                                         callbacks))
+            grid = tuner.fit()
+        todo, rounds, ended = [], rounds + 1, True
+        for r in grid:
+            if r.error is not None:
+                errors[r.config["group"]] = _format_error(r.error)
+            elif (r.metrics or {}).get("preempted"):
+                todo.append(r.config["group"])
+            else:
+                ended = ended and bool((r.metrics or {}).get("group_done"))
+        if not ended:  # interrupted (Ctrl-C): no next round; the driver says what is left
+            todo = []
     return errors
 
 

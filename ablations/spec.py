@@ -145,6 +145,9 @@ class Execution:
     address: str | None = None           # None: a local Ray; "auto" or host:port: a cluster
     storage: str | None = None           # Ray Tune state + checkpoints; None: <run_dir>/ray
     max_failures: int = 2                # retries of a trial that raises (not of diverged)
+    # minutes between mid-epoch checkpoints (besides every epoch's end; 0: those only):
+    # what a node lost without notice costs at most. Results do not depend on it.
+    checkpoint_every: float = 10.0
 
     @property
     def run_dir(self) -> str:
@@ -183,7 +186,7 @@ def _values(obj, part) -> dict:
 # a person comparing two spec.json files does)
 RECORD_ORDER = ("families", "depths", "residual", "models", "mode", "seeds", "recipe", "out",
                 "name", "wandb", "smoke", "probe_batch", "cpus_per_trial", "gpus_per_trial",
-                "address", "storage", "max_failures", "tune", "samples", "tune_ranges",
+                "address", "storage", "max_failures", "checkpoint_every", "tune", "samples", "tune_ranges",
                 "factors", "family_factors", "measure", "keep_weights", "train")
 
 
@@ -250,6 +253,9 @@ def validate(spec: AblationSpec, resuming: bool = False) -> None:
                         f"{spec.gpus_per_trial}); fractions (e.g. 0.25) pack trials on one GPU")
     if spec.max_failures < 0:
         raise SpecError(f"--max-failures must be >= 0 (got {spec.max_failures})")
+    if not 0 <= spec.checkpoint_every < float("inf"):  # NaN too
+        raise SpecError(f"--checkpoint-every must be a number of minutes >= 0 (0: at epoch "
+                        f"ends only; got {spec.checkpoint_every})")
     validate_tune(spec)
     validate_measure(spec)
     if os.path.exists(spec.out) and not os.path.isdir(spec.out):

@@ -4,10 +4,10 @@ evaluation every epoch, per-layer statistics every k steps, divergence detection
 (``ablations.evaluation.diverged_reason``: a non-finite or an exploded training loss).
 
 ``run_train_trial`` is four steps over one ``Training`` record: ``set_up`` (device,
-precision, data, the seeded model), ``resume`` (from the trial's checkpoint),
-``train_epochs`` (train, judge, evaluate, checkpoint and report each epoch) and
-``finish`` (the trial's row; then its layers, feature maps, kept weights,
-measurements and fragment).
+precision, data, the seeded model), ``resume`` (from the trial's checkpoint, maybe
+mid-epoch), ``train_epochs`` (train, judge, evaluate, checkpoint and report each
+epoch; mid-epoch checkpoints: ``ablations.preempt``) and ``finish`` (the trial's row;
+then its layers, feature maps, kept weights, measurements and fragment).
 
 Fast by construction: data lives on the device as tensors (no DataLoader, no
 per-image Python), augmentation is batched, bfloat16 autocast where the hardware
@@ -38,9 +38,9 @@ import models
 from ablations.hooks import LayerStatsRecorder
 from models import fused
 
-from . import files, measure_run, recipes, results, tracking, weights
-from .checkpoint import discard_checkpoint, load_state, save_state
-from .data import load_dataset, pad_images, random_crop_flip
+from . import checkpoint, measure_run, preempt, recipes, results, tracking, weights
+from .checkpoint import discard_checkpoint, load_state, position_of, set_rng_states
+from .data import DataError, load_dataset, pad_images, random_crop_flip
 from .device import autocast, keep_freed_memory, pick_device, pick_precision, use_fused
 from .evaluation import diverged_reason, evaluate, summarize
 from .optim import SGD, StepSchedule, param_groups, warmup_factor
@@ -122,6 +122,9 @@ class Training:
     diverged_epoch: int | None = None
     diverged_why: str | None = None
     wall: float = 0.0                  # training + per-epoch evaluation, seconds
+    checkpoint_every_s: float = 0.0    # --checkpoint-every, seconds (0: epoch ends only)
+    saved_at: float = 0.0              # time.monotonic() of the last checkpoint
+    position: Any = None               # checkpoint.Position: resume within an epoch
 
 
 def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -> str:
@@ -133,14 +136,40 @@ def run_train_trial(trial, spec, run_dir, reporter=None, tuning: bool = False) -
     from there, or starts over when that file is unusable (``load_state``).
     ``tuning``: an Optuna sample: metrics go to ``reporter`` only (no fragment, no
     checkpoint; a retried sample starts over).
+    SIGTERM while it trains (``ablations.preempt``): a mid-epoch checkpoint, its attempt
+    un-counted, then ``preempt.Preempted``; ``--checkpoint-every`` minutes since the last
+    checkpoint: a mid-epoch one (the resumed trial is bit-identical either way).
+    A ``DataError`` (this node's data files are damaged): an error row with its one line.
     """
-    run = set_up(trial, spec, run_dir, reporter, tuning)
+    if tuning:
+        return train_trial(trial, spec, run_dir, reporter, tuning)
+    if preempt.requested():
+        raise preempt.Preempted(trial.trial_id, "before it started")
+    preempt.install()  # here when on the main thread; under Ray, WorkerSetup did it
+    with preempt.armed(trial.trial_id):
+        return train_trial(trial, spec, run_dir, reporter, tuning)
+
+
+def train_trial(trial, spec, run_dir, reporter, tuning: bool) -> str:
+    """``run_train_trial`` once the preemption handling is in place."""
+    try:
+        run = set_up(trial, spec, run_dir, reporter, tuning)
+    except DataError as e:  # no retry: it would read the same damaged file on this node
+        if tuning:
+            raise
+        results.warn(f"{trial.trial_id} ends with status=error: {e}")
+        results.count_attempt(run_dir, trial.trial_id)  # it started: attempts counts it
+        results.write_error(run_dir, trial, str(e))
+        return Status.ERROR
     resume(run)
     tracker = tracking.TrialTracker(
         spec.wandb, run_dir, spec.name, trial.trial_id,
         tracker_config(trial, spec, run.hp, run.params), job_type="tune" if tuning else "trial")
     try:
         train_epochs(run, tracker)
+    except preempt.Preempted:
+        tracker.finish({"status": "preempted"})  # the rerun continues this W&B run
+        raise
     except BaseException:
         tracker.finish({"status": Status.ERROR}, failed=True)
         raise
@@ -160,7 +189,9 @@ def set_up(trial, spec, run_dir, reporter, tuning: bool) -> Training:
                    started_at=started_at, recipe=recipe, device=device, precision=precision,
                    kept_heap=kept_heap, fuse=False, data=data,
                    cfg=trial.model_cfg.with_input(data.in_features, data.num_classes),
-                   hp={"lr": t.lr, "weight_decay": t.weight_decay, **trial.hp})
+                   hp={"lr": t.lr, "weight_decay": t.weight_decay, **trial.hp},
+                   checkpoint_every_s=60 * getattr(spec, "checkpoint_every", 0),
+                   saved_at=time.monotonic())
     start_fresh(run)
     model = run.model
     # the network before its first step, for --keep-weights and measurements at init
@@ -183,7 +214,7 @@ def start_fresh(run: Training) -> None:
     run.sched = StepSchedule(run.opt, t.milestones, gamma=0.1)
     run.gen = torch.Generator(device=run.device).manual_seed(run.trial.seed)
     run.history, run.layer_frames = [], []
-    run.start_epoch, run.resumed_from, run.init_loss = 1, None, None
+    run.start_epoch, run.resumed_from, run.init_loss, run.position = 1, None, None, None
 
 
 def resume(run: Training) -> None:
@@ -202,6 +233,8 @@ def resume(run: Training) -> None:
         run.history, run.layer_frames = list(state["history"]), list(state["layers"])
         run.init_loss = state.get("init_loss")
         run.start_epoch = run.resumed_from = int(state["epoch"]) + 1
+        run.position = position_of(state)  # None: at the epoch's start
+        set_rng_states(state.get("rngs"))
     except Exception as e:  # readable but not this trial's state: same as unreadable
         discard_checkpoint(run.ckpt, e)
         start_fresh(run)  # a half-loaded state must not leak in
@@ -214,15 +247,18 @@ def train_epochs(run: Training, tracker) -> None:
     n = len(run.data.train_y)
     step_fn = torch.compile(model) if t.compile else model
     recorder = LayerStatsRecorder(model)
-    run.step = (run.start_epoch - 1) * math.ceil(n / t.batch_size)
+    run.step = run.position.step if run.position else \
+        (run.start_epoch - 1) * math.ceil(n / t.batch_size)
     padded = pad_images(run.data.train_x, mode=t.pad_mode)  # (N, C, 40, 40), once
     wall0 = time.perf_counter()
     for epoch in range(run.start_epoch, t.epochs + 1):
         injected_fault(run.trial.trial_id, epoch)
         model.train()
-        t0 = time.perf_counter()
-        lr = run.opt.param_groups[0]["lr"]
-        loss_sum, correct, first_loss = train_epoch(run, step_fn, recorder, padded, epoch, lr)
+        # resumed mid-epoch: the epoch's own lr (the optimizer's may be a warmup's)
+        t0 = time.perf_counter() - (run.position.seconds if run.position else 0.0)
+        lr = run.position.lr if run.position else run.opt.param_groups[0]["lr"]
+        loss_sum, correct, first_loss = train_epoch(run, step_fn, recorder, padded, epoch, lr,
+                                                    t0)
         run.opt.set_lr(lr)  # the schedule's own lr (warmup only scaled it)
         run.sched.step()
         train_loss = loss_sum.item() / n  # the one host sync of the epoch
@@ -231,14 +267,17 @@ def train_epochs(run: Training, tracker) -> None:
         seconds = time.perf_counter() - t0
         if not end_epoch(run, tracker, epoch, lr, train_loss, correct, seconds):
             break
+        if preempt.requested() and not run.tuning:  # its checkpoint is written
+            preempt.hand_back(run, f"after epoch {epoch}")
     run.wall = time.perf_counter() - wall0  # training + evaluation, as plain_loop.py times it
     recorder.close()
 
 
-def train_epoch(run: Training, step_fn, recorder, padded, epoch: int, lr: float):
-    """One pass over the training set in the generator's order; returns the summed loss,
-    the correct count (on the device) and the first batch's loss before any step (the
-    trial's step 0 only, else None)."""
+def train_epoch(run: Training, step_fn, recorder, padded, epoch: int, lr: float, t0: float):
+    """One pass over the training set in the generator's order (the rest of it, resumed
+    mid-epoch); returns the summed loss, the correct count (on the device) and the
+    first batch's loss before any step (the trial's step 0 only, else None). ``t0``:
+    ``time.perf_counter()`` at the epoch's start."""
     t, data, model, opt, device = run.spec.train, run.data, run.model, run.opt, run.device
     n = len(data.train_y)
     warm_steps = getattr(t, "warmup_epochs", 0) * math.ceil(n / t.batch_size)
@@ -246,11 +285,9 @@ def train_epoch(run: Training, step_fn, recorder, padded, epoch: int, lr: float)
     low_steps = t.constant_warmup_steps if t.constant_warmup_depth and \
         run.trial.depth >= t.constant_warmup_depth else 0
     fmt = torch.channels_last if run.conv else torch.contiguous_format
-    first_loss = None
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    perm = torch.randperm(n, generator=run.gen, device=run.gen.device).to(device)
-    for k in range(0, n, t.batch_size):
+    # the epoch's order and sums; resumed mid-epoch: the saved ones, from where it stopped
+    start, perm, loss_sum, correct, first_loss = checkpoint.epoch_start(run, n)
+    for k in range(start, n, t.batch_size):
         idx = perm[k:k + t.batch_size]
         xb = random_crop_flip(padded[idx], run.gen).contiguous(memory_format=fmt)
         yb = data.train_y[idx]
@@ -280,6 +317,10 @@ def train_epoch(run: Training, step_fn, recorder, padded, epoch: int, lr: float)
         loss_sum += loss.detach() * len(yb)
         correct += (out.argmax(1) == yb).sum()
         run.step += 1
+        # SIGTERM, or --checkpoint-every minutes since the last: a mid-epoch checkpoint
+        preempt.after_step(run, lambda: checkpoint.Position(
+            epoch, k + t.batch_size, perm, loss_sum, correct, first_loss, lr, run.step,
+            time.perf_counter() - t0))
     return loss_sum, correct, first_loss
 
 
@@ -302,8 +343,7 @@ def end_epoch(run: Training, tracker, epoch: int, lr: float, train_loss: float, 
            "train_images_per_s": n / seconds}
     run.history.append(row)
     if not run.tuning:
-        files.write_bytes(run.ckpt, save_state(run.model, run.opt, run.sched, run.gen, epoch,
-                                                 run.history, run.layer_frames, run.init_loss))
+        checkpoint.write(run, epoch)
     tracker.log_epoch(row)
     if run.reporter:
         run.reporter.report(row)

@@ -76,7 +76,10 @@ def run_probe_group(trials, spec, run_dir, reporter=None) -> list[str]:
 def run_group(trials, spec, run_dir, reporter=None) -> list[str]:
     """Run one group, skipping trials that already have a result (a retried or resumed
     group does not redo them). An exception propagates: Ray Tune retries the group
-    (``--max-failures``), and the driver records ``status=error`` after the last try.
+    (``--max-failures``), and the driver records ``status=error`` after the last try;
+    but ``ablations.preempt.Preempted`` (the worker got SIGTERM; the trial is
+    checkpointed) is no failure: ``ablations.runner`` runs the group again in a next
+    round, without using a retry.
 
     ``reporter`` (train mode) gets per-epoch metrics (see ablations.train).
     """

@@ -51,6 +51,25 @@ def test_block_split_across_batches_is_held_until_its_end():
     assert f.lines("w", REAL[2:]) == REAL
 
 
+# The raylet's debug state, as it forwards it when it dies (issue 25), shortened.
+STATE_DUMP = [
+    "[2025-01-01 10:00:00,000 I 123 123] (raylet) node_manager.cc:555: [state-dump] NodeManager:",
+    "[2025-01-01 10:00:00,000 I 123 123] (raylet) node_manager.cc:555: [state-dump] "
+    "Node ID: 0123abcd",
+]
+
+
+def test_rays_state_dump_is_dropped_and_everything_once_ray_is_lost():
+    f = ExitNoiseFilter()
+    assert f.lines("raylet", ["kept", *STATE_DUMP, *NOISE, "also kept"]) == ["kept", "also kept"]
+    try:
+        ExitNoiseFilter.ray_lost = True  # set by ablations.cluster.watch
+        assert f.lines("w", ["Raylet is terminated", *REAL]) == []
+    finally:
+        ExitNoiseFilter.ray_lost = False
+    assert f.lines("w", REAL) == REAL
+
+
 SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
@@ -65,6 +84,7 @@ SCRIPT = textwrap.dedent("""
 
     ray.get(noisy.remote({noise!r}))
     ray.get(noisy.remote({real!r}))
+    ray.get(ray.remote(num_cpus=0)(lambda: print("\\n".join({dump!r}), flush=True)).remote())
     time.sleep(3)  # let Ray's log monitor forward both
     cluster.disconnect()
 """)
@@ -73,10 +93,12 @@ SCRIPT = textwrap.dedent("""
 def test_installed_on_a_real_local_ray(tmp_path):
     """Through Ray's own log forwarding: the noise block vanishes, the real one arrives."""
     script = tmp_path / "noise.py"
-    script.write_text(SCRIPT.format(root=ROOT, noise=NOISE, real=REAL))
+    script.write_text(SCRIPT.format(root=ROOT, noise=NOISE, real=REAL,
+                                    dump=[*STATE_DUMP, "a worker's own line"]))
     env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
     p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                        timeout=180, cwd=tmp_path, env=env)
     assert p.returncode == 0, p.stderr
     assert "RuntimeError: the file handle was already closed" in p.stderr, p.stderr
     assert "sigterm_handler" not in p.stderr and "SystemExit" not in p.stderr, p.stderr
+    assert "a worker's own line" in p.stdout and "[state-dump]" not in p.stdout, p.stdout

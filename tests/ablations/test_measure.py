@@ -305,3 +305,18 @@ def test_a_report_that_cannot_be_built_is_one_warning(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: the report could not be built (python -m analysis exited with 2)" in err
     assert f"rebuild it with: python -m analysis {tmp_path / 'missing'}" in err
+
+
+def test_measure_cli_on_damaged_cifar_batches_is_one_line(tmp_path):
+    """A CIFAR-10 sweep measured with a damaged batch file: one line naming the file,
+    exit 2, before Ray starts (ablations.data checks every batch it reads)."""
+    from tests.ablations.test_data import write_cifar
+    run = fake_sweep(tmp_path)
+    rec = json.loads((run / "spec.json").read_text())
+    rec["spec"]["train"]["dataset"] = "cifar10"
+    (run / "spec.json").write_text(json.dumps(rec))
+    write_cifar(tmp_path / "data")
+    batch = next((tmp_path / "data").rglob("data_batch_1"))
+    batch.write_bytes(batch.read_bytes()[:100])
+    line = exit2(tmp_path, "res/w", "--data-root", "data", "--measure", "signal")
+    assert "data_batch_1" in line and "truncated" in line

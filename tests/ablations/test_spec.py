@@ -345,8 +345,11 @@ def test_spec_is_its_study_and_its_execution():
 def test_spec_json_keeps_its_keys_values_and_order():
     from ablations.spec import spec_from_dict, spec_to_dict
     spec = spec_from_dict(BEFORE_SPLIT)
-    # written again, byte for byte what the sweep wrote before the split
-    assert json.dumps(spec_to_dict(spec)) == json.dumps(BEFORE_SPLIT)
+    # written again, byte for byte what the sweep wrote before the split, plus the
+    # execution settings added since, at their defaults
+    again = spec_to_dict(spec)
+    assert again.pop("checkpoint_every") == 10.0
+    assert json.dumps(again) == json.dumps(BEFORE_SPLIT)
     assert spec.family_factors == (("mlp", (("norm", ("layer",)), ("block", ("pre",)))),)
     fresh = spec_of(["--tune", "lr", "--depths", "5"])
     assert spec_from_dict(json.loads(json.dumps(spec_to_dict(fresh)))) == fresh
@@ -363,7 +366,7 @@ def test_every_flag_is_an_execution_or_a_study_flag():
             continue
         resume.study_value(spec.study, dest)  # AttributeError for a flag of neither kind
     assert resume.EXECUTION_FLAGS == {"out", "wandb", "cpus_per_trial", "gpus_per_trial",
-                                      "address", "storage", "max_failures", "resume",
+                                      "address", "storage", "max_failures", "checkpoint_every", "resume",
                                       "retry_failed", "wandb_report"}
 
 
