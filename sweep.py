@@ -46,6 +46,9 @@ def main(argv=None) -> int:
     if args.list_models:
         print(models.describe(depths=list(args.depths)))
         return 0
+    if args.dry_run:
+        from ablations import dry_run
+        return dry_run.main(parser, args, argv)
     outcome = orchestrate.run(parser, args, argv, clock)
     if outcome.error is not None:
         print(f"sweep.py: error: {outcome.error}", file=sys.stderr)

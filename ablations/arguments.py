@@ -133,6 +133,9 @@ def build_parser(report_target=str) -> argparse.ArgumentParser:
                    help="smallest real sweep: depth 4, 1 seed; train: 2 epochs of synthetic data")
     g.add_argument("--list-models", action="store_true",
                    help="print every model's layout and parameter counts, then exit")
+    g.add_argument("--dry-run", action="store_true",
+                   help="validate every flag and the data, print the plan, resources and "
+                        "time estimate, then exit: nothing written, Ray not started")
     o = p.add_argument_group("output and execution")
     o.add_argument("--out", default="results")
     o.add_argument("--name", default=None, help="results go to OUT/NAME (default: mode-timestamp)")

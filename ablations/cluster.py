@@ -147,6 +147,17 @@ def _tune_actors_in_prestarted_workers() -> bool:
     return True
 
 
+def local_resources() -> tuple[int, int]:
+    """(CPUs, GPUs) a local Ray would get on this machine, without starting it."""
+    import torch
+    try:
+        from ray._private.utils import get_num_cpus  # Ray's own count (cgroup quotas)
+        cpus = int(get_num_cpus())
+    except Exception:
+        cpus = os.cpu_count() or 1
+    return cpus, torch.cuda.device_count()
+
+
 def plan_local(spec, n_units: int) -> bool:
     """Before starting a local Ray: check the request against this machine, so a request
     it cannot meet (e.g. ``--gpus-per-trial 2`` without a GPU) fails now, with the same
@@ -159,13 +170,7 @@ def plan_local(spec, n_units: int) -> bool:
     """
     if spec.address is not None:
         return False
-    import torch
-    try:
-        from ray._private.utils import get_num_cpus  # Ray's own count (cgroup quotas)
-        cpus = int(get_num_cpus())
-    except Exception:
-        cpus = os.cpu_count() or 1
-    gpus = torch.cuda.device_count()
+    cpus, gpus = local_resources()
     cpt, gpt = plan_resources(cpus, gpus, cpus, gpus, n_units, spec.cpus_per_trial,
                               spec.gpus_per_trial)
     if os.environ.get("RESABLATE_PREWARM") == "0":

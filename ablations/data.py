@@ -227,10 +227,10 @@ def load_arrays(t: TrainSettings, download: bool = False):
     return read_cifar_batches(folder, TRAIN_FILES) + read_cifar_batches(folder, [TEST_FILE])
 
 
-def check_data(t: TrainSettings) -> dict:
+def check_data(t: TrainSettings, download: bool = True) -> dict:
     """Everything about the data that can fail, before anything is written; returns the
     split sizes ``{"train", "val", "test"}`` (images) for the plan's time estimate."""
-    xtr, ytr, _, yte = load_arrays(t, download=True)
+    xtr, ytr, _, yte = load_arrays(t, download=download)
     stratified_subset(ytr, t.subset)
     if t.val_fraction > 0 and round(t.val_fraction * t.subset) >= t.subset:
         raise SpecError(f"--val-fraction {t.val_fraction} leaves no training images")

@@ -128,8 +128,9 @@ def _connect(spec, kind, trials, skipped, sizes, argv, clock, held) -> Sweep:
     return Sweep(spec, kind, trials, skipped, sizes, wandb_mode, list(argv), clock, held)
 
 
-def prepare(spec: AblationSpec, resuming: bool = False):
-    """Validate and expand; every check that can fail happens here, before any write."""
+def prepare(spec: AblationSpec, resuming: bool = False, download: bool = True):
+    """Validate and expand; every check that can fail happens here, before any write
+    (``download``: a missing CIFAR-10 may be downloaded; a dry run never does)."""
     validate(spec, resuming)
     trials, skipped = expand(spec)
     if not trials:
@@ -137,7 +138,7 @@ def prepare(spec: AblationSpec, resuming: bool = False):
     sizes = None
     if spec.mode == "train":
         from .data import check_data
-        sizes = check_data(spec.train)
+        sizes = check_data(spec.train, download=download)
     return trials, skipped, sizes
 
 
@@ -227,15 +228,18 @@ def run_trials(sweep: Sweep, worker_spec, trials, todo, per_epoch: dict, slots: 
 
 
 def print_plan(sweep: Sweep) -> None:
+    print("\n".join(plan_text(sweep)), flush=True)
+
+
+def plan_text(sweep: Sweep) -> list[str]:
     """The settings line, the plan and (train mode) what weights are kept."""
     spec = sweep.spec
-    print(settings_line(spec), flush=True)
-    print(format_plan(sweep.trials, sweep.skipped, spec.mode), flush=True)
+    out = [settings_line(spec), format_plan(sweep.trials, sweep.skipped, spec.mode)]
     if spec.mode == "train":
         from . import measure_run, weights
-        for line in weights.plan_lines(spec.keep_weights, measure_run.requested(spec.measure),
-                                       sweep.trials, spec.run_dir):
-            print(line, flush=True)
+        out += weights.plan_lines(spec.keep_weights, measure_run.requested(spec.measure),
+                                  sweep.trials, spec.run_dir)
+    return out
 
 
 def to_run(kind: str, trials, run_dir) -> list:

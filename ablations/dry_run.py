@@ -1,0 +1,67 @@
+"""``python sweep.py ... --dry-run``: everything a sweep would say before it trains, and
+nothing else.
+
+Every flag is validated, the data read and checked (``orchestrate.prepare``), the
+results folder's lock checked (a folder in use is said, not an error), and then the
+settings line, the plan, the weights kept, the resources each trial would get and the
+time estimate are printed, exactly as the sweep prints them. Nothing is written, Ray
+is not started, W&B is not contacted; exit 0 (bad input: one line, exit 2, as for a
+sweep). On this machine the resources are those a local Ray would get; with
+``--address`` the cluster decides them when the sweep connects (not contacted here).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from . import cluster, lock, orchestrate, results, resume
+from .arguments import given_flags, spec_from_args
+from .spec import SpecError, resolve_measure
+
+
+def main(parser, args, argv) -> int:
+    """Print the sweep ``args`` would run; 0, or 2 with one line on bad input."""
+    import sys
+    try:
+        lines = plan_lines(args, given_flags(parser, argv))
+    except SpecError as e:
+        print(f"sweep.py: error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(lines), flush=True)
+    return 0
+
+
+def plan_lines(args, given: set[str]) -> list[str]:
+    """What the sweep would print before its first trial (SpecError on bad input)."""
+    if args.resume or args.retry_failed:
+        spec, kind = resume.stored_spec(args, given)
+    else:
+        spec, kind = resolve_measure(spec_from_args(args)), "start"
+    trials, skipped, sizes = orchestrate.prepare(spec, resuming=kind != "start",
+                                                   download=False)
+    out = [f"dry run: nothing written, Ray not started; results would go to {spec.run_dir}"]
+    held = lock.read(spec.run_dir)
+    if held is not None and not lock.gone(held, lock.path_of(spec.run_dir)):
+        out.append(f"note: {spec.run_dir} is in use now ({lock.describe(held)}); the sweep "
+                   "would be refused until that writer ends")
+    sweep = orchestrate.Sweep(spec, kind, trials, skipped, sizes, "n/a", [], {})
+    out += orchestrate.plan_text(sweep)
+    units = len(orchestrate.groups_of(trials, spec))
+    if spec.address is not None:
+        out.append(f"resources: decided by the cluster at --address {spec.address} when the "
+                   "sweep connects (not contacted in a dry run)")
+        return out
+    cpus, gpus = cluster.local_resources()
+    cpt, gpt = cluster.plan_resources(cpus, gpus, cpus, gpus, units, spec.cpus_per_trial,
+                                      spec.gpus_per_trial)
+    if spec.mode == "train":
+        cluster.check_device(spec.train.device, gpus, gpt)
+    spec = dataclasses.replace(spec, cpus_per_trial=cpt, gpus_per_trial=gpt)
+    out.append(f"resources: {cpt:g} CPU + {gpt:g} GPU per trial on this machine with "
+               f"{cpus:g} CPU, {gpus:g} GPU (a local Ray)")
+    slots = orchestrate.concurrent_slots(spec, {"resources": {"CPU": cpus, "GPU": gpus}}, units)
+    todo = [t for t in trials if results.read_fragment_row(spec.run_dir, t.trial_id) is None]
+    line, _ = orchestrate.estimate_line(spec, todo, sizes, slots,
+                                        len({t.cell for t in trials}) if kind == "start" else 0)
+    if line:
+        out.append(line)
+    return out
