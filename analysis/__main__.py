@@ -69,11 +69,13 @@ def _target(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _wandb_spec(prog: str, run_dir, findings, stream=None) -> list[str]:
-    """Write the W&B report's spec; [its path], or [] after one warning line."""
+def _wandb_spec(prog: str, run_dir, findings, out=None, stream=None) -> list[str]:
+    """Write the W&B report's spec into ``out`` (default ``run_dir``: the folder read is
+    never written to when ``--out`` names another); [its path], or [] after one warning
+    line."""
     try:
         from analysis.wandb_report import write_spec
-        return [str(write_spec(run_dir, findings=findings))]
+        return [str(write_spec(run_dir, findings=findings, out_dir=out))]
     except Exception as exc:  # the report is written: this must not cost it
         from analysis.failures import one_line
         print(f"{prog}: warning: W&B report spec not written: {one_line(exc)}",
@@ -115,12 +117,12 @@ class _SpecWriter:
         self.proc.start()
         child.close()
 
-    def write(self, run_dir, findings) -> list[str]:
+    def write(self, run_dir, findings, out=None) -> list[str]:
         try:
-            self.conn.send((run_dir, findings))
+            self.conn.send((run_dir, findings, out))
             written, err = self.conn.recv()
         except (EOFError, OSError):
-            return _wandb_spec(self.prog, run_dir, findings)
+            return _wandb_spec(self.prog, run_dir, findings, out)
         finally:
             self.close()
         if err:
@@ -205,8 +207,8 @@ def _run(parser, args, speccer) -> int:
         return 2
     out = Path(args.out or args.run_dir)
     findings = out / "report.md" if not args.where else None
-    spec = (speccer.write(args.run_dir, findings) if speccer is not None
-            else _wandb_spec(parser.prog, args.run_dir, findings))
+    spec = (speccer.write(args.run_dir, findings, out) if speccer is not None
+            else _wandb_spec(parser.prog, args.run_dir, findings, out))
     for path in _with_spec(list(result.written), spec):
         print(path, flush=True)
     if args.wandb_report:

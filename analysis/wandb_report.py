@@ -290,8 +290,9 @@ def viewspec(report, lookup=None) -> dict:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def write_spec(run_dir, entity=None, project=None, findings=None, url=None) -> Path:
-    """Write ``run_dir/wandb_report.json`` atomically, without network: the viewspec with
+def write_spec(run_dir, entity=None, project=None, findings=None, url=None,
+               out_dir=None) -> Path:
+    """Write ``wandb_report.json`` into ``out_dir`` (default ``run_dir``) atomically, without network: the viewspec with
     the placeholder project id, the entity/project it is for (default ``$WANDB_ENTITY`` or
     a placeholder, ``$WANDB_PROJECT`` or the project sweeps log to), the command that
     publishes it, and ``url`` once published."""
@@ -303,7 +304,7 @@ def write_spec(run_dir, entity=None, project=None, findings=None, url=None) -> P
               "project": project, "project_id": PLACEHOLDER_ID, "url": url,
               "publish": publish_command(run_dir, f"{entity}/{project}"),
               "viewspec": viewspec(build_report(run_dir, entity, project, findings))}
-    path = run_dir / SPEC_FILE
+    path = Path(out_dir or run_dir) / SPEC_FILE
     _results.write_json(path, record)
     return path
 

@@ -515,3 +515,13 @@ def test_where_factor_on_an_old_folder_uses_the_default_level(tmp_path):
                                                                        "block=post"]))
     md = (tmp_path / "views" / "norm=none_block=post" / "report.md").read_text()
     assert "**8 trials: 8 completed, 0 diverged, 0 errored.**" in md
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_cli_with_out_writes_nothing_into_the_folder_it_reads(tmp_path, jobs):
+    run, out = tmp_path / "run", tmp_path / "elsewhere"
+    _write_results(run)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    assert main([str(run), "--out", str(out), "--format", "png", "--jobs", jobs]) == 0
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    assert (out / "wandb_report.json").is_file() and (out / "report.html").is_file()
