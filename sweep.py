@@ -17,6 +17,7 @@ W&B and the W&B report spec (``analysis.wandb_report``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,10 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_models:
-        print(models.describe(depths=list(args.depths)))
+        try:
+            print(models.describe(depths=list(args.depths)), flush=True)
+        except BrokenPipeError:  # `--list-models | head`: the reader had enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     if args.dry_run:
         from ablations import dry_run

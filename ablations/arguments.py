@@ -48,6 +48,9 @@ def _recipes_default(field: str) -> str:
 def _list(kind, name, example, allow_empty=False):
     def parse(text: str):
         items = [s.strip() for s in text.split(",") if s.strip()]
+        if items and len(items) != len(text.split(",")):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} has an empty item; give comma-separated values, e.g. {example}")
         if not items and not allow_empty:
             raise argparse.ArgumentTypeError(f"{name} is empty; e.g. {example}")
         if kind is int:

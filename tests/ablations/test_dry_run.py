@@ -40,3 +40,18 @@ def test_dry_run_of_an_existing_sweep_name_is_refused_like_the_sweep(tmp_path):
     (tmp_path / "res" / "x" / "spec.json").write_text("{}")
     p = run(tmp_path, "--smoke", "--dry-run", "--out", "res", "--name", "x")
     assert p.returncode == 2 and "results already exist" in p.stderr
+
+
+def test_an_empty_list_item_is_one_line(tmp_path):
+    for depths in ("5,,18", "5,18,"):
+        p = run(tmp_path, "--depths", depths, "--dry-run")
+        assert p.returncode == 2 and "has an empty item" in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_list_models_into_a_closed_pipe_is_quiet(tmp_path):
+    p = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), "--list-models"], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # `| head -0`: the reader is gone before anything is printed
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 0 and "BrokenPipeError" not in err and "Traceback" not in err
