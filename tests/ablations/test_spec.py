@@ -367,7 +367,7 @@ def test_every_flag_is_an_execution_or_a_study_flag():
         resume.study_value(spec.study, dest)  # AttributeError for a flag of neither kind
     assert resume.EXECUTION_FLAGS == {"out", "wandb", "cpus_per_trial", "gpus_per_trial",
                                       "address", "storage", "max_failures", "checkpoint_every", "resume",
-                                      "retry_failed", "wandb_report"}
+                                      "retry_failed", "wandb_report", "dry_run"}
 
 
 def test_resume_takes_the_execution_flags_typed_now(tmp_path):
