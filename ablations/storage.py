@@ -300,6 +300,9 @@ class RunSync:
         """The workers' files (``trials/``, ``weights/``) from the store into the local
         results folder, those changed since the last pull."""
         if self.store is not None:
+            spec_json = os.path.join(self.spec.run_dir, "spec.json")
+            if not os.path.exists(spec_json) and self.store.exists(f"{self.spec.name}/spec.json"):
+                self.store.fetch(f"{self.spec.name}/spec.json", spec_json)  # a fresh folder
             for top in ("trials", "weights"):
                 self.store.download(f"{self.spec.name}/{top}",
                                     os.path.join(self.spec.run_dir, top))
