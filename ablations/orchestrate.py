@@ -228,6 +228,7 @@ def run_trials(sweep: Sweep, worker_spec, trials, todo, per_epoch: dict, slots: 
         return
     sweep.clock["run_started_at"] = time.time()
     progress = for_groups(groups, spec, run_dir, per_epoch, slots)
+    progress.read_row = sync.reading(progress.read_row)
     try:
         errors = runner.run_groups(
             groups, worker_spec, run_dir, f"{sweep.kind}-{time.strftime('%Y%m%d-%H%M%S')}",

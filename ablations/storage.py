@@ -140,19 +140,28 @@ def check(uri: str) -> Store:
 
 
 class Store:
-    """Objects under one URI, by key (``a/b.parquet``): write, read, list, exists,
-    delete, and whole folders up or down."""
+    """Objects under one URI (or files under one local folder), by key
+    (``a/b.parquet``): write, read, list, exists, delete, and whole folders up or down."""
 
     def __init__(self, uri: str, fs=None):
-        self.uri = uri.rstrip("/")
-        self.fs = fs or make_fs(uri)
-        self.root = self.uri.split("://", 1)[1].strip("/")
+        if is_uri(uri):
+            self.uri = uri.rstrip("/")
+            self.fs = fs or make_fs(uri)
+            self.root = self.uri.split("://", 1)[1].strip("/")
+        else:
+            from pyarrow.fs import LocalFileSystem
+            self.uri = self.root = os.path.abspath(uri)
+            self.fs = fs or LocalFileSystem()
 
     def path(self, key: str = "") -> str:
         return f"{self.root}/{key.strip('/')}" if key.strip("/") else self.root
 
     def write(self, key: str, data: bytes) -> None:
-        """The object ``key`` from ``data``: one upload, visible only when complete."""
+        """The object ``key`` from ``data``: one upload, visible only when complete (a
+        local file: written beside and renamed)."""
+        if not is_uri(self.uri):
+            atomic_write(self.path(key), lambda tmp: Path(tmp).write_bytes(data), notify=False)
+            return
         with self.fs.open_output_stream(self.path(key)) as f:
             f.write(data)
 
@@ -306,6 +315,18 @@ class RunSync:
             for top in ("trials", "weights"):
                 self.store.download(f"{self.spec.name}/{top}",
                                     os.path.join(self.spec.run_dir, top))
+
+    def reading(self, read_row):
+        """``read_row(trial_id)`` that pulls the trial's folder from the store first (the
+        progress line of a trial that just ended reads its fragment)."""
+        if self.store is None:
+            return read_row
+
+        def read(trial_id):
+            self.store.download(f"{self.spec.name}/trials/{trial_id}",
+                                os.path.join(self.spec.run_dir, "trials", trial_id))
+            return read_row(trial_id)
+        return read
 
     def push(self) -> None:
         """The driver's files (spec.json, tables, measurements, report, figures) to

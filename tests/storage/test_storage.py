@@ -80,3 +80,12 @@ def test_missing_bucket_unreachable_and_no_credentials(s3, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     with pytest.raises(SpecError, match="no S3 credentials"):
         storage.check(f"s3://{s3}/p")
+
+
+def test_a_local_folder_is_a_store_too(tmp_path):
+    st = storage.Store(str(tmp_path / "st"))
+    st.write("a/b.txt", b"x")
+    assert st.exists("a/b.txt") and st.read("a/b.txt") == b"x"
+    assert list(st.list("a")) == ["a/b.txt"] and not list((tmp_path / "st" / "a").glob(".*"))
+    st.delete("a/b.txt")
+    assert not st.exists("a/b.txt")

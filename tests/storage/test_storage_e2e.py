@@ -62,6 +62,7 @@ def test_sweep_on_s3_then_resume_from_a_fresh_folder(s3_server, s3, tmp_path, sh
     p, took = sweep(tmp_path, s3_server, "--smoke", "--wandb", "disabled", "--out", "res",
                     "--name", "s", "--storage", uri, tmpdir=short_tmp)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "failed" not in p.stdout  # each progress line read its trial from the store
     run = tmp_path / "res" / "s"
     trials = pd.read_parquet(run / "trials.parquet")
     assert (trials["status"] == "completed").all() and len(trials) >= 2
@@ -91,3 +92,34 @@ def test_sweep_on_s3_then_resume_from_a_fresh_folder(s3_server, s3, tmp_path, sh
     pd.testing.assert_frame_equal(again, trials)
     assert (fresh / "res" / "s" / "report.html").is_file()
     print(f"sweep {took:.0f}s, resume {took2:.0f}s")
+
+
+def test_retry_failed_from_a_fresh_folder_reads_and_writes_the_store(s3_server, s3, tmp_path,
+                                                                     short_tmp):
+    """A trial that fails (injected, no retries) is an error row in the store; then
+    ``--retry-failed`` from an empty folder archives it there and runs the trial again
+    from its checkpoint in the store."""
+    import json
+
+    import pyarrow.fs as pafs
+    from ablations.storage import Store
+    uri, bad = f"s3://{s3}/r", "mlp-4-plain-norm=layer-block=pre-s0"
+    p, _ = sweep(tmp_path, s3_server, "--smoke", "--wandb", "disabled", "--out", "res",
+                 "--name", "f", "--storage", uri, "--max-failures", "0", tmpdir=short_tmp,
+                 RESABLATE_FAULT=f"raise:{bad}:2")
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
+    store = Store(uri, pafs.S3FileSystem(endpoint_override=s3_server))
+    assert json.loads(store.read(f"f/trials/{bad}/row.json"))["status"] == "error"
+    assert store.exists(f"f/checkpoints/{bad}.pt")  # epoch 1's
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    p2, _ = sweep(fresh, s3_server, "--out", "res", "--retry-failed", "f", "--storage", uri,
+                  tmpdir=short_tmp)
+    assert p2.returncode == 0, p2.stdout[-3000:] + p2.stderr[-3000:]
+    assert f"retrying 1 errored or unfinished trial(s): {bad}" in p2.stdout
+    row = json.loads(store.read(f"f/trials/{bad}/row.json"))
+    assert row["status"] == "completed" and row["attempts"] == 2
+    assert json.loads(store.read(f"f/trials/{bad}/errors/1.json"))["status"] == "error"
+    trials = pd.read_parquet(fresh / "res" / "f" / "trials.parquet")
+    assert (trials["status"] == "completed").all()
