@@ -31,7 +31,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV/JSON
 os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")
-PASS_ENV = ("RESABLATE_", "WANDB_")  # forwarded to the workers of a cluster
+# forwarded to the workers of a cluster; an S3-compatible store's endpoint and region too
+# (not its credentials: Ray Tune forwards AWS_ACCESS_KEY_ID and its kin itself, else the
+# nodes' own environment, config files or instance roles give them)
+PASS_ENV = ("RESABLATE_", "WANDB_", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 def token_available() -> bool:

@@ -10,7 +10,7 @@ have given (0666 minus the umask: 0644 under umask 022, 0600 under 077), so coll
 on a shared filesystem or a web server can read a sweep's results when the umask says so.
 
 ``WATCHERS``: objects told of every file written (``written(path)``) or moved
-(``moved(src, dst)``) through this module; ``ablations.storage`` mirrors a trial's
+(``moved(src, dst)``) or removed (``removed(path)``) through this module; ``ablations.storage`` mirrors a trial's
 files to an object store this way (empty, and so free, otherwise).
 """
 from __future__ import annotations
@@ -56,6 +56,13 @@ def atomic_write(path: str | os.PathLike, write, notify: bool = True) -> str:
         for w in WATCHERS:
             w.written(path)
     return str(path)
+
+
+def remove(path: str | os.PathLike) -> None:
+    """``os.unlink(path)``, and ``WATCHERS`` told."""
+    os.unlink(path)
+    for w in WATCHERS:
+        w.removed(Path(path))
 
 
 def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -10,8 +10,9 @@ With an object store, the store is the truth and no node needs another's disk:
   and checkpoints are pulled from ``URI/NAME/...`` first (attempt counter, finished
   rows, the last checkpoint), and every file it then writes there through
   ``ablations.files`` (fragment rows and frames, measurement fragments, kept weights,
-  checkpoints, the attempts counter) is put to the store at once (``Mirror``);
-* the driver (``RunSync``) pulls ``trials/`` and ``weights/`` from the store into its
+  checkpoints, the attempts counter) is put to the store at once, and a file it
+  moves or removes (a finished trial's checkpoint) is moved or removed there (``Mirror``);
+* the driver (``RunSync``) pulls ``trials/``, ``weights/`` and ``features/`` from the store into its
   local results folder before reading or merging them, mirrors its own writes under
   ``trials/`` (error rows, ``--retry-failed``'s archived rows), and pushes the merged
   files (``spec.json``, the tables, the report) back to the store;
@@ -39,7 +40,8 @@ from .spec import SpecError
 
 VALID = "valid: a local folder, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX"
 SCHEMES = ("s3", "gs", "gcs")
-SKIP_PUSH = {"trials", "weights", "ray", "checkpoints", ".lock"}  # not the driver's to push
+WORKER_TOPS = ("trials", "weights", "features")  # what workers write in NAME/, pulled
+SKIP_PUSH = {*WORKER_TOPS, "ray", "checkpoints", ".lock"}  # not the driver's to push
 
 
 def is_uri(value) -> bool:
@@ -249,10 +251,13 @@ class Mirror:
         if key:
             self.store.put_file(path, key)
 
-    def moved(self, src, dst) -> None:
-        key = self.key(src)
+    def removed(self, path) -> None:
+        key = self.key(path)
         if key:
             self.store.delete(key)
+
+    def moved(self, src, dst) -> None:
+        self.removed(src)
         self.written(dst)
 
     def __enter__(self):
@@ -306,13 +311,13 @@ class RunSync:
         self.store = Store(spec.storage) if is_uri(spec.storage) else None
 
     def pull(self) -> None:
-        """The workers' files (``trials/``, ``weights/``) from the store into the local
+        """The workers' files (``trials/``, ``weights/``, ``features/``) from the store into the local
         results folder, those changed since the last pull."""
         if self.store is not None:
             spec_json = os.path.join(self.spec.run_dir, "spec.json")
             if not os.path.exists(spec_json) and self.store.exists(f"{self.spec.name}/spec.json"):
                 self.store.fetch(f"{self.spec.name}/spec.json", spec_json)  # a fresh folder
-            for top in ("trials", "weights"):
+            for top in WORKER_TOPS:
                 self.store.download(f"{self.spec.name}/{top}",
                                     os.path.join(self.spec.run_dir, top))
 

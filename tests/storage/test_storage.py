@@ -47,6 +47,8 @@ def test_mirror_puts_written_and_moved_files(s3, tmp_path):
         files.write_text(tmp_path / "elsewhere.txt", "not mirrored")
         (root / "trials" / "t" / "errors").mkdir()
         files.move(root / "trials" / "t" / "row.json", root / "trials" / "t" / "errors" / "1.json")
+        files.write_text(root / "trials" / "t" / "gone.txt", "removed")
+        files.remove(root / "trials" / "t" / "gone.txt")
     files.write_text(root / "trials" / "t" / "after.txt", "mirror left")
     assert sorted(st.list()) == ["run/trials/t/errors/1.json"]
     assert files.WATCHERS == []

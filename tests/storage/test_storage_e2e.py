@@ -71,10 +71,12 @@ def test_sweep_on_s3_then_resume_from_a_fresh_folder(s3_server, s3, tmp_path, sh
     keys = set(store.list("s"))
     for tid in trials["trial_id"]:
         assert f"s/trials/{tid}/row.json" in keys and f"s/trials/{tid}/attempts" in keys
-        assert f"s/checkpoints/{tid}.pt" in keys
+        assert f"s/checkpoints/{tid}.pt" not in keys  # removed with its result, as locally
         assert any(k.startswith(f"s/trials/{tid}/measure-") for k in keys)
     local_weights = sorted(p.relative_to(run).as_posix() for p in (run / "weights").rglob("*.pt"))
     assert local_weights and all(f"s/{w}" in keys for w in local_weights)
+    features = sorted(p.relative_to(run).as_posix() for p in (run / "features").rglob("*.npz"))
+    assert all(f"s/{f}" in keys for f in features)  # pulled from the store: nowhere else
     for merged in ("spec.json", "trials.parquet", "layers.parquet", "report.html"):
         assert f"s/{merged}" in keys
     assert any(k.startswith("s/ray/") for k in keys)  # Ray Tune's own state
@@ -110,7 +112,7 @@ def test_retry_failed_from_a_fresh_folder_reads_and_writes_the_store(s3_server, 
     assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
     store = Store(uri, pafs.S3FileSystem(endpoint_override=s3_server))
     assert json.loads(store.read(f"f/trials/{bad}/row.json"))["status"] == "error"
-    assert store.exists(f"f/checkpoints/{bad}.pt")  # epoch 1's
+    assert store.exists(f"f/checkpoints/{bad}.pt")  # epoch 1's, kept for the rerun
 
     fresh = tmp_path / "fresh"
     fresh.mkdir()
@@ -123,3 +125,4 @@ def test_retry_failed_from_a_fresh_folder_reads_and_writes_the_store(s3_server, 
     assert json.loads(store.read(f"f/trials/{bad}/errors/1.json"))["status"] == "error"
     trials = pd.read_parquet(fresh / "res" / "f" / "trials.parquet")
     assert (trials["status"] == "completed").all()
+    assert not store.exists(f"f/checkpoints/{bad}.pt")
