@@ -84,8 +84,9 @@ def stored_spec(args, given: set[str]) -> tuple[AblationSpec, str]:
         existing = sorted(d for d in os.listdir(args.out)
                           if os.path.isfile(os.path.join(args.out, d, "spec.json"))) \
             if os.path.isdir(args.out) else []
-        raise SpecError(f"{flag} {name}: no sweep {os.path.join(args.out, name)} (no spec.json); "
-                        f"sweeps in {args.out}: " + (", ".join(existing) or "none"))
+        store = f" nor {args.storage}/{name}" if storage.is_uri(args.storage) else ""
+        raise SpecError(f"{flag} {name}: no sweep {os.path.join(args.out, name)}{store} (no "
+                        f"spec.json); sweeps in {args.out}: " + (", ".join(existing) or "none"))
     try:
         if text is None:
             with open(path) as f:

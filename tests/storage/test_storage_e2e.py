@@ -55,6 +55,14 @@ def test_bad_storage_is_one_line_exit_2_nothing_written(s3_server, s3, tmp_path,
     assert took < 20, took  # the checks take seconds; most of this is importing torch
 
 
+def test_resume_of_a_sweep_the_store_does_not_have(s3_server, s3, tmp_path):
+    p, _ = sweep(tmp_path, s3_server, "--out", "res", "--resume", "gone", "--storage",
+                 f"s3://{s3}/p", timeout=60)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr
+    assert f"no sweep res/gone nor s3://{s3}/p/gone (no spec.json)" in p.stderr
+    assert not (tmp_path / "res").exists()
+
+
 def test_sweep_on_s3_then_resume_from_a_fresh_folder(s3_server, s3, tmp_path, short_tmp):
     import pyarrow.fs as pafs
     from ablations.storage import Store
