@@ -222,8 +222,9 @@ def run_trials(sweep: Sweep, worker_spec, trials, todo, per_epoch: dict, slots: 
     they end; a group that failed after all its retries gets error rows (its trials
     without a result)."""
     from . import runner
-    spec, run_dir, sync = sweep.spec, sweep.spec.run_dir, sweep.sync  # not sweep: Tune
-    groups = groups_of(todo, spec)  # pickles the callback, and the sweep holds its lock
+    # the callback below gets sync, not the sweep: Tune pickles it, and the sweep holds a lock
+    spec, run_dir, sync = sweep.spec, sweep.spec.run_dir, sweep.sync
+    groups = groups_of(todo, spec)
     if not groups:
         return
     sweep.clock["run_started_at"] = time.time()
