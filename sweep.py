@@ -76,6 +76,7 @@ def finish(outcome: orchestrate.Outcome, wandb_report: str | None) -> int:
     figures = sorted(str(p) for p in Path(run_dir, "figures").glob("*.png"))
     tracking.log_figures(outcome.wandb_mode, run_dir, spec.name, figures, counts)
     write_wandb_report(run_dir, wandb_report)  # after log_figures: its run is synced too
+    run_dir = publish(spec) or run_dir
     sync = tracking.sync_command(run_dir)  # online trials that fell back wrote offline runs too
     if sync:
         print(f"W&B offline runs in {run_dir}/wandb; upload with: {sync}")
@@ -83,6 +84,22 @@ def finish(outcome: orchestrate.Outcome, wandb_report: str | None) -> int:
           f"{counts[Status.COMPLETED]} completed, {counts[Status.DIVERGED]} diverged, "
           f"{counts[Status.ERROR]} errored -> {run_dir}; {report_note}")
     return outcome.code
+
+
+def publish(spec) -> str | None:
+    """With an object-store ``--storage``: the results folder (report, figures, tables)
+    copied to ``URI/NAME``; returns how the last line names it. A fault is a warning:
+    the local results are complete, and ``--resume`` copies them again."""
+    from ablations import results, storage
+    if not storage.is_uri(spec.storage):
+        return None
+    try:
+        storage.RunSync(spec).push()
+    except Exception as e:  # noqa: BLE001
+        results.warn(f"the results were not copied to {spec.storage}/{spec.name} "
+                     f"({results.brief(e)}); they are complete in {spec.run_dir}")
+        return None
+    return f"{spec.run_dir} and {spec.storage}/{spec.name}"
 
 
 def build_report(run_dir) -> str:

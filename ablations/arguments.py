@@ -170,7 +170,10 @@ def build_parser(report_target=str) -> argparse.ArgumentParser:
                    "machine). Token auth: see README")
     c.add_argument("--storage", default=None,
                    help="Ray Tune state and trial checkpoints (default OUT/NAME/ray); on a "
-                   "multi-node cluster it and --out must be on storage every node reaches")
+                   "multi-node cluster it and --out must be on storage every node reaches. "
+                   "Or an object store, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX: then every "
+                   "trial's results, weights and checkpoints go to URI/NAME/ and no node needs "
+                   "another's disk (credentials and AWS_ENDPOINT_URL from the environment)")
     c.add_argument("--cpus-per-trial", type=float, default=None,
                    help="CPUs per trial (default: the cluster's CPUs shared among the trials, "
                    "at least 1 each)")
@@ -295,8 +298,15 @@ def execution_from_args(args) -> Execution:
         out=args.out, name=args.name or f"{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}",
         wandb=args.wandb, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, address=args.address,
-        storage=os.path.abspath(args.storage) if args.storage else None,
+        storage=_storage(args.storage),
         max_failures=args.max_failures, checkpoint_every=args.checkpoint_every)
+
+
+def _storage(value: str | None) -> str | None:
+    """``--storage``: an object-store URI as given, a local folder made absolute."""
+    if not value:
+        return None
+    return value.rstrip("/") if "://" in value else os.path.abspath(value)
 
 
 def spec_from_args(args) -> AblationSpec:

@@ -31,7 +31,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV/JSON
 os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1")
-PASS_ENV = ("RESABLATE_", "WANDB_")  # forwarded to the workers of a cluster
+# forwarded to the workers of a cluster; an S3-compatible store's endpoint and region too
+# (not its credentials: Ray Tune forwards AWS_ACCESS_KEY_ID and its kin itself, else the
+# nodes' own environment, config files or instance roles give them)
+PASS_ENV = ("RESABLATE_", "WANDB_", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 def token_available() -> bool:
@@ -68,7 +71,8 @@ def connect(address: str | None, prewarm: bool = False) -> None:
     when the cluster uses token authentication (``ray start`` does by default) the
     driver needs ``RAY_AUTH_MODE=token`` and the token (``~/.ray/auth_token``,
     ``RAY_AUTH_TOKEN_PATH`` or ``RAY_AUTH_TOKEN``): the mode is set here when a
-    token is available and the variable is unset.
+    token is available and the variable is unset. The project's code travels with the
+    job (``shipped``): a node need not have it.
     """
     import ray
     # Tune logs every failed attempt as a traceback (the results keep the last one) and
@@ -113,14 +117,22 @@ def connect(address: str | None, prewarm: bool = False) -> None:
     if "RAY_AUTH_MODE" not in os.environ and token_available():
         os.environ["RAY_AUTH_MODE"] = "token"
     env = {k: v for k, v in os.environ.items() if k.startswith(PASS_ENV)}
-    env["PYTHONPATH"] = pythonpath
     try:
-        ray.init(address=address, runtime_env={"env_vars": env}, **common)
+        ray.init(address=address, runtime_env=shipped(root, env), **common)
     except Exception as e:  # ConnectionError, AuthenticationError, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpecError(f"--address {address}: cannot join the Ray cluster: {first}") from None
     ExitNoiseFilter().install()
 
+
+
+def shipped(root: str, env: dict) -> dict:
+    """The job's runtime env on a cluster: this checkout's ``models`` and ``ablations``
+    shipped to every node by Ray (``py_modules``: uploaded once, cached per node), so a
+    node needs only Python, Ray, torch and the dependencies, not the project; and the
+    ``RESABLATE_*``/``WANDB_*`` variables."""
+    return {"env_vars": env, "py_modules": [os.path.join(root, m) for m in ("models", "ablations")],
+            "excludes": ["__pycache__", "*.pyc"]}
 
 
 def _tune_actors_in_prestarted_workers() -> bool:

@@ -8,12 +8,18 @@ file is removed and the target is left as it was. The temporary file is created
 private (``mkstemp``: 0600); before the rename it gets the mode a plain ``open`` would
 have given (0666 minus the umask: 0644 under umask 022, 0600 under 077), so colleagues
 on a shared filesystem or a web server can read a sweep's results when the umask says so.
+
+``WATCHERS``: objects told of every file written (``written(path)``) or moved
+(``moved(src, dst)``) or removed (``removed(path)``) through this module; ``ablations.storage`` mirrors a trial's
+files to an object store this way (empty, and so free, otherwise).
 """
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+WATCHERS: list = []  # see the module docstring
 
 
 def umask() -> int:
@@ -31,9 +37,10 @@ def umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write) -> str:
+def atomic_write(path: str | os.PathLike, write, notify: bool = True) -> str:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto
-    ``path`` (creating the folder). Returns ``str(path)``."""
+    ``path`` (creating the folder); ``WATCHERS`` are told unless ``notify`` is false.
+    Returns ``str(path)``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -45,7 +52,24 @@ def atomic_write(path: str | os.PathLike, write) -> str:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if notify:
+        for w in WATCHERS:
+            w.written(path)
     return str(path)
+
+
+def remove(path: str | os.PathLike) -> None:
+    """``os.unlink(path)``, and ``WATCHERS`` told."""
+    os.unlink(path)
+    for w in WATCHERS:
+        w.removed(Path(path))
+
+
+def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``os.replace(src, dst)``, and ``WATCHERS`` told."""
+    os.replace(src, dst)
+    for w in WATCHERS:
+        w.moved(Path(src), Path(dst))
 
 
 def write_text(path: str | os.PathLike, text: str) -> str:

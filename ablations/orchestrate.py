@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from ablations.status import Status
-from . import cluster, lock, results, resume
+from . import cluster, lock, results, resume, storage
 from .arguments import given_flags, spec_from_args
 from .plan import expand, format_plan, group_by_cell, settings_line
 from .progress import duration, for_groups
@@ -46,6 +46,7 @@ class Sweep:
     argv: list
     clock: dict           # wall-clock stamps of this invocation (record_timing)
     lock: object = None   # ablations.lock.FolderLock of the results folder, held
+    sync: object = None   # ablations.storage.RunSync: the object store's side (execute)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ def run(parser, args, argv, clock: dict) -> Outcome:
             sweep = start(args, given_flags(parser, argv), argv, clock)
         except SpecError as e:
             return Outcome(2, error=str(e))
-        outcome = execute(sweep)
+        with storage.RunSync(sweep.spec).mirror():  # the driver's trial files to the store
+            outcome = execute(sweep)
         return dataclasses.replace(outcome, lock=sweep.lock) if outcome.finished else outcome
     finally:
         cluster.disconnect()
@@ -132,6 +134,14 @@ def prepare(spec: AblationSpec, resuming: bool = False, download: bool = True):
     """Validate and expand; every check that can fail happens here, before any write
     (``download``: a missing CIFAR-10 may be downloaded; a dry run never does)."""
     validate(spec, resuming)
+    if storage.is_uri(spec.storage):
+        if spec.tune:
+            raise SpecError("--tune with an object-store --storage is not supported yet; "
+                            "use a local --storage (a folder every node reaches)")
+        store = storage.check(spec.storage)
+        if not resuming and store.exists(f"{spec.name}/spec.json"):
+            raise SpecError(f"results already exist in {spec.storage}/{spec.name}; choose "
+                            "another --name (nothing was overwritten)")
     trials, skipped = expand(spec)
     if not trials:
         raise SpecError("no cell can be built: " + "; ".join(f"{l}: {r}" for l, r in skipped))
@@ -155,7 +165,10 @@ def execute(sweep: Sweep) -> Outcome:
     # workers run in Tune's trial folders: every path they get is absolute
     worker_spec = dataclasses.replace(spec, wandb=sweep.wandb_mode,
                                       out=os.path.abspath(spec.out),
-                                      storage=os.path.abspath(spec.storage_dir))
+                                      storage=spec.storage if storage.is_uri(spec.storage)
+                                      else os.path.abspath(spec.storage_dir))
+    sweep.sync = storage.RunSync(spec)
+    sweep.sync.pull()  # an object store: what the workers wrote there so far
     print_plan(sweep)
     info = {"wandb_mode": sweep.wandb_mode, "cluster": cluster.cluster_info(),
             "cpus_per_trial": spec.cpus_per_trial, "gpus_per_trial": spec.gpus_per_trial}
@@ -165,6 +178,7 @@ def execute(sweep: Sweep) -> Outcome:
                             "plan": [t.factors() for t in sweep.trials],
                             "skipped": [{"cell": l, "reason": r} for l, r in sweep.skipped]})
     record_invocation(run_dir, sweep.kind, sweep.argv, info)
+    sweep.sync.push()
     cluster.watch(lambda why: ray_lost(sweep, why))  # Ray killed under us: ends the process
     res = info["cluster"]["resources"]
     print(f"resources: {spec.cpus_per_trial:g} CPU + {spec.gpus_per_trial:g} GPU per trial on "
@@ -188,11 +202,13 @@ def execute(sweep: Sweep) -> Outcome:
         trials = tuned
     todo = to_run(sweep.kind, trials, run_dir)
     run_trials(sweep, worker_spec, trials, todo, per_epoch, slots)
+    sweep.sync.pull()
     unfinished = [t for t in todo if results.read_fragment_row(run_dir, t.trial_id) is None]
     if unfinished:  # interrupted (Ctrl-C): keep them pending, resumable
         return interrupted(spec, trials, clock, f"{len(unfinished)} trial(s) not finished")
     tables = results.merge(run_dir, trials)
     record_timing(run_dir, clock)
+    sweep.sync.push()
     # Ray is done: leave it before the report forks its figure workers (a fork of a
     # process with Ray's threads running could inherit a held lock)
     cluster.disconnect()
@@ -207,16 +223,18 @@ def run_trials(sweep: Sweep, worker_spec, trials, todo, per_epoch: dict, slots: 
     they end; a group that failed after all its retries gets error rows (its trials
     without a result)."""
     from . import runner
-    spec, run_dir = sweep.spec, sweep.spec.run_dir
+    # the callback below gets sync, not the sweep: Tune pickles it, and the sweep holds a lock
+    spec, run_dir, sync = sweep.spec, sweep.spec.run_dir, sweep.sync
     groups = groups_of(todo, spec)
     if not groups:
         return
     sweep.clock["run_started_at"] = time.time()
     progress = for_groups(groups, spec, run_dir, per_epoch, slots)
+    progress.read_row = sync.reading(progress.read_row)
     try:
         errors = runner.run_groups(
             groups, worker_spec, run_dir, f"{sweep.kind}-{time.strftime('%Y%m%d-%H%M%S')}",
-            on_trial_end=lambda: results.merge(run_dir, trials, final=False),
+            on_trial_end=lambda: (sync.pull(), results.merge(run_dir, trials, final=False)),
             progress=progress)
     finally:
         progress.close()
@@ -265,8 +283,10 @@ def to_run(kind: str, trials, run_dir) -> list:
 
 def interrupted(spec, trials, clock: dict, what: str) -> Outcome:
     """Ctrl-C: the unfinished trials stay pending in trials.parquet; exit 130, resumable."""
+    storage.RunSync(spec).pull()
     results.merge(spec.run_dir, trials, final=False)
     record_timing(spec.run_dir, clock)
+    storage.RunSync(spec).push()
     print(f"interrupted: {what}; continue with python sweep.py --out {spec.out} --resume "
           f"{spec.name}", file=sys.stderr)
     return Outcome(130, spec=spec)
@@ -282,10 +302,12 @@ def ray_lost(sweep: Sweep, why: str) -> None:
     print(f"sweep.py: Ray was lost under the sweep ({why}); the trials still running "
           "stopped", file=sys.stderr, flush=True)
     try:
+        storage.RunSync(spec).pull()
         rows = [results.read_fragment_row(spec.run_dir, t.trial_id) for t in sweep.trials]
         done = [r["status"] for r in rows if r is not None]
         results.merge(spec.run_dir, sweep.trials, final=False)
         record_timing(spec.run_dir, sweep.clock)
+        storage.RunSync(spec).push()
         print(f"{len(done)} of {len(sweep.trials)} trial(s) finished: {done.count(Status.COMPLETED)}"
               f" completed, {done.count(Status.DIVERGED)} diverged, {done.count(Status.ERROR)} "
               f"errored; {len(sweep.trials) - len(done)} pending in {spec.run_dir}", flush=True)

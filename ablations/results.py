@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from ablations.status import Status
-from ablations.files import atomic_write, write_text
+from ablations.files import atomic_write, move, write_text
 
 def factor_columns() -> list[str]:
     """The key columns of every results row: trial, family, model, depth, each registered
@@ -88,7 +88,7 @@ def move_aside(path) -> Path | None:
         n += 1
         target = path.with_name(f"{path.name}.corrupt-{n}")
     try:
-        os.replace(path, target)
+        move(path, target)
     except FileNotFoundError:
         return None
     return target
@@ -287,7 +287,7 @@ def archive_error(run_dir, trial_id: str) -> None:
     d = trial_dir(run_dir, trial_id)
     n = len(list((d / "errors").glob("*.json"))) + 1 if (d / "errors").exists() else 1
     (d / "errors").mkdir(parents=True, exist_ok=True)
-    os.replace(d / "row.json", d / "errors" / f"{n}.json")
+    move(d / "row.json", d / "errors" / f"{n}.json")
 
 
 def git_commit() -> str:

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import os
 
-from . import factors
+from . import factors, storage
 from .arguments import execution_from_args, study_from_args
 from .spec import AblationSpec, Execution, SpecError, Study, spec_from_dict
 
@@ -76,15 +76,22 @@ def stored_spec(args, given: set[str]) -> tuple[AblationSpec, str]:
     name = args.resume or args.retry_failed
     flag = "--resume" if args.resume else "--retry-failed"
     path = os.path.join(args.out, name, "spec.json")
-    if not name or os.sep in name or not os.path.isfile(path):
+    text = None
+    if name and os.sep not in name and not os.path.isfile(path) and storage.is_uri(args.storage):
+        text = storage.read_spec(args.storage, name)  # a fresh driver folder: the store's
+        path = f"{args.storage}/{name}/spec.json"
+    if not name or os.sep in name or (text is None and not os.path.isfile(path)):
         existing = sorted(d for d in os.listdir(args.out)
                           if os.path.isfile(os.path.join(args.out, d, "spec.json"))) \
             if os.path.isdir(args.out) else []
-        raise SpecError(f"{flag} {name}: no sweep {os.path.join(args.out, name)} (no spec.json); "
-                        f"sweeps in {args.out}: " + (", ".join(existing) or "none"))
+        store = f" nor {args.storage}/{name}" if storage.is_uri(args.storage) else ""
+        raise SpecError(f"{flag} {name}: no sweep {os.path.join(args.out, name)}{store} (no "
+                        f"spec.json); sweeps in {args.out}: " + (", ".join(existing) or "none"))
     try:
-        with open(path) as f:
-            stored = spec_from_dict(json.load(f)["spec"])
+        if text is None:
+            with open(path) as f:
+                text = f.read()
+        stored = spec_from_dict(json.loads(text)["spec"])
     except (ValueError, KeyError, TypeError) as e:
         raise SpecError(f"{path} is not a readable sweep spec ({e})") from None
     check_repeated_study_flags(args, given, stored, flag)

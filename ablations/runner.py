@@ -20,6 +20,7 @@ import time
 import warnings
 
 from ablations.status import Status
+from . import storage
 from . import cluster  # noqa: F401  sets Ray's and Tune's environment before ray is imported
 from .preempt import Preempted, WorkerSetup
 from .trial import run_group
@@ -54,8 +55,14 @@ def _trainable(config, *, groups, cells, spec, run_dir):
         run_train_trial(sample, spec, run_dir, TuneReporter(), tuning=True)
         return
     from ray import tune
+    group = groups[config["group"]]
     try:
-        statuses = run_group(groups[config["group"]], spec, run_dir, TuneReporter())
+        if storage.is_uri(spec.storage):  # staged here, every file written put to the store
+            spec, run_dir, mirror = storage.stage(spec, [t.trial_id for t in group])
+            with mirror:
+                statuses = run_group(group, spec, run_dir, TuneReporter())
+        else:
+            statuses = run_group(group, spec, run_dir, TuneReporter())
     except Preempted:  # checkpointed: run_groups runs it again, not as a failure
         tune.report({"preempted": 1})
         return
@@ -69,8 +76,9 @@ _trainable.__mixins__ = (WorkerSetup,)
 
 def _tuner_common(spec, experiment: str, callbacks=()):
     from ray import tune
+    path, filesystem = storage.tune_storage(spec)
     return tune.RunConfig(
-        name=experiment, storage_path=os.path.abspath(spec.storage_dir), verbose=0,
+        name=experiment, storage_path=path, storage_filesystem=filesystem, verbose=0,
         log_to_file=True, callbacks=list(callbacks),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None))

@@ -38,7 +38,7 @@ import models
 from ablations.hooks import LayerStatsRecorder
 from models import fused
 
-from . import checkpoint, measure_run, preempt, recipes, results, tracking, weights
+from . import checkpoint, files, measure_run, preempt, recipes, results, tracking, weights
 from .checkpoint import discard_checkpoint, load_state, position_of, set_rng_states
 from .data import DataError, load_dataset, pad_images, random_crop_flip
 from .device import autocast, keep_freed_memory, pick_device, pick_precision, use_fused
@@ -414,4 +414,4 @@ def keep_results(run: Training, tracker, row: dict, epochs: pd.DataFrame) -> Non
     results.write_fragment(run_dir, trial.trial_id, row, frames)
     tracker.finish({k: v for k, v in row.items() if k != "trial_id"})
     if os.path.exists(run.ckpt):
-        os.unlink(run.ckpt)  # the fragment has everything; weights/ keeps what --keep-weights asks
+        files.remove(run.ckpt)  # the fragment has everything; weights/ keeps what --keep-weights asks
