@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from . import cluster, lock, orchestrate, results, resume
+from . import cluster, lock, orchestrate, resume
 from .arguments import given_flags, spec_from_args
 from .spec import SpecError, resolve_measure
 
@@ -58,10 +58,8 @@ def plan_lines(args, given: set[str]) -> list[str]:
     spec = dataclasses.replace(spec, cpus_per_trial=cpt, gpus_per_trial=gpt)
     out.append(f"resources: {cpt:g} CPU + {gpt:g} GPU per trial on this machine with "
                f"{cpus:g} CPU, {gpus:g} GPU (a local Ray)")
-    slots = orchestrate.concurrent_slots(spec, {"resources": {"CPU": cpus, "GPU": gpus}}, units)
-    todo = [t for t in trials if results.read_fragment_row(spec.run_dir, t.trial_id) is None]
-    line, _ = orchestrate.estimate_line(spec, todo, sizes, slots,
-                                        len({t.cell for t in trials}) if kind == "start" else 0)
+    line, _, _ = orchestrate.estimate_left(spec, kind, trials, sizes,
+                                           {"resources": {"CPU": cpus, "GPU": gpus}})
     if line:
         out.append(line)
     return out

@@ -185,11 +185,7 @@ def execute(sweep: Sweep) -> Outcome:
           f"{info['cluster']['nodes']} node(s) with {res.get('CPU', 0):g} CPU, "
           f"{res.get('GPU', 0):g} GPU; W&B {sweep.wandb_mode}", flush=True)
     trials = sweep.trials
-    slots = concurrent_slots(spec, info["cluster"], len(groups_of(trials, spec)))
-    todo_now = [t for t in trials if results.read_fragment_row(run_dir, t.trial_id) is None]
-    line, per_epoch = estimate_line(spec, todo_now, sweep.sizes, slots,
-                                    len({t.cell for t in trials}) if sweep.kind == "start"
-                                    else 0)
+    line, per_epoch, slots = estimate_left(spec, sweep.kind, trials, sweep.sizes, info["cluster"])
     if line:
         print(line, flush=True)
     t0 = time.time()
@@ -371,6 +367,17 @@ def record_timing(run_dir, clock: dict) -> None:
     where a sweep's time went, and what bench/sweep_bench.py reads."""
     _edit_invocations(run_dir, lambda invs: invs[-1].update(
         timing={k: round(v, 3) for k, v in clock.items()}))
+
+
+def estimate_left(spec, kind: str, trials, sizes, cluster_info: dict) -> tuple[str, dict, int]:
+    """``(estimate line, per-epoch seconds, trials at once)`` for the trials of the plan
+    without a result yet, on a cluster with ``cluster_info["resources"]`` (the sweep's,
+    or this machine's in a dry run)."""
+    slots = concurrent_slots(spec, cluster_info, len(groups_of(trials, spec)))
+    todo = [t for t in trials if results.read_fragment_row(spec.run_dir, t.trial_id) is None]
+    line, per_epoch = estimate_line(spec, todo, sizes, slots,
+                                    len({t.cell for t in trials}) if kind == "start" else 0)
+    return line, per_epoch, slots
 
 
 def estimate_line(spec, trials, sizes, slots: int, tuning_cells: int = 0) -> tuple[str, dict]:
