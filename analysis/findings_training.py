@@ -4,8 +4,8 @@ next.
 Pure functions, frames in, sentences out (``analysis.report`` renders them):
 
 * ``failure_findings``: a cell where a trial diverged or stayed at chance (final test
-  error >= ``AT_CHANCE_ERROR`` or final train loss within ``LOSS_TOL`` of ln 10, with
-  10 balanced classes) names the mechanism measured at initialization in
+  error >= ``AT_CHANCE_ERROR``, or without a test error a final train loss within
+  ``LOSS_TOL`` of ln 10, with 10 balanced classes) names the mechanism measured at initialization in
   ``layers.parquet`` (``init_ratios``: activation growth from the first block to the
   last, and first-layer over last-layer gradient), and the cells of the same model
   and depth that trained, by the levels in which they differ.
@@ -144,14 +144,16 @@ def mechanism(act_ratio: float, n_blocks: int, act_stat: str, grad_ratio: float)
 
 def trial_outcomes(trials: pd.DataFrame) -> pd.Series:
     """Per trial: "trained" (completed, above chance), "chance" (completed with final
-    test error >= AT_CHANCE_ERROR or final train loss >= ln 10 - LOSS_TOL), "diverged",
-    or None (errored or pending: says nothing about the network)."""
+    test error >= AT_CHANCE_ERROR; the final train loss >= ln 10 - LOSS_TOL decides only
+    for a trial without a test error, so a network that generalises above chance is never
+    called at chance for a high averaged train loss), "diverged", or None (errored or
+    pending: says nothing about the network)."""
     t = stats.with_derived(trials)
     err = pd.to_numeric(t.get("final_test_error", pd.Series(np.nan, index=t.index)),
                         errors="coerce")
     loss = pd.to_numeric(t.get("final_train_loss", pd.Series(np.nan, index=t.index)),
                          errors="coerce")
-    chance = (err >= AT_CHANCE_ERROR) | (loss >= CHANCE_LOSS - LOSS_TOL)
+    chance = np.where(err.notna(), err >= AT_CHANCE_ERROR, loss >= CHANCE_LOSS - LOSS_TOL)
     out = [("diverged" if st == "diverged" else ("chance" if c else "trained")
             if st == Status.COMPLETED else None) for st, c in zip(t["status"], chance)]
     return pd.Series(out, index=t.index, dtype=object)

@@ -126,12 +126,16 @@ def test_mechanism_sentences():
 
 def test_trial_outcomes():
     t = pd.DataFrame([_trial(True, "one", 0, "completed", 0.12, 1.0),    # error 0.88: chance
-                      _trial(True, "one", 1, "completed", 0.50, 2.27),   # loss ~ ln 10
+                      _trial(True, "one", 1, "completed", math.nan, 2.27),  # no test: loss ~ ln 10
                       _trial(True, "one", 2, "completed", 0.50, 1.00),
                       _trial(True, "one", 3, "diverged"),
-                      _trial(True, "one", 4, "error")])
+                      _trial(True, "one", 4, "error"),
+                      # the smoke run's case: a short run's averaged train loss near ln 10,
+                      # test accuracy 29.8%: it learnt, so it is not "at chance"
+                      _trial(True, "one", 5, "completed", 0.298, 2.27)])
     assert findings_training.trial_outcomes(t).tolist() == ["chance", "chance", "trained", "diverged",
-                                                   None]
+                                                   None, "trained"]
+    assert findings_training.failure_findings(t.iloc[[2, 5]]) == []
 
 
 def test_failure_findings_name_mechanism_and_avoiders():
