@@ -59,7 +59,8 @@ def plan_lines(args, given: set[str]) -> list[str]:
     out.append(f"resources: {cpt:g} CPU + {gpt:g} GPU per trial on this machine with "
                f"{cpus:g} CPU, {gpus:g} GPU (a local Ray)")
     line, _, _ = orchestrate.estimate_left(spec, kind, trials, sizes,
-                                           {"resources": {"CPU": cpus, "GPU": gpus}})
+                                           {"resources": {"CPU": cpus, "GPU": gpus}},
+                                           started=False)
     if line:
         out.append(line)
     return out

@@ -1,5 +1,8 @@
 """How long a sweep will take here, before anything trains: time one training step of
-each model on this machine (a second or so each), scale to the planned epochs.
+each model on this machine (a second or so each), scale to the planned epochs, time the
+trial's measurements once per family on the untrained network, and add the fixed costs
+around the training (``START_S``, ``TRIAL_START_S``, ``REPORT_S``; measured on 2 cores,
+see bench/README.md "Estimates").
 
 A training epoch is ``ceil(train / batch)`` steps plus evaluation of the validation and
 test images (a forward pass, taken as a third of a training step per image). The
@@ -18,6 +21,12 @@ import time
 
 EVAL_COST = 1 / 3    # a forward pass of one image, in training steps' per-image cost
 BUDGET_S = 8.0       # stop timing further models after this long (the rest: unknown)
+# Fixed costs around the training, seconds on 2 cores (bench/README.md "Estimates"):
+START_S = 8.0        # interpreter and imports, the data check, a local Ray's start
+ATTACH_S = 3.0       # the same when joining a running cluster (--address)
+TRIAL_START_S = 2.5  # each trial's worker: process, imports, data, W&B run, fragments
+REPORT_S = 20.0      # the merge, the figures and tables, the report pages
+REPORT_PER_TRIAL_S = 0.5  # ... and per trial of the sweep (rows, per-trial items)
 
 
 def step_seconds(model_cfg, batch: int, in_features, num_classes: int, threads: int,
@@ -102,3 +111,107 @@ def sweep_seconds(per_trial: list[float], slots: int) -> float:
     for s in sorted(per_trial, reverse=True):
         loads[loads.index(min(loads))] += s
     return max(loads)
+
+
+def measure_seconds(trials, spec, sizes: dict, per_epoch: dict, device: str = "cpu") -> dict:
+    """``{trial.cell: seconds of the trial's measurements}``: every requested
+    measurement (``spec.measure``) is run once, at each point it runs at, on the first
+    model of each family as initialized and on random data of the trial's split sizes;
+    the other models of the family scale that by their epoch's time (``per_epoch``, from
+    ``estimate_epochs``: the same steps and images, so the ratio of their steps' times),
+    since a measurement is forward and backward passes of the same network; a model
+    without a timed epoch is left out. A measurement that fails here counts as free (it fails in the trial too,
+    costing nothing)."""
+    from .measurements import MeasureData
+    from .measure_run import requested
+    names = tuple(spec.measure or ())
+    if not names or not trials:
+        return {}
+    import torch
+
+    t = spec.train
+    threads = int(t.threads or spec.cpus_per_trial or 1)
+    measured = requested(names)
+    saved = torch.get_num_threads()
+    first: dict = {}   # family -> (seconds of its measurements, its step seconds)
+    out = {}
+    for trial in trials:
+        fam = trial.model_cfg.family
+        if trial.cell in out or trial.cell not in per_epoch:
+            continue
+        step = per_epoch[trial.cell]
+        if fam in first:
+            secs, base = first[fam]
+            out[trial.cell] = secs * step / max(base, 1e-9)
+            continue
+        torch.set_num_threads(max(1, threads))
+        try:
+            torch.manual_seed(0)
+            model = trial.model_cfg.with_input(3 * 32 * 32, 10).build().to(device).eval()
+            n_test = max(1, int(sizes.get("test", 1)))
+            n_train = max(1, min(int(sizes.get("train", 1)), 2048))
+            data = MeasureData(train_x=torch.randn(n_train, 3, 32, 32, device=device),
+                               train_y=torch.randint(0, 10, (n_train,), device=device),
+                               test_x=torch.randn(n_test, 3, 32, 32, device=device),
+                               test_y=torch.randint(0, 10, (n_test,), device=device),
+                               device=device)
+            secs = 0.0
+            for m in measured:  # timed once, counted at each point it runs at
+                t0 = time.perf_counter()
+                try:
+                    m.fn(model, data, trial)
+                except Exception:  # noqa: BLE001  its failure costs nothing here either
+                    continue
+                secs += (time.perf_counter() - t0) * len(m.when)
+        finally:
+            torch.set_num_threads(saved)
+        first[fam] = (secs, step)
+        out[trial.cell] = secs
+    return out
+
+
+def fixed_seconds(n_trials: int, attached: bool, started: bool) -> tuple[float, float, float]:
+    """``(start-up, per trial, report)`` seconds around the training: start-up is 0 when
+    the sweep already ``started`` (its Ray is up when it prints the estimate)."""
+    start = 0.0 if started else (ATTACH_S if attached else START_S)
+    return start, TRIAL_START_S, REPORT_S + REPORT_PER_TRIAL_S * n_trials
+
+
+def line(spec, trials, sizes, slots: int, tuning_cells: int = 0,
+         started: bool = True) -> tuple[str, dict]:
+    """The plan's time estimate and the per-epoch seconds it used (for the progress
+    ETA): the trials' training (one step of each model timed here, ``BUDGET_S`` at
+    most), their measurements (``measure_seconds``) and worker start, shared among
+    ``slots``, plus the start-up (unless ``started``) and the report."""
+    if spec.mode != "train" or not sizes:
+        return "", {}
+    from .device import pick_device
+    from .progress import duration
+    try:
+        device = pick_device(spec.train.device)  # raises for cuda without CUDA in the driver
+        per_epoch = estimate_epochs(trials, spec, sizes["train"], sizes["val"] + sizes["test"],
+                                    3 * 32 * 32, 10, device)
+        measuring = measure_seconds(trials, spec, sizes, per_epoch, device)
+    except Exception as e:  # an estimate must never stop a sweep
+        return f"estimate: not available ({type(e).__name__}: {e})", {}
+    known = [t for t in trials if t.cell in per_epoch]
+    if not known:
+        return "estimate: not available (no model could be timed)", {}
+    start, per_trial, report = fixed_seconds(len(trials), spec.address is not None, started)
+    train = [per_epoch[t.cell] * spec.train.epochs for t in known]
+    whole = [s + measuring.get(t.cell, 0.0) + per_trial for s, t in zip(train, known)]
+    trials_s = sweep_seconds(whole, slots)
+    total = start + trials_s + report
+    parts = [f"trials {duration(trials_s)}"] + (
+        [f"start-up {duration(start)}"] if start else []) + [f"report {duration(report)}"]
+    text = (f"estimate: about {duration(total)} here for {len(known)} trial(s), {slots} at a "
+            f"time ({', '.join(parts)}; one training step of each model and its "
+            f"measurements timed on this machine's {device}; assumes no trial diverges)")
+    missing = len(trials) - len(known)
+    if missing:
+        text += f"; {missing} trial(s) not timed (timing budget spent)"
+    if tuning_cells and spec.tune:
+        search = sweep_seconds([max(train)] * tuning_cells * spec.samples, slots)
+        text += (f"; tuning first: up to {duration(search)} ({tuning_cells} cells x "
+                 f"{spec.samples} samples, less when pruned)")
+    return text, per_epoch

@@ -30,7 +30,7 @@ from ablations.status import Status
 from . import cluster, lock, results, resume, storage
 from .arguments import given_flags, spec_from_args
 from .plan import expand, format_plan, group_by_cell, settings_line
-from .progress import duration, for_groups
+from .progress import for_groups
 from .spec import AblationSpec, SpecError, resolve_measure, validate
 
 
@@ -369,46 +369,18 @@ def record_timing(run_dir, clock: dict) -> None:
         timing={k: round(v, 3) for k, v in clock.items()}))
 
 
-def estimate_left(spec, kind: str, trials, sizes, cluster_info: dict) -> tuple[str, dict, int]:
+def estimate_left(spec, kind: str, trials, sizes, cluster_info: dict,
+                  started: bool = True) -> tuple[str, dict, int]:
     """``(estimate line, per-epoch seconds, trials at once)`` for the trials of the plan
     without a result yet, on a cluster with ``cluster_info["resources"]`` (the sweep's,
-    or this machine's in a dry run)."""
+    or this machine's in a dry run, ``started`` False: the start-up is still to come)."""
     slots = concurrent_slots(spec, cluster_info, len(groups_of(trials, spec)))
     todo = [t for t in trials if results.read_fragment_row(spec.run_dir, t.trial_id) is None]
-    line, per_epoch = estimate_line(spec, todo, sizes, slots,
-                                    len({t.cell for t in trials}) if kind == "start" else 0)
-    return line, per_epoch, slots
-
-
-def estimate_line(spec, trials, sizes, slots: int, tuning_cells: int = 0) -> tuple[str, dict]:
-    """The plan's time estimate (one training step of each model timed here, seconds at
-    most) and the per-epoch seconds it used, for the progress ETA."""
-    if spec.mode != "train" or not sizes:
-        return "", {}
     from . import estimate
-    from .device import pick_device
-    try:
-        device = pick_device(spec.train.device)  # raises for cuda without CUDA in the driver
-        per_epoch = estimate.estimate_epochs(trials, spec, sizes["train"],
-                                             sizes["val"] + sizes["test"], 3 * 32 * 32, 10,
-                                             device)
-    except Exception as e:  # an estimate must never stop a sweep
-        return f"estimate: not available ({type(e).__name__}: {e})", {}
-    known = [per_epoch[t.cell] * spec.train.epochs for t in trials if t.cell in per_epoch]
-    if not known:
-        return "estimate: not available (no model could be timed)", {}
-    total = estimate.sweep_seconds(known, slots)
-    missing = len(trials) - len(known)
-    text = (f"estimate: about {duration(total)} here for {len(known)} trial(s), {slots} at a "
-            f"time (one training step of each model timed on this machine's {device}; "
-            "assumes no trial diverges)")
-    if missing:
-        text += f"; {missing} trial(s) not timed (timing budget spent)"
-    if tuning_cells and spec.tune:
-        search = estimate.sweep_seconds([max(known)] * tuning_cells * spec.samples, slots)
-        text += (f"; tuning first: up to {duration(search)} ({tuning_cells} cells x "
-                 f"{spec.samples} samples, less when pruned)")
-    return text, per_epoch
+    line, per_epoch = estimate.line(spec, todo, sizes, slots,
+                                    len({t.cell for t in trials}) if kind == "start" else 0,
+                                    started=started)
+    return line, per_epoch, slots
 
 
 def concurrent_slots(spec, cluster_info: dict, units: int) -> int:

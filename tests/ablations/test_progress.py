@@ -1,9 +1,12 @@
 """Progress lines, ETA and the plan's time estimate (no Ray: events fed directly)."""
+import dataclasses
 import io
+import time
 
 import pytest
 
 from ablations import estimate
+from ablations.spec import resolve_measure as resolve
 from ablations.progress import SweepProgress, Unit, duration
 
 
@@ -126,6 +129,51 @@ def test_estimate_is_keyed_by_cell_with_factor_levels():
     per_epoch = estimate.estimate_epochs(trials, spec, 100, 50, 3072, 10)
     assert set(per_epoch) == {t.cell for t in trials} and len(per_epoch) == 4
     assert all(s > 0 for s in per_epoch.values())
+
+
+def test_measurements_timed_once_per_family_and_scaled_by_epoch_time(monkeypatch):
+    """Each measurement runs once on the first model of a family, counted at each of its
+    points; the family's other models scale it by their epoch time."""
+    from ablations import measurements
+    from ablations.arguments import build_parser, spec_from_args
+    from ablations.plan import expand
+    spec = resolve(spec_from_args(build_parser().parse_args(
+        ["--families", "mlp", "--depths", "4,8", "--dataset", "synthetic", "--threads", "1",
+         "--measure", "signal,lesion"])))
+    trials, _ = expand(spec)
+    calls = []
+    timed = [dataclasses.replace(measurements.get(n), fn=lambda model, data, trial, n=n: (
+        calls.append((n, trial.cell, tuple(data.test_x.shape))), time.sleep(0.05)))
+        for n in ("signal", "lesion")]
+    from ablations import measure_run
+    monkeypatch.setattr(measure_run, "requested", lambda names: timed if names else [])
+    cells = list(dict.fromkeys(t.cell for t in trials))
+    per_epoch = {cells[0]: 1.0, cells[1]: 3.0}
+    out = estimate.measure_seconds(trials, spec, {"train": 100, "val": 0, "test": 40}, per_epoch)
+    assert [c[:2] for c in calls] == [("signal", cells[0]), ("lesion", cells[0])]
+    assert calls[0][2] == (40, 3, 32, 32)
+    # signal runs at init and final, lesion at final only: 3 x ~0.05 s
+    assert 0.15 <= out[cells[0]] < 1.0
+    assert out[cells[1]] == pytest.approx(3 * out[cells[0]])
+    # no measurements: nothing to time
+    none = dataclasses.replace(spec, measure=())
+    assert estimate.measure_seconds(trials, none, {"test": 40}, per_epoch) == {}
+
+
+def test_the_estimate_counts_start_up_trials_and_report():
+    from ablations.arguments import build_parser, spec_from_args
+    from ablations.plan import expand
+    spec = resolve(spec_from_args(build_parser().parse_args(
+        ["--families", "mlp", "--depths", "4", "--dataset", "synthetic", "--threads", "1",
+         "--measure", "none", "--epochs", "1"])))
+    trials, _ = expand(spec)
+    sizes = {"train": 64, "val": 0, "test": 32}
+    dry, _ = estimate.line(spec, trials, sizes, slots=2, started=False)
+    live, _ = estimate.line(spec, trials, sizes, slots=2, started=True)
+    assert "start-up 8s" in dry and "start-up" not in live and "report 2" in live
+    start, per_trial, report = estimate.fixed_seconds(len(trials), False, False)
+    assert start == estimate.START_S and report > estimate.REPORT_S
+    assert estimate.fixed_seconds(4, True, False)[0] == estimate.ATTACH_S
 
 
 def test_tuning_sample_lines():
