@@ -49,8 +49,8 @@ def _analysis_parser() -> argparse.ArgumentParser:
 def parser_for(command: str) -> argparse.ArgumentParser:
     """The parser behind ``command``: sweep, measure or analysis."""
     if command == "sweep":
-        import sweep
-        return sweep.build_parser()
+        from ablations import arguments
+        return arguments.build_parser()
     if command == "measure":
         from ablations import measure
         return measure.build_parser()
