@@ -1,5 +1,6 @@
-"""The README's "Extending resablate" recipes, run as written: the code blocks are read
-from README.md, so a recipe that stops working fails here instead of misleading a reader.
+"""The "Extend resablate" recipes of the docs, run as written: the code blocks are read
+from docs/how-to/extending.md, so a recipe that stops working fails here instead of
+misleading a reader.
 
 * Adding a measurement: its two files are put in a temporary folder that joins the
   ``ablations.measurements`` and ``analysis.views`` packages; the measurement runs on a
@@ -17,20 +18,21 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "docs" / "how-to" / "extending.md"
 
 
 def readme_block(after: str) -> str:
-    """The first ```python block after the line containing ``after``."""
-    text = (ROOT / "README.md").read_text()
+    """The first ```python block after the line containing ``after`` in the recipes page."""
+    text = RECIPES.read_text()
     start = text.index(after)
     m = re.compile(r"```python\n(.*?)```", re.S).search(text, start)
-    assert m, f"no python block after {after!r} in README.md"
+    assert m, f"no python block after {after!r} in {RECIPES}"
     return m.group(1)
 
 
 @pytest.fixture
 def weightnorm(tmp_path, monkeypatch):
-    """The README's weightnorm measurement and view, importable by their real names."""
+    """The recipe's weightnorm measurement and view, importable by their real names."""
     from ablations import measurements
     from analysis import views
     (tmp_path / "m").mkdir()
@@ -92,7 +94,7 @@ def test_the_figure_recipe_adds_its_table_to_the_report(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     trials.to_parquet(run / "trials.parquet")
-    exec(compile(readme_block("### Adding a figure or a table"), "README.md", "exec"), {})
+    exec(compile(readme_block("## Adding a figure or a table"), str(RECIPES), "exec"), {})
     try:
         built = report.build(run, formats=("png",))
     finally:
