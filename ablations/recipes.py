@@ -199,7 +199,7 @@ register(Recipe(
     summary="the replicated article's: lr 0.1, momentum 0.9, wd 5e-4 on all parameters, "
             "batch 128, 30 epochs, x0.1 after 1/2 and 5/6"))
 
-# default: the recipe for family studies, chosen by measurement (docs/recipes.md: 3 seeds,
+# default: the recipe for family studies, chosen by measurement (docs/studies/default-recipe.md: 3 seeds,
 # 10 epochs on the CIFAR-10 subset). Under seed's recipe every residual MLP diverged in
 # epoch 1 and residual ResNet-56 degraded more with depth than plain. Changes from seed:
 # - Residual cells use SkipInit: each branch times a learnable scalar that starts at 0
