@@ -20,7 +20,8 @@ from .arguments import execution_from_args, study_from_args
 from .spec import AblationSpec, Execution, SpecError, Study, spec_from_dict
 
 # Flags of one invocation, stored in no spec.
-INVOCATION_FLAGS = {"resume", "retry_failed", "wandb_report", "list_models", "dry_run"}
+INVOCATION_FLAGS = {"resume", "retry_failed", "wandb_report", "list_models", "dry_run",
+                    "download"}
 # May be given again with --resume/--retry-failed; every other flag comes from spec.json
 # (--name too, which must name the same sweep).
 EXECUTION_FLAGS = ({f.name for f in dataclasses.fields(Execution)} - {"name"}) \
