@@ -142,7 +142,7 @@ def build_parser(report_target=str) -> argparse.ArgumentParser:
                    + helptext.measurement_names() + "; 'none' for none; more later from the kept "
                    "weights: python -m ablations.measure OUT/NAME --measure NAMES "
                    + helptext.measure_default())
-    t = p.add_argument_group("training", "--mode train: data, optimization, statistics")
+    t = p.add_argument_group("training", "with --mode train: data, optimization, statistics")
     t.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
                    help="cifar10 (the official python batches under --data-root) or "
                    "synthetic (small, made in memory) (default: cifar10; --smoke: synthetic)")
