@@ -5,7 +5,6 @@ In-process where the seams allow (Ray and the download are replaced and must not
 reached), a subprocess where the command line itself is the subject."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import subprocess
@@ -192,8 +191,10 @@ def test_a_dry_run_with_download_says_it_would_download(tmp_path, capsys, downlo
     assert "plan: 2 trials (train)" in out
 
 
-def test_download_is_an_invocation_flag_for_resume():
+def test_download_may_be_typed_with_resume():
     from ablations import resume
-    assert "download" in resume.EXECUTION_FLAGS
-    spec = spec_of("--download", "--smoke")
-    assert not any(f.name == "download" for f in dataclasses.fields(type(spec)))
+    parser = arguments.build_parser()
+    argv = ["--smoke", "--download", "--resume", "x"]  # the up-arrow command, --resume added
+    resume.check_repeated_study_flags(parser.parse_args(argv), arguments.given_flags(
+        parser, argv), spec_of("--smoke"), "--resume")  # no error: not a study flag
+    assert "download" not in resume.EXECUTION_FLAGS  # nor one stored with the sweep
