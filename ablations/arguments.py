@@ -1,9 +1,11 @@
 """sweep.py's command line: the parser, and the spec a parsed command asks for.
 
-``build_parser`` makes the parser (its ``--help`` is sweep.py's); ``spec_from_args``
-resolves a parsed command into an ``AblationSpec``: its ``Study`` (each flag typed,
-or else the recipe's value, ``ablations.recipes``) and its ``Execution``.
-``given_flags`` tells the flags typed from their defaults (``--resume`` checks those).
+``build_parser`` makes the parser (its ``--help`` is sweep.py's, each default said in
+words by ``ablations.helptext``); ``spec_from_args`` resolves a parsed command into an
+``AblationSpec``: its ``Study`` (each flag typed, or else the recipe's value,
+``ablations.recipes``; with ``--smoke`` the smoke's defaults, ``SMOKE``, under every
+flag typed) and its ``Execution``. ``given_flags`` tells the flags typed from their
+defaults (``--resume`` checks those).
 """
 from __future__ import annotations
 

@@ -2,23 +2,25 @@
 (``orchestrate.start``) and its dry run (``ablations.dry_run``) both make them first, so
 bad input is one line and exit 2 before the results folder, the W&B line or Ray.
 
-``prepare`` validates and expands the spec and checks the storage and the data;
-``local_resources`` checks the per-trial request (``--gpus-per-trial``, ``--device
-cuda``) against what a local Ray would get on this machine, without starting it.
+``prepare`` validates and expands the spec and checks the storage, the resources and
+the data; ``local_resources`` checks the per-trial request (``--gpus-per-trial``,
+``--device cuda``) against what a local Ray would get on this machine, without
+starting it.
 """
 from __future__ import annotations
 
 import os
 
 from . import cluster, storage
-from .plan import expand
+from .plan import expand, group_by_cell
 from .spec import AblationSpec, SpecError, validate
 
 
 def prepare(spec: AblationSpec, resuming: bool = False, download: bool = False,
             dry_run: bool = False):
-    """``(trials, skipped, sizes)``: validate and expand; every check that can fail
-    happens here, before any write. ``download``: a missing CIFAR-10 is downloaded
+    """``(trials, skipped, sizes)``: validate and expand, check this machine's resources
+    (``local_resources``), then the data; every check that can fail happens here,
+    before any write. ``download``: a missing CIFAR-10 is downloaded
     (``--download``); otherwise it is one line saying how to get it. A ``dry_run``
     downloads nothing: with ``download`` a missing CIFAR-10 counts as there
     (``to_download`` names it) and the sizes are the settings' own."""
@@ -34,6 +36,7 @@ def prepare(spec: AblationSpec, resuming: bool = False, download: bool = False,
     trials, skipped = expand(spec)
     if not trials:
         raise SpecError("no cell can be built: " + "; ".join(f"{l}: {r}" for l, r in skipped))
+    local_resources(spec, len(groups_of(trials, spec)))  # before any download
     sizes = None
     if spec.mode == "train":
         from .data import CIFAR_TEST_IMAGES, check_data
@@ -52,6 +55,12 @@ def to_download(spec: AblationSpec) -> str | None:
     folder = os.path.join(spec.train.data_root, CIFAR_DIR)
     needed = spec.mode == "train" and spec.train.dataset == "cifar10"
     return folder if needed and not os.path.exists(folder) else None
+
+
+def groups_of(trials, spec):
+    """The Tune trials: a probe cell with all its seeds together, or one training trial."""
+    return group_by_cell(trials, variants_together=True) if spec.mode == "probe" \
+        else [[t] for t in trials]
 
 
 def local_resources(spec: AblationSpec, units: int) -> tuple[int, int, float, float] | None:

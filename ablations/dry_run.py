@@ -51,7 +51,7 @@ def plan_lines(args, given: set[str]) -> list[str]:
                    "would be refused until that writer ends")
     sweep = orchestrate.Sweep(spec, kind, trials, skipped, sizes, "n/a", [], {})
     out += orchestrate.plan_text(sweep)
-    units = len(orchestrate.groups_of(trials, spec))
+    units = len(checks.groups_of(trials, spec))
     if spec.address is not None:
         out.append(f"resources: decided by the cluster at --address {spec.address} when the "
                    "sweep connects (not contacted in a dry run)")

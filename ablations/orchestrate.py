@@ -28,10 +28,10 @@ import time
 from dataclasses import dataclass, field
 
 from ablations.status import Status
-from . import checks, cluster, lock, results, resume, storage
+from . import cluster, lock, results, resume, storage
 from .arguments import given_flags, spec_from_args
-from .checks import prepare
-from .plan import format_plan, group_by_cell, settings_line
+from .checks import groups_of, prepare
+from .plan import format_plan, settings_line
 from .progress import duration, for_groups
 from .spec import AblationSpec, SpecError, resolve_measure
 
@@ -106,8 +106,8 @@ def start(args, given: set[str], argv, clock: dict) -> Sweep:
         spec, kind = resolve_measure(spec_from_args(args)), "start"
     who = {"start": "this sweep", "resume": "--resume", "retry-failed": "--retry-failed"}[kind]
     lock.check(spec.run_dir, who)  # a live writer: refused before any work
+    # this machine's resources too: before a download, the W&B line and Ray
     trials, skipped, sizes = prepare(spec, resuming=kind != "start", download=args.download)
-    checks.local_resources(spec, len(groups_of(trials, spec)))  # before the W&B line and Ray
     held = lock.acquire(spec.run_dir, "python sweep.py " + shlex.join(argv), who)
     try:
         if kind == "start" and os.path.exists(os.path.join(spec.run_dir, "spec.json")):
@@ -132,12 +132,6 @@ def _connect(spec, kind, trials, skipped, sizes, argv, clock, held) -> Sweep:
     wandb_mode, why = tracking.resolve_mode(spec.wandb, spec.run_dir)
     print(f"W&B: {wandb_mode} ({why})", flush=True)
     return Sweep(spec, kind, trials, skipped, sizes, wandb_mode, list(argv), clock, held)
-
-
-def groups_of(trials, spec):
-    """The Tune trials: a probe cell with all its seeds together, or one training trial."""
-    return group_by_cell(trials, variants_together=True) if spec.mode == "probe" \
-        else [[t] for t in trials]
 
 
 def execute(sweep: Sweep) -> Outcome:

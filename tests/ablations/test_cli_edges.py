@@ -174,6 +174,8 @@ def test_the_sweep_downloads_only_with_download(tmp_path, capsys, downloads, no_
     err = capsys.readouterr().err
     assert "--download (about 170 MB)" in err and err.count("\n") == 1
     assert downloads == [] and list(tmp_path.iterdir()) == []
+    assert sweep_py.main([*argv, "--download", "--device", "cuda"]) == 2  # refused first
+    assert "--device cuda" in capsys.readouterr().err and downloads == []
     assert sweep_py.main([*argv, "--download"]) == 2  # asked: tried (offline here)
     err = capsys.readouterr().err
     assert downloads == [str(tmp_path / "data")] and "download (about 170 MB) failed" in err
