@@ -45,11 +45,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_models:
-        try:
-            print(models.describe(depths=list(args.depths)), flush=True)
-        except BrokenPipeError:  # `--list-models | head`: the reader had enough
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return list_models(args, arguments.given_flags(parser, argv))
     if args.dry_run:
         from ablations import dry_run
         return dry_run.main(parser, args, argv)
@@ -63,6 +59,27 @@ def main(argv=None) -> int:
         return finish(outcome, args.wandb_report)
     finally:
         outcome.release()  # the results folder's lock, held through the report
+
+
+def list_models(args, given: set[str]) -> int:
+    """``--list-models``: the layout and parameter counts of the models a sweep with these
+    flags would train: the presets of ``--models`` or the ``--families`` typed (every
+    registered model when neither is), at ``--depths``. An unknown name: one line, 2."""
+    for flag, kind, valid in (("models", "model preset", models.list_presets()),
+                              ("families", "family", models.list_families())):
+        bad = [n for n in getattr(args, flag) if n not in valid] if flag in given else []
+        if bad:
+            print(f"sweep.py: error: --{flag}: unknown {kind} {bad[0]!r}; valid: "
+                  f"{', '.join(valid)}", file=sys.stderr)
+            return 2
+    names = list(args.models) if "models" in given else \
+        list(args.families) if "families" in given else None
+    try:
+        print(models.describe(names, depths=list(arguments.study_default(args, "depths"))),
+              flush=True)
+    except BrokenPipeError:  # `--list-models | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
 
 
 def finish(outcome: orchestrate.Outcome, wandb_report: str | None) -> int:

@@ -3,8 +3,9 @@
 CIFAR-10 is read straight from the official python batches in
 ``<data_root>/cifar-10-batches-py/`` (no md5 check, so a partial or re-packed
 copy such as ../shared/data/cifar10-subset works); when that folder is missing,
-torchvision downloads it there. ``synthetic`` is a small learnable dataset made
-in memory (tests, offline smoke runs). The training subset is class-stratified
+torchvision downloads it there when asked (``--download``), else one line says how to
+get it. ``synthetic`` is a small learnable dataset made in memory (tests, offline
+smoke runs). The training subset is class-stratified
 and deterministic (the same for every trial of a sweep); the validation split
 is held out of it, stratified too; the test split is never used for selection.
 
@@ -142,32 +143,43 @@ def read_cifar_batches(folder: str, names: list[str]) -> tuple[np.ndarray, np.nd
     return np.concatenate(xs), np.concatenate(ys)
 
 
+CIFAR_MB = 170  # the download's size (cifar-10-python.tar.gz: 163 MiB, 170 MB)
+CIFAR_TEST_IMAGES = 10_000  # images in the official test_batch
+
+
 def cifar_folder(root: str, download: bool = True) -> str:
-    """``<root>/cifar-10-batches-py``, downloading it when missing; DataError if impossible."""
+    """``<root>/cifar-10-batches-py`` when it holds every batch file. When that folder is
+    missing: downloaded there with ``download`` (sweep.py passes ``--download``),
+    otherwise DataError, one line naming the folder and how to get the data. A folder
+    that is there but incomplete is never downloaded over: DataError naming the files."""
     folder = os.path.join(root, CIFAR_DIR)
     missing = [n for n in TRAIN_FILES + [TEST_FILE] if not os.path.isfile(os.path.join(folder, n))]
     if not missing:
         return folder
-    if download and not os.path.exists(folder):
-        created = not os.path.exists(root)
+    others = ("pass --data-root DIR holding the official python batches (data_batch_1..5, "
+              "test_batch), e.g. the README's subset ../shared/data/cifar10-subset, or use "
+              "--dataset synthetic")
+    if os.path.exists(folder):
+        raise DataError(f"CIFAR-10 in {folder} is incomplete (missing {', '.join(missing)}); "
+                        f"put the official python batches there, or {others}")
+    if not download:
+        raise DataError(f"CIFAR-10 not found in {folder}; download it there with --download "
+                        f"(about {CIFAR_MB} MB), or {others}")
+    created = not os.path.exists(root)
+    try:
+        import torchvision
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(15)
         try:
-            import torchvision
-            old = socket.getdefaulttimeout()
-            socket.setdefaulttimeout(15)
-            try:
-                torchvision.datasets.CIFAR10(root, train=True, download=True)
-            finally:
-                socket.setdefaulttimeout(old)
-            return folder
-        except Exception as e:  # offline, DNS failure, disk full...
-            reason = f"download failed ({type(e).__name__})"
-            if created:  # leave nothing behind: the folder was torchvision's doing
-                shutil.rmtree(root, ignore_errors=True)
-    else:
-        reason = f"missing {', '.join(missing)}"
-    raise DataError(f"CIFAR-10 not found in {folder} ({reason}); put the official python "
-                    "batches (data_batch_1..5, test_batch) there, or pass --data-root DIR "
-                    "(e.g. ../shared/data/cifar10-subset), or use --dataset synthetic")
+            torchvision.datasets.CIFAR10(root, train=True, download=True)
+        finally:
+            socket.setdefaulttimeout(old)
+        return folder
+    except Exception as e:  # offline, DNS failure, disk full...
+        if created:  # leave nothing behind: the folder was torchvision's doing
+            shutil.rmtree(root, ignore_errors=True)
+        raise DataError(f"CIFAR-10 not found in {folder} and its download (about {CIFAR_MB} "
+                        f"MB) failed ({type(e).__name__}); {others}") from None
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int = SUBSET_SEED) -> np.ndarray:

@@ -2,9 +2,10 @@
 
 ``run`` is all of it, in two steps. ``start`` resolves the spec (a new sweep, or the
 stored one with ``--resume``/``--retry-failed``: ``ablations.resume``), validates and
-expands it, checks the data, locks the results folder (``ablations.lock``: one writer),
-resolves the W&B mode and connects to Ray (``ablations.cluster``): every check that can
-fail, before anything is written.
+expands it, checks the data and, on this machine, the resources each trial asks for
+(``ablations.checks``), locks the results folder (``ablations.lock``: one writer),
+connects to Ray (``ablations.cluster``) and then resolves and prints the W&B mode: every
+check that can fail, before anything is written.
 ``execute`` prints the settings and the plan, writes spec.json, records the
 invocation, tunes per cell (``--tune``), runs the trials not yet finished through
 ``ablations.runner`` with a live progress, and merges their fragments into the tables
@@ -29,9 +30,10 @@ from dataclasses import dataclass, field
 from ablations.status import Status
 from . import cluster, lock, results, resume, storage
 from .arguments import given_flags, spec_from_args
-from .plan import expand, format_plan, group_by_cell, settings_line
+from .checks import groups_of, prepare
+from .plan import format_plan, settings_line
 from .progress import for_groups
-from .spec import AblationSpec, SpecError, resolve_measure, validate
+from .spec import AblationSpec, SpecError, resolve_measure
 
 
 @dataclass
@@ -104,7 +106,8 @@ def start(args, given: set[str], argv, clock: dict) -> Sweep:
         spec, kind = resolve_measure(spec_from_args(args)), "start"
     who = {"start": "this sweep", "resume": "--resume", "retry-failed": "--retry-failed"}[kind]
     lock.check(spec.run_dir, who)  # a live writer: refused before any work
-    trials, skipped, sizes = prepare(spec, resuming=kind != "start")
+    # this machine's resources too: before a download, the W&B line and Ray
+    trials, skipped, sizes = prepare(spec, resuming=kind != "start", download=args.download)
     held = lock.acquire(spec.run_dir, "python sweep.py " + shlex.join(argv), who)
     try:
         if kind == "start" and os.path.exists(os.path.join(spec.run_dir, "spec.json")):
@@ -119,43 +122,16 @@ def start(args, given: set[str], argv, clock: dict) -> Sweep:
 
 def _connect(spec, kind, trials, skipped, sizes, argv, clock, held) -> Sweep:
     from . import tracking
-    wandb_mode, why = tracking.resolve_mode(spec.wandb, spec.run_dir)
-    print(f"W&B: {wandb_mode} ({why})", flush=True)
     units = len(groups_of(trials, spec))
     prewarm = cluster.plan_local(spec, units)
     clock["ray_start_at"] = time.time()
     cluster.connect(spec.address, prewarm=prewarm)
     clock["connected_at"] = time.time()
     spec = cluster.resolve_resources(spec, units)
+    # said once the sweep will run: a refused one names no W&B folder
+    wandb_mode, why = tracking.resolve_mode(spec.wandb, spec.run_dir)
+    print(f"W&B: {wandb_mode} ({why})", flush=True)
     return Sweep(spec, kind, trials, skipped, sizes, wandb_mode, list(argv), clock, held)
-
-
-def prepare(spec: AblationSpec, resuming: bool = False, download: bool = True):
-    """Validate and expand; every check that can fail happens here, before any write
-    (``download``: a missing CIFAR-10 may be downloaded; a dry run never does)."""
-    validate(spec, resuming)
-    if storage.is_uri(spec.storage):
-        if spec.tune:
-            raise SpecError("--tune with an object-store --storage is not supported yet; "
-                            "use a local --storage (a folder every node reaches)")
-        store = storage.check(spec.storage)
-        if not resuming and store.exists(f"{spec.name}/spec.json"):
-            raise SpecError(f"results already exist in {spec.storage}/{spec.name}; choose "
-                            "another --name (nothing was overwritten)")
-    trials, skipped = expand(spec)
-    if not trials:
-        raise SpecError("no cell can be built: " + "; ".join(f"{l}: {r}" for l, r in skipped))
-    sizes = None
-    if spec.mode == "train":
-        from .data import check_data
-        sizes = check_data(spec.train, download=download)
-    return trials, skipped, sizes
-
-
-def groups_of(trials, spec):
-    """The Tune trials: a probe cell with all its seeds together, or one training trial."""
-    return group_by_cell(trials, variants_together=True) if spec.mode == "probe" \
-        else [[t] for t in trials]
 
 
 def execute(sweep: Sweep) -> Outcome:

@@ -20,11 +20,16 @@ from .arguments import execution_from_args, study_from_args
 from .spec import AblationSpec, Execution, SpecError, Study, spec_from_dict
 
 # Flags of one invocation, stored in no spec.
-INVOCATION_FLAGS = {"resume", "retry_failed", "wandb_report", "list_models", "dry_run"}
+INVOCATION_FLAGS = {"resume", "retry_failed", "wandb_report", "list_models", "dry_run",
+                    "download"}
+# Of those, the flags that act before or instead of the sweep, whatever it is: never
+# compared with the stored spec, and not listed as what may change (--download fetches
+# a missing CIFAR-10 for the resumed sweep too).
+BESIDE_FLAGS = {"list_models", "download"}
 # May be given again with --resume/--retry-failed; every other flag comes from spec.json
 # (--name too, which must name the same sweep).
 EXECUTION_FLAGS = ({f.name for f in dataclasses.fields(Execution)} - {"name"}) \
-    | (INVOCATION_FLAGS - {"list_models"})
+    | (INVOCATION_FLAGS - BESIDE_FLAGS)
 
 
 def study_value(study: Study, dest: str):
@@ -41,7 +46,7 @@ def study_value(study: Study, dest: str):
 def check_repeated_study_flags(args, given: set[str], stored: AblationSpec, flag: str) -> None:
     """SpecError unless the study ``args`` asks for equals the stored one on every study
     flag typed (``given``), and a typed ``--name`` is the sweep's."""
-    typed = sorted(given - EXECUTION_FLAGS - {"list_models", "name"})
+    typed = sorted(given - EXECUTION_FLAGS - BESIDE_FLAGS - {"name"})
     if "name" in given and args.name != stored.name:
         raise SpecError(f"{flag} {stored.name}: --name {args.name} differs from the sweep's "
                         f"name; leave --name out")

@@ -80,7 +80,8 @@ def _where_text(key: str, v) -> str:
 
 def apply_where(data: dict[str, pd.DataFrame], where: dict[str, list]) -> dict[str, pd.DataFrame]:
     """The frames restricted to ``where``; a value that matches no trial is an error
-    naming the values present (a typo must not give an empty report).
+    naming the values of that key present, and the key (a typo must not give an empty
+    report).
 
     A factor filter keeps the rows where that factor does not apply ("n/a"): a plain
     cell has no branch scale, and ``--where branch_scale=zero`` keeps it so that the
@@ -103,7 +104,8 @@ def apply_where(data: dict[str, pd.DataFrame], where: dict[str, list]) -> dict[s
             shown = sorted(present, key=lambda v: levels.rank(key, v) if key in registered else v)
             raise ResultsError(f"--where {key}={','.join(_where_text(key, v) for v in missing)}: "
                                f"no such trials; present: "
-                               f"{', '.join(_where_text(key, v) for v in shown)}")
+                               f"{', '.join(_where_text(key, v) for v in shown) or 'nothing'} "
+                               f"(the {key} values in these results)")
     out = {}
     for name, df in data.items():
         filled = levels.with_levels(df, [k for k in where if k in registered]) \
