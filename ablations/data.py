@@ -2,7 +2,7 @@
 
 CIFAR-10 is read straight from the official python batches in
 ``<data_root>/cifar-10-batches-py/`` (no md5 check, so a partial or re-packed
-copy such as ../shared/data/cifar10-subset works); when that folder is missing,
+copy such as a 5,000-image subset works); when that folder is missing,
 torchvision downloads it there when asked (``--download``), else one line says how to
 get it. ``synthetic`` is a small learnable dataset made in memory (tests, offline
 smoke runs). The training subset is class-stratified
@@ -157,8 +157,7 @@ def cifar_folder(root: str, download: bool = True) -> str:
     if not missing:
         return folder
     others = ("pass --data-root DIR holding the official python batches (data_batch_1..5, "
-              "test_batch), e.g. the README's subset ../shared/data/cifar10-subset, or use "
-              "--dataset synthetic")
+              "test_batch; a partial copy works), or use --dataset synthetic")
     if os.path.exists(folder):
         raise DataError(f"CIFAR-10 in {folder} is incomplete (missing {', '.join(missing)}); "
                         f"put the official python batches there, or {others}")

@@ -163,7 +163,7 @@ def test_a_missing_cifar10_is_not_downloaded_unasked(tmp_path, downloads):
         cifar_folder(str(root), download=False)
     msg = str(e.value)
     assert f"CIFAR-10 not found in {root / 'cifar-10-batches-py'}" in msg
-    assert "--download (about 170 MB)" in msg and "cifar10-subset" in msg and "\n" not in msg
+    assert "--download (about 170 MB)" in msg and "--data-root DIR" in msg and "\n" not in msg
     assert downloads == [] and not root.exists()
 
 
