@@ -43,7 +43,7 @@ def path_of(run_dir) -> str:
     return os.path.join(str(run_dir), NAME)
 
 
-def _proc_start(pid: int) -> str | None:
+def proc_start(pid: int) -> str | None:
     """The process's start time since boot (``/proc/PID/stat`` field 22), or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -117,7 +117,7 @@ def gone(info: dict, lock_path: str, now: float | None = None,
         if not _alive(pid):
             return "its process is gone"
         start = info.get("pid_start")
-        if start and _proc_start(pid) not in (None, start):
+        if start and proc_start(pid) not in (None, start):
             return "its process is gone (the pid is now another process's)"
         return None
     try:
@@ -281,7 +281,7 @@ def _acquire(run_dir, path, command, what, stale_s, wait_s, heartbeat_s) -> Fold
     created = _makedirs(run_dir)
     now = time.time()
     info = {"host": socket.gethostname(), "pid": os.getpid(),
-            "pid_start": _proc_start(os.getpid()), "started": now, "heartbeat": now,
+            "pid_start": proc_start(os.getpid()), "started": now, "heartbeat": now,
             "command": command, "token": uuid.uuid4().hex}
     deadline = time.monotonic() + wait_s
     while True:

@@ -2,9 +2,9 @@
 
 ``run`` is all of it, in two steps. ``start`` resolves the spec (a new sweep, or the
 stored one with ``--resume``/``--retry-failed``: ``ablations.resume``), validates and
-expands it, checks the data, locks the results folder (``ablations.lock``: one writer),
-resolves the W&B mode and connects to Ray (``ablations.cluster``): every check that can
-fail, before anything is written.
+expands it, checks the data, locks the results folder (one writer: ``ablations.lock``,
+and ``ablations.store_lock`` in an object store), resolves the W&B mode and connects
+to Ray (``ablations.cluster``): every check that can fail, before anything is written.
 ``execute`` prints the settings and the plan, writes spec.json, records the
 invocation, tunes per cell (``--tune``), runs the trials not yet finished through
 ``ablations.runner`` with a live progress, and merges their fragments into the tables
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from ablations.status import Status
-from . import cluster, lock, results, resume, storage
+from . import cluster, lock, results, resume, storage, store_lock
 from .arguments import given_flags, spec_from_args
 from .plan import expand, format_plan, group_by_cell, settings_line
 from .progress import duration, for_groups
@@ -105,7 +105,7 @@ def start(args, given: set[str], argv, clock: dict) -> Sweep:
     who = {"start": "this sweep", "resume": "--resume", "retry-failed": "--retry-failed"}[kind]
     lock.check(spec.run_dir, who)  # a live writer: refused before any work
     trials, skipped, sizes = prepare(spec, resuming=kind != "start")
-    held = lock.acquire(spec.run_dir, "python sweep.py " + shlex.join(argv), who)
+    held = store_lock.acquire_both(spec, "python sweep.py " + shlex.join(argv), who)
     try:
         if kind == "start" and os.path.exists(os.path.join(spec.run_dir, "spec.json")):
             # a sweep of the same name ran and ended between the checks and the lock
