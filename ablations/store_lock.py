@@ -191,15 +191,29 @@ class Both:
         self.local.release()
 
 
-def acquire_both(spec, command: str, what: str = "this sweep"):
-    """``lock.acquire`` of the sweep's results folder, and with an object-store
-    ``--storage`` the store's lock of ``URI/NAME`` too (the local one let go again when
-    that is refused)."""
-    local = lock.acquire(spec.run_dir, command, what)
-    if not storage.is_uri(spec.storage):
+def check(store, name: str, what: str = "this sweep") -> None:
+    """``LockHeld`` when a live writer holds the store's lock of ``NAME``; writes nothing
+    (a first look, before any work)."""
+    live = [i for i in claims(store, name).values() if i.get("held") and stale(i) is None]
+    if live:
+        raise _refusal(store, name, live[0], what)
+
+
+def acquire_pair(run_dir, store, name: str, command: str, what: str = "this sweep"):
+    """``lock.acquire`` of the local ``run_dir``, and with a ``store`` (None: a local
+    sweep) its lock of ``NAME`` too (the local one let go again when that is refused)."""
+    local = lock.acquire(run_dir, command, what)
+    if store is None:
         return local
     try:
-        return Both(local, acquire(storage.Store(spec.storage), spec.name, command, what))
+        return Both(local, acquire(store, name, command, what))
     except BaseException:
         local.release()
         raise
+
+
+def acquire_both(spec, command: str, what: str = "this sweep"):
+    """``acquire_pair`` of a sweep: its results folder, and with an object-store
+    ``--storage`` the store's lock of ``URI/NAME``."""
+    store = storage.Store(spec.storage) if storage.is_uri(spec.storage) else None
+    return acquire_pair(spec.run_dir, store, spec.name, command, what)
