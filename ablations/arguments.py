@@ -191,7 +191,9 @@ def build_parser(report_target=str) -> argparse.ArgumentParser:
     t = p.add_argument_group("training (--mode train)")
     t.add_argument("--dataset", choices=DATASET_CHOICES, default="cifar10")
     t.add_argument("--data-root", default="data",
-                   help="holds cifar-10-batches-py/ (downloaded there when missing and online)")
+                   help="holds cifar-10-batches-py/ (downloaded there when missing and online); "
+                   "or s3://BUCKET/PREFIX holding it, fetched once per node into "
+                   "$RESABLATE_CACHE (default ~/.cache/resablate), checked by sha256")
     t.add_argument("--subset", type=int, default=5000,
                    help="class-stratified training subset, the same for every trial")
     t.add_argument("--val-fraction", type=float, default=0.1,
@@ -259,7 +261,8 @@ def study_from_args(args) -> Study:
     ``--smoke`` the smallest real sweep."""
     recipe = recipes.get(args.recipe or recipes.default_name(bool(args.models), args.mode))
     base = TrainSettings(
-        dataset=args.dataset, data_root=os.path.abspath(args.data_root), subset=args.subset,
+        dataset=args.dataset, subset=args.subset,  # data_root: a folder, or a store's URI
+        data_root=args.data_root if "://" in args.data_root else os.path.abspath(args.data_root),
         val_fraction=args.val_fraction, stats_every=args.stats_every, threads=args.threads,
         device=args.device, precision=args.precision, compile=args.compile)
     typed = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None}

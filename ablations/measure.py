@@ -152,7 +152,8 @@ def prepare(args) -> Job:
     rows = rows[["trial_id", "status"]]
     if args.data_root:
         spec = dataclasses.replace(spec, train=dataclasses.replace(
-            spec.train, data_root=os.path.abspath(args.data_root)))
+            spec.train, data_root=args.data_root if storage.is_uri(args.data_root)
+            else os.path.abspath(args.data_root)))
     if spec.train.dataset == "cifar10":  # SpecError when the data is missing or damaged
         from .data import load_arrays
         load_arrays(spec.train, download=False)  # reads and checks every batch file
