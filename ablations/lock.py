@@ -14,7 +14,9 @@ holder, exit 2). A lock whose holder is gone is taken over with a one-line warni
 on this host, when its pid is dead (or now another process); on another host
 (a shared filesystem), when its heartbeat is older than ``STALE_S``. A lock this
 process already holds is taken again silently (one process, one writer).
-Readers (``python -m analysis``) never look at the lock.
+Readers (``python -m analysis``) never look at the lock. With an object-store
+``--storage`` the sweep is locked in the store as well (``ablations.store_lock``), since
+drivers with different local folders never meet here.
 """
 from __future__ import annotations
 

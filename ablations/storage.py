@@ -16,7 +16,10 @@ With an object store, the store is the truth and no node needs another's disk:
   local results folder before reading or merging them, mirrors its own writes under
   ``trials/`` (error rows, ``--retry-failed``'s archived rows), and pushes the merged
   files (``spec.json``, the tables, the report) back to the store;
-* Ray Tune keeps its own state under ``URI/NAME/ray`` (``tune_storage``).
+* Ray Tune keeps its own state under ``URI/NAME/ray`` (``tune_storage``);
+* one writer at a time holds ``URI/NAME/.lock.d/`` (``ablations.store_lock``), and
+  ``python -m analysis URI``/``python -m ablations.measure URI`` read a sweep from the
+  store alone (``ablations.store_sweep``).
 
 An object is written in one call from bytes already in memory; S3 and GCS make an
 object visible only when its upload completes, so a reader never sees part of one.
