@@ -124,6 +124,11 @@ class StoreLock:
     def held(self) -> bool:
         return not self._stop.is_set()
 
+    @property
+    def beating(self) -> bool:
+        """Whether the heartbeat still runs (it stops when it finds a takeover)."""
+        return self._thread.is_alive()
+
     def release(self) -> None:
         if self._stop.is_set() or os.getpid() != self.info["pid"]:  # a forked child: not ours
             return

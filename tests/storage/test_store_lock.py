@@ -96,8 +96,9 @@ def test_the_heartbeat_refreshes_the_claim_and_notices_a_takeover(s3, capsys):
         assert info["heartbeat"] > first
         plant(store, "n", host="node-7", pid=4242)  # a writer that judged ours stale
         deadline = time.time() + 10
-        while held._thread.is_alive() and time.time() < deadline:
+        while held.beating and time.time() < deadline:
             time.sleep(0.1)
+        assert not held.beating
         assert "was taken over by pid 4242 on host node-7" in capsys.readouterr().err
     finally:
         held.release()
