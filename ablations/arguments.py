@@ -149,7 +149,9 @@ def build_parser(report_target=str) -> argparse.ArgumentParser:
                    help="cifar10 (the official python batches under --data-root) or "
                    "synthetic (small, made in memory) (default: cifar10; --smoke: synthetic)")
     t.add_argument("--data-root", default="data", metavar="DIR",
-                   help="the folder holding cifar-10-batches-py/")
+                   help="the folder holding cifar-10-batches-py/, or s3://BUCKET/PREFIX "
+                   "holding it: fetched once per node into $RESABLATE_CACHE (default "
+                   "~/.cache/resablate), checked by sha256")
     t.add_argument("--download", action="store_true",
                    help="download CIFAR-10 (about 170 MB) into --data-root when it is missing")
     t.add_argument("--subset", type=int, default=None, metavar="IMAGES",
@@ -286,10 +288,11 @@ def study_from_args(args) -> Study:
     (``SMOKE``)."""
     recipe = recipes.get(args.recipe or recipes.default_name(bool(args.models), args.mode))
     base = TrainSettings(
-        dataset=study_default(args, "dataset"), data_root=os.path.abspath(args.data_root),
-        subset=study_default(args, "subset"), val_fraction=args.val_fraction,
-        stats_every=NORMAL["stats_every"], threads=args.threads, device=args.device,
-        precision=args.precision, compile=args.compile)
+        dataset=study_default(args, "dataset"), subset=study_default(args, "subset"),
+        # data_root: a folder, or a store's URI
+        data_root=args.data_root if "://" in args.data_root else os.path.abspath(args.data_root),
+        val_fraction=args.val_fraction, stats_every=NORMAL["stats_every"], threads=args.threads,
+        device=args.device, precision=args.precision, compile=args.compile)
     typed = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None}
     if args.smoke and "epochs" not in typed:
         typed = {**SMOKE_SCHEDULE, **typed}

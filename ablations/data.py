@@ -15,7 +15,8 @@ a foreign pickle is refused, never executed), without ``data``/``labels``, with 
 that is not N x 3072 uint8, or with labels outside 0..9 or not one per row, is a
 ``DataError``: one line naming the file and the fault. The driver reads every file
 once before Ray starts (``check_data``: exit 2); a worker whose copy is damaged gets
-the same line as its trial's error row (``ablations.train``).
+the same line as its trial's error row (``ablations.train``). A ``data_root`` that is an
+object-store URI is fetched into this node's cache first (``ablations.data_fetch``).
 """
 from __future__ import annotations
 
@@ -234,7 +235,8 @@ def load_arrays(t: TrainSettings, download: bool = False):
     """Train and test arrays; only the driver (``check_data``) may download."""
     if t.dataset == "synthetic":
         return synthetic_arrays(n_train=synthetic_train_size(t.subset))
-    folder = cifar_folder(t.data_root, download=download)
+    from .data_fetch import localize  # a store URI: this node's cached copy, checked
+    folder = cifar_folder(localize(t).data_root, download=download)
     return read_cifar_batches(folder, TRAIN_FILES) + read_cifar_batches(folder, [TEST_FILE])
 
 

@@ -14,7 +14,9 @@ holder, exit 2). A lock whose holder is gone is taken over with a one-line warni
 on this host, when its pid is dead (or now another process); on another host
 (a shared filesystem), when its heartbeat is older than ``STALE_S``. A lock this
 process already holds is taken again silently (one process, one writer).
-Readers (``python -m analysis``) never look at the lock.
+Readers (``python -m analysis``) never look at the lock. With an object-store
+``--storage`` the sweep is locked in the store as well (``ablations.store_lock``), since
+drivers with different local folders never meet here.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def path_of(run_dir) -> str:
     return os.path.join(str(run_dir), NAME)
 
 
-def _proc_start(pid: int) -> str | None:
+def proc_start(pid: int) -> str | None:
     """The process's start time since boot (``/proc/PID/stat`` field 22), or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -117,7 +119,7 @@ def gone(info: dict, lock_path: str, now: float | None = None,
         if not _alive(pid):
             return "its process is gone"
         start = info.get("pid_start")
-        if start and _proc_start(pid) not in (None, start):
+        if start and proc_start(pid) not in (None, start):
             return "its process is gone (the pid is now another process's)"
         return None
     try:
@@ -281,7 +283,7 @@ def _acquire(run_dir, path, command, what, stale_s, wait_s, heartbeat_s) -> Fold
     created = _makedirs(run_dir)
     now = time.time()
     info = {"host": socket.gethostname(), "pid": os.getpid(),
-            "pid_start": _proc_start(os.getpid()), "started": now, "heartbeat": now,
+            "pid_start": proc_start(os.getpid()), "started": now, "heartbeat": now,
             "command": command, "token": uuid.uuid4().hex}
     deadline = time.monotonic() + wait_s
     while True:

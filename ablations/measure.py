@@ -4,6 +4,7 @@
     python -m ablations.measure results/train-x               # the sweep's own --measure set
     python -m ablations.measure results/train-x --measure lesion --redo
     python -m ablations.measure results/train-x --address auto --cpus-per-trial 4
+    python -m ablations.measure s3://bucket/prefix/train-x --out train-x  # from a store
 
 Reads ``spec.json`` and ``trials.parquet``, finds the networks kept in
 ``weights/`` (``ablations.weights``) and runs every missing (trial, measurement)
@@ -18,7 +19,13 @@ fragments are merged into ``measurements/<name>.parquet`` and the report is
 rebuilt by ``python -m analysis`` in a child process (a report failure is a
 warning, as after a sweep).
 
-Bad input (not a sweep folder, an unknown measurement, a sweep that kept no
+A sweep in an object store (``s3://BUCKET/PREFIX/NAME``, ``gs://...``) is read from
+the store only (``ablations.store_sweep``): copied into ``--out`` (default ``./NAME``),
+each Ray task measures from the trial's weights pulled onto its own node and puts its
+fragments back to the store, and the merged measurements and the report go back
+to the store too; the store's lock (``ablations.store_lock``) is held meanwhile.
+
+Bad input (not a sweep folder, a bad URI, a missing bucket or sweep, an unknown measurement, a sweep that kept no
 weights, unreadable data): one line on stderr naming the problem and the valid
 choices, exit 2, before anything is written or Ray starts. The folder is locked
 (``ablations.lock``) while this writes to it: a sweep still writing it is refused the
@@ -32,6 +39,7 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -40,7 +48,7 @@ from pathlib import Path
 from ablations.status import Status
 from ablations.cli import OneLineParser
 
-from . import lock, measure_run, results, weights
+from . import lock, measure_run, results, storage, store_lock, store_sweep, weights
 from .spec import SpecError, check_measurements, spec_from_dict
 
 PROG = "python -m ablations.measure"
@@ -54,13 +62,20 @@ class Job:
     todo: list                        # [(TrialConfig, status)] with something to measure
     measured: list                    # trial ids (completed or diverged) whose fragments merge
     redo: bool = False
+    store: object = None              # storage.Store of a sweep read from a store, or None
+    name: str = ""                    # the sweep's name in the store
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description="Measure a finished sweep's kept networks "
                       "(through Ray), merge into RESULTS/measurements/ and rebuild the report.")
     p.add_argument("results", help="a sweep's results folder (OUT/NAME: spec.json, "
-                   "trials.parquet, weights/)")
+                   "trials.parquet, weights/), or its URI in an object store "
+                   "(s3://BUCKET/PREFIX/NAME)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="with a URI: the local copy of the sweep, where the merged files "
+                   "and the report are written before they go back to the store "
+                   "(default ./NAME)")
     p.add_argument("--measure", default=None, metavar="NAMES",
                    help="comma list of measurements (default: the sweep's own --measure set, "
                    "or the default set when it had none)")
@@ -137,7 +152,8 @@ def prepare(args) -> Job:
     rows = rows[["trial_id", "status"]]
     if args.data_root:
         spec = dataclasses.replace(spec, train=dataclasses.replace(
-            spec.train, data_root=os.path.abspath(args.data_root)))
+            spec.train, data_root=args.data_root if storage.is_uri(args.data_root)
+            else os.path.abspath(args.data_root)))
     if spec.train.dataset == "cifar10":  # SpecError when the data is missing or damaged
         from .data import load_arrays
         load_arrays(spec.train, download=False)  # reads and checks every batch file
@@ -180,11 +196,16 @@ def sweep_threads(spec) -> int:
     return max(1, int(spec.train.threads or spec.cpus_per_trial or 1))
 
 
-def _task(trial, status, spec, run_dir, names, redo, threads) -> dict:
-    """One trial on a Ray worker."""
+def _task(trial, status, spec, run_dir, names, redo, threads, store=None) -> dict:
+    """One trial on a Ray worker; ``store``: (URI, NAME) of a sweep in an object store,
+    whose trial is staged on this node and whose fragments go back to the store."""
     import torch
     torch.set_num_threads(threads)
-    return measure_run.measure_kept(trial, status, spec, run_dir, names, redo)
+    if store is None:
+        return measure_run.measure_kept(trial, status, spec, run_dir, names, redo)
+    run_dir, mirror = store_sweep.stage_trial(*store, trial.trial_id)
+    with mirror:
+        return measure_run.measure_kept(trial, status, spec, run_dir, names, redo)
 
 
 def run_tasks(job: Job, spec) -> dict:
@@ -195,7 +216,8 @@ def run_tasks(job: Job, spec) -> dict:
     task = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial or 0)(_task)
     run_dir = str(job.run_dir.resolve())
     threads = sweep_threads(job.spec)
-    pending = {task.remote(t, s, spec, run_dir, job.names, job.redo, threads): t
+    store = (job.store.uri, job.name) if job.store is not None else None
+    pending = {task.remote(t, s, spec, run_dir, job.names, job.redo, threads, store): t
                for t, s in job.todo}
     outcomes = {}
     while pending:
@@ -267,17 +289,41 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     started = time.time()
+    store, name, copied = None, "", None
     try:
+        if storage.is_uri(args.results):  # a first look at the store's lock, then a copy
+            store, name = store_sweep.open_sweep(args.results)
+            store_lock.check(store, name, "measuring")
+            local = store_sweep.local_copy(args.out, name)
+            lock.check(local, "measuring")
+            copied = None if os.path.exists(local) else local
+            store_sweep.fetch(store, name, local)
+            args = argparse.Namespace(**{**vars(args), "results": local})
         lock.check(args.results, "measuring")  # a sweep still writing it: refused first
-        job = prepare(args)
-        held = lock.acquire(job.run_dir, f"{PROG} {shlex.join(argv)}", "measuring")
+        job = dataclasses.replace(prepare(args), store=store, name=name)
+        held = store_lock.acquire_pair(job.run_dir, store, name,
+                                       f"{PROG} {shlex.join(argv)}", "measuring")
     except SpecError as e:
+        if copied:  # bad input: the copy made for it goes again
+            shutil.rmtree(copied, ignore_errors=True)
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     try:
         return measure(job, args, argv, started)
     finally:
         held.release()
+
+
+def _push(job: Job) -> str:
+    """The merged files and the report back to the store; how it went, for the last line."""
+    where = f"{job.store.uri}/{job.name}"
+    try:
+        store_sweep.push(job.store, job.name, job.run_dir)
+    except Exception as e:  # noqa: BLE001  the store unreachable: the local copy is complete
+        results.warn(f"the results were not copied back to {where} ({results.brief(e)}); "
+                     f"they are complete in {job.run_dir}")
+        return "not copied back to the store"
+    return f"copied back to {where}"
 
 
 def measure(job: Job, args, argv, started: float) -> int:
@@ -310,11 +356,15 @@ def measure(job: Job, args, argv, started: float) -> int:
     else:
         print(f"nothing to measure in {job.run_dir}: every trial has "
               f"{', '.join(job.names)} (--redo measures again)", flush=True)
+    if job.store is not None:  # the fragments the tasks put to the store
+        job.store.download(f"{job.name}/trials", job.run_dir / "trials")
     merged = results.merge_measurements(job.run_dir, job.measured)
     if job.todo:
         record(job, argv, outcomes, started)
     failed = [tid for tid, o in outcomes.items() if o.get("measure_errors")]
     note = rebuild_report(job.run_dir)
+    if job.store is not None:
+        note += "; " + _push(job)
     print(f"done: {len(outcomes)} trial(s) measured, {len(failed)} with failures; "
           f"{', '.join(f'{n} ({len(df)} rows)' for n, df in merged.items()) or 'no rows'} "
           f"in {job.run_dir / 'measurements'}; {note}")

@@ -3,9 +3,10 @@
 ``run`` is all of it, in two steps. ``start`` resolves the spec (a new sweep, or the
 stored one with ``--resume``/``--retry-failed``: ``ablations.resume``), validates and
 expands it, checks the data and, on this machine, the resources each trial asks for
-(``ablations.checks``), locks the results folder (``ablations.lock``: one writer),
-connects to Ray (``ablations.cluster``) and then resolves and prints the W&B mode: every
-check that can fail, before anything is written.
+(``ablations.checks``), locks the results folder (one writer: ``ablations.lock``, and
+``ablations.store_lock`` in an object store), connects to Ray (``ablations.cluster``)
+and then resolves and prints the W&B mode: every check that can fail, before anything
+is written.
 ``execute`` prints the settings and the plan, writes spec.json, records the
 invocation, tunes per cell (``--tune``), runs the trials not yet finished through
 ``ablations.runner`` with a live progress, and merges their fragments into the tables
@@ -28,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 from ablations.status import Status
-from . import cluster, lock, results, resume, storage
+from . import cluster, lock, results, resume, storage, store_lock
 from .arguments import given_flags, spec_from_args
 from .checks import groups_of, prepare
 from .plan import format_plan, settings_line
@@ -108,7 +109,7 @@ def start(args, given: set[str], argv, clock: dict) -> Sweep:
     lock.check(spec.run_dir, who)  # a live writer: refused before any work
     # this machine's resources too: before a download, the W&B line and Ray
     trials, skipped, sizes = prepare(spec, resuming=kind != "start", download=args.download)
-    held = lock.acquire(spec.run_dir, "python sweep.py " + shlex.join(argv), who)
+    held = store_lock.acquire_both(spec, "python sweep.py " + shlex.join(argv), who)
     try:
         if kind == "start" and os.path.exists(os.path.join(spec.run_dir, "spec.json")):
             # a sweep of the same name ran and ended between the checks and the lock

@@ -16,7 +16,10 @@ With an object store, the store is the truth and no node needs another's disk:
   local results folder before reading or merging them, mirrors its own writes under
   ``trials/`` (error rows, ``--retry-failed``'s archived rows), and pushes the merged
   files (``spec.json``, the tables, the report) back to the store;
-* Ray Tune keeps its own state under ``URI/NAME/ray`` (``tune_storage``).
+* Ray Tune keeps its own state under ``URI/NAME/ray`` (``tune_storage``);
+* one writer at a time holds ``URI/NAME/.lock.d/`` (``ablations.store_lock``), and
+  ``python -m analysis URI``/``python -m ablations.measure URI`` read a sweep from the
+  store alone (``ablations.store_sweep``).
 
 An object is written in one call from bytes already in memory; S3 and GCS make an
 object visible only when its upload completes, so a reader never sees part of one.
@@ -105,38 +108,41 @@ def has_s3_credentials() -> bool:
     return False
 
 
-def _fault(uri: str, error: BaseException) -> str:
+def _fault(uri: str, error: BaseException, label: str = "--storage") -> str:
     """One line for a store that failed ``check`` (no credentials in it: pyarrow's
     messages name the operation, the bucket and the endpoint only)."""
+    said = f"{label} {uri}".strip()
     text = " ".join(str(error).split())
     where = endpoint() or "AWS S3" if scheme(uri) == "s3" else "Google Cloud Storage"
     if "NETWORK_CONNECTION" in text or "curlCode" in text or "Could not resolve" in text:
-        return f"--storage {uri}: cannot reach the store at {where} (connection failed)"
+        return f"{said}: cannot reach the store at {where} (connection failed)"
     if any(k in text for k in ("ACCESS_DENIED", "AccessDenied", "403", "InvalidAccessKeyId",
                                "SignatureDoesNotMatch")):
-        return f"--storage {uri}: the store at {where} refused the credentials (access denied)"
-    return f"--storage {uri}: the store at {where} failed: {text[:160]}"
+        return f"{said}: the store at {where} refused the credentials (access denied)"
+    return f"{said}: the store at {where} failed: {text[:160]}"
 
 
-def check(uri: str) -> Store:
+def check(uri: str, label: str = "--storage") -> Store:
     """The store of ``uri``, checked within seconds (scheme, credentials, endpoint,
-    bucket) before anything is written; otherwise ``SpecError`` with one line."""
+    bucket) before anything is written; otherwise ``SpecError`` with one line, which
+    names the URI after ``label`` (the flag that gave it)."""
+    said = f"{label} {uri}".strip()
     if scheme(uri) not in SCHEMES:
-        raise SpecError(f"--storage {uri}: unknown scheme {scheme(uri)!r}; {VALID}")
+        raise SpecError(f"{said}: unknown scheme {scheme(uri)!r}; {VALID}")
     bucket = bucket_of(uri)
     if not bucket:
-        raise SpecError(f"--storage {uri}: no bucket named; {VALID}")
+        raise SpecError(f"{said}: no bucket named; {VALID}")
     if scheme(uri) == "s3" and not has_s3_credentials():
-        raise SpecError(f"--storage {uri}: no S3 credentials: set AWS_ACCESS_KEY_ID and "
+        raise SpecError(f"{said}: no S3 credentials: set AWS_ACCESS_KEY_ID and "
                         "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, ~/.aws/credentials)")
     try:
         from pyarrow.fs import FileType
         info = make_fs(uri, quick=True).get_file_info(bucket)
     except Exception as e:  # noqa: BLE001  pyarrow: OSError, ArrowInvalid, ...
-        raise SpecError(_fault(uri, e)) from None
+        raise SpecError(_fault(uri, e, label)) from None
     if info.type == FileType.NotFound:
         where = endpoint() or "AWS S3" if scheme(uri) == "s3" else "Google Cloud Storage"
-        raise SpecError(f"--storage {uri}: bucket {bucket!r} does not exist at {where}; "
+        raise SpecError(f"{said}: bucket {bucket!r} does not exist at {where}; "
                         "create it first")
     return Store(uri)
 
@@ -203,13 +209,16 @@ class Store:
                 n += 1
         return n
 
-    def download(self, prefix: str, local_dir) -> int:
-        """The objects under ``prefix`` into ``local_dir`` (written atomically, with the
-        object's mtime), but those already there with the same size and mtime; returns
-        how many were fetched."""
+    def download(self, prefix: str, local_dir, skip=frozenset()) -> int:
+        """The objects under ``prefix`` (but those in its top-level folders ``skip``) into
+        ``local_dir`` (written atomically, with the object's mtime), but those already
+        there with the same size and mtime; returns how many were fetched."""
         n = 0
         for key, (size, mtime) in self.list(prefix).items():
-            local = Path(local_dir) / key[len(prefix.strip("/")):].lstrip("/")
+            rel = key[len(prefix.strip("/")):].lstrip("/")
+            if rel.split("/", 1)[0] in skip:
+                continue
+            local = Path(local_dir) / rel
             try:
                 st = local.stat()
                 if st.st_size == size and (mtime is None or st.st_mtime_ns == mtime):

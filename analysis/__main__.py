@@ -22,6 +22,14 @@ stderr counts the failures and names ``report_errors.log``, which holds
 their tracebacks. Exit codes: 0 everything written, 1 written with failures,
 2 bad input (``--jobs`` included: ``auto`` or a whole number >= 1).
 
+A sweep in an object store is read by its URI (``python -m analysis
+s3://BUCKET/PREFIX/NAME --out DIR``): copied from the store into DIR (default
+``./NAME``; only what changed since the last copy, and no per-trial fragments,
+weights, checkpoints or Ray state), and the report is written there. The store is
+only read: its lock (``ablations.store_lock``) is neither taken nor broken, so a
+sweep still running there can be looked at. A bad URI, an unreachable store, a
+missing bucket or sweep is one line and exit 2, before anything is written.
+
 ``--jobs N`` (default ``auto``: one per CPU) draws the figures and makes the
 tables in N forked processes, each figure laid out once for all its formats
 (``analysis.report.build``); ``--jobs 1`` is the serial build as it was.
@@ -29,12 +37,16 @@ tables in N forked processes, each figure laid out once for all its formats
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from pathlib import Path
 
 from ablations.cli import OneLineParser
+from ablations.spec import SpecError
 from analysis.style import STYLES, WIDTHS
 
+READER_SKIPS = ("trials", "weights", "figures", "tables", "views")  # not read or rebuilt
 FORMATS = ("pdf", "png", "svg")  # kept equal to analysis.report.FORMATS (tested)
 
 
@@ -153,7 +165,8 @@ def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m analysis",
                            description="Rebuild figures/, tables/, report.md and report.html "
                                        "of a results folder from its Parquet files.")
-    parser.add_argument("run_dir", help="results folder holding trials/layers/epochs.parquet")
+    parser.add_argument("run_dir", help="results folder holding trials/layers/epochs.parquet, "
+                        "or a sweep's URI in an object store (s3://BUCKET/PREFIX/NAME)")
     parser.add_argument("--format", type=_formats, default=("pdf", "png"),
                         help="comma-separated figure formats: pdf, png, svg (default pdf,png)")
     parser.add_argument("--style", choices=STYLES, default="paper",
@@ -171,7 +184,8 @@ def main(argv=None) -> int:
                              "view goes to RESULTS_DIR/views/<filter> unless --out is given")
     parser.add_argument("--out", default=None,
                         help="write here instead (default: RESULTS_DIR, or its views/ folder "
-                             "with --where)")
+                             "with --where); with a URI: the local copy of the sweep, which "
+                             "the report is written into (default ./NAME)")
     parser.add_argument("--jobs", type=_jobs, default=None, metavar="N|auto",
                         help="processes that draw the figures and make the tables (default "
                              "auto: one per CPU); 1: this process alone, item after item, each "
@@ -192,6 +206,21 @@ def main(argv=None) -> int:
             speccer.close()
 
 
+def _from_store(args) -> str | None:
+    """With a URI for RESULTS_DIR: the sweep copied from the store into the local
+    folder (``args.run_dir`` then names it, and the report goes into it); returns that
+    folder when this call created it. SpecError for a bad URI or store."""
+    from ablations import storage, store_sweep
+    if not storage.is_uri(args.run_dir):
+        return None
+    store, name = store_sweep.open_sweep(args.run_dir)
+    local = store_sweep.local_copy(args.out, name)
+    created = None if os.path.exists(local) else local
+    store_sweep.fetch(store, name, local, skip=READER_SKIPS)
+    args.run_dir, args.out = local, None
+    return created
+
+
 def _run(parser, args, speccer) -> int:
     # Headless: no display on a cluster node, and the figures never need one.
     import matplotlib
@@ -200,9 +229,16 @@ def _run(parser, args, speccer) -> int:
     from analysis.style import Look
 
     try:
+        copied = _from_store(args)
+    except SpecError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
         result = build(args.run_dir, args.format, look=Look(args.style, args.width),
                        where=parse_where(args.where), out_dir=args.out, jobs=args.jobs)
     except ResultsError as exc:
+        if copied:  # bad input: the copy made for it goes again
+            shutil.rmtree(copied, ignore_errors=True)
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out or args.run_dir)
