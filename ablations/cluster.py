@@ -123,7 +123,94 @@ def connect(address: str | None, prewarm: bool = False) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpecError(f"--address {address}: cannot join the Ray cluster: {first}") from None
     ExitNoiseFilter().install()
+    _quiet_node_errors()
 
+
+def _quiet_node_errors() -> bool:
+    """Ray's notices of a lost node (a raylet's death with its last 20 log lines and
+    state dump; "marked dead because the detector has missed too many heartbeats")
+    become one line naming the node; False if Ray's internals moved (then they print
+    as before). The trials that ran there run again (``node_lost``)."""
+    try:
+        from ray._private import worker
+        printer = worker.print_to_stdstream
+    except (ImportError, AttributeError):
+        return False
+    if getattr(printer, "resablate", False):
+        return True
+    lost: list[str] = []  # ids of the nodes lost so far
+
+    def quiet(data, ignore_prefix):
+        text = "\n".join(data.get("lines") or [])
+        if data.get("pid") == "raylet" and text.startswith("Raylet is terminated"):
+            return  # its node's "marked dead" notice follows
+        if data.get("pid") == "raylet" and "has been marked dead" in text:
+            node = text.split("node id:", 1)[-1].split()[0] if "node id:" in text else "?"
+            address = text.split("address:", 1)[-1].split()[0] if "address:" in text else "?"
+            lost.append(node)
+            print(f"Ray lost node {node[:12]} at {address} (it stopped answering); the "
+                  "trials it ran run again from their checkpoints", flush=True)
+            return
+        printer(data, ignore_prefix)
+
+    quiet.resablate = True
+    worker.print_to_stdstream = quiet
+    try:  # the head's complaints about the lost node's resources ("Failed to remove ...")
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as disp
+        name, shown = next((n, h) for n, h in disp.handlers if n == "ray_print_logs")
+    except (ImportError, AttributeError, StopIteration):
+        return True
+
+    def without_lost(data):
+        if data.get("pid") == "gcs_server" and lost:
+            data = {**data, "lines": [line for line in data.get("lines") or []
+                                      if not any(n in line for n in lost)]}
+            if not data["lines"]:
+                return
+        shown(data)
+
+    disp.remove_handler(name)
+    disp.add_handler(name, without_lost)
+    return True
+
+
+def actor_error(error):
+    """The ``RayActorError`` behind a trial's ``error`` (its worker process or its node
+    died under it), or None (the trial itself raised)."""
+    from ray.exceptions import RayActorError, RayTaskError
+    if isinstance(error, RayTaskError):
+        error = error.as_instanceof_cause()
+    return error if isinstance(error, RayActorError) else None
+
+
+def node_lost(error) -> bool | None:
+    """Whether a trial's ``error`` is the loss of the node its actor ran on (killed,
+    crashed, reclaimed without notice): True once the head has marked that node dead or
+    its raylet refuses connections (the head's health check takes a few to ~30 seconds
+    to declare a silent node dead); False for anything else (the trial raised, or its
+    worker process died on a node whose raylet still answers); None while the actor is
+    not known to be dead (ask again)."""
+    import ray
+    import ray._private.state
+    err = actor_error(error)
+    if err is None:
+        return False
+    if err.preempted:  # drained by the autoscaler: a preempted node
+        return True
+    if not err.actor_id:
+        return False
+    try:
+        info = ray._private.state.actors(err.actor_id) or {}
+        node_id = (info.get("Address") or {}).get("NodeID")
+        node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), None)
+    except Exception:  # noqa: BLE001  the head did not answer: no verdict
+        return None
+    if node is not None and not node.get("Alive"):
+        return True
+    if node is not None and not _reachable(
+            f"{node.get('NodeManagerAddress')}:{node.get('NodeManagerPort')}"):
+        return True
+    return False if info.get("State") == "DEAD" else None
 
 
 def shipped(root: str, env: dict) -> dict:
