@@ -123,10 +123,10 @@ def connect(address: str | None, prewarm: bool = False) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpecError(f"--address {address}: cannot join the Ray cluster: {first}") from None
     ExitNoiseFilter().install()
-    _quiet_node_errors()
+    quiet_node_notices()
 
 
-def _quiet_node_errors() -> bool:
+def quiet_node_notices() -> bool:
     """Ray's notices of a lost node (a raylet's death with its last 20 log lines and
     state dump; "marked dead because the detector has missed too many heartbeats")
     become one line naming the node; False if Ray's internals moved (then they print

@@ -93,7 +93,7 @@ def _resources(spec) -> dict:
     return res
 
 
-class _NodeLosses:
+class NodeLosses:
     """Trials whose actor died (its worker process or its node), until the head says
     which (``cluster.node_lost``; it needs a few seconds to declare a silent node dead).
     A lost node costs no retry: a trial Tune retries gets its failure un-counted; a
@@ -166,7 +166,7 @@ class _Progress:
     def __new__(cls, label, on_end=None, every_s: float = 2.0, progress=None, on_sample=None,
                 losses=None):
         """``on_sample(trial) -> str``: a line printed when a tuning sample ends;
-        ``losses``: the ``_NodeLosses`` that tells a lost node from a failure."""
+        ``losses``: the ``NodeLosses`` that tells a lost node from a failure."""
         from ray import tune
 
         def unit(trial):
@@ -250,7 +250,7 @@ def run_groups(groups, spec, run_dir: str, experiment: str, on_trial_end=None,
     label = lambda c: ", ".join(t.trial_id for t in groups[c["group"]])  # noqa: E731
     errors, todo, rounds = {}, list(range(len(groups))), 0
     while todo:  # a next round: the groups preempted (or their node lost) in this one
-        losses = _NodeLosses(label)
+        losses = NodeLosses(label)
         callbacks = [_Progress(label, on_trial_end, progress=progress, losses=losses)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
