@@ -7,7 +7,10 @@ request against this machine before a local Ray starts; ``resolve_resources``
 turns ``--cpus-per-trial``/``--gpus-per-trial`` (or their defaults) into a
 per-trial request every node of the connected cluster can satisfy, and fails
 fast otherwise. ``watch`` calls back when the Ray under the driver is lost (its
-processes killed, the head node gone). Running trials on it: ``ablations.runner``.
+processes killed, the head node gone); ``node_lost`` tells whether a trial's actor
+died with its node (another node of a cluster lost without notice), and
+``quiet_node_notices`` turns Ray's notices of a lost node (a raylet's state dump and
+last log lines) into one line. Running trials on it: ``ablations.runner``.
 """
 from __future__ import annotations
 

@@ -126,7 +126,8 @@ class NodeLosses:
                     continue
                 del self.waiting[tid]
                 if verdict:
-                    self.lost.add(trial.config.get("group"))
+                    if gave_up:  # to run again in a next round
+                        self.lost.add(trial.config.get("group"))
                     meta = getattr(trial, "run_metadata", None)
                     if not gave_up and getattr(meta, "num_failures", 0) > 0:
                         meta.num_failures -= 1  # Tune counted it: a lost node is no failure

@@ -64,12 +64,15 @@ class Cluster:
     def start(self) -> None:
         common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0",
                   "--disable-usage-stats"]
+        # Ray's fixed default port of its dashboard agent (52365) would collide with
+        # another node on this machine: a free one instead
         for name, args in (("head", ["--head", "--port", str(self.port),
                                      "--include-dashboard", "false"]),
                            ("worker", ["--address", f"127.0.0.1:{self.port}"])):
             node = self.nodes[name]
             p = subprocess.run([RAY_BIN, "start", *args, "--temp-dir",
-                                os.path.join(node["tmp"], "r"), *common],
+                                os.path.join(node["tmp"], "r"), "--dashboard-agent-listen-port",
+                                str(free_port()), *common],
                                cwd=node["cwd"], env=self.env(name), capture_output=True,
                                text=True, timeout=120)
             assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
