@@ -7,9 +7,7 @@ request against this machine before a local Ray starts; ``resolve_resources``
 turns ``--cpus-per-trial``/``--gpus-per-trial`` (or their defaults) into a
 per-trial request every node of the connected cluster can satisfy, and fails
 fast otherwise. ``watch`` calls back when the Ray under the driver is lost (its
-processes killed, the head node gone); ``node_lost`` tells whether a trial's actor
-died with its node (another node of a cluster lost without notice), and
-``quiet_node_notices`` turns Ray's notices of a lost node (a raylet's state dump and
+processes killed, the head node gone); ``quiet_node_notices`` turns Ray's notices of a lost node (a raylet's state dump and
 last log lines) into one line. Running trials on it: ``ablations.runner``.
 """
 from __future__ import annotations
@@ -133,7 +131,7 @@ def quiet_node_notices() -> bool:
     """Ray's notices of a lost node (a raylet's death with its last 20 log lines and
     state dump; "marked dead because the detector has missed too many heartbeats")
     become one line naming the node; False if Ray's internals moved (then they print
-    as before). The trials that ran there run again (``node_lost``)."""
+    as before). The trials that ran there run again (``ablations.runner.node_lost``)."""
     try:
         from ray._private import worker
         printer = worker.print_to_stdstream
@@ -175,45 +173,6 @@ def quiet_node_notices() -> bool:
     disp.remove_handler(name)
     disp.add_handler(name, without_lost)
     return True
-
-
-def actor_error(error):
-    """The ``RayActorError`` behind a trial's ``error`` (its worker process or its node
-    died under it), or None (the trial itself raised)."""
-    from ray.exceptions import RayActorError, RayTaskError
-    if isinstance(error, RayTaskError):
-        error = error.as_instanceof_cause()
-    return error if isinstance(error, RayActorError) else None
-
-
-def node_lost(error) -> bool | None:
-    """Whether a trial's ``error`` is the loss of the node its actor ran on (killed,
-    crashed, reclaimed without notice): True once the head has marked that node dead or
-    its raylet refuses connections (the head's health check takes a few to ~30 seconds
-    to declare a silent node dead); False for anything else (the trial raised, or its
-    worker process died on a node whose raylet still answers); None while the actor is
-    not known to be dead (ask again)."""
-    import ray
-    import ray._private.state
-    err = actor_error(error)
-    if err is None:
-        return False
-    if err.preempted:  # drained by the autoscaler: a preempted node
-        return True
-    if not err.actor_id:
-        return False
-    try:
-        info = ray._private.state.actors(err.actor_id) or {}
-        node_id = (info.get("Address") or {}).get("NodeID")
-        node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), None)
-    except Exception:  # noqa: BLE001  the head did not answer: no verdict
-        return None
-    if node is not None and not node.get("Alive"):
-        return True
-    if node is not None and not _reachable(
-            f"{node.get('NodeManagerAddress')}:{node.get('NodeManagerPort')}"):
-        return True
-    return False if info.get("State") == "DEAD" else None
 
 
 def shipped(root: str, env: dict) -> dict:
@@ -304,7 +263,7 @@ class _Watch:
                 why = " and ".join(dead) + (" processes" if len(dead) > 1 else " process")
                 return self.lost(f"its {why} ended")
             if gcs and not any(procs.values()):  # a joined cluster: its GCS must answer
-                if _reachable(gcs):
+                if reachable(gcs):
                     unreachable_since = None
                 elif unreachable_since is None:
                     unreachable_since = time.monotonic()
@@ -317,7 +276,7 @@ class _Watch:
             self.on_lost(why)
 
 
-def _reachable(address: str, timeout: float = 2.0) -> bool:
+def reachable(address: str, timeout: float = 2.0) -> bool:
     host, _, port = address.rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()

@@ -7,7 +7,7 @@ checkpoint (``<storage>/checkpoints``); after the last failure its traceback is
 returned for the results. A trial whose worker got SIGTERM (``ablations.preempt``:
 checkpointed mid-epoch) ends with a "preempted" result and runs again in a next
 round, from its checkpoint, without using a retry; so does a trial whose node was lost
-without notice (killed, crashed, reclaimed: ``cluster.node_lost``), which Tune retried
+without notice (killed, crashed, reclaimed: ``node_lost``), which Tune retried
 or gave up on: the retry is not counted either. ``run_tuning``: the per-cell
 Optuna searches (``ablations.tuning``) in one Tuner, so samples of different cells
 run side by side.
@@ -95,7 +95,7 @@ def _resources(spec) -> dict:
 
 class NodeLosses:
     """Trials whose actor died (its worker process or its node), until the head says
-    which (``cluster.node_lost``; it needs a few seconds to declare a silent node dead).
+    which (``node_lost``; it needs a few seconds to declare a silent node dead).
     A lost node costs no retry: a trial Tune retries gets its failure un-counted; a
     trial Tune gave up on (``--max-failures`` used up) runs again in a next round."""
 
@@ -105,7 +105,7 @@ class NodeLosses:
     def died(self, trial, gave_up: bool) -> bool:
         """Note ``trial``'s failure; False when its worker did not die (it raised)."""
         error = _trial_error(trial)
-        if error is None or cluster.actor_error(error) is None:
+        if error is None or actor_error(error) is None:
             return False
         self.waiting[trial.trial_id] = (trial, error, gave_up, time.monotonic())
         return True
@@ -118,7 +118,7 @@ class NodeLosses:
         while self.waiting and (time.monotonic() - self.checked >= every_s or wait_s):
             self.checked = time.monotonic()
             for tid, (trial, error, gave_up, since) in list(self.waiting.items()):
-                verdict = cluster.node_lost(error)
+                verdict = node_lost(error)
                 # a dying node's raylet may outlive its workers by a moment: a verdict
                 # of "not the node" only stands after a few seconds
                 young = time.monotonic() - since < (3 if verdict is False else 120)
@@ -143,6 +143,45 @@ class NodeLosses:
             failed += [trial for trial, _, gave_up, _ in self.waiting.values() if gave_up]
             self.waiting.clear()
         return failed
+
+
+def actor_error(error):
+    """The ``RayActorError`` behind a trial's ``error`` (its worker process or its node
+    died under it), or None (the trial itself raised)."""
+    from ray.exceptions import RayActorError, RayTaskError
+    if isinstance(error, RayTaskError):
+        error = error.as_instanceof_cause()
+    return error if isinstance(error, RayActorError) else None
+
+
+def node_lost(error) -> bool | None:
+    """Whether a trial's ``error`` is the loss of the node its actor ran on (killed,
+    crashed, reclaimed without notice): True once the head has marked that node dead or
+    its raylet refuses connections (the head's health check takes a few to ~30 seconds
+    to declare a silent node dead); False for anything else (the trial raised, or its
+    worker process died on a node whose raylet still answers); None while the actor is
+    not known to be dead (ask again)."""
+    import ray
+    import ray._private.state
+    err = actor_error(error)
+    if err is None:
+        return False
+    if err.preempted:  # drained by the autoscaler: a preempted node
+        return True
+    if not err.actor_id:
+        return False
+    try:
+        info = ray._private.state.actors(err.actor_id) or {}
+        node_id = (info.get("Address") or {}).get("NodeID")
+        node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), None)
+    except Exception:  # noqa: BLE001  the head did not answer: no verdict
+        return None
+    if node is not None and not node.get("Alive"):
+        return True
+    if node is not None and not cluster.reachable(
+            f"{node.get('NodeManagerAddress')}:{node.get('NodeManagerPort')}"):
+        return True
+    return False if info.get("State") == "DEAD" else None
 
 
 def _trial_error(trial):

@@ -1,4 +1,4 @@
-"""Telling a lost node from a failed trial, without a cluster: ``cluster.node_lost``
+"""Telling a lost node from a failed trial, without a cluster: ``runner.node_lost``
 against a faked head (its actor table and node list), ``runner.NodeLosses`` against
 faked Tune trials, and the one line that replaces Ray's notices of a lost node. The
 real thing (a node killed under a running sweep): test_cluster_two_nodes.py."""
@@ -37,19 +37,19 @@ def head(monkeypatch):
 
 
 def test_node_lost_asks_the_head_and_the_nodes_raylet(head):
-    assert cluster.node_lost(ValueError("a bug")) is False  # the trial raised
-    assert cluster.node_lost(RayTaskError("f", "tb", ValueError("x"))) is False
+    assert runner.node_lost(ValueError("a bug")) is False  # the trial raised
+    assert runner.node_lost(RayTaskError("f", "tb", ValueError("x"))) is False
     # the node's raylet refuses connections (nothing listens on port 9): the node is gone
-    assert cluster.node_lost(actor_died()) is True
+    assert runner.node_lost(actor_died()) is True
     with socket.socket() as s:  # a raylet that answers
         s.bind(("127.0.0.1", 0))
         s.listen()
         head["node"]["NodeManagerPort"] = s.getsockname()[1]
-        assert cluster.node_lost(actor_died()) is None  # the head does not know yet
+        assert runner.node_lost(actor_died()) is None  # the head does not know yet
         head["actor"] = "DEAD"
-        assert cluster.node_lost(actor_died()) is False  # its worker died, its node lives
+        assert runner.node_lost(actor_died()) is False  # its worker died, its node lives
         head["node"]["Alive"] = False
-        assert cluster.node_lost(actor_died()) is True  # the head marked the node dead
+        assert runner.node_lost(actor_died()) is True  # the head marked the node dead
 
 
 def fake_trial(tmp_path, error, group=0, failures=1):
@@ -63,7 +63,7 @@ def fake_trial(tmp_path, error, group=0, failures=1):
 def test_node_losses_uncount_a_retry_and_rerun_a_trial_tune_gave_up(tmp_path, monkeypatch,
                                                                     capsys):
     verdicts = {}
-    monkeypatch.setattr(cluster, "node_lost", lambda error: verdicts["now"])
+    monkeypatch.setattr(runner, "node_lost", lambda error: verdicts["now"])
     losses = runner.NodeLosses(lambda c: f"trial {c['group']}")
     assert not losses.died(fake_trial(tmp_path, ValueError("a bug")), gave_up=True)
 
@@ -83,7 +83,7 @@ def test_node_losses_uncount_a_retry_and_rerun_a_trial_tune_gave_up(tmp_path, mo
 
 
 def test_a_dead_worker_on_a_live_node_is_a_failure(tmp_path, monkeypatch):
-    monkeypatch.setattr(cluster, "node_lost", lambda error: False)
+    monkeypatch.setattr(runner, "node_lost", lambda error: False)
     losses = runner.NodeLosses(str)
     trial = fake_trial(tmp_path, actor_died())
     assert losses.died(trial, gave_up=True)
