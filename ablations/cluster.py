@@ -7,7 +7,8 @@ request against this machine before a local Ray starts; ``resolve_resources``
 turns ``--cpus-per-trial``/``--gpus-per-trial`` (or their defaults) into a
 per-trial request every node of the connected cluster can satisfy, and fails
 fast otherwise. ``watch`` calls back when the Ray under the driver is lost (its
-processes killed, the head node gone). Running trials on it: ``ablations.runner``.
+processes killed, the head node gone); ``quiet_node_notices`` turns Ray's notices of a lost node (a raylet's state dump and
+last log lines) into one line. Running trials on it: ``ablations.runner``.
 """
 from __future__ import annotations
 
@@ -123,7 +124,55 @@ def connect(address: str | None, prewarm: bool = False) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpecError(f"--address {address}: cannot join the Ray cluster: {first}") from None
     ExitNoiseFilter().install()
+    quiet_node_notices()
 
+
+def quiet_node_notices() -> bool:
+    """Ray's notices of a lost node (a raylet's death with its last 20 log lines and
+    state dump; "marked dead because the detector has missed too many heartbeats")
+    become one line naming the node; False if Ray's internals moved (then they print
+    as before). The trials that ran there run again (``ablations.runner.node_lost``)."""
+    try:
+        from ray._private import worker
+        printer = worker.print_to_stdstream
+    except (ImportError, AttributeError):
+        return False
+    if getattr(printer, "resablate", False):
+        return True
+    lost: list[str] = []  # ids of the nodes lost so far
+
+    def quiet(data, ignore_prefix):
+        text = "\n".join(data.get("lines") or [])
+        if data.get("pid") == "raylet" and text.startswith("Raylet is terminated"):
+            return  # its node's "marked dead" notice follows
+        if data.get("pid") == "raylet" and "has been marked dead" in text:
+            node = text.split("node id:", 1)[-1].split()[0] if "node id:" in text else "?"
+            address = text.split("address:", 1)[-1].split()[0] if "address:" in text else "?"
+            lost.append(node)
+            print(f"Ray lost node {node[:12]} at {address} (it stopped answering); the "
+                  "trials it ran run again from their checkpoints", flush=True)
+            return
+        printer(data, ignore_prefix)
+
+    quiet.resablate = True
+    worker.print_to_stdstream = quiet
+    try:  # the head's complaints about the lost node's resources ("Failed to remove ...")
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as disp
+        name, shown = next((n, h) for n, h in disp.handlers if n == "ray_print_logs")
+    except (ImportError, AttributeError, StopIteration):
+        return True
+
+    def without_lost(data):
+        if data.get("pid") == "gcs_server" and lost:
+            data = {**data, "lines": [line for line in data.get("lines") or []
+                                      if not any(n in line for n in lost)]}
+            if not data["lines"]:
+                return
+        shown(data)
+
+    disp.remove_handler(name)
+    disp.add_handler(name, without_lost)
+    return True
 
 
 def shipped(root: str, env: dict) -> dict:
@@ -214,7 +263,7 @@ class _Watch:
                 why = " and ".join(dead) + (" processes" if len(dead) > 1 else " process")
                 return self.lost(f"its {why} ended")
             if gcs and not any(procs.values()):  # a joined cluster: its GCS must answer
-                if _reachable(gcs):
+                if reachable(gcs):
                     unreachable_since = None
                 elif unreachable_since is None:
                     unreachable_since = time.monotonic()
@@ -227,7 +276,7 @@ class _Watch:
             self.on_lost(why)
 
 
-def _reachable(address: str, timeout: float = 2.0) -> bool:
+def reachable(address: str, timeout: float = 2.0) -> bool:
     host, _, port = address.rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()

@@ -6,7 +6,9 @@ retried up to ``--max-failures`` times by Tune and continues from its own
 checkpoint (``<storage>/checkpoints``); after the last failure its traceback is
 returned for the results. A trial whose worker got SIGTERM (``ablations.preempt``:
 checkpointed mid-epoch) ends with a "preempted" result and runs again in a next
-round, from its checkpoint, without using a retry. ``run_tuning``: the per-cell
+round, from its checkpoint, without using a retry; so does a trial whose node was lost
+without notice (killed, crashed, reclaimed: ``node_lost``), which Tune retried
+or gave up on: the retry is not counted either. ``run_tuning``: the per-cell
 Optuna searches (``ablations.tuning``) in one Tuner, so samples of different cells
 run side by side.
 """
@@ -21,7 +23,7 @@ import warnings
 
 from ablations.status import Status
 from . import storage
-from . import cluster  # noqa: F401  sets Ray's and Tune's environment before ray is imported
+from . import cluster  # sets Ray's and Tune's environment before ray is imported
 from .preempt import Preempted, WorkerSetup
 from .trial import run_group
 
@@ -91,13 +93,120 @@ def _resources(spec) -> dict:
     return res
 
 
+class NodeLosses:
+    """Trials whose actor died (its worker process or its node), until the head says
+    which (``node_lost``; it needs a few seconds to declare a silent node dead).
+    A lost node costs no retry: a trial Tune retries gets its failure un-counted; a
+    trial Tune gave up on (``--max-failures`` used up) runs again in a next round."""
+
+    def __init__(self, label):
+        self.label, self.waiting, self.lost, self.checked = label, {}, set(), 0.0
+
+    def died(self, trial, gave_up: bool) -> bool:
+        """Note ``trial``'s failure; False when its worker did not die (it raised)."""
+        error = _trial_error(trial)
+        if error is None or actor_error(error) is None:
+            return False
+        self.waiting[trial.trial_id] = (trial, error, gave_up, time.monotonic())
+        return True
+
+    def settle(self, wait_s: float = 0.0, every_s: float = 1.0) -> list:
+        """Ask the head about the waiting trials (at most every ``every_s`` seconds;
+        ``wait_s``: keep asking that long for a verdict). Returns the trials Tune gave up
+        on that turned out not to be node losses (failures after all)."""
+        failed, end = [], time.monotonic() + wait_s
+        while self.waiting and (time.monotonic() - self.checked >= every_s or wait_s):
+            self.checked = time.monotonic()
+            for tid, (trial, error, gave_up, since) in list(self.waiting.items()):
+                verdict = node_lost(error)
+                # a dying node's raylet may outlive its workers by a moment: a verdict
+                # of "not the node" only stands after a few seconds
+                young = time.monotonic() - since < (3 if verdict is False else 120)
+                if not verdict and young:
+                    continue
+                del self.waiting[tid]
+                if verdict:
+                    if gave_up:  # to run again in a next round
+                        self.lost.add(trial.config.get("group"))
+                    meta = getattr(trial, "run_metadata", None)
+                    if not gave_up and getattr(meta, "num_failures", 0) > 0:
+                        meta.num_failures -= 1  # Tune counted it: a lost node is no failure
+                    print(f"{self.label(trial.config)}: its node was lost; runs again from its "
+                          "checkpoint" + (" after this round" if gave_up else "")
+                          + " (not counted as a failure)", flush=True)
+                elif gave_up:
+                    failed.append(trial)
+            if not self.waiting or time.monotonic() >= end:
+                break
+            time.sleep(0.5)
+        if wait_s:  # no verdict in time: failures
+            failed += [trial for trial, _, gave_up, _ in self.waiting.values() if gave_up]
+            self.waiting.clear()
+        return failed
+
+
+def actor_error(error):
+    """The ``RayActorError`` behind a trial's ``error`` (its worker process or its node
+    died under it), or None (the trial itself raised)."""
+    from ray.exceptions import RayActorError, RayTaskError
+    if isinstance(error, RayTaskError):
+        error = error.as_instanceof_cause()
+    return error if isinstance(error, RayActorError) else None
+
+
+def node_lost(error) -> bool | None:
+    """Whether a trial's ``error`` is the loss of the node its actor ran on (killed,
+    crashed, reclaimed without notice): True once the head has marked that node dead or
+    its raylet refuses connections (the head's health check takes a few to ~30 seconds
+    to declare a silent node dead); False for anything else (the trial raised, or its
+    worker process died on a node whose raylet still answers); None while the actor is
+    not known to be dead (ask again)."""
+    import ray
+    import ray._private.state
+    err = actor_error(error)
+    if err is None:
+        return False
+    if err.preempted:  # drained by the autoscaler: a preempted node
+        return True
+    if not err.actor_id:
+        return False
+    try:
+        info = ray._private.state.actors(err.actor_id) or {}
+        node_id = (info.get("Address") or {}).get("NodeID")
+        node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), None)
+    except Exception:  # noqa: BLE001  the head did not answer: no verdict
+        return None
+    if node is not None and not node.get("Alive"):
+        return True
+    if node is not None and not cluster.reachable(
+            f"{node.get('NodeManagerAddress')}:{node.get('NodeManagerPort')}"):
+        return True
+    return False if info.get("State") == "DEAD" else None
+
+
+def _trial_error(trial):
+    """The exception of ``trial``'s latest failure, as Tune pickled it beside the
+    trial's local files (None: none there)."""
+    path = getattr(trial, "pickled_error_file", None)
+    if not path or not os.path.exists(path):
+        return None
+    try:
+        from ray import cloudpickle
+        with open(path, "rb") as f:
+            return cloudpickle.load(f)
+    except Exception:  # noqa: BLE001  unreadable: treated as the trial's own failure
+        return None
+
+
 class _Progress:
     """Tune callback: one line per failed attempt (Tune's own log is a full traceback per
     attempt), and ``on_end`` when a trial ends (throttled), e.g. to refresh
     ``trials.parquet`` so the results folder is readable during the sweep."""
 
-    def __new__(cls, label, on_end=None, every_s: float = 2.0, progress=None, on_sample=None):
-        """``on_sample(trial) -> str``: a line printed when a tuning sample ends."""
+    def __new__(cls, label, on_end=None, every_s: float = 2.0, progress=None, on_sample=None,
+                losses=None):
+        """``on_sample(trial) -> str``: a line printed when a tuning sample ends;
+        ``losses``: the ``NodeLosses`` that tells a lost node from a failure."""
         from ray import tune
 
         def unit(trial):
@@ -142,16 +251,28 @@ class _Progress:
                               file=sys.stderr, flush=True)
 
             def on_trial_recover(self, iteration, trials, trial, **info):
-                print(f"{label(trial.config)}: attempt failed, retrying from its checkpoint",
-                      flush=True)
+                died = losses is not None and losses.died(trial, gave_up=False)
+                print(f"{label(trial.config)}: attempt failed"
+                      + (" (its worker or its node died)" if died else "")
+                      + ", retrying from its checkpoint", flush=True)
 
             def on_trial_error(self, iteration, trials, trial, **info):
+                if losses is not None and losses.died(trial, gave_up=True):
+                    return  # a lost node or a failure: on_step_end (or the round's end) tells
+                self.failed(trial)
+
+            def failed(self, trial):
                 if unit(trial) is not None:
                     show("finished", unit(trial))
                 else:
                     print(f"{label(trial.config)}: failed after all retries (status=error)",
                           flush=True)
                 self._maybe()
+
+            def on_step_end(self, iteration, trials, **info):
+                if losses is not None and losses.waiting:
+                    for trial in losses.settle():
+                        self.failed(trial)
 
         return Callback()
 
@@ -166,10 +287,11 @@ def run_groups(groups, spec, run_dir: str, experiment: str, on_trial_end=None,
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, groups=groups, cells={}, spec=spec, run_dir=run_dir),
         _resources(spec))
-    callbacks = [_Progress(lambda c: ", ".join(t.trial_id for t in groups[c["group"]]),
-                           on_trial_end, progress=progress)]
+    label = lambda c: ", ".join(t.trial_id for t in groups[c["group"]])  # noqa: E731
     errors, todo, rounds = {}, list(range(len(groups))), 0
-    while todo:  # a next round: the groups preempted in this one, from their checkpoints
+    while todo:  # a next round: the groups preempted (or their node lost) in this one
+        losses = NodeLosses(label)
+        callbacks = [_Progress(label, on_trial_end, progress=progress, losses=losses)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tuner = tune.Tuner(
@@ -179,8 +301,13 @@ def run_groups(groups, spec, run_dir: str, experiment: str, on_trial_end=None,
                                          callbacks))
             grid = tuner.fit()
         todo, rounds, ended = [], rounds + 1, True
+        for trial in losses.settle(wait_s=90):  # failures after all: their progress line
+            if progress is not None:
+                progress.finished(trial.config["group"])
         for r in grid:
-            if r.error is not None:
+            if r.error is not None and r.config["group"] in losses.lost:
+                todo.append(r.config["group"])
+            elif r.error is not None:
                 errors[r.config["group"]] = _format_error(r.error)
             elif (r.metrics or {}).get("preempted"):
                 todo.append(r.config["group"])
