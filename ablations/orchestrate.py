@@ -126,13 +126,29 @@ def _connect(spec, kind, trials, skipped, sizes, argv, clock, held) -> Sweep:
     units = len(groups_of(trials, spec))
     prewarm = cluster.plan_local(spec, units)
     clock["ray_start_at"] = time.time()
-    cluster.connect(spec.address, prewarm=prewarm)
+    cluster.connect(None if finished_elsewhere(spec, kind, trials) else spec.address,
+                    prewarm=prewarm)
     clock["connected_at"] = time.time()
     spec = cluster.resolve_resources(spec, units)
     # said once the sweep will run: a refused one names no W&B folder
     wandb_mode, why = tracking.resolve_mode(spec.wandb, spec.run_dir)
     print(f"W&B: {wandb_mode} ({why})", flush=True)
     return Sweep(spec, kind, trials, skipped, sizes, wandb_mode, list(argv), clock, held)
+
+
+def finished_elsewhere(spec, kind: str, trials) -> bool:
+    """Whether a ``--resume`` of a cluster sweep (``--address``) on an object store finds
+    every trial's result in the store already: then its merge and report need no
+    cluster, which may be gone, and a local Ray stands in (said in one line)."""
+    if kind != "resume" or spec.address is None or not storage.is_uri(spec.storage) \
+            or spec.tune:
+        return False
+    storage.RunSync(spec).pull()
+    if any(results.read_fragment_row(spec.run_dir, t.trial_id) is None for t in trials):
+        return False
+    print(f"every trial has its result in {spec.storage}: merging here, without the "
+          f"cluster at --address {spec.address}", flush=True)
+    return True
 
 
 def execute(sweep: Sweep) -> Outcome:

@@ -20,9 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def sweep_args(data_root: str) -> list[str]:
-    """4 ResNet-20 trials of ~30 s each on 2 cores (3 epochs of 5,000 images), 2 at once."""
+    """4 ResNet-20 trials of ~30 s each on 2 cores (5 epochs of 5,000 images), 2 at once."""
     return ["--families", "resnet", "--depths", "20", "--residual", "both", "--seeds", "2",
-            "--epochs", "3", "--subset", "5000", "--data-root", data_root,
+            "--epochs", "5", "--subset", "5000", "--data-root", data_root,
             "--measure", "none", "--wandb", "disabled"]
 
 
