@@ -199,7 +199,7 @@ register(Factor(
     levels=styled_levels(("batch", "batch norm"), ("layer", "layer norm"), ("none", "no norm")),
     baseline="batch",
     help="normalization layers: batch, layer (on a conv net's maps: GroupNorm with one "
-         "group), none (default: each family's own)"))
+         "group), or none"))
 
 register(Factor(
     name="block", label="block order", tag="block",

@@ -1,15 +1,18 @@
-"""sweep.py's ``--help``: each option's default said once, in words.
+"""The ``--help`` of sweep.py, ``python -m analysis`` and ``python -m ablations.measure``:
+each option's default said once, in words.
 
 ``HelpFormatter`` appends a default the parser knows (``plain``); the defaults decided
 later, from ``--recipe``, the families, ``--mode`` or ``--smoke``, are written by
 ``recipes_default``, ``factor_default`` and ``measure_default`` from the registries
-themselves, so the help cannot drift from them.
+themselves, and ``--where``'s factors and levels by ``where_levels``, so the help
+cannot drift from them.
 """
 from __future__ import annotations
 
 import argparse
 
-from . import recipes
+from . import factors, recipes
+
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -75,3 +78,16 @@ def measure_default() -> str:
     except Exception:  # noqa: BLE001  a broken measurement module is reported when used
         names = "the cheap default set"
     return f"(default: in train mode {names}; in probe mode none)"
+
+
+def where_levels() -> str:
+    """``--where``'s factors and their levels, from the factor registry
+    (``ablations.factors``): ``residual=plain/residual, norm=batch/layer/none, ...``."""
+    return ", ".join(f"{f.name}={'/'.join(f.level_names)}" for f in factors.all_factors())
+
+
+def defaults_said(switches: bool = True) -> str:
+    """The promise a command's description makes, which ``HelpFormatter`` keeps
+    (``switches``: the command has options without a value)."""
+    return "Each option below says its default" + (
+        "; a switch (an option without a value) is off unless given." if switches else ".")

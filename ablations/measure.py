@@ -48,7 +48,7 @@ from pathlib import Path
 from ablations.status import Status
 from ablations.cli import OneLineParser
 
-from . import lock, measure_run, results, storage, store_lock, store_sweep, weights
+from . import helptext, lock, measure_run, results, storage, store_lock, store_sweep, weights
 from .spec import SpecError, check_measurements, spec_from_dict
 
 PROG = "python -m ablations.measure"
@@ -67,33 +67,43 @@ class Job:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=PROG, description="Measure a finished sweep's kept networks "
-                      "(through Ray), merge into RESULTS/measurements/ and rebuild the report.")
-    p.add_argument("results", help="a sweep's results folder (OUT/NAME: spec.json, "
-                   "trials.parquet, weights/), or its URI in an object store "
-                   "(s3://BUCKET/PREFIX/NAME)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="with a URI: the local copy of the sweep, where the merged files "
-                   "and the report are written before they go back to the store "
-                   "(default ./NAME)")
-    p.add_argument("--measure", default=None, metavar="NAMES",
-                   help="comma list of measurements (default: the sweep's own --measure set, "
-                   "or the default set when it had none)")
-    p.add_argument("--where", action="append", default=[], metavar="FACTOR=V[,V]",
-                   help="measure only these trials (as python -m analysis --where: family, "
-                   "model, depth, any factor, seed), e.g. --where seed=0 --where depth=8,32; "
-                   "the merged files and the report keep every trial measured so far")
-    p.add_argument("--redo", action="store_true",
+    """The parser; its ``--help`` says each default once, in words
+    (``ablations.helptext``). Sections: measurements, resources, output."""
+    p = OneLineParser(prog=PROG, formatter_class=helptext.HelpFormatter,
+                      description="Measure a finished sweep's kept networks (through Ray), "
+                      "merge into RESULTS/measurements/ and rebuild the report. "
+                      + helptext.defaults_said())
+    p.add_argument("results", metavar="RESULTS",
+                   help="a sweep's results folder (OUT/NAME: spec.json, trials.parquet, "
+                   "weights/), or its URI in an object store (s3://BUCKET/PREFIX/NAME)")
+    m = p.add_argument_group("measurements", "what is measured, on which trials")
+    m.add_argument("--measure", default=None, metavar="NAMES",
+                   help="measurements, comma list: " + helptext.measurement_names()
+                   + " (default: the sweep's own --measure set, or the default set when it "
+                   "had none)")
+    m.add_argument("--where", action="append", default=[], metavar="FACTOR=V[,V]",
+                   help="measure only these trials, as python -m analysis --where: family, "
+                   "model, depth, seed or a factor (" + helptext.where_levels() + "); "
+                   "repeatable, e.g. --where seed=0 --where depth=8,32; the merged files "
+                   "and the report keep every trial measured so far (default: every trial)")
+    m.add_argument("--redo", action="store_true",
                    help="measure again where a fragment is already there")
-    p.add_argument("--address", default=None,
-                   help="join a Ray cluster: 'auto' or host:port (default: a local Ray)")
-    p.add_argument("--cpus-per-trial", type=float, default=None,
+    r = p.add_argument_group("resources", "where the measuring runs and what each trial gets")
+    r.add_argument("--address", default=None, metavar="HOST:PORT",
+                   help="join a Ray cluster: host:port, or 'auto' for the one running here "
+                   "(default: none: start Ray on this machine)")
+    r.add_argument("--cpus-per-trial", type=float, default=None, metavar="CPUS",
                    help="CPUs per trial (default: the cluster's CPUs shared among the trials)")
-    p.add_argument("--gpus-per-trial", type=float, default=None,
+    r.add_argument("--gpus-per-trial", type=float, default=None, metavar="GPUS",
                    help="GPUs per trial (default: a share of the GPUs when there are any)")
-    p.add_argument("--data-root", default=None,
-                   help="where the sweep's CIFAR-10 is on this machine (default: the path "
-                   "the sweep used, from spec.json)")
+    r.add_argument("--data-root", default=None, metavar="DIR_OR_URI",
+                   help="where the sweep's CIFAR-10 is on this machine: a folder, or "
+                   "s3://BUCKET/PREFIX (default: the one the sweep used, from spec.json)")
+    o = p.add_argument_group("output", "where the merged files and the report go")
+    o.add_argument("--out", default=None, metavar="DIR",
+                   help="with a URI: the local copy of the sweep, where the merged files "
+                   "and the report are written before they go back to the store; unused "
+                   "without a URI (default: ./NAME)")
     return p
 
 

@@ -42,6 +42,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from ablations import helptext
 from ablations.cli import OneLineParser
 from ablations.spec import SpecError
 from analysis.style import STYLES, WIDTHS
@@ -161,40 +162,53 @@ def _with_spec(written: list[str], spec: list[str]) -> list[str]:
     return written[:len(written) - tail] + spec + written[len(written) - tail:]
 
 
-def main(argv=None) -> int:
-    parser = OneLineParser(prog="python -m analysis",
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m analysis``'s parser; its ``--help`` says each default once, in words
+    (``ablations.helptext``). Sections: view, figures, output, tracking."""
+    parser = OneLineParser(prog="python -m analysis", formatter_class=helptext.HelpFormatter,
                            description="Rebuild figures/, tables/, report.md and report.html "
-                                       "of a results folder from its Parquet files.")
-    parser.add_argument("run_dir", help="results folder holding trials/layers/epochs.parquet, "
-                        "or a sweep's URI in an object store (s3://BUCKET/PREFIX/NAME)")
-    parser.add_argument("--format", type=_formats, default=("pdf", "png"),
-                        help="comma-separated figure formats: pdf, png, svg (default pdf,png)")
-    parser.add_argument("--style", choices=STYLES, default="paper",
-                        help="paper: 8 pt text for a paper; slides: beamer 16:9 sizes "
-                             "(default paper)")
-    parser.add_argument("--width", choices=WIDTHS, default="double",
-                        help="single: one column (3.25 in, ICML); double: the full text width "
-                             "(6.75 in) (default double)")
-    parser.add_argument("--where", action="append", default=[], metavar="FACTOR=V[,V]",
-                        help="keep only these values of family, model, depth, seed or any "
-                             "factor (residual=residual/plain, norm=batch,layer,none, "
-                             "block=post/pre, branch_scale=one/invsqrt/zero, "
-                             "shortcut=projection/pad; rows where a factor is n/a are kept), "
-                             "e.g. --where family=resnet --where branch_scale=zero,invsqrt; the "
-                             "view goes to RESULTS_DIR/views/<filter> unless --out is given")
-    parser.add_argument("--out", default=None,
-                        help="write here instead (default: RESULTS_DIR, or its views/ folder "
-                             "with --where); with a URI: the local copy of the sweep, which "
-                             "the report is written into (default ./NAME)")
-    parser.add_argument("--jobs", type=_jobs, default=None, metavar="N|auto",
-                        help="processes that draw the figures and make the tables (default "
-                             "auto: one per CPU); 1: this process alone, item after item, each "
-                             "format of a figure laid out on its own, as before parallel builds")
-    parser.add_argument("--wandb-report", type=_target, default=None, metavar="ENTITY/PROJECT",
-                        help="publish the sweep's W&B report there: sync its offline runs, "
-                             "save the report, print its URL and record it in spec.json (needs "
-                             "W&B credentials; without them or a server: one line saying what "
-                             "to run later; the exit code is unchanged)")
+                                       "of a results folder from its Parquet files. "
+                                       + helptext.defaults_said(switches=False))
+    parser.add_argument("run_dir", metavar="RESULTS_DIR",
+                        help="results folder holding trials/layers/epochs.parquet, or a "
+                        "sweep's URI in an object store (s3://BUCKET/PREFIX/NAME)")
+    v = parser.add_argument_group("view", "which rows the figures, tables and report show")
+    v.add_argument("--where", action="append", default=[], metavar="FACTOR=V[,V]",
+                   help="keep only these values of family, model, depth, seed or a factor ("
+                   + helptext.where_levels() + "; rows where a factor is n/a are kept); "
+                   "repeatable, e.g. --where family=resnet --where branch_scale=zero,invsqrt; "
+                   "the view goes to RESULTS_DIR/views/<filter> unless --out is given "
+                   "(default: every row)")
+    f = parser.add_argument_group("figures", "how the figures are drawn")
+    f.add_argument("--format", type=_formats, default=("pdf", "png"), metavar="FORMATS",
+                   help="figure formats, comma list: " + ", ".join(FORMATS))
+    f.add_argument("--style", choices=STYLES, default="paper",
+                   help="paper: 8 pt text for a paper; slides: beamer 16:9 sizes")
+    f.add_argument("--width", choices=WIDTHS, default="double",
+                   help="single: one column (3.25 in, ICML); double: the full text width "
+                   "(6.75 in)")
+    o = parser.add_argument_group("output", "where the report goes and how it is built")
+    o.add_argument("--out", default=None, metavar="DIR",
+                   help="write here instead; with a URI: the local copy of the sweep, which "
+                   "the report is written into (default: RESULTS_DIR, or its "
+                   "views/<filter> folder with --where; with a URI: ./NAME)")
+    o.add_argument("--jobs", type=_jobs, default=None, metavar="N|auto",
+                   help="processes that draw the figures and make the tables: N, or auto "
+                   "for one per CPU; 1: this process alone, item after item, each format "
+                   "of a figure laid out on its own, as before parallel builds "
+                   "(default: auto)")
+    t = parser.add_argument_group("tracking", "Weights & Biases")
+    t.add_argument("--wandb-report", type=_target, default=None, metavar="ENTITY/PROJECT",
+                   help="publish the sweep's W&B report there: sync its offline runs, save "
+                   "the report, print its URL and record it in spec.json (needs W&B "
+                   "credentials; without them or a server: one line saying what to run "
+                   "later; the exit code is unchanged); its spec, wandb_report.json, is "
+                   "written next to the report either way (default: none: not published)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     import multiprocessing as mp
     speccer = (_SpecWriter(parser.prog) if args.jobs != 1 and "fork" in mp.get_all_start_methods()
