@@ -150,7 +150,7 @@ def build_parser(report_target=str) -> argparse.ArgumentParser:
                    "synthetic (small, made in memory) (default: cifar10; --smoke: synthetic)")
     t.add_argument("--data-root", default="data", metavar="DIR",
                    help="the folder holding cifar-10-batches-py/, or s3://BUCKET/PREFIX "
-                   "holding it: fetched once per node into $RESABLATE_CACHE (default "
+                   "holding it: fetched once per node into $RESABLATE_CACHE (by default "
                    "~/.cache/resablate), checked by sha256")
     t.add_argument("--download", action="store_true",
                    help="download CIFAR-10 (about 170 MB) into --data-root when it is missing")
