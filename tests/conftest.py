@@ -5,6 +5,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ.setdefault("MPLBACKEND", "Agg")
+# every process the tests start carries this session's token: tests/ray_procs.py finds
+# and stops this session's Ray by it, never anyone else's
+os.environ.setdefault("RESABLATE_TEST_RAY", __import__("uuid").uuid4().hex)
 
 try:
     from hypothesis import HealthCheck, settings

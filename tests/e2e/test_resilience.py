@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from tests.e2e.test_sweep_e2e import ROOT, ray_pids
+from tests.ray_procs import kill_marked, marked_pids
 
 # the seed recipe and one seed: the plain/residual ids and trial counts these tests name
 SMALL = ["--families", "mlp", "--depths", "4", "--dataset", "synthetic", "--subset", "600",
@@ -38,22 +39,15 @@ def rows(run_dir):
 
 
 def kill_new_ray(before):
-    """Kill Ray processes a test left (a killed driver's cluster), wait until gone."""
-    for pid in ray_pids() - before:
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + 30
-    while ray_pids() - before and time.time() < deadline:
-        time.sleep(0.5)
+    """Kill the Ray processes a test left (a killed driver's cluster): every process of
+    this test session started since ``before`` (tests/ray_procs.py), wait until gone."""
+    kill_marked(pids=marked_pids() - before)
 
 
 def trial_workers():
-    """Pids of Ray workers running a Tune trial (process title ray::<actor>.<method>)."""
-    out = subprocess.run(["pgrep", "-f", "ray::(ImplicitFunc|_trainable)"],
-                         capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+    """Pids of this session's Ray workers running a Tune trial (process title
+    ray::<actor>.<method>)."""
+    return sorted(marked_pids(r"ray::(ImplicitFunc|_trainable)"))
 
 
 def test_failing_trial_is_retried_recorded_as_error_then_retry_failed(tmp_path):
@@ -315,6 +309,5 @@ def test_two_node_cluster_with_address_places_trials_on_both_nodes(tmp_path):
         trials = pd.read_parquet(tmp_path / "res" / "c" / "trials.parquet")
         assert trials.node_id.nunique() == 2  # both nodes ran trials
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        kill_new_ray(before)
+        kill_new_ray(before)  # this test's two nodes only, never `ray stop --force`
     assert not ray_pids() - before

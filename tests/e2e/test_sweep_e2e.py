@@ -8,13 +8,15 @@ import sys
 import pandas as pd
 
 from tests.ablations.test_data import write_cifar
+from tests.ray_procs import marked_pids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def ray_pids():
-    out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True)
-    return set(out.stdout.split())
+    """This test session's raylets and GCS servers (tests/ray_procs.py): never another
+    session's Ray on the same machine."""
+    return marked_pids("raylet|gcs_server")
 
 
 def sweep(*argv, cwd, env=None, umask=None):
