@@ -12,6 +12,7 @@ import argparse
 import html
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,70 @@ def test_an_option_without_help_still_shows_its_default():
     dl = "\n".join(hook._option(p, a, "x") for a in p._actions[1:])
     assert "(default: b)" in dl and "(default: 1,2)" in dl
     assert "default: False" not in dl
+
+
+# --- the prose against the code -------------------------------------------------------
+
+PAGES = [ROOT / "README.md"] + sorted(p for p in (ROOT / "docs").rglob("*.md")
+                                      if "assets" not in p.relative_to(ROOT / "docs").parts)
+# Options of other programs that the pages show: `ray start --head --port --num-cpus`,
+# `ray stop --force`, `mkdocs build --strict`, and `--help` (argparse's own).
+OTHER_PROGRAMS = {"--head", "--port", "--num-cpus", "--force", "--strict", "--help"}
+
+
+def test_every_option_the_pages_name_exists():
+    """A flag renamed or removed in a parser fails here until README and docs follow."""
+    hook = load_hook()
+    known = {n for c in COMMANDS for n in hook.option_strings(c)} | OTHER_PROGRAMS
+    stale = sorted({(m.group(0), str(p.relative_to(ROOT))) for p in PAGES
+                    for m in re.finditer(r"(?<![\w-])--[a-z][a-z0-9-]*", p.read_text())
+                    if m.group(0) not in known})
+    assert not stale, f"options no parser has: {stale}"
+
+
+def _shape(text: str) -> str:
+    """An estimate line with its numbers and durations (42s, 6m12s, 1h05m) replaced."""
+    return re.sub(r"\d[\d.,]*[dhms\d]*", "N", text)
+
+
+def estimate_lines(started: bool, monkeypatch) -> str:
+    """The line ``ablations.estimate.line`` prints today, with timings made up."""
+    from ablations import estimate
+    from ablations.arguments import build_parser, spec_from_args
+    from ablations.plan import expand
+    spec = spec_from_args(build_parser().parse_args(["--smoke", "--families", "mlp"]))
+    trials, _ = expand(spec)
+    monkeypatch.setattr(estimate, "estimate_epochs", lambda *a, **k: {t.cell: 1.0 for t in trials})
+    monkeypatch.setattr(estimate, "measure_seconds", lambda *a, **k: {})
+    text, _ = estimate.line(spec, trials, {"train": 100, "val": 10, "test": 10}, slots=2,
+                            started=started)
+    assert text.startswith("estimate: about ") and ("start-up" in text) == (not started)
+    return text
+
+
+def test_the_pasted_estimate_lines_have_todays_shape(monkeypatch):
+    """Every ``estimate: about ...`` line pasted into README or docs reads as the code
+    prints it now (numbers aside; an abridged line up to its ``...``): a sweep's (no
+    start-up part) or a dry run's."""
+    shapes = [_shape(estimate_lines(started, monkeypatch)) for started in (True, False)]
+    pasted = [(p.relative_to(ROOT), line.strip()) for p in PAGES
+              for line in p.read_text().splitlines()
+              if line.strip().startswith("estimate: about ")]
+    assert len(pasted) >= 3  # README's smoke and dry run, getting started, training
+    stale = [(str(p), line) for p, line in pasted
+             if not any(s.startswith(_shape(line).split("...")[0]) for s in shapes)]
+    assert not stale, f"estimate lines the code no longer prints: {stale}; now: {shapes}"
+
+
+def test_the_readme_is_a_front_door_whose_links_resolve():
+    """README stays short (the reference lives in docs/), and every relative link and
+    image of it names a file of the repository (mkdocs never sees README)."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 160
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if "://" not in t]
+    assert len(local) > 10
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README links to missing files: {missing}"
+    for command in ("python sweep.py --smoke", "--dry-run", "mkdocs build --strict"):
+        assert command in text, command
