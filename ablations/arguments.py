@@ -210,7 +210,7 @@ def build_parser(report_target=str) -> argparse.ArgumentParser:
                    "(default: a share of the GPUs when there are any, else 0)")
     c.add_argument("--address", default=None, metavar="HOST:PORT",
                    help="join a Ray cluster: host:port, or 'auto' for the one running here; "
-                   "token auth: see README (default: none: start Ray on this machine)")
+                   "token auth: docs/how-to/clusters.md (default: none: start Ray on this machine)")
     c.add_argument("--storage", default=None, metavar="DIR_OR_URI",
                    help="Ray Tune state and trial checkpoints; on a multi-node cluster it "
                    "and --out must be on storage every node reaches. Or an object store, "

@@ -72,7 +72,7 @@ def local_resources(spec: AblationSpec, units: int) -> tuple[int, int, float, fl
         return None
     cpus, gpus = cluster.local_resources()
     cpt, gpt = cluster.plan_resources(cpus, gpus, cpus, gpus, units, spec.cpus_per_trial,
-                                      spec.gpus_per_trial)
+                                      spec.gpus_per_trial, where="this machine")
     if spec.mode == "train":
-        cluster.check_device(spec.train.device, gpus, gpt)
+        cluster.check_device(spec.train.device, gpus, gpt, where="this machine")
     return cpus, gpus, cpt, gpt

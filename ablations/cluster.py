@@ -338,19 +338,21 @@ def resolve_resources(spec, n_units: int):
     return dataclasses.replace(spec, cpus_per_trial=cpt, gpus_per_trial=gpt)
 
 
-def check_device(device: str, gpus: float, gpt: float) -> None:
+def check_device(device: str, gpus: float, gpt: float, where: str = "the Ray cluster") -> None:
     """``--device cuda`` needs a GPU for each trial: without one every trial would fail
-    in its worker; said here, before anything is written, in one line."""
+    in its worker; said here, before anything is written, in one line (``where``: whose
+    GPUs were counted)."""
     if device == "cuda" and not gpt:
         raise SpecError("--device cuda: " + (
-            "the Ray cluster has no GPU; valid: --device auto or cpu" if not gpus else
+            f"{where} has no GPU; valid: --device auto or cpu" if not gpus else
             "--gpus-per-trial 0 gives the trials no GPU; valid: --gpus-per-trial > 0, or "
             "--device auto or cpu"))
 
 
 def plan_resources(cpus: float, gpus: float, node_cpu: float, node_gpu: float, n_units: int,
-                   cpt: float | None, gpt: float | None) -> tuple[float, float]:
-    """(CPUs, GPUs) per trial. Defaults: slots = min(units, CPUs); each trial gets
+                   cpt: float | None, gpt: float | None,
+                   where: str = "the Ray cluster") -> tuple[float, float]:
+    """(CPUs, GPUs) per trial (``where``: whose resources these are, for the errors). Defaults: slots = min(units, CPUs); each trial gets
     floor(CPUs / slots) CPUs and, when there are GPUs, min(1, GPUs / slots) of a GPU
     (fractions pack several trials on one GPU). A request that no single node can
     satisfy would never be scheduled: it is an error here, not a hang later."""
@@ -359,7 +361,7 @@ def plan_resources(cpus: float, gpus: float, node_cpu: float, node_gpu: float, n
         gpt = 0.0 if not gpus else min(1.0, _floor(gpus / slots))
     if gpt > node_gpu:
         have = "no GPU" if not gpus else f"at most {node_gpu:g} GPU(s) per node"
-        raise SpecError(f"--gpus-per-trial {gpt:g}: the Ray cluster has {have}; valid: 0"
+        raise SpecError(f"--gpus-per-trial {gpt:g}: {where} has {have}; valid: 0"
                         + (f" up to {node_gpu:g} (fractions such as 0.25 share a GPU)"
                            if node_gpu else " (or omit it)"))
     if gpt:
@@ -367,7 +369,7 @@ def plan_resources(cpus: float, gpus: float, node_cpu: float, node_gpu: float, n
     if cpt is None:
         cpt = min(max(1, int(cpus // slots)), max(1, int(node_cpu)))
     if cpt > node_cpu:
-        raise SpecError(f"--cpus-per-trial {cpt:g}: no node of the Ray cluster has that many "
+        raise SpecError(f"--cpus-per-trial {cpt:g}: no node of {where} has that many "
                         f"CPUs (largest: {node_cpu:g}); valid: up to {node_cpu:g}")
     return cpt, gpt
 

@@ -103,8 +103,8 @@ def no_gpu_no_ray(monkeypatch):
 
 
 @pytest.mark.parametrize("flags,needle", [
-    (["--device", "cuda"], "--device cuda: the Ray cluster has no GPU; valid: --device auto"),
-    (["--gpus-per-trial", "2"], "--gpus-per-trial 2: the Ray cluster has no GPU; valid: 0"),
+    (["--device", "cuda"], "--device cuda: this machine has no GPU; valid: --device auto"),
+    (["--gpus-per-trial", "2"], "--gpus-per-trial 2: this machine has no GPU; valid: 0"),
 ])
 def test_resource_errors_come_before_the_wandb_line_and_ray(tmp_path, capsys, no_gpu_no_ray,
                                                             flags, needle):

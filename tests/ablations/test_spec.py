@@ -78,7 +78,7 @@ def test_out_that_is_a_file_and_existing_results_are_refused(tmp_path):
     (["--families", "mlp,vgg"], "unknown family 'vgg'"),
     (["--seeds", "0"], "--seeds must be >= 1"),
     (["--wandb", "loud"], "invalid choice: 'loud' (choose from 'auto', 'online', 'offline'"),
-    (["--gpus-per-trial", "2"], "--gpus-per-trial 2: the Ray cluster has no GPU; valid: 0"),
+    (["--gpus-per-trial", "2"], "--gpus-per-trial 2: this machine has no GPU; valid: 0"),
     (["--gpus-per-trial", "1.5"], "--gpus-per-trial above 1 must be a whole number"),
     (["--address", "127.0.0.1:9"], "--address 127.0.0.1:9: nobody listens there"),
     (["--address", "nonsense"], "--address 'nonsense' is not host:port or 'auto'"),
