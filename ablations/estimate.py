@@ -1,8 +1,8 @@
 """How long a sweep will take here, before anything trains: time one training step of
 each model on this machine (a second or so each), scale to the planned epochs, time the
 trial's measurements once per family on the untrained network, and add the fixed costs
-around the training (``START_S``, ``TRIAL_START_S``, ``REPORT_S``; measured on 2 cores,
-see bench/README.md "Estimates").
+around the training (``START_S``, ``WORKER_START_S``, ``TRIAL_START_S``, ``REPORT_S``
+and its parts; measured on 2 cores, see bench/README.md "Estimates").
 
 A training epoch is ``ceil(train / batch)`` steps plus evaluation of the validation and
 test images (a forward pass, taken as a third of a training step per image). The
@@ -22,11 +22,13 @@ import time
 EVAL_COST = 1 / 3    # a forward pass of one image, in training steps' per-image cost
 BUDGET_S = 8.0       # stop timing further models after this long (the rest: unknown)
 # Fixed costs around the training, seconds on 2 cores (bench/README.md "Estimates"):
-START_S = 8.0        # interpreter and imports, the data check, a local Ray's start
-ATTACH_S = 3.0       # the same when joining a running cluster (--address)
-TRIAL_START_S = 2.5  # each trial's worker: process, imports, data, W&B run, fragments
-REPORT_S = 20.0      # the merge, the figures and tables, the report pages
-REPORT_PER_TRIAL_S = 0.5  # ... and per trial of the sweep (rows, per-trial items)
+START_S = 8.0           # interpreter and imports, the data check, a local Ray's start
+ATTACH_S = 3.0          # the same when joining a running cluster (--address)
+WORKER_START_S = 6.0    # the first trial of each slot: a worker process, its imports, data
+TRIAL_START_S = 0.5     # every trial: its W&B run, checkpoints, fragments
+REPORT_S = 4.0          # the merge, the figures and tables, the report pages ...
+REPORT_PER_TRIAL_S = 0.15        # ... per trial of the sweep (rows, per-trial items)
+REPORT_PER_MEASUREMENT_S = 1.5   # ... per measurement (its figures and tables)
 
 
 def step_seconds(model_cfg, batch: int, in_features, num_classes: int, threads: int,
@@ -170,19 +172,22 @@ def measure_seconds(trials, spec, sizes: dict, per_epoch: dict, device: str = "c
     return out
 
 
-def fixed_seconds(n_trials: int, attached: bool, started: bool) -> tuple[float, float, float]:
-    """``(start-up, per trial, report)`` seconds around the training: start-up is 0 when
-    the sweep already ``started`` (its Ray is up when it prints the estimate)."""
+def fixed_seconds(n_trials: int, n_measurements: int, attached: bool,
+                  started: bool) -> tuple[float, float, float, float]:
+    """``(start-up, worker start, per trial, report)`` seconds around the training:
+    start-up is 0 when the sweep already ``started`` (its Ray is up when it prints the
+    estimate)."""
     start = 0.0 if started else (ATTACH_S if attached else START_S)
-    return start, TRIAL_START_S, REPORT_S + REPORT_PER_TRIAL_S * n_trials
+    report = REPORT_S + REPORT_PER_TRIAL_S * n_trials + REPORT_PER_MEASUREMENT_S * n_measurements
+    return start, WORKER_START_S, TRIAL_START_S, report
 
 
 def line(spec, trials, sizes, slots: int, tuning_cells: int = 0,
          started: bool = True) -> tuple[str, dict]:
     """The plan's time estimate and the per-epoch seconds it used (for the progress
     ETA): the trials' training (one step of each model timed here, ``BUDGET_S`` at
-    most), their measurements (``measure_seconds``) and worker start, shared among
-    ``slots``, plus the start-up (unless ``started``) and the report."""
+    most), their measurements (``measure_seconds``) and start, shared among ``slots``
+    after the workers' start, plus the start-up (unless ``started``) and the report."""
     if spec.mode != "train" or not sizes:
         return "", {}
     from .device import pick_device
@@ -197,10 +202,11 @@ def line(spec, trials, sizes, slots: int, tuning_cells: int = 0,
     known = [t for t in trials if t.cell in per_epoch]
     if not known:
         return "estimate: not available (no model could be timed)", {}
-    start, per_trial, report = fixed_seconds(len(trials), spec.address is not None, started)
+    start, worker, per_trial, report = fixed_seconds(len(trials), len(spec.measure or ()),
+                                                     spec.address is not None, started)
     train = [per_epoch[t.cell] * spec.train.epochs for t in known]
     whole = [s + measuring.get(t.cell, 0.0) + per_trial for s, t in zip(train, known)]
-    trials_s = sweep_seconds(whole, slots)
+    trials_s = worker + sweep_seconds(whole, slots)
     total = start + trials_s + report
     parts = [f"trials {duration(trials_s)}"] + (
         [f"start-up {duration(start)}"] if start else []) + [f"report {duration(report)}"]

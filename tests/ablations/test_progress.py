@@ -170,10 +170,14 @@ def test_the_estimate_counts_start_up_trials_and_report():
     sizes = {"train": 64, "val": 0, "test": 32}
     dry, _ = estimate.line(spec, trials, sizes, slots=2, started=False)
     live, _ = estimate.line(spec, trials, sizes, slots=2, started=True)
-    assert "start-up 8s" in dry and "start-up" not in live and "report 2" in live
-    start, per_trial, report = estimate.fixed_seconds(len(trials), False, False)
-    assert start == estimate.START_S and report > estimate.REPORT_S
-    assert estimate.fixed_seconds(4, True, False)[0] == estimate.ATTACH_S
+    assert "start-up 8s" in dry and "start-up" not in live and "report 5s" in live  # 4 s + 6 trials x 0.15 s
+    start, worker, per_trial, report = estimate.fixed_seconds(len(trials), 0, False, False)
+    assert start == estimate.START_S and worker == estimate.WORKER_START_S
+    assert report == estimate.REPORT_S + estimate.REPORT_PER_TRIAL_S * len(trials)
+    assert estimate.fixed_seconds(4, 2, True, False)[0] == estimate.ATTACH_S
+    assert estimate.fixed_seconds(4, 2, True, True)[0] == 0
+    assert estimate.fixed_seconds(4, 2, True, False)[3] == pytest.approx(
+        estimate.REPORT_S + 4 * estimate.REPORT_PER_TRIAL_S + 2 * estimate.REPORT_PER_MEASUREMENT_S)
 
 
 def test_tuning_sample_lines():
