@@ -108,6 +108,7 @@ def connect(address: str | None, prewarm: bool = False) -> None:
             else:
                 os.environ["PYTHONPATH"] = saved
         ExitNoiseFilter().install()
+        quiet_node_notices()  # a raylet killed under us: its dying notice and state dump
         import ray.tune  # noqa: F401  the driver needs it next; meanwhile the workers warm up
         return
     if address != "auto":

@@ -117,7 +117,11 @@ def test_ray_lost_ends_the_sweep_with_a_summary_and_the_resume_command(
     assert not (tmp_path / "p" / lock.NAME).exists()
 
 
-def test_killing_the_sweeps_own_ray_then_resume(tmp_path):
+@pytest.mark.parametrize("which", ["all", "raylet"])
+def test_killing_the_sweeps_own_ray_then_resume(tmp_path, which):
+    """Every process of the sweep's Ray, or its raylet alone (whose dying notice with its
+    state dump reaches the driver before the loss is noticed): one line, the summary,
+    the resume command; no Ray internals."""
     proc = subprocess.Popen(cmd(*ARGV), cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     victims, before, after = [], [], []
@@ -130,6 +134,10 @@ def test_killing_the_sweeps_own_ray_then_resume(tmp_path):
         victims = descendants(proc.pid)  # this sweep's Ray: gcs_server, raylet, workers
         assert any("gcs_server" in open(f"/proc/{p}/cmdline").read() for p in victims
                    if os.path.exists(f"/proc/{p}"))
+        if which == "raylet":
+            victims = [p for p in victims if os.path.exists(f"/proc/{p}")
+                       and "raylet" in open(f"/proc/{p}/cmdline").read()]
+            assert victims
         kill_all(victims)
         after = list(proc.stdout)
         proc.wait(timeout=120)
@@ -143,6 +151,7 @@ def test_killing_the_sweeps_own_ray_then_resume(tmp_path):
     assert proc.returncode == 1, "".join(before[-20:]) + text
     assert len(after) < 10, text
     assert "[state-dump]" not in text and "Traceback" not in text
+    assert "Raylet is terminated" not in text
     assert "sweep.py: Ray was lost under the sweep" in text
     assert re.search(r"\d of 4 trial\(s\) finished: \d completed, 0 diverged, 0 errored; "
                      r"\d pending in res/lost", text), text
@@ -152,6 +161,8 @@ def test_killing_the_sweeps_own_ray_then_resume(tmp_path):
     done = len(pd.read_parquet(tmp_path / "res" / "lost" / "trials.parquet")
                .query("status == 'completed'"))
     assert 1 <= done < 4
+    if which == "raylet":
+        return  # the rest as with every process killed
 
     p = subprocess.run(cmd(*resume.split()[2:]), cwd=tmp_path, capture_output=True,
                        text=True, timeout=400)
