@@ -49,7 +49,7 @@ from .spec import SpecError
 VALID = "valid: a local folder, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX"
 SCHEMES = ("s3", "gs", "gcs")
 WORKER_TOPS = ("trials", "weights", "features", "wandb")  # what workers write in NAME/
-SKIP_PUSH = {*WORKER_TOPS, "ray", "checkpoints", ".lock"}  # not pushed as a whole folder
+SKIP_PUSH = {"trials", "weights", "features", "ray", "checkpoints", ".lock"}  # not the driver's
 
 
 def is_uri(value) -> bool:
@@ -383,7 +383,7 @@ class RunSync:
         tuning journal) to the store, and its own W&B offline runs (the figures run)."""
         if self.store is None:
             return
-        self.store.upload_dir(self.spec.run_dir, self.spec.name, skip=SKIP_PUSH)
+        self.store.upload_dir(self.spec.run_dir, self.spec.name, skip=SKIP_PUSH | {"wandb"})
         root = Path(self.spec.run_dir, "wandb")  # its own runs, not those pulled already
         have = self.store.list(f"{self.spec.name}/wandb")
         for p in sorted(root.glob("offline-run-*/**/*")):
