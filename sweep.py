@@ -94,9 +94,10 @@ def finish(outcome: orchestrate.Outcome, wandb_report: str | None) -> int:
     tracking.log_figures(outcome.wandb_mode, run_dir, spec.name, figures, counts)
     write_wandb_report(run_dir, wandb_report)  # after log_figures: its run is synced too
     run_dir = publish(spec) or run_dir
-    sync = tracking.sync_command(run_dir)  # online trials that fell back wrote offline runs too
+    # online trials that fell back wrote offline runs too; the local folder has them all
+    sync = tracking.sync_command(spec.run_dir)
     if sync:
-        print(f"W&B offline runs in {run_dir}/wandb; upload with: {sync}")
+        print(f"W&B offline runs in {spec.run_dir}/wandb; upload with: {sync}")
     print(f"done in {time.time() - outcome.started:.0f}s: {outcome.trials} trials: "
           f"{counts[Status.COMPLETED]} completed, {counts[Status.DIVERGED]} diverged, "
           f"{counts[Status.ERROR]} errored -> {run_dir}; {report_note}")

@@ -26,9 +26,6 @@ def prepare(spec: AblationSpec, resuming: bool = False, download: bool = False,
     (``to_download`` names it) and the sizes are the settings' own."""
     validate(spec, resuming)
     if storage.is_uri(spec.storage):
-        if spec.tune:
-            raise SpecError("--tune with an object-store --storage is not supported yet; "
-                            "use a local --storage (a folder every node reaches)")
         store = storage.check(spec.storage)
         if not resuming and store.exists(f"{spec.name}/spec.json"):
             raise SpecError(f"results already exist in {spec.storage}/{spec.name}; choose "

@@ -319,7 +319,8 @@ def tune_cells(spec, trials, run_dir, worker_spec) -> list | None:
     cells = tuning.cells_of(trials)
     if chosen is None:
         space = spec.search_space()
-        search = tuning.make_searcher(cells, space, spec.samples, run_dir)
+        search = tuning.make_searcher(cells, space, spec.samples, run_dir,
+                                      on_told=storage.RunSync(spec).push_tuning)
         left = search.remaining_total()
         print(f"tuning {','.join(spec.tune)} per cell: {len(cells)} cells x {spec.samples} "
               f"samples (Optuna TPE, median pruning on val_acc); {left} to run", flush=True)

@@ -10,10 +10,12 @@ round, from its checkpoint, without using a retry; so does a trial whose node wa
 without notice (killed, crashed, reclaimed: ``node_lost``), which Tune retried
 or gave up on: the retry is not counted either. ``run_tuning``: the per-cell
 Optuna searches (``ablations.tuning``) in one Tuner, so samples of different cells
-run side by side.
+run side by side. With an object-store ``--storage`` a group, or a tuning sample, runs
+in a folder staged on its node (``staged``) and its files go to the store.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -54,16 +56,13 @@ def _trainable(config, *, groups, cells, spec, run_dir):
         from .train import run_train_trial
         from .tuning import sample_trial
         sample = sample_trial(cells[config["cell"]], config["sample"], config["hp"])
-        run_train_trial(sample, spec, run_dir, TuneReporter(), tuning=True)
+        with staged(spec, run_dir, []) as (spec, run_dir):  # its W&B run to the store
+            run_train_trial(sample, spec, run_dir, TuneReporter(), tuning=True)
         return
     from ray import tune
     group = groups[config["group"]]
     try:
-        if storage.is_uri(spec.storage):  # staged here, every file written put to the store
-            spec, run_dir, mirror = storage.stage(spec, [t.trial_id for t in group])
-            with mirror:
-                statuses = run_group(group, spec, run_dir, TuneReporter())
-        else:
+        with staged(spec, run_dir, [t.trial_id for t in group]) as (spec, run_dir):
             statuses = run_group(group, spec, run_dir, TuneReporter())
     except Preempted:  # checkpointed: run_groups runs it again, not as a failure
         tune.report({"preempted": 1})
@@ -74,6 +73,19 @@ def _trainable(config, *, groups, cells, spec, run_dir):
 
 # the SIGTERM handler, installed on the worker's main thread as Tune sets up the actor
 _trainable.__mixins__ = (WorkerSetup,)
+
+
+@contextlib.contextmanager
+def staged(spec, run_dir, trial_ids):
+    """``(spec, run_dir)`` that trials (or a tuning sample: no ``trial_ids``) run with:
+    with an object-store ``--storage``, a local copy staged on this node whose every file
+    written goes to the store (``storage.stage``); otherwise the arguments themselves."""
+    if not storage.is_uri(spec.storage):
+        yield spec, run_dir
+        return
+    spec, run_dir, mirror = storage.stage(spec, trial_ids)
+    with mirror:
+        yield spec, run_dir
 
 
 def _tuner_common(spec, experiment: str, callbacks=()):

@@ -12,10 +12,15 @@ With an object store, the store is the truth and no node needs another's disk:
   ``ablations.files`` (fragment rows and frames, measurement fragments, kept weights,
   checkpoints, the attempts counter) is put to the store at once, and a file it
   moves or removes (a finished trial's checkpoint) is moved or removed there (``Mirror``);
-* the driver (``RunSync``) pulls ``trials/``, ``weights/`` and ``features/`` from the store into its
-  local results folder before reading or merging them, mirrors its own writes under
-  ``trials/`` (error rows, ``--retry-failed``'s archived rows), and pushes the merged
-  files (``spec.json``, the tables, the report) back to the store;
+* W&B offline runs, which wandb writes itself, are put to ``URI/NAME/wandb/`` by the
+  tracker when a run finishes, completed, failed or preempted (``publish_folder``);
+* the driver (``RunSync``) pulls ``trials/``, ``weights/``, ``features/`` and ``wandb/``
+  from the store into its local results folder before reading or merging them (and
+  ``tuning/``, the Optuna journal, where the store's is longer: a ``--resume`` from a
+  fresh folder continues the search), mirrors its own writes under ``trials/`` (error
+  rows, ``--retry-failed``'s archived rows), puts the journal to the store after every
+  tuning sample (``push_tuning``), and pushes the merged files (``spec.json``, the
+  tables, the report, its own W&B runs) back to the store;
 * Ray Tune keeps its own state under ``URI/NAME/ray`` (``tune_storage``);
 * one writer at a time holds ``URI/NAME/.lock.d/`` (``ablations.store_lock``), and
   ``python -m analysis URI``/``python -m ablations.measure URI`` read a sweep from the
@@ -43,8 +48,8 @@ from .spec import SpecError
 
 VALID = "valid: a local folder, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX"
 SCHEMES = ("s3", "gs", "gcs")
-WORKER_TOPS = ("trials", "weights", "features")  # what workers write in NAME/, pulled
-SKIP_PUSH = {*WORKER_TOPS, "ray", "checkpoints", ".lock"}  # not the driver's to push
+WORKER_TOPS = ("trials", "weights", "features", "wandb")  # what workers write in NAME/
+SKIP_PUSH = {"trials", "weights", "features", "ray", "checkpoints", ".lock"}  # not the driver's
 
 
 def is_uri(value) -> bool:
@@ -277,6 +282,31 @@ class Mirror:
         WATCHERS.remove(self)
 
 
+def publish_folder(folder) -> int:
+    """Every file under ``folder``, a folder another program wrote (a W&B run), told to
+    the ``files.WATCHERS``: a staged worker's ``Mirror`` puts each to the store; where
+    none watches, nothing happens. Returns how many files were told."""
+    if not WATCHERS or not folder or not Path(folder).is_dir():
+        return 0
+    n = 0
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file() and not p.is_symlink() and not p.name.endswith(".tmp"):
+            for w in list(WATCHERS):
+                w.written(p)
+            n += 1
+    return n
+
+
+def stored_as(path) -> str:
+    """``path`` as the store names it (``URI/NAME/...``) where a ``Mirror`` puts it
+    there (a staged worker's files), else ``path`` itself."""
+    for w in WATCHERS:
+        key = w.key(path) if isinstance(w, Mirror) else None
+        if key:
+            return f"{w.store.uri}/{key}"
+    return str(path)
+
+
 def stage(spec, trial_ids):
     """A worker's local copy of a group's trials from the store (their folders and
     checkpoints replaced by the store's), the spec with ``out``/``storage`` pointing
@@ -320,8 +350,9 @@ class RunSync:
         self.store = Store(spec.storage) if is_uri(spec.storage) else None
 
     def pull(self) -> None:
-        """The workers' files (``trials/``, ``weights/``, ``features/``) from the store into the local
-        results folder, those changed since the last pull."""
+        """The workers' files (``WORKER_TOPS``) from the store into the local results
+        folder, those changed since the last pull, and ``tuning/`` where the store's is
+        longer (a fresh folder's ``--resume`` of a tuning sweep)."""
         if self.store is not None:
             spec_json = os.path.join(self.spec.run_dir, "spec.json")
             if not os.path.exists(spec_json) and self.store.exists(f"{self.spec.name}/spec.json"):
@@ -329,6 +360,11 @@ class RunSync:
             for top in WORKER_TOPS:
                 self.store.download(f"{self.spec.name}/{top}",
                                     os.path.join(self.spec.run_dir, top))
+            prefix = f"{self.spec.name}/tuning"  # the journal only grows: the longer one
+            for key, (size, mtime) in self.store.list(prefix).items():
+                local = Path(self.spec.run_dir, "tuning", key[len(prefix) + 1:])
+                if not local.exists() or local.stat().st_size < size:
+                    self.store.fetch(key, local, mtime)
 
     def reading(self, read_row):
         """``read_row(trial_id)`` that pulls the trial's folder from the store first (the
@@ -343,10 +379,25 @@ class RunSync:
         return read
 
     def push(self) -> None:
-        """The driver's files (spec.json, tables, measurements, report, figures) to
-        the store."""
+        """The driver's files (spec.json, tables, measurements, report, figures, the
+        tuning journal) to the store, and its own W&B offline runs (the figures run)."""
+        if self.store is None:
+            return
+        self.store.upload_dir(self.spec.run_dir, self.spec.name, skip=SKIP_PUSH | {"wandb"})
+        root = Path(self.spec.run_dir, "wandb")  # its own runs, not those pulled already
+        have = self.store.list(f"{self.spec.name}/wandb")
+        for p in sorted(root.glob("offline-run-*/**/*")):
+            key = f"{self.spec.name}/wandb/{p.relative_to(root).as_posix()}"
+            if p.is_file() and not p.is_symlink() and have.get(key, (None,))[0] != \
+                    p.stat().st_size:
+                self.store.put_file(p, key)
+
+    def push_tuning(self) -> None:
+        """The driver's ``tuning/`` (the Optuna journal) to the store, after each tuning
+        sample: an interrupted search continues from the store."""
         if self.store is not None:
-            self.store.upload_dir(self.spec.run_dir, self.spec.name, skip=SKIP_PUSH)
+            self.store.upload_dir(os.path.join(self.spec.run_dir, "tuning"),
+                                  f"{self.spec.name}/tuning")
 
     def mirror(self):
         """A context in which the driver's own writes under ``trials/`` reach the store."""

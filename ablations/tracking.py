@@ -40,6 +40,9 @@ Design points:
   complete when ``finish`` returns.
 * A retried or resumed trial continues the same run: its id is a hash of
   (group, name), with ``resume="allow"``.
+* On a worker staged for an object-store ``--storage`` (``ablations.storage.stage``),
+  an offline run's folder is put to ``URI/NAME/wandb/`` when it finishes (completed,
+  failed or preempted), where the driver pulls it from.
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ import os
 from pathlib import Path
 
 from ablations.status import Status
+from . import storage
 from .results import brief, warn
 from .wandb_log import wait_for_exit_record
 from .wandb_mode import (MODES, has_credentials, resolve_mode, server_problem,
@@ -260,6 +264,12 @@ class TrialTracker:
         """The run's local folder (``<run_dir>/wandb/offline-run-...``), None when disabled."""
         return self._path
 
+    @property
+    def kept_at(self) -> str | None:
+        """Where the run's folder is kept: ``run_path``, or its place in the object store
+        on a staged worker (``storage.stored_as``)."""
+        return self._path and storage.stored_as(self._path)
+
     def log_epoch(self, row: dict) -> None:
         """The numeric values of ``row`` at ``step = row["epoch"]``; other values skipped.
 
@@ -329,11 +339,21 @@ class TrialTracker:
                      f"logged is in {self._path}")
         if self.mode == "offline":
             wait_for_exit_record(self._path, FLUSH_TIMEOUT)
+            self._publish()
         if failed:
             # The process is likely about to die (Ray kills a failed trial's actor):
             # close the wandb-core connection now, not in an atexit hook that would
             # print a ConnectionResetError traceback once the service is gone.
             _teardown_quietly()
+
+    def _publish(self) -> None:
+        """A staged worker's offline run to the object store (``storage.publish_folder``):
+        a fault is one warning, the run stays on this node."""
+        try:
+            storage.publish_folder(self._path)
+        except Exception as e:
+            warn(f"W&B: {self._name}: its offline run was not copied to the store "
+                 f"({brief(e)}); it stays in {self._path}")
 
     def __enter__(self) -> TrialTracker:
         return self

@@ -406,7 +406,7 @@ def keep_results(run: Training, tracker, row: dict, epochs: pd.DataFrame) -> Non
         if run.status == Status.COMPLETED else None
     if maps is not None:
         results.write_npz(f"{run_dir}/features/{trial.trial_id}.npz", maps)
-    row["wandb"] = tracker.url or tracker.run_path
+    row["wandb"] = tracker.url or tracker.kept_at
     # kept weights and measurement fragments first: a trial with a row has them
     row.update(measure_run.finish_trial(trial, run.spec, run_dir, run.cfg, run.model,
                                         run.init_state, data, run.device, run.status,

@@ -25,7 +25,9 @@ by side on the cluster.
   seeds 0..N-1: the selected configuration is then trained fresh for every seed.
 - Studies live in ``<run_dir>/tuning/optuna.journal`` (Optuna JournalStorage): an
   interrupted search resumes with its finished samples; samples that were
-  running when the driver died are marked failed and replaced.
+  running when the driver died are marked failed and replaced. With an object-store
+  ``--storage`` the journal goes to ``URI/NAME/tuning/`` after every ended sample, and a
+  ``--resume`` pulls it from there (``ablations.storage.RunSync``).
 """
 from __future__ import annotations
 
@@ -85,7 +87,11 @@ def _finished(study) -> list:
     return [t for t in study.trials if t.state != optuna.trial.TrialState.RUNNING]
 
 
-def make_searcher(cells: dict[str, TrialConfig], space: dict, samples: int, run_dir):
+def make_searcher(cells: dict[str, TrialConfig], space: dict, samples: int, run_dir,
+                  on_told=None):
+    """The ``CellSearch`` over ``cells``; ``on_told()`` runs after each ended sample is
+    in the journal (``storage.RunSync.push_tuning``: the journal to an object store); a
+    fault in it is one warning, never the search's end."""
     from ray.tune.search import Searcher
 
     class CellSearch(Searcher):
@@ -160,6 +166,12 @@ def make_searcher(cells: dict[str, TrialConfig], space: dict, samples: int, run_
             else:
                 ot.set_user_attr("status", "no result")
                 study.tell(ot, state=state.FAIL)
+            if on_told is not None:
+                try:
+                    on_told()
+                except Exception as e:  # noqa: BLE001  kept here; the sweep's end pushes it
+                    results.warn(f"the tuning journal was not copied to the store "
+                                 f"({results.brief(e)}); it is in {tuning_dir(run_dir)}")
 
     return CellSearch()
 
