@@ -29,6 +29,7 @@ def damage_warnings(stderr) -> list[str]:
             if "warning: " in line and ("is unreadable" in line or "is unusable" in line)]
 
 
+@pytest.mark.slow
 def test_resume_reruns_only_the_trials_with_damaged_fragments(tmp_path):
     run_dir = tmp_path / "res" / "d"
     run(*SMALL, "--residual", "both", "--seeds", "2", "--epochs", "2", "--wandb", "disabled",
@@ -64,6 +65,7 @@ def test_resume_reruns_only_the_trials_with_damaged_fragments(tmp_path):
         {t: [1, 2] for t in after}  # every trial's epochs once, none stale
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_set_aside_and_the_trial_completes(tmp_path):
     run_dir = tmp_path / "res" / "c"
     ckpt = run_dir / "ray" / "checkpoints" / "mlp-4-plain-s0.pt"

@@ -6,6 +6,7 @@ line naming it (exit 2). A holder killed with SIGKILL mid-sweep leaves its lock 
 test kills is its own sweep's (the driver and the Ray processes it started, found as
 the driver's descendants), never another session's Ray."""
 import json
+import pytest
 import os
 import signal
 import subprocess
@@ -62,6 +63,7 @@ def wait_gone(pids, timeout=30.0) -> list[int]:
     return left
 
 
+@pytest.mark.slow
 def test_two_identical_sweeps_started_together_one_runs(tmp_path):
     argv = cmd(*SMOKE, "--name", "same")
     procs = [subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE,
@@ -89,6 +91,7 @@ def test_two_identical_sweeps_started_together_one_runs(tmp_path):
     assert not (run_dir / lock.NAME).exists()  # released at the end
 
 
+@pytest.mark.slow
 def test_a_killed_holder_is_taken_over_by_resume(tmp_path):
     run_dir = tmp_path / "res" / "k"
     proc = subprocess.Popen(cmd(*SMOKE, "--name", "k"), cwd=tmp_path,

@@ -1,6 +1,7 @@
 """End to end: measurements in the sweep's workers, then after the fact from the kept
 weights with ``python -m ablations.measure``, both through Ray, in subprocesses."""
 import json
+import pytest
 import os
 import re
 import subprocess
@@ -26,6 +27,7 @@ def fragments(run, name) -> dict[str, pd.DataFrame]:
             for p in sorted((run / "trials").glob(f"*/measure-{name}.parquet"))}
 
 
+@pytest.mark.slow
 def test_measure_in_the_worker_then_after_the_fact(tmp_path):
     p = sweep("--families", "mlp,resnet", "--depths", "4", "--residual", "both",
               "--dataset", "synthetic", "--subset", "200", "--epochs", "1", "--wandb", "disabled",

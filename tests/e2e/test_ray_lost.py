@@ -117,6 +117,7 @@ def test_ray_lost_ends_the_sweep_with_a_summary_and_the_resume_command(
     assert not (tmp_path / "p" / lock.NAME).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["all", "raylet"])
 def test_killing_the_sweeps_own_ray_then_resume(tmp_path, which):
     """Every process of the sweep's Ray, or its raylet alone (whose dying notice with its

@@ -16,6 +16,9 @@ import pytest
 from tests.e2e.test_sweep_e2e import ROOT, ray_pids
 from tests.ray_procs import kill_marked, marked_pids
 
+# each test here runs a sweep or two through Ray for 30-70 s: the slow run (CI runs it)
+pytestmark = pytest.mark.slow
+
 # the seed recipe and one seed: the plain/residual ids and trial counts these tests name
 SMALL = ["--families", "mlp", "--depths", "4", "--dataset", "synthetic", "--subset", "600",
          "--milestones", "", "--batch-size", "100", "--stats-every", "5", "--lr", "0.02",

@@ -1,5 +1,6 @@
 """End to end: sweep.py for real, through Ray Tune, in a subprocess."""
 import json
+import pytest
 import os
 import re
 import subprocess
@@ -131,6 +132,7 @@ def test_existing_results_are_not_overwritten(tmp_path):
     assert (run / "spec.json").read_text() == "{}"
 
 
+@pytest.mark.slow
 def test_probe_sweep_with_two_extra_factors_through_ray(tmp_path):
     """norm x branch_scale crossed with residual and depth, for real through Ray: one plain
     cell per norm level shared by both branch scales, factor columns in every file, and

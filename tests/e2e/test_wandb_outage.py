@@ -88,6 +88,7 @@ def silent_server():
         yield f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
+@pytest.mark.slow
 def test_auto_with_a_key_and_a_silent_server_goes_offline(tmp_path, silent_server):
     p, seconds, run_dir = run_smoke(tmp_path, "auto", silent_server, "auto")
     assert (f"W&B: offline (credentials found, but no answer from {silent_server} within "
@@ -96,6 +97,7 @@ def test_auto_with_a_key_and_a_silent_server_goes_offline(tmp_path, silent_serve
     assert seconds < 180  # 458 s before; ~40 s on 2 busy cores
 
 
+@pytest.mark.slow
 def test_forced_online_trials_fall_back_to_offline_and_complete(tmp_path):
     """--wandb online and a server that answers HTTP but cannot start a run: each
     trial's wandb.init fails (within WANDB_INIT_TIMEOUT), the trial logs offline,

@@ -272,6 +272,7 @@ def test_turned_off_is_silent(tmp_path):
     assert "fused" not in r.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_building_at_once_both_load_one_library(tmp_path):
     code = "from models import fused; k = fused.kernel(); print(k is not None, fused.unavailable())"
     env = {**os.environ, "RESABLATE_KERNEL_DIR": str(tmp_path)}

@@ -130,6 +130,7 @@ def test_a_family_without_a_part_fails_naming_it(vgg):
         NoTaps()
 
 
+@pytest.mark.slow
 def test_a_training_sweep_of_the_toy_family_through_ray(tmp_path):
     """sweep.py in its own process: the plug-in variable reaches the Ray workers."""
     env = {**os.environ, models.PLUGINS_ENV: TOY, "WANDB_MODE": "disabled"}

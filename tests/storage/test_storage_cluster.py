@@ -4,6 +4,7 @@ through Ray's runtime env, and every trial's files reach the store from there.""
 from __future__ import annotations
 
 import os
+import pytest
 import signal
 import socket
 import subprocess
@@ -58,6 +59,7 @@ def wait_listening(port: int, seconds: float = 30) -> None:
             time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_cluster_node_outside_the_checkout_runs_shipped_code_into_the_store(
         s3_server, s3, tmp_path, short_tmp):  # noqa: F811
     from ablations.storage import Store

@@ -63,6 +63,7 @@ def test_resume_of_a_sweep_the_store_does_not_have(s3_server, s3, tmp_path):
     assert not (tmp_path / "res").exists()
 
 
+@pytest.mark.slow
 def test_sweep_on_s3_then_resume_from_a_fresh_folder(s3_server, s3, tmp_path, short_tmp):
     import pyarrow.fs as pafs
     from ablations.storage import Store
@@ -104,6 +105,7 @@ def test_sweep_on_s3_then_resume_from_a_fresh_folder(s3_server, s3, tmp_path, sh
     print(f"sweep {took:.0f}s, resume {took2:.0f}s")
 
 
+@pytest.mark.slow
 def test_retry_failed_from_a_fresh_folder_reads_and_writes_the_store(s3_server, s3, tmp_path,
                                                                      short_tmp):
     """A trial that fails (injected, no retries) is an error row in the store; then

@@ -63,13 +63,17 @@ def test_a_live_claim_elsewhere_is_refused_in_one_line(s3):
 
 
 @pytest.mark.parametrize("who, why", [
-    ({"host": "node-7", "pid": 4242, "heartbeat": time.time() - 600}, "no heartbeat for 10 min"),
+    # the heartbeat's age, not its time: set when the test runs, not when it is collected
+    ({"host": "node-7", "pid": 4242, "heartbeat_age": 600}, "no heartbeat for 10 min"),
     ({"pid": None}, "its process is gone"),  # this host, a pid that has ended (set below)
 ], ids=["old-heartbeat-elsewhere", "dead-pid-here"])
 def test_a_stale_claim_is_taken_over_with_a_warning(s3, capsys, who, why):
     store = Store(f"s3://{s3}/pre")
     if who.get("pid") is None:
         who = {**who, "pid": dead_pid()}
+    if "heartbeat_age" in who:
+        who = {k: v for k, v in who.items() if k != "heartbeat_age"} | {
+            "heartbeat": time.time() - who["heartbeat_age"]}
     stale = plant(store, "n", **who)
     held = store_lock.acquire(store, "n", "python sweep.py --resume n")
     try:
