@@ -21,14 +21,14 @@ import time
 
 EVAL_COST = 1 / 3    # a forward pass of one image, in training steps' per-image cost
 BUDGET_S = 8.0       # stop timing further models after this long (the rest: unknown)
-# Fixed costs around the training, seconds on 2 cores (bench/README.md "Estimates"):
-START_S = 8.0           # interpreter and imports, the data check, a local Ray's start
+# Fixed costs around the training, seconds on 2 idle cores (bench/README.md "Estimates"):
+START_S = 7.0           # interpreter and imports, the data check, a local Ray's start
 ATTACH_S = 3.0          # the same when joining a running cluster (--address)
-WORKER_START_S = 6.0    # the first trial of each slot: a worker process, its imports, data
-TRIAL_START_S = 0.5     # every trial: its W&B run, checkpoints, fragments
-REPORT_S = 4.0          # the merge, the figures and tables, the report pages ...
+WORKER_START_S = 2.0    # the first trial of each slot: a worker process, its imports, data
+TRIAL_START_S = 0.3     # every trial: its W&B run, checkpoints, fragments
+REPORT_S = 2.5          # the merge, the figures and tables, the report pages ...
 REPORT_PER_TRIAL_S = 0.15        # ... per trial of the sweep (rows, per-trial items)
-REPORT_PER_MEASUREMENT_S = 1.5   # ... per measurement (its figures and tables)
+REPORT_PER_MEASUREMENT_S = 1.2   # ... per measurement (its figures and tables)
 
 
 def step_seconds(model_cfg, batch: int, in_features, num_classes: int, threads: int,

@@ -170,7 +170,7 @@ def test_the_estimate_counts_start_up_trials_and_report():
     sizes = {"train": 64, "val": 0, "test": 32}
     dry, _ = estimate.line(spec, trials, sizes, slots=2, started=False)
     live, _ = estimate.line(spec, trials, sizes, slots=2, started=True)
-    assert "start-up 8s" in dry and "start-up" not in live and "report 5s" in live  # 4 s + 6 trials x 0.15 s
+    assert "start-up 7s" in dry and "start-up" not in live and "report 3s" in live  # 2.5 s + 6 x 0.15 s
     start, worker, per_trial, report = estimate.fixed_seconds(len(trials), 0, False, False)
     assert start == estimate.START_S and worker == estimate.WORKER_START_S
     assert report == estimate.REPORT_S + estimate.REPORT_PER_TRIAL_S * len(trials)
