@@ -21,8 +21,10 @@ import time
 
 EVAL_COST = 1 / 3    # a forward pass of one image, in training steps' per-image cost
 BUDGET_S = 8.0       # stop timing further models after this long (the rest: unknown)
+MEASURE_BUDGET_S = 6.0  # the same for measurements, after each family's cheapest model
 # Fixed costs around the training, seconds on 2 idle cores (bench/README.md "Estimates"):
-START_S = 7.0           # interpreter and imports, the data check, a local Ray's start
+START_S = 5.5           # interpreter and imports, the data check, a local Ray's start
+                        # (a dry run adds its own timing of steps and measurements)
 ATTACH_S = 3.0          # the same when joining a running cluster (--address)
 WORKER_START_S = 2.0    # the first trial of each slot: a worker process, its imports, data
 TRIAL_START_S = 0.3     # every trial: its W&B run, checkpoints, fragments
@@ -115,60 +117,71 @@ def sweep_seconds(per_trial: list[float], slots: int) -> float:
     return max(loads)
 
 
-def measure_seconds(trials, spec, sizes: dict, per_epoch: dict, device: str = "cpu") -> dict:
-    """``{trial.cell: seconds of the trial's measurements}``: every requested
-    measurement (``spec.measure``) is run once, at each point it runs at, on the first
-    model of each family as initialized and on random data of the trial's split sizes;
-    the other models of the family scale that by their epoch's time (``per_epoch``, from
-    ``estimate_epochs``: the same steps and images, so the ratio of their steps' times),
-    since a measurement is forward and backward passes of the same network; a model
-    without a timed epoch is left out. A measurement that fails here counts as free (it fails in the trial too,
-    costing nothing)."""
+def _time_measurements(trial, measured, sizes: dict, device: str, threads: int) -> float:
+    """Seconds of ``measured`` on ``trial``'s model as initialized, on random data of the
+    trial's split sizes, each counted at every point it runs at. A measurement that
+    fails here counts as free (it fails in the trial too, costing nothing)."""
+    import torch
+
     from .measurements import MeasureData
+    saved = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        torch.manual_seed(0)
+        model = trial.model_cfg.with_input(3 * 32 * 32, 10).build().to(device).eval()
+        n_test = max(1, int(sizes.get("test", 1)))
+        n_train = max(1, min(int(sizes.get("train", 1)), 2048))
+        data = MeasureData(train_x=torch.randn(n_train, 3, 32, 32, device=device),
+                           train_y=torch.randint(0, 10, (n_train,), device=device),
+                           test_x=torch.randn(n_test, 3, 32, 32, device=device),
+                           test_y=torch.randint(0, 10, (n_test,), device=device),
+                           device=device)
+        secs = 0.0
+        for m in measured:
+            t0 = time.perf_counter()
+            try:
+                m.fn(model, data, trial)
+            except Exception:  # noqa: BLE001  its failure costs nothing here either
+                continue
+            secs += (time.perf_counter() - t0) * len(m.when)
+        return secs
+    finally:
+        torch.set_num_threads(saved)
+
+
+def measure_seconds(trials, spec, sizes: dict, per_epoch: dict, device: str = "cpu",
+                    budget_s: float = MEASURE_BUDGET_S) -> dict:
+    """``{trial.cell: seconds of the trial's measurements}`` (``spec.measure``, each at
+    every point it runs at; ``_time_measurements``). The cheapest model of each family
+    (the shortest epoch in ``per_epoch``) is always timed, then the family's others,
+    shortest epoch first, until ``budget_s`` is spent (the sweep itself waits for this
+    timing, so the costliest models are the ones left out). A model left untimed gets
+    the costliest timed model's seconds scaled by the square of their epochs' ratio (a
+    model's epoch: the same steps and images, so the ratio of their steps' times):
+    a measurement's cost grows faster than an epoch's (a lesion study runs a forward
+    pass per unit, and the passes get longer with depth; measured on the README's main
+    command, bench/README.md "Estimates"). A model without a timed epoch is left out."""
     from .measure_run import requested
     names = tuple(spec.measure or ())
     if not names or not trials:
         return {}
-    import torch
-
-    t = spec.train
-    threads = int(t.threads or spec.cpus_per_trial or 1)
+    threads = int(spec.train.threads or spec.cpus_per_trial or 1)
     measured = requested(names)
-    saved = torch.get_num_threads()
-    first: dict = {}   # family -> (seconds of its measurements, its step seconds)
-    out = {}
+    by_family: dict = {}
     for trial in trials:
-        fam = trial.model_cfg.family
-        if trial.cell in out or trial.cell not in per_epoch:
-            continue
-        step = per_epoch[trial.cell]
-        if fam in first:
-            secs, base = first[fam]
-            out[trial.cell] = secs * step / max(base, 1e-9)
-            continue
-        torch.set_num_threads(max(1, threads))
-        try:
-            torch.manual_seed(0)
-            model = trial.model_cfg.with_input(3 * 32 * 32, 10).build().to(device).eval()
-            n_test = max(1, int(sizes.get("test", 1)))
-            n_train = max(1, min(int(sizes.get("train", 1)), 2048))
-            data = MeasureData(train_x=torch.randn(n_train, 3, 32, 32, device=device),
-                               train_y=torch.randint(0, 10, (n_train,), device=device),
-                               test_x=torch.randn(n_test, 3, 32, 32, device=device),
-                               test_y=torch.randint(0, 10, (n_test,), device=device),
-                               device=device)
-            secs = 0.0
-            for m in measured:  # timed once, counted at each point it runs at
-                t0 = time.perf_counter()
-                try:
-                    m.fn(model, data, trial)
-                except Exception:  # noqa: BLE001  its failure costs nothing here either
-                    continue
-                secs += (time.perf_counter() - t0) * len(m.when)
-        finally:
-            torch.set_num_threads(saved)
-        first[fam] = (secs, step)
-        out[trial.cell] = secs
+        if trial.cell in per_epoch:
+            by_family.setdefault(trial.model_cfg.family, {}).setdefault(trial.cell, trial)
+    out, t0 = {}, time.perf_counter()
+    for cells in by_family.values():
+        order = sorted(cells, key=lambda c: per_epoch[c])
+        timed = None  # the last (costliest so far) timed cell
+        for k, cell in enumerate(order):
+            if k == 0 or time.perf_counter() - t0 <= budget_s:
+                out[cell] = _time_measurements(cells[cell], measured, sizes, device, threads)
+                timed = cell
+            else:
+                ratio = per_epoch[cell] / max(per_epoch[timed], 1e-9)
+                out[cell] = out[timed] * ratio ** 2
     return out
 
 
@@ -192,6 +205,7 @@ def line(spec, trials, sizes, slots: int, tuning_cells: int = 0,
         return "", {}
     from .device import pick_device
     from .progress import duration
+    t0 = time.perf_counter()
     try:
         device = pick_device(spec.train.device)  # raises for cuda without CUDA in the driver
         per_epoch = estimate_epochs(trials, spec, sizes["train"], sizes["val"] + sizes["test"],
@@ -204,6 +218,8 @@ def line(spec, trials, sizes, slots: int, tuning_cells: int = 0,
         return "estimate: not available (no model could be timed)", {}
     start, worker, per_trial, report = fixed_seconds(len(trials), len(spec.measure or ()),
                                                      spec.address is not None, started)
+    if not started:  # the sweep times the same steps and measurements before it runs
+        start += time.perf_counter() - t0
     train = [per_epoch[t.cell] * spec.train.epochs for t in known]
     whole = [s + measuring.get(t.cell, 0.0) + per_trial for s, t in zip(train, known)]
     trials_s = worker + sweep_seconds(whole, slots)

@@ -32,6 +32,9 @@ def commands(data_root: str) -> dict[str, list[str]]:
         "smoke": ["--smoke"],
         "cifar-12": ["--families", "resnet", "--depths", "4,8", "--residual", "both",
                      "--seeds", "3", "--epochs", "3", "--data-root", data_root],
+        # the README's main command, one seed and 2 epochs: its deep models, in minutes
+        "main-2ep": ["--depths", "5,18,34", "--residual", "both", "--seeds", "1",
+                     "--epochs", "2", "--data-root", data_root],
     }
 
 
