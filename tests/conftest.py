@@ -21,7 +21,7 @@ if settings is not None:
     # Tests marked slow ask for more examples with an explicit @settings(max_examples=...).
     # HYPOTHESIS_PROFILE=dev explores new random examples on each run.
     _quiet = [HealthCheck.too_slow, HealthCheck.data_too_large]
-    settings.register_profile("ci", max_examples=25, derandomize=True, deadline=None,
+    settings.register_profile("ci", max_examples=15, derandomize=True, deadline=None,
                               database=None, print_blob=True, suppress_health_check=_quiet)
     settings.register_profile("dev", max_examples=100, deadline=None,
                               suppress_health_check=_quiet)

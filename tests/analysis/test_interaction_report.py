@@ -264,10 +264,22 @@ def _finite_or_nan(df: pd.DataFrame) -> None:
             assert "inf" not in text.replace("info", "") and "nan" not in text, (c, text[:200])
 
 
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=8, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(frames=results_frames(mode="train", max_cells=3, max_seeds=3))
 def test_new_tables_and_family_never_raise(frames):
+    _new_tables_and_family_never_raise(frames)
+
+
+@pytest.mark.slow
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(frames=results_frames(mode="train", max_cells=4, max_seeds=4))
+def test_new_tables_and_family_never_raise_slow(frames):
+    _new_tables_and_family_never_raise(frames)
+
+
+def _new_tables_and_family_never_raise(frames):
     trials = frames["trials"]
     fam = multiplicity.report_family(trials)
     p = fam["p_value"].to_numpy(dtype=float)

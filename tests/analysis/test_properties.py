@@ -343,7 +343,7 @@ def _check_build(frames, spec):
         return result
 
 
-@settings(max_examples=8)  # a report build per example; test_build_never_raises_slow: 300
+@settings(max_examples=5)  # a report build per example; test_build_never_raises_slow: 300
 @given(results_frames(optional_trials=True), spec_records())
 def test_build_never_raises_and_names_every_failure(frames, spec):
     _check_build(frames, spec)

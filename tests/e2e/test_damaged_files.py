@@ -184,6 +184,7 @@ def test_too_few_images_for_the_subset_is_one_line(tmp_path, cifar_copy):
                     "images); valid: 10..5085")
 
 
+@pytest.mark.slow
 def test_resume_checks_the_data_again(tmp_path, cifar_copy):
     """A finished sweep on real images, its copy damaged since: --resume is refused before
     Ray with the one line, and the results folder is left as it was."""

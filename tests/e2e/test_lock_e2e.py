@@ -6,7 +6,6 @@ line naming it (exit 2). A holder killed with SIGKILL mid-sweep leaves its lock 
 test kills is its own sweep's (the driver and the Ray processes it started, found as
 the driver's descendants), never another session's Ray."""
 import json
-import pytest
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 
 from ablations import lock
 

@@ -1,13 +1,13 @@
 """End to end: measurements in the sweep's workers, then after the fact from the kept
 weights with ``python -m ablations.measure``, both through Ray, in subprocesses."""
 import json
-import pytest
 import os
 import re
 import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from tests.e2e.test_sweep_e2e import ROOT, ray_pids, sweep
 

@@ -1,12 +1,12 @@
 """End to end: sweep.py for real, through Ray Tune, in a subprocess."""
 import json
-import pytest
 import os
 import re
 import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from tests.ablations.test_data import write_cifar
 from tests.ray_procs import marked_pids
@@ -31,6 +31,7 @@ def sweep(*argv, cwd, env=None, umask=None):
     return p
 
 
+@pytest.mark.slow
 def test_probe_sweep_through_ray(tmp_path):
     # with the prestarted, preloaded workers switched off: Tune starts its own
     p = sweep("--families", "mlp,resnet", "--depths", "4,5", "--mode", "probe", "--seeds", "2",

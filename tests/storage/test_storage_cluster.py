@@ -4,7 +4,6 @@ through Ray's runtime env, and every trial's files reach the store from there.""
 from __future__ import annotations
 
 import os
-import pytest
 import signal
 import socket
 import subprocess
@@ -14,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from .conftest import S3_ENV, s3_env
 from .test_storage_e2e import ROOT, short_tmp  # noqa: F401  (a fixture)
