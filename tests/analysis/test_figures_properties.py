@@ -39,7 +39,7 @@ from tests.analysis.strategies import FACTORS, results_frames
 # Each example renders its figure and saves it as PDF (fonts embedded) and PNG at
 # 300 dpi, ~0.5 s of CPU: these budgets keep the default run near 30 s of CPU.
 EXAMPLES = 5
-SLOW_EXAMPLES = 150
+SLOW_EXAMPLES = 40
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
 QUICK = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=_QUIET)
 SLOW = settings(max_examples=SLOW_EXAMPLES, deadline=None, suppress_health_check=_QUIET)

@@ -272,7 +272,7 @@ def test_new_tables_and_family_never_raise(frames):
 
 
 @pytest.mark.slow
-@settings(max_examples=100, deadline=None,
+@settings(max_examples=50, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(frames=results_frames(mode="train", max_cells=4, max_seeds=4))
 def test_new_tables_and_family_never_raise_slow(frames):

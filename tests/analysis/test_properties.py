@@ -343,14 +343,14 @@ def _check_build(frames, spec):
         return result
 
 
-@settings(max_examples=5)  # a report build per example; test_build_never_raises_slow: 300
+@settings(max_examples=5)  # a report build per example; test_build_never_raises_slow: 80
 @given(results_frames(optional_trials=True), spec_records())
 def test_build_never_raises_and_names_every_failure(frames, spec):
     _check_build(frames, spec)
 
 
 @pytest.mark.slow
-@settings(max_examples=300)
+@settings(max_examples=80)
 @given(results_frames(optional_trials=True, max_cells=4, max_seeds=4, max_layers=6,
                       max_epochs=4, max_samples=3), spec_records())
 def test_build_never_raises_slow(frames, spec):
@@ -358,7 +358,7 @@ def test_build_never_raises_slow(frames, spec):
 
 
 @pytest.mark.slow
-@settings(max_examples=300)
+@settings(max_examples=80)
 @given(results_frames(max_cells=5, max_seeds=5))
 def test_tables_and_counts_slow(frames):
     _check_tables(frames)
