@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from .exit_noise import ExitNoiseFilter
+from .exit_noise import ExitNoiseFilter, wrap_printer
 from .spec import SpecError
 
 # Ray/Tune settings that keep short trials cheap and the console readable (read when
@@ -157,22 +157,17 @@ def quiet_node_notices() -> bool:
 
     quiet.resablate = True
     worker.print_to_stdstream = quiet
-    try:  # the head's complaints about the lost node's resources ("Failed to remove ...")
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher as disp
-        name, shown = next((n, h) for n, h in disp.handlers if n == "ray_print_logs")
-    except (ImportError, AttributeError, StopIteration):
-        return True
+    def wrap(shown):  # the head's complaints about the lost node ("Failed to remove ...")
+        def without_lost(data):
+            if data.get("pid") == "gcs_server" and lost:
+                data = {**data, "lines": [line for line in data.get("lines") or []
+                                          if not any(n in line for n in lost)]}
+                if not data["lines"]:
+                    return
+            shown(data)
+        return without_lost
 
-    def without_lost(data):
-        if data.get("pid") == "gcs_server" and lost:
-            data = {**data, "lines": [line for line in data.get("lines") or []
-                                      if not any(n in line for n in lost)]}
-            if not data["lines"]:
-                return
-        shown(data)
-
-    disp.remove_handler(name)
-    disp.add_handler(name, without_lost)
+    wrap_printer(wrap)  # where Ray's internals moved, those complaints print as before
     return True
 
 

@@ -62,27 +62,37 @@ class ExitNoiseFilter:
     def install(self) -> bool:
         """Wrap Ray's driver-side printer of worker output; False if Ray's internals moved
         (then the output is printed unfiltered, as before)."""
-        try:
-            from ray._private.ray_logging import global_worker_stdstream_dispatcher as disp
-            name, printer = next((n, h) for n, h in disp.handlers if n == "ray_print_logs")
-        except (ImportError, AttributeError, StopIteration):
-            return False
-
-        def filtered(data):
-            if self.ray_lost:
-                return
-            if data.get("lines") and not data.get("is_err"):
-                data = {**data, "lines": [line for line in data["lines"]
-                                          if self.INTERNAL not in line]}
-                if not data["lines"]:
+        def wrap(printer):
+            def filtered(data):
+                if self.ray_lost:
                     return
-            if data.get("is_err") and data.get("lines"):
-                data = {**data, "lines": self.lines((data.get("ip"), data.get("pid")),
-                                                    data["lines"])}
-                if not data["lines"]:
-                    return
-            printer(data)
+                if data.get("lines") and not data.get("is_err"):
+                    data = {**data, "lines": [line for line in data["lines"]
+                                              if self.INTERNAL not in line]}
+                    if not data["lines"]:
+                        return
+                if data.get("is_err") and data.get("lines"):
+                    data = {**data, "lines": self.lines((data.get("ip"), data.get("pid")),
+                                                        data["lines"])}
+                    if not data["lines"]:
+                        return
+                printer(data)
 
-        disp.remove_handler(name)
-        disp.add_handler(name, filtered)
-        return True
+            return filtered
+
+        return wrap_printer(wrap)
+
+
+def wrap_printer(wrap) -> bool:
+    """Replace Ray's driver-side printer of the output forwarded from workers and Ray's
+    own processes (the dispatcher's ``ray_print_logs`` handler) by ``wrap(printer)``;
+    False if Ray's internals moved (then nothing is replaced). Used by
+    ``ExitNoiseFilter.install`` and ``ablations.cluster.quiet_node_notices``."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as disp
+        name, printer = next((n, h) for n, h in disp.handlers if n == "ray_print_logs")
+    except (ImportError, AttributeError, StopIteration):
+        return False
+    disp.remove_handler(name)
+    disp.add_handler(name, wrap(printer))
+    return True

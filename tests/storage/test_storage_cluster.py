@@ -4,7 +4,6 @@ through Ray's runtime env, and every trial's files reach the store from there.""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.ray_procs import kill_marked  # by the marker of this test's Ray (also used by
+                                        # test_cluster_two_nodes, per node)
 from .conftest import S3_ENV, s3_env
 from .test_storage_e2e import ROOT, short_tmp  # noqa: F401  (a fixture)
 
@@ -23,30 +24,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def kill_marked(marker: str) -> None:
-    """SIGKILL every process whose environment holds ``RESABLATE_TEST_RAY=<marker>``: the
-    Ray this test started (its GCS, raylet, agents and workers inherit the variable;
-    their titles are rewritten, their environments are not); never any other process."""
-    needle = f"RESABLATE_TEST_RAY={marker}".encode()
-    for _ in range(5):
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as f:
-                    if needle in f.read().split(b"\0") and int(pid) != os.getpid():
-                        found.append(int(pid))
-            except OSError:
-                continue
-        if not found:
-            return
-        for pid in found:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
 
 
 def wait_listening(port: int, seconds: float = 30) -> None:
