@@ -7,7 +7,12 @@ if ROOT not in sys.path:
 os.environ.setdefault("MPLBACKEND", "Agg")
 # every process the tests start carries this session's token: tests/ray_procs.py finds
 # and stops this session's Ray by it, never anyone else's
-os.environ.setdefault("RESABLATE_TEST_RAY", __import__("uuid").uuid4().hex)
+# pytest-xdist: each worker is its own session with its own token, so one worker's
+# cleanup never touches the other's Ray (the workers inherit the controller's token)
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["RESABLATE_TEST_RAY"] = __import__("uuid").uuid4().hex
+else:
+    os.environ.setdefault("RESABLATE_TEST_RAY", __import__("uuid").uuid4().hex)
 
 try:
     from hypothesis import HealthCheck, settings
@@ -26,3 +31,10 @@ if settings is not None:
     settings.register_profile("dev", max_examples=100, deadline=None,
                               suppress_health_check=_quiet)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one worker per core, at most 4. Each worker
+    imports torch and matplotlib and some tests start a local Ray, so more workers than
+    that add memory and contention, not speed."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
