@@ -351,3 +351,32 @@ def given_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
     for action in typed_only._actions:
         action.default = argparse.SUPPRESS
     return set(vars(typed_only.parse_args(argv)))
+
+
+def unused_flags(parser: argparse.ArgumentParser, given: set[str], spec: AblationSpec
+                 ) -> list[str]:
+    """One ``warning:`` line per kind of typed flag a new sweep ``spec`` will not read
+    (``given``: the typed flags' destinations): the training flags in a probe sweep,
+    ``--data-root``/``--download`` on synthetic data, and a ``--stats-every`` beyond the
+    run's last step."""
+    def named(dests):
+        return ", ".join("--" + d.replace("_", "-") for d in sorted(dests))
+    out = []
+    if spec.mode != "train":
+        training = {a.dest for g in parser._action_groups if g.title == "training"
+                    for a in g._group_actions}
+        if given & training:
+            out.append(f"warning: {named(given & training)} not used: --mode {spec.mode} "
+                       "measures networks at init with a random probe batch and trains none")
+        return out
+    t = spec.train
+    if t.dataset != "cifar10" and given & {"data_root", "download"}:
+        why = " (--smoke's default)" if spec.smoke and "dataset" not in given else ""
+        out.append(f"warning: {named(given & {'data_root', 'download'})} not used: the "
+                   f"dataset is {t.dataset}{why}; add --dataset cifar10 to train on CIFAR-10")
+    steps = t.epochs * -(-max(1, t.train_images) // max(1, t.batch_size))
+    if "stats_every" in given and t.stats_every > steps:
+        out.append(f"warning: --stats-every {t.stats_every} is beyond this run's {steps} "
+                   "training steps: the figures through training get step 0 only; "
+                   f"--stats-every {max(1, steps // 8)} samples about 8 times")
+    return out

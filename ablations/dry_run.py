@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from . import checks, lock, orchestrate, resume
-from .arguments import given_flags, spec_from_args
+from .arguments import given_flags, spec_from_args, unused_flags
 from .spec import SpecError, resolve_measure
 
 
@@ -23,7 +23,7 @@ def main(parser, args, argv) -> int:
     """Print the sweep ``args`` would run; 0, or 2 with one line on bad input."""
     import sys
     try:
-        lines = plan_lines(args, given_flags(parser, argv))
+        lines = plan_lines(args, given_flags(parser, argv), parser)
     except SpecError as e:
         print(f"sweep.py: error: {e}", file=sys.stderr)
         return 2
@@ -31,8 +31,9 @@ def main(parser, args, argv) -> int:
     return 0
 
 
-def plan_lines(args, given: set[str]) -> list[str]:
-    """What the sweep would print before its first trial (SpecError on bad input)."""
+def plan_lines(args, given: set[str], parser=None) -> list[str]:
+    """What the sweep would print before its first trial (SpecError on bad input);
+    ``parser``: warn of typed flags the sweep would not read."""
     if args.resume or args.retry_failed:
         spec, kind = resume.stored_spec(args, given)
     else:
@@ -40,6 +41,8 @@ def plan_lines(args, given: set[str]) -> list[str]:
     trials, skipped, sizes = checks.prepare(spec, resuming=kind != "start",
                                             download=args.download, dry_run=True)
     out = [f"dry run: nothing written, Ray not started; results would go to {spec.run_dir}"]
+    if parser is not None and kind == "start":
+        out += unused_flags(parser, given, spec)
     fetch = checks.to_download(spec) if args.download else None
     if fetch:
         from .data import CIFAR_MB

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from ablations.status import Status
 from . import cluster, lock, results, resume, storage, store_lock
-from .arguments import given_flags, spec_from_args
+from .arguments import given_flags, spec_from_args, unused_flags
 from .checks import groups_of, prepare
 from .plan import format_plan, settings_line
 from .progress import for_groups
@@ -85,7 +85,7 @@ def run(parser, args, argv, clock: dict) -> Outcome:
     sweep = outcome = None
     try:
         try:
-            sweep = start(args, given_flags(parser, argv), argv, clock)
+            sweep = start(args, given_flags(parser, argv), argv, clock, parser)
         except SpecError as e:
             return Outcome(2, error=str(e))
         with storage.RunSync(sweep.spec).mirror():  # the driver's trial files to the store
@@ -97,7 +97,7 @@ def run(parser, args, argv, clock: dict) -> Outcome:
             sweep.lock.release()
 
 
-def start(args, given: set[str], argv, clock: dict) -> Sweep:
+def start(args, given: set[str], argv, clock: dict, parser=None) -> Sweep:
     """Resolve, validate and expand the spec, lock the results folder, pick the W&B
     mode, connect to Ray and size the trials' resources; SpecError before anything is
     written (``lock.LockHeld`` when another writer holds the folder)."""
@@ -109,6 +109,9 @@ def start(args, given: set[str], argv, clock: dict) -> Sweep:
     lock.check(spec.run_dir, who)  # a live writer: refused before any work
     # this machine's resources too: before a download, the W&B line and Ray
     trials, skipped, sizes = prepare(spec, resuming=kind != "start", download=args.download)
+    if parser is not None and kind == "start":  # typed flags this sweep will not read
+        for line in unused_flags(parser, given, spec):
+            print(line, file=sys.stderr, flush=True)
     held = store_lock.acquire_both(spec, "python sweep.py " + shlex.join(argv), who)
     try:
         if kind == "start" and os.path.exists(os.path.join(spec.run_dir, "spec.json")):

@@ -352,7 +352,12 @@ def validate_train(t: TrainSettings) -> None:
     if ms and ms[-1] >= t.epochs:
         raise SpecError(f"--milestones {','.join(map(str, ms))} must be < --epochs {t.epochs}; "
                         f"valid milestones are 1..{t.epochs - 1}")
-    if os.path.exists(t.data_root) and not os.path.isdir(t.data_root):
+    if "://" in t.data_root:  # checked even where unused: a typo is named, not ignored
+        from .storage import SCHEMES, VALID, scheme
+        if scheme(t.data_root) not in SCHEMES:
+            raise SpecError(f"--data-root {t.data_root}: unknown scheme "
+                            f"{scheme(t.data_root)!r}; {VALID}")
+    elif os.path.exists(t.data_root) and not os.path.isdir(t.data_root):
         raise SpecError(f"--data-root {t.data_root} is a file, not a directory")
 
 

@@ -200,3 +200,55 @@ def test_download_may_be_typed_with_resume():
     resume.check_repeated_study_flags(parser.parse_args(argv), arguments.given_flags(
         parser, argv), spec_of("--smoke"), "--resume")  # no error: not a study flag
     assert "download" not in resume.EXECUTION_FLAGS  # nor one stored with the sweep
+
+
+# --------------------------------------------------------------------------- unused flags
+
+@pytest.mark.parametrize("flags,warning", [
+    (["--smoke", "--data-root", "DATA"], "warning: --data-root not used: the dataset is "
+     "synthetic (--smoke's default); add --dataset cifar10 to train on CIFAR-10"),
+    (["--smoke", "--dataset", "synthetic", "--download"], "warning: --download not used: "
+     "the dataset is synthetic; add --dataset cifar10"),
+    (["--mode", "probe", "--families", "mlp", "--seeds", "2", "--epochs", "3", "--lr", "0.1"],
+     "warning: --epochs, --lr not used: --mode probe measures networks at init"),
+    (["--smoke", "--stats-every", "500"], "warning: --stats-every 500 is beyond this run's 8 "
+     "training steps: the figures through training get step 0 only; --stats-every 1"),
+    (["--smoke", "--stats-every", "4"], None),
+    (["--smoke", "--dataset", "cifar10", "--data-root", "DATA"], None),
+    (["--mode", "probe", "--families", "mlp", "--seeds", "2", "--depths", "5"], None),
+])
+def test_a_dry_run_warns_of_each_typed_flag_the_sweep_would_not_read(tmp_path, capsys, flags,
+                                                                      warning):
+    data = ROOT.parent / "shared" / "data" / "cifar10-subset"
+    if "cifar10" in flags and not data.exists():
+        pytest.skip(f"needs the CIFAR-10 subset at {data}")
+    argv = [str(data) if f == "DATA" else f for f in flags]
+    assert sweep_py.main(["--dry-run", "--out", str(tmp_path / "r"), *argv]) == 0
+    warnings = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == (warning is not None), warnings
+    assert warning is None or warnings[0].startswith(warning), warnings
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_sweep_warns_of_unread_flags_before_ray(tmp_path, capsys, monkeypatch):
+    from ablations import orchestrate
+
+    def stop(*a, **k):
+        raise SpecError("stopped before Ray")
+    monkeypatch.setattr(orchestrate, "_connect", stop)
+    code = sweep_py.main(["--smoke", "--wandb", "offline", "--out", str(tmp_path / "r"),
+                          "--data-root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines() == [
+        "warning: --data-root not used: the dataset is synthetic (--smoke's default); add "
+        "--dataset cifar10 to train on CIFAR-10", "sweep.py: error: stopped before Ray"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--dataset", "cifar10"]])
+def test_a_data_root_of_an_unknown_scheme_is_refused_even_where_unread(tmp_path, capsys, extra):
+    code = sweep_py.main(["--dry-run", "--smoke", *extra, "--data-root", "ftp://host/cifar",
+                          "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == (
+        "sweep.py: error: --data-root ftp://host/cifar: unknown scheme 'ftp'; valid: a local "
+        "folder, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX")
