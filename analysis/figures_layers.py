@@ -238,6 +238,40 @@ def _notes(left_out: pd.DataFrame | None, key: Variants) -> dict:
     return notes
 
 
+def _zero_layers(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (trial variant, depth, layer) whose every finite value is exactly 0:
+    a log axis cannot draw it (a zero-initialized residual branch's first layer gets no
+    gradient at init), so the panel names it rather than hiding it."""
+    rows = finite(rows)
+    if rows.empty or "layer" not in rows:
+        return rows.iloc[:0]
+    group = ["model", "depth", "layer", *levels.present(rows)]
+    group = [g for g in dict.fromkeys(["family", *group]) if g in rows]
+    top = rows.groupby(group, dropna=False)["value"].transform("max")
+    return rows[top <= 0].drop_duplicates(group)
+
+
+def _zero_notes(zeros: pd.DataFrame, key: Variants) -> dict:
+    """(family, model, facet) -> "at exactly 0 so not drawn on the log axis: residual: 4
+    layers"."""
+    if zeros.empty:
+        return {}
+    out, _ = keyed(zeros, like=key)
+    notes = {}
+    for box in panels(out, PANEL_KEYS, key):
+        g = where(out, PANEL_KEYS, box)
+        counts = g["variant"].value_counts()
+        parts = [f"{v}: {counts[v]} layer{'s' if counts[v] > 1 else ''}"
+                 for v in key.present(g["variant"]) + sorted(set(counts.index) - set(key.order))]
+        notes[box] = "at exactly 0 so not drawn on the log axis: " + "; ".join(parts)
+    return notes
+
+
+def _joined_notes(*notes: dict) -> dict:
+    return {box: "; ".join(n[box] for n in notes if box in n)
+            for box in dict.fromkeys(b for n in notes for b in n)}
+
+
 def _title(label: str, col: _Column, rows: pd.DataFrame, note: str | None, width_in: float) -> str:
     lines = [f"{label}: {col.title}"]
     if col.moment and len(rows):
@@ -254,12 +288,17 @@ def _profile_grid(columns: list[_Column], ylabel: str, look: Look, empty: str = 
     depth (colour and marker = variant, line style = depth), median over seeds, log y;
     x = layer names in network order, or the rank for a sorted column.
     """
-    cols = [c._replace(rows=finite(c.rows, positive=True)) for c in columns]
+    # values <= 0 stay in the rows (their layers keep their places on x) but are not drawn:
+    # a line breaks there, and the title names layers with no positive value at all
+    zeros = [_zero_layers(c.rows) for c in columns]
+    cols = [c._replace(rows=finite(c.rows)) for c in columns]
     found = [c.rows for c in cols if not c.rows.empty]
     key = keyed(pd.concat(found))[1] if found else Variants()
     cols = [c._replace(rows=keyed(c.rows, like=key)[0]) for c in cols]
-    cols = [c for c in cols if not c.rows.empty or c.moment
-            or (c.left_out is not None and len(c.left_out))]
+    keep = [not c.rows.empty or c.moment or (c.left_out is not None and len(c.left_out))
+            for c in cols]
+    cols = [c for c, k in zip(cols, keep) if k]
+    zeros = [z for z, k in zip(zeros, keep) if k]
     if all(c.rows.empty for c in cols):
         return message_figure(empty, look)
     allrows = pd.concat([c.rows for c in cols if not c.rows.empty])
@@ -270,7 +309,8 @@ def _profile_grid(columns: list[_Column], ylabel: str, look: Look, empty: str = 
         width = look.panel_width(len(cols))
         subs = {(r, c): where(col.rows, PANEL_KEYS, box)
                 for r, box in enumerate(boxes) for c, col in enumerate(cols)}
-        notes = [_notes(col.left_out, key) for col in cols]
+        notes = [_joined_notes(_notes(col.left_out, key), _zero_notes(z, key))
+                 for col, z in zip(cols, zeros)]
         titles = {(r, c): _title(joined(network_title(*boxes[r][:2]), boxes[r][2]), cols[c], sub,
                                  notes[c].get(boxes[r]), width)
                   for (r, c), sub in subs.items()}
@@ -291,10 +331,12 @@ def _profile_grid(columns: list[_Column], ylabel: str, look: Look, empty: str = 
                     dsub = dsub.assign(x=positions(dsub, order))
                     for variant in key.present(dsub["variant"]):
                         agg = median_iqr(dsub[dsub["variant"] == variant], "x")
+                        agg[["median", "q25", "q75"]] = agg[["median", "q25", "q75"]].where(
+                            agg[["median", "q25", "q75"]] > 0)  # a log axis: gaps, not 0
                         kw = dict(color=key.color(variant), linestyle=styles[depth],
                                   marker=key.marker(variant), markersize=2.5)
                         if col.sort:
-                            y = np.sort(agg["median"].to_numpy())[::-1]
+                            y = np.sort(agg["median"].dropna().to_numpy())[::-1]
                             ax.plot(np.arange(1, len(y) + 1), y, markevery=max(1, len(y) // 8), **kw)
                         else:
                             line_band(ax, agg, "x", markevery=max(1, len(agg) // 8), **kw)

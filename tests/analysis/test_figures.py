@@ -653,3 +653,21 @@ def test_keyed_reads_an_old_folder_as_default_levels():
     rows, key = keyed(pd.concat([old, new.assign(norm="layer")], ignore_index=True))
     assert key.facets == ("layer norm", "no norm")
     assert (rows.loc[rows["trial_id"].isin(old["trial_id"]), "facet"] == "no norm").all()
+
+
+def test_layers_at_exactly_zero_are_named_not_hidden_by_the_log_axis():
+    # a zero-initialized residual branch: its first layer gets no gradient at init
+    d = _layers()
+    zero = (d["residual"] & (d["phase"] == "init") & (d["stat"] == "grad_mean_abs")
+            & d["layer"].isin(["layers.1.weight", "layers.3.weight"]))
+    fig = figures.gradient_flow(d.assign(value=d["value"].where(~zero, 0.0)))
+    init = [ax for ax in fig.axes if ax.get_title().startswith("mlp: at init")][0]
+    title = " ".join(init.get_title().split())
+    # two layers at each of depths 5 and 8, every seed at 0
+    assert "at exactly 0 so not drawn on the log axis: residual: 4 layers" in title, title
+    late = [ax for ax in fig.axes if ax.get_title().startswith("mlp: late")][0]
+    assert "exactly 0" not in late.get_title()
+    # a layer that is 0 in one seed only still has a line: not named
+    one = zero & (d["seed"] == d["seed"].min())
+    fig = figures.gradient_flow(d.assign(value=d["value"].where(~one, 0.0)))
+    assert not any("exactly 0" in ax.get_title() for ax in fig.axes)
