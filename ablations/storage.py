@@ -113,7 +113,7 @@ def has_s3_credentials() -> bool:
     return False
 
 
-def _fault(uri: str, error: BaseException, label: str = "--storage") -> str:
+def fault(uri: str, error: BaseException, label: str = "--storage") -> str:
     """One line for a store that failed ``check`` (no credentials in it: pyarrow's
     messages name the operation, the bucket and the endpoint only)."""
     said = f"{label} {uri}".strip()
@@ -144,7 +144,7 @@ def check(uri: str, label: str = "--storage") -> Store:
         from pyarrow.fs import FileType
         info = make_fs(uri, quick=True).get_file_info(bucket)
     except Exception as e:  # noqa: BLE001  pyarrow: OSError, ArrowInvalid, ...
-        raise SpecError(_fault(uri, e, label)) from None
+        raise SpecError(fault(uri, e, label)) from None
     if info.type == FileType.NotFound:
         where = endpoint() or "AWS S3" if scheme(uri) == "s3" else "Google Cloud Storage"
         raise SpecError(f"{said}: bucket {bucket!r} does not exist at {where}; "

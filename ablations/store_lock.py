@@ -45,6 +45,7 @@ import time
 import uuid
 
 from . import lock, storage
+from .spec import SpecError
 
 PREFIX = ".lock.d"
 WAIT_S = 10.0  # how long an undecided claim of another writer is waited for
@@ -158,16 +159,27 @@ def acquire(store, name: str, command: str, what: str = "this sweep", *,
     key = _key(name, info["token"])
     deadline = time.monotonic() + wait_s
     while True:
-        live = [i for i in claims(store, name).values() if stale(i, stale_s=stale_s) is None]
-        if any(i.get("held") for i in live) or (live and time.monotonic() > deadline):
-            raise _refusal(store, name, next((i for i in live if i.get("held")), live[0]), what)
-        if not live:  # a first look: written only when no live claim is there
-            store.write(key, json.dumps(info).encode())
-            others = {k: i for k, i in claims(store, name).items() if k != key}
-            why = {k: stale(i, stale_s=stale_s) for k, i in others.items()}
-            if all(w is not None for w in why.values()):
-                break
-            store.delete(key)  # another claim at the same time: both may withdraw
+        try:
+            live = [i for i in claims(store, name).values()
+                    if stale(i, stale_s=stale_s) is None]
+            if any(i.get("held") for i in live) or (live and time.monotonic() > deadline):
+                raise _refusal(store, name, next((i for i in live if i.get("held")), live[0]),
+                               what)
+            if not live:  # a first look: written only when no live claim is there
+                store.write(key, json.dumps(info).encode())
+                others = {k: i for k, i in claims(store, name).items() if k != key}
+                why = {k: stale(i, stale_s=stale_s) for k, i in others.items()}
+                if all(w is not None for w in why.values()):
+                    break
+                store.delete(key)  # another claim at the same time: both may withdraw
+        except OSError as e:  # the store failed a request: again until the deadline
+            if time.monotonic() > deadline:
+                try:
+                    store.delete(key)
+                except OSError:
+                    pass  # unreachable: the claim, never held, goes stale on its own
+                raise SpecError("the lock could not be taken: " + storage.fault(
+                    store.uri, e, label="")) from e
         time.sleep(random.uniform(0.2, 1.0))  # an undecided claim: it wins or withdraws
     info["held"] = True  # decided: a later writer is refused at once
     store.write(key, json.dumps(info).encode())
