@@ -8,8 +8,9 @@ import pandas as pd
 from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import MaxNLocator
 
+from ablations import levels as _levels
 from analysis.style import layer_tick_inches, layer_ticks
-from analysis.variants import Variants
+from analysis.variants import Variants, keyed
 
 
 def finite(df: pd.DataFrame, col: str = "value", positive: bool = False) -> pd.DataFrame:
@@ -194,3 +195,32 @@ def mark_diverged(ax, sub: pd.DataFrame, width_in: float, variants: Variants,
         # a note that overruns the panel must not make the layout squeeze the panel to nothing
         note.set_in_layout(False)
         lines += text.count("\n") + 1
+
+
+def zero_layers(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (trial variant, depth, layer) whose every finite value is exactly 0:
+    a log axis cannot draw it (a zero-initialized residual branch's first layer gets no
+    gradient at init), so the panel names it rather than hiding it."""
+    rows = finite(rows)
+    if rows.empty or "layer" not in rows:
+        return rows.iloc[:0]
+    group = ["model", "depth", "layer", *_levels.present(rows)]
+    group = [g for g in dict.fromkeys(["family", *group]) if g in rows]
+    top = rows.groupby(group, dropna=False)["value"].transform("max")
+    return rows[top <= 0].drop_duplicates(group)
+
+
+def zero_notes(zeros: pd.DataFrame, key: Variants, keys: list[str]) -> dict:
+    """(family, model, facet) -> "at exactly 0 so not drawn on the log axis: residual: 4
+    layers"."""
+    if zeros.empty:
+        return {}
+    out, _ = keyed(zeros, like=key)
+    notes = {}
+    for box in panels(out, keys, key):
+        g = where(out, keys, box)
+        counts = g["variant"].value_counts()
+        parts = [f"{v}: {counts[v]} layer{'s' if counts[v] > 1 else ''}"
+                 for v in key.present(g["variant"]) + sorted(set(counts.index) - set(key.order))]
+        notes[box] = "at exactly 0 so not drawn on the log axis: " + "; ".join(parts)
+    return notes

@@ -27,6 +27,7 @@ from matplotlib.ticker import MaxNLocator
 from ablations.status import Status
 from ablations import levels
 from analysis.figure_parts import (finite, fit_parts, fit_title, label_edges, layer_axis, line_band,
+                                   zero_layers, zero_notes,
                                    median_iqr, no_data, panels, positions, tick_room, where)
 from ablations.plan import network_title
 from analysis.style import DEFAULT_LOOK, Look, depth_linestyles, log_axis, message_figure
@@ -238,35 +239,6 @@ def _notes(left_out: pd.DataFrame | None, key: Variants) -> dict:
     return notes
 
 
-def _zero_layers(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per (trial variant, depth, layer) whose every finite value is exactly 0:
-    a log axis cannot draw it (a zero-initialized residual branch's first layer gets no
-    gradient at init), so the panel names it rather than hiding it."""
-    rows = finite(rows)
-    if rows.empty or "layer" not in rows:
-        return rows.iloc[:0]
-    group = ["model", "depth", "layer", *levels.present(rows)]
-    group = [g for g in dict.fromkeys(["family", *group]) if g in rows]
-    top = rows.groupby(group, dropna=False)["value"].transform("max")
-    return rows[top <= 0].drop_duplicates(group)
-
-
-def _zero_notes(zeros: pd.DataFrame, key: Variants) -> dict:
-    """(family, model, facet) -> "at exactly 0 so not drawn on the log axis: residual: 4
-    layers"."""
-    if zeros.empty:
-        return {}
-    out, _ = keyed(zeros, like=key)
-    notes = {}
-    for box in panels(out, PANEL_KEYS, key):
-        g = where(out, PANEL_KEYS, box)
-        counts = g["variant"].value_counts()
-        parts = [f"{v}: {counts[v]} layer{'s' if counts[v] > 1 else ''}"
-                 for v in key.present(g["variant"]) + sorted(set(counts.index) - set(key.order))]
-        notes[box] = "at exactly 0 so not drawn on the log axis: " + "; ".join(parts)
-    return notes
-
-
 def _joined_notes(*notes: dict) -> dict:
     return {box: "; ".join(n[box] for n in notes if box in n)
             for box in dict.fromkeys(b for n in notes for b in n)}
@@ -290,7 +262,7 @@ def _profile_grid(columns: list[_Column], ylabel: str, look: Look, empty: str = 
     """
     # values <= 0 stay in the rows (their layers keep their places on x) but are not drawn:
     # a line breaks there, and the title names layers with no positive value at all
-    zeros = [_zero_layers(c.rows) for c in columns]
+    zeros = [zero_layers(c.rows) for c in columns]
     cols = [c._replace(rows=finite(c.rows)) for c in columns]
     found = [c.rows for c in cols if not c.rows.empty]
     key = keyed(pd.concat(found))[1] if found else Variants()
@@ -309,7 +281,7 @@ def _profile_grid(columns: list[_Column], ylabel: str, look: Look, empty: str = 
         width = look.panel_width(len(cols))
         subs = {(r, c): where(col.rows, PANEL_KEYS, box)
                 for r, box in enumerate(boxes) for c, col in enumerate(cols)}
-        notes = [_joined_notes(_notes(col.left_out, key), _zero_notes(z, key))
+        notes = [_joined_notes(_notes(col.left_out, key), zero_notes(z, key, PANEL_KEYS))
                  for col, z in zip(cols, zeros)]
         titles = {(r, c): _title(joined(network_title(*boxes[r][:2]), boxes[r][2]), cols[c], sub,
                                  notes[c].get(boxes[r]), width)
