@@ -41,7 +41,7 @@ def test_smoke_keeps_the_study_flags_typed_with_it():
 def test_smoke_alone_is_the_smallest_real_sweep():
     s = spec_of("--smoke")
     assert (s.depths, s.seeds, s.train.dataset, s.train.subset) == ((4,), 1, "synthetic", 512)
-    assert (s.train.epochs, s.train.milestones) == (2, (1,))
+    assert (s.train.epochs, s.train.milestones) == (16, (12,))
     plain = spec_of()  # without --smoke the usual defaults
     assert (plain.depths, plain.train.dataset, plain.train.subset) == ((5, 18, 34), "cifar10",
                                                                         5000)
@@ -211,8 +211,8 @@ def test_download_may_be_typed_with_resume():
      "the dataset is synthetic; add --dataset cifar10"),
     (["--mode", "probe", "--families", "mlp", "--seeds", "2", "--epochs", "3", "--lr", "0.1"],
      "warning: --epochs, --lr not used: --mode probe measures networks at init"),
-    (["--smoke", "--stats-every", "500"], "warning: --stats-every 500 is beyond this run's 8 "
-     "training steps: the figures through training get step 0 only; --stats-every 1"),
+    (["--smoke", "--stats-every", "500"], "warning: --stats-every 500 is beyond this run's 64 "
+     "training steps: the figures through training get step 0 only; --stats-every 8"),
     (["--smoke", "--stats-every", "4"], None),
     (["--smoke", "--dataset", "cifar10", "--data-root", "DATA"], None),
     (["--mode", "probe", "--families", "mlp", "--seeds", "2", "--depths", "5"], None),

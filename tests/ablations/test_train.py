@@ -61,6 +61,20 @@ def test_synthetic_data_is_learned(tmp_path):
     assert row["final_test_acc"] > 0.5  # 10 classes: chance is 0.1
 
 
+def test_the_smoke_runs_resnets_leave_chance(tmp_path):
+    """``sweep.py --smoke``'s own ResNet-4 trials learn (at 2 epochs they ended at 10%,
+    which reads as a broken install)."""
+    from ablations.arguments import build_parser, spec_from_args
+    spec = spec_from_args(build_parser().parse_args(
+        ["--smoke", "--families", "resnet", "--measure", "none", "--out", str(tmp_path)]))
+    trials, _ = expand(spec)
+    assert {t.residual for t in trials} == {False, True}
+    for t in trials:
+        assert run_train_trial(t, spec, spec.run_dir) == "completed"
+        row = results.read_fragment_row(spec.run_dir, t.trial_id)
+        assert row["final_test_acc"] > 0.5, (t.trial_id, row["final_test_acc"])
+
+
 def test_nan_loss_is_a_diverged_result_not_a_crash(tmp_path):
     spec = small_spec(tmp_path, lr=1e12, epochs=5, milestones=())
     mlp = dataclasses.replace([t for t in expand(spec)[0] if t.family == "mlp"][0])
