@@ -305,6 +305,8 @@ def _profile_grid(columns: list[_Column], ylabel: str, look: Look, empty: str = 
                         agg = median_iqr(dsub[dsub["variant"] == variant], "x")
                         agg[["median", "q25", "q75"]] = agg[["median", "q25", "q75"]].where(
                             agg[["median", "q25", "q75"]] > 0)  # a log axis: gaps, not 0
+                        if agg["median"].isna().all():
+                            continue  # every layer at 0: named in the title
                         kw = dict(color=key.color(variant), linestyle=styles[depth],
                                   marker=key.marker(variant), markersize=2.5)
                         if col.sort:

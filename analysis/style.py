@@ -241,11 +241,16 @@ def log_axis(ax) -> None:
     (or, with the formatter, break) what an earlier one chose. Call it after
     every panel of the group is drawn; calling it again on a sibling is a no-op.
     """
-    group = [a for a in ax.get_shared_y_axes().get_siblings(ax) if a.has_data()]
+    # a panel of lines with no finite point (every value masked) has data but no limits
+    group = [a for a in ax.get_shared_y_axes().get_siblings(ax)
+             if a.has_data() and math.isfinite(a.dataLim.intervaly[0])
+             and math.isfinite(a.dataLim.intervaly[1])]
     if not group:
         return
     lo = min(a.dataLim.intervaly[0] for a in group)
     hi = max(a.dataLim.intervaly[1] for a in group)
+    if hi <= 0:  # nothing a log axis can show: linear, as drawn
+        return
     if lo > 0 and math.log10(hi) - math.log10(lo) < math.log10(1.5):  # not hi / lo: overflows
         for a in group:
             a.set_yscale("linear")

@@ -671,3 +671,13 @@ def test_layers_at_exactly_zero_are_named_not_hidden_by_the_log_axis():
     one = zero & (d["seed"] == d["seed"].min())
     fig = figures.gradient_flow(d.assign(value=d["value"].where(~one, 0.0)))
     assert not any("exactly 0" in ax.get_title() for ax in fig.axes)
+
+
+def test_a_panel_whose_every_layer_is_0_draws_and_names_them():
+    d = _layers()
+    d = d[d["phase"] == "init"]  # a probe: one column
+    fig = figures.gradient_flow(d.assign(value=d["value"].where(
+        d["stat"] != "grad_mean_abs", 0.0)))
+    fig.canvas.draw()  # no log axis over limits of nothing
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    assert "plain: 13 layers; residual: 13 layers" in " ".join(ax.get_title().split())
