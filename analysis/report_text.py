@@ -52,7 +52,10 @@ def spec_lines(spec: dict) -> list[tuple[str, str]]:
     if levels:
         lines.append(("factor levels", "; ".join(levels)))
     if s.get("mode") == "train" and t:
-        lines += [("data", f"{t.get('dataset')} ({t.get('data_root') or 'synthetic'}), "
+        # synthetic data is made in memory: its --data-root was never read
+        where = "" if t.get("dataset") == "synthetic" or not t.get("data_root") \
+            else f" ({t['data_root']})"
+        lines += [("data", f"{t.get('dataset')}{where}, "
                            f"subset {t.get('subset')}, val fraction {t.get('val_fraction')}"),
                   ("schedule", f"{t.get('epochs')} epochs, SGD lr {t.get('lr')} momentum "
                                f"{t.get('momentum')} wd {t.get('weight_decay')}"

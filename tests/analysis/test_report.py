@@ -525,3 +525,13 @@ def test_cli_with_out_writes_nothing_into_the_folder_it_reads(tmp_path, jobs):
     assert main([str(run), "--out", str(out), "--format", "png", "--jobs", jobs]) == 0
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
     assert (out / "wandb_report.json").is_file() and (out / "report.html").is_file()
+
+
+@pytest.mark.parametrize("dataset,root,shown", [
+    ("synthetic", "/home/u/data", "synthetic, subset 512, val fraction 0.1"),
+    ("cifar10", "/home/u/data", "cifar10 (/home/u/data), subset 512, val fraction 0.1"),
+])
+def test_the_spec_names_a_data_folder_only_where_it_was_read(dataset, root, shown):
+    spec = {"mode": "train", "train": {"dataset": dataset, "data_root": root, "subset": 512,
+                                       "val_fraction": 0.1, "epochs": 2}}
+    assert dict(report_text.spec_lines({"spec": spec}))["data"] == shown
