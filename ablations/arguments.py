@@ -155,7 +155,8 @@ def build_parser(report_target=str) -> argparse.ArgumentParser:
                    "holding it: fetched once per node into $RESABLATE_CACHE (by default "
                    "~/.cache/resablate), checked by sha256")
     t.add_argument("--download", action="store_true",
-                   help="download CIFAR-10 (about 170 MB) into --data-root when it is missing")
+                   help="download CIFAR-10 (about 170 MB) into --data-root when it is missing, "
+                   "without asking (on a terminal the sweep asks; elsewhere it stops)")
     t.add_argument("--subset", type=int, default=None, metavar="IMAGES",
                    help="class-stratified training subset, the same for every trial "
                    "(default: 5000; --smoke: 512)")

@@ -10,6 +10,7 @@ starting it.
 from __future__ import annotations
 
 import os
+import sys
 
 from . import cluster, storage
 from .plan import expand, group_by_cell
@@ -21,7 +22,8 @@ def prepare(spec: AblationSpec, resuming: bool = False, download: bool = False,
     """``(trials, skipped, sizes)``: validate and expand, check this machine's resources
     (``local_resources``), then the data; every check that can fail happens here,
     before any write. ``download``: a missing CIFAR-10 is downloaded
-    (``--download``); otherwise it is one line saying how to get it. A ``dry_run``
+    (``--download``); otherwise asked for on a terminal (``ask_download``), and on no
+    it is one line saying how to get it. A ``dry_run``
     downloads nothing: with ``download`` a missing CIFAR-10 counts as there
     (``to_download`` names it) and the sizes are the settings' own."""
     validate(spec, resuming)
@@ -37,6 +39,8 @@ def prepare(spec: AblationSpec, resuming: bool = False, download: bool = False,
     sizes = None
     if spec.mode == "train":
         from .data import CIFAR_TEST_IMAGES, check_data
+        if not (dry_run or download) and to_download(spec):
+            download = ask_download(to_download(spec))  # on a terminal only
         if dry_run and download and to_download(spec):
             t = spec.train
             sizes = {"train": t.train_images, "val": t.val_images, "test": CIFAR_TEST_IMAGES}
@@ -49,9 +53,25 @@ def to_download(spec: AblationSpec) -> str | None:
     """The CIFAR-10 folder a train sweep would download with ``--download`` (None when it
     is there, or not needed)."""
     from .data import CIFAR_DIR
+    if storage.is_uri(spec.train.data_root):  # fetched from the store, never downloaded
+        return None
     folder = os.path.join(spec.train.data_root, CIFAR_DIR)
     needed = spec.mode == "train" and spec.train.dataset == "cifar10"
     return folder if needed and not os.path.exists(folder) else None
+
+
+def ask_download(folder: str) -> bool:
+    """Whether to download the missing CIFAR-10 into ``folder``: asked (y/N) when both
+    stdin and stderr are a terminal, else no (the sweep then says how to get it)."""
+    from .data import CIFAR_MB
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    print(f"CIFAR-10 is not in {folder}. Download it there (about {CIFAR_MB} MB)? [y/N] ",
+          end="", file=sys.stderr, flush=True)
+    try:
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
+    except (EOFError, OSError):
+        return False
 
 
 def groups_of(trials, spec):

@@ -252,3 +252,48 @@ def test_a_data_root_of_an_unknown_scheme_is_refused_even_where_unread(tmp_path,
     assert code == 2 and err.strip() == (
         "sweep.py: error: --data-root ftp://host/cifar: unknown scheme 'ftp'; valid: a local "
         "folder, s3://BUCKET/PREFIX or gs://BUCKET/PREFIX")
+
+
+class Terminal:
+    """stdin and stderr as a terminal where the user types ``answer``."""
+
+    def __init__(self, answer):
+        self.answer, self.asked = answer, []
+
+    def isatty(self):
+        return True
+
+    def readline(self):
+        self.asked.append(True)
+        return self.answer
+
+
+@pytest.mark.parametrize("answer,downloaded", [("y\n", True), ("yes\n", True), ("\n", False),
+                                               ("n\n", False), ("", False)])
+def test_on_a_terminal_a_missing_cifar10_is_asked_for(tmp_path, capsys, monkeypatch, downloads,
+                                                      no_gpu_no_ray, answer, downloaded):
+    term = Terminal(answer)
+    monkeypatch.setattr(sys, "stdin", term)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    argv = ["--depths", "4", "--seeds", "1", "--wandb", "offline", "--out", str(tmp_path / "r"),
+            "--data-root", str(tmp_path / "data")]
+    assert sweep_py.main(argv) == 2  # a download here fails: offline (the fixture)
+    err = capsys.readouterr().err
+    assert term.asked == [True] and err.startswith(
+        f"CIFAR-10 is not in {tmp_path / 'data' / 'cifar-10-batches-py'}. Download it there "
+        "(about 170 MB)? [y/N] ")
+    assert downloads == ([str(tmp_path / "data")] if downloaded else [])
+    assert ("download (about 170 MB) failed" in err) == downloaded
+    assert ("download it there with --download" in err) == (not downloaded)
+    assert no_gpu_no_ray == [] and list(tmp_path.iterdir()) == []
+
+
+def test_not_on_a_terminal_nothing_is_asked(tmp_path, capsys, monkeypatch, downloads):
+    term = Terminal("y\n")
+    monkeypatch.setattr(sys, "stdin", term)
+    monkeypatch.setattr(Terminal, "isatty", lambda self: False)
+    argv = ["--dry-run", "--depths", "4", "--seeds", "1", "--out", str(tmp_path / "r"),
+            "--data-root", str(tmp_path / "data")]
+    assert sweep_py.main(argv) == 2
+    assert sweep_py.main(argv[1:]) == 2
+    assert term.asked == [] and downloads == [] and "[y/N]" not in capsys.readouterr().err
