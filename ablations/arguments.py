@@ -280,8 +280,7 @@ def study_default(args, flag: str):
 def _smoke_samples(train: TrainSettings) -> int:
     """--smoke's --stats-every: about SMOKE_SAMPLES samples over the run's steps, so
     every figure through training has points (step 0 is always one)."""
-    steps = train.epochs * -(-max(1, train.train_images) // max(1, train.batch_size))
-    return max(1, steps // SMOKE_SAMPLES)
+    return max(1, train.steps // SMOKE_SAMPLES)
 
 
 def study_from_args(args) -> Study:
@@ -377,9 +376,8 @@ def unused_flags(parser: argparse.ArgumentParser, given: set[str], spec: Ablatio
         why = " (--smoke's default)" if spec.smoke and "dataset" not in given else ""
         out.append(f"warning: {named(given & {'data_root', 'download'})} not used: the "
                    f"dataset is {t.dataset}{why}; add --dataset cifar10 to train on CIFAR-10")
-    steps = t.epochs * -(-max(1, t.train_images) // max(1, t.batch_size))
-    if "stats_every" in given and t.stats_every > steps:
-        out.append(f"warning: --stats-every {t.stats_every} is beyond this run's {steps} "
+    if "stats_every" in given and t.stats_every > t.steps:
+        out.append(f"warning: --stats-every {t.stats_every} is beyond this run's {t.steps} "
                    "training steps: the figures through training get step 0 only; "
-                   f"--stats-every {max(1, steps // 8)} samples about 8 times")
+                   f"--stats-every {max(1, t.steps // 8)} samples about 8 times")
     return out

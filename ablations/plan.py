@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -174,8 +173,7 @@ def settings_line(spec: AblationSpec) -> str:
     if spec.mode != "train":
         return f"recipe {spec.recipe}" + (f" ({levels})" if levels else "") + f"; {seeds}"
     t = spec.train
-    n, steps_per_epoch = t.train_images, math.ceil(t.train_images / t.batch_size)
-    full = recipes.get(spec.recipe).schedule_steps(n, t.batch_size)
+    full = recipes.get(spec.recipe).schedule_steps(t.train_images, t.batch_size)
     drops = f"x0.1 after epochs {','.join(map(str, t.milestones))}" if t.milestones \
         else "no lr drops"
     warm = f", linear warmup {t.warmup_epochs} epoch(s)" if t.warmup_epochs else ""
@@ -186,7 +184,7 @@ def settings_line(spec: AblationSpec) -> str:
                  f"steps at depth >= {t.constant_warmup_depth}")
     return (f"recipe {spec.recipe}: lr {t.lr:g}, momentum {t.momentum:g}, weight decay "
             f"{t.weight_decay:g} on {'every parameter' if t.decay == 'all' else 'weights only'}"
-            f", batch {t.batch_size}, {t.epochs} epoch(s) = {t.epochs * steps_per_epoch} steps "
-            f"({100 * t.epochs * steps_per_epoch / full:.0f}% of the recipe's {full}), "
+            f", batch {t.batch_size}, {t.epochs} epoch(s) = {t.steps} steps "
+            f"({100 * t.steps / full:.0f}% of the recipe's {full}), "
             f"{drops}{warm}, {t.pad_mode}-padded crops, {t.normalize} "
             f"normalization" + (f"; {levels}" if levels else "") + f"; {seeds}")

@@ -84,6 +84,12 @@ class TrainSettings:
     def val_images(self) -> int:
         return 0 if self.val_fraction <= 0 else max(1, round(self.val_fraction * self.subset))
 
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of the whole run: epochs x batches per epoch (the last batch
+        may be partial); defined for unvalidated settings too (a batch of 0 counts as 1)."""
+        return self.epochs * -(-max(1, self.train_images) // max(1, self.batch_size))
+
 
 @dataclass(frozen=True)
 class Study:
@@ -353,10 +359,8 @@ def validate_train(t: TrainSettings) -> None:
         raise SpecError(f"--milestones {','.join(map(str, ms))} must be < --epochs {t.epochs}; "
                         f"valid milestones are 1..{t.epochs - 1}")
     if "://" in t.data_root:  # checked even where unused: a typo is named, not ignored
-        from .storage import SCHEMES, VALID, scheme
-        if scheme(t.data_root) not in SCHEMES:
-            raise SpecError(f"--data-root {t.data_root}: unknown scheme "
-                            f"{scheme(t.data_root)!r}; {VALID}")
+        from .storage import check_scheme
+        check_scheme(t.data_root, "--data-root")
     elif os.path.exists(t.data_root) and not os.path.isdir(t.data_root):
         raise SpecError(f"--data-root {t.data_root} is a file, not a directory")
 
