@@ -127,13 +127,18 @@ def fault(uri: str, error: BaseException, label: str = "--storage") -> str:
     return f"{said}: the store at {where} failed: {text[:160]}"
 
 
+def check_scheme(uri: str, label: str = "--storage") -> None:
+    """``SpecError`` naming ``label uri`` when ``uri``'s scheme is not a store's."""
+    if scheme(uri) not in SCHEMES:
+        raise SpecError(f"{label} {uri}".strip() + f": unknown scheme {scheme(uri)!r}; {VALID}")
+
+
 def check(uri: str, label: str = "--storage") -> Store:
     """The store of ``uri``, checked within seconds (scheme, credentials, endpoint,
     bucket) before anything is written; otherwise ``SpecError`` with one line, which
     names the URI after ``label`` (the flag that gave it)."""
     said = f"{label} {uri}".strip()
-    if scheme(uri) not in SCHEMES:
-        raise SpecError(f"{said}: unknown scheme {scheme(uri)!r}; {VALID}")
+    check_scheme(uri, label)
     bucket = bucket_of(uri)
     if not bucket:
         raise SpecError(f"{said}: no bucket named; {VALID}")
