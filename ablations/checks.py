@@ -39,9 +39,10 @@ def prepare(spec: AblationSpec, resuming: bool = False, download: bool = False,
     sizes = None
     if spec.mode == "train":
         from .data import CIFAR_TEST_IMAGES, check_data
-        if not (dry_run or download) and to_download(spec):
-            download = ask_download(to_download(spec))  # on a terminal only
-        if dry_run and download and to_download(spec):
+        missing = to_download(spec)
+        if missing and not (dry_run or download):
+            download = ask_download(missing)  # on a terminal only
+        if dry_run and download and missing:
             t = spec.train
             sizes = {"train": t.train_images, "val": t.val_images, "test": CIFAR_TEST_IMAGES}
         else:
