@@ -184,6 +184,7 @@ class _Column(NamedTuple):
     subtitle: str = ""      # a line under every panel's title
     left_out: pd.DataFrame | None = None  # trials not shown, with a "reason" column
     missing: str = "no finite data"  # what a panel of this column with no rows says
+    zeros: pd.DataFrame | None = None  # layers at exactly 0 (``zero_layers``), named in titles
 
 
 def _span(values: pd.Series, word: str) -> str:
@@ -262,15 +263,12 @@ def _profile_grid(columns: list[_Column], ylabel: str, look: Look, empty: str = 
     """
     # values <= 0 stay in the rows (their layers keep their places on x) but are not drawn:
     # a line breaks there, and the title names layers with no positive value at all
-    zeros = [zero_layers(c.rows) for c in columns]
-    cols = [c._replace(rows=finite(c.rows)) for c in columns]
+    cols = [c._replace(rows=finite(c.rows), zeros=zero_layers(c.rows)) for c in columns]
     found = [c.rows for c in cols if not c.rows.empty]
     key = keyed(pd.concat(found))[1] if found else Variants()
     cols = [c._replace(rows=keyed(c.rows, like=key)[0]) for c in cols]
-    keep = [not c.rows.empty or c.moment or (c.left_out is not None and len(c.left_out))
-            for c in cols]
-    cols = [c for c, k in zip(cols, keep) if k]
-    zeros = [z for z, k in zip(zeros, keep) if k]
+    cols = [c for c in cols if not c.rows.empty or c.moment
+            or (c.left_out is not None and len(c.left_out))]
     if all(c.rows.empty for c in cols):
         return message_figure(empty, look)
     allrows = pd.concat([c.rows for c in cols if not c.rows.empty])
@@ -281,8 +279,8 @@ def _profile_grid(columns: list[_Column], ylabel: str, look: Look, empty: str = 
         width = look.panel_width(len(cols))
         subs = {(r, c): where(col.rows, PANEL_KEYS, box)
                 for r, box in enumerate(boxes) for c, col in enumerate(cols)}
-        notes = [_joined_notes(_notes(col.left_out, key), zero_notes(z, key, PANEL_KEYS))
-                 for col, z in zip(cols, zeros)]
+        notes = [_joined_notes(_notes(col.left_out, key), zero_notes(col.zeros, key, PANEL_KEYS))
+                 for col in cols]
         titles = {(r, c): _title(joined(network_title(*boxes[r][:2]), boxes[r][2]), cols[c], sub,
                                  notes[c].get(boxes[r]), width)
                   for (r, c), sub in subs.items()}
